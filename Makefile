@@ -1,0 +1,50 @@
+# whittle — the two commands for a fresh machine:
+#   make demo    fetch Gemma 3 270M and Wikipedia text, compile to the throughput tier,
+#                evaluate before and after, print the table
+#   make test    everything CI runs (unit, fixture, CLI and compile tests; transformers
+#                conformance of compiled checkpoints)
+# Both install what they need into the repo (.cuda for nvcc, .venv for Python).
+
+CARGO ?= cargo
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: demo test lint build nvcc python python-torch fixtures bench-cpu quality clean
+
+nvcc:
+	bash scripts/install-nvcc.sh
+
+python:
+	bash scripts/setup-python.sh
+
+python-torch:
+	bash scripts/setup-python.sh --with-torch
+
+build: nvcc
+	$(CARGO) build --release
+
+test: nvcc python-torch
+	$(CARGO) test --release
+	$(PY) scripts/conformance.py target/tmp/conformance
+
+lint: nvcc
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+demo: build python
+	bash scripts/demo.sh
+
+# Regenerate the committed fixtures with transformers (see tests/fixtures/README.md).
+fixtures: python-torch
+	$(PY) scripts/make_fixtures.py tests/fixtures
+
+# CPU forward throughput, whittle vs transformers fp32, on Gemma 3 270M (README table).
+bench-cpu: build python-torch
+	bash scripts/bench-cpu-forward.sh
+
+# Compile-quality table on Gemma 3 270M (README table); needs ../shared/data.
+quality: build python
+	bash scripts/bench-quality.sh
+
+clean:
+	$(CARGO) clean

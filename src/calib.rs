@@ -1,0 +1,365 @@
+//! Calibration: the token set, the per-layer MLP activation statistics, and the backend trait
+//! that runs one decoder layer over a batch of calibration sequences (CPU now; the CUDA engine
+//! implements the same trait).
+//!
+//! Statistics are taken at the input of `down_proj`, `a = gelu_tanh(gate)·up`: per neuron Σa and
+//! Σa², and when scoring or repair needs it the Gram matrix Σ a·aᵀ (and, for `--sequential`, the
+//! cross matrix Σ a_ref·aᵀ between the original model's activations and the pruned stream's).
+//! Each batch is reduced in f32 by a GEMM over at most a few thousand rows and added into f64
+//! accumulators, so a million calibration tokens lose no precision. Every sum has a fixed order,
+//! so results do not depend on the thread count.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{layer_forward, Batch, Event, LayerWeights, RopeCache};
+use crate::safetensors::SafeFile;
+use crate::tokenizer::{read_text, Tokenizer};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A calibration text and its share of the sequences (`FILE` or `FILE:WEIGHT`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibSource {
+    pub path: PathBuf,
+    pub weight: f64,
+}
+
+impl FromStr for CalibSource {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some((p, w)) = s.rsplit_once(':') {
+            if let Ok(w) = w.parse::<f64>() {
+                if !(w > 0.0 && w.is_finite()) {
+                    return Err(format!("weight in \"{s}\" must be a positive number"));
+                }
+                return Ok(CalibSource {
+                    path: p.into(),
+                    weight: w,
+                });
+            }
+        }
+        Ok(CalibSource {
+            path: s.into(),
+            weight: 1.0,
+        })
+    }
+}
+
+/// What one source contributed (reported in whittle_report.json).
+#[derive(Debug, Clone)]
+pub struct SourceUse {
+    pub path: PathBuf,
+    pub weight: f64,
+    pub sequences: usize,
+    pub tokens: usize,
+}
+
+/// Calibration token ids, `n_seq` sequences of `seq_len` tokens each (BOS first).
+#[derive(Debug, Clone)]
+pub struct CalibSet {
+    pub ids: Vec<u32>, // [n_seq, seq_len]
+    pub n_seq: usize,
+    pub seq_len: usize,
+    pub sources: Vec<SourceUse>,
+}
+
+impl CalibSet {
+    pub fn tokens(&self) -> usize {
+        self.n_seq * self.seq_len
+    }
+
+    /// Texts are tokenized without special tokens and cut like eval windows (BOS + seq-1 tokens,
+    /// consecutive, non-overlapping); source i contributes round(n · wᵢ / Σw) sequences.
+    pub fn from_texts(
+        tok: &Tokenizer,
+        sources: &[CalibSource],
+        n_samples: usize,
+        seq_len: usize,
+        bos: u32,
+    ) -> Result<CalibSet> {
+        if sources.is_empty() {
+            return Err(Error::Arg {
+                flag: "--calib",
+                msg: "give at least one calibration text (FILE or FILE:WEIGHT)".into(),
+            });
+        }
+        if n_samples == 0 {
+            return Err(Error::Arg {
+                flag: "--samples",
+                msg: "must be at least 1".into(),
+            });
+        }
+        if seq_len < 2 {
+            return Err(Error::Arg {
+                flag: "--seq",
+                msg: format!("{seq_len} is too short"),
+            });
+        }
+        let total_w: f64 = sources.iter().map(|s| s.weight).sum();
+        // Largest-remainder apportionment so the shares add up to n_samples exactly.
+        let exact: Vec<f64> = sources.iter().map(|s| n_samples as f64 * s.weight / total_w).collect();
+        let mut share: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+        let mut order: Vec<usize> = (0..sources.len()).collect();
+        order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+        let missing = n_samples - share.iter().sum::<usize>();
+        for &i in order.iter().take(missing) {
+            share[i] += 1;
+        }
+        let chunk = seq_len - 1;
+        let mut ids = Vec::with_capacity(n_samples * seq_len);
+        let mut used = Vec::new();
+        for (src, &want) in sources.iter().zip(&share) {
+            let text = read_text(&src.path)?;
+            let t = tok.encode(&text)?;
+            let avail = t.len() / chunk;
+            if avail == 0 {
+                return Err(Error::Text {
+                    path: src.path.clone(),
+                    msg: format!(
+                        "too short for one calibration sequence: {} tokens, --seq {seq_len} needs {chunk}",
+                        t.len()
+                    ),
+                });
+            }
+            let take = want.min(avail);
+            if take < want {
+                eprintln!(
+                    "note: {} holds {avail} sequences of {seq_len} tokens; asked for {want}, using {take}",
+                    src.path.display()
+                );
+            }
+            for c in t.chunks_exact(chunk).take(take) {
+                ids.push(bos);
+                ids.extend_from_slice(c);
+            }
+            used.push(SourceUse {
+                path: src.path.clone(),
+                weight: src.weight,
+                sequences: take,
+                tokens: take * seq_len,
+            });
+        }
+        let n_seq = ids.len() / seq_len;
+        Ok(CalibSet {
+            ids,
+            n_seq,
+            seq_len,
+            sources: used,
+        })
+    }
+
+    /// A pre-tokenized set: a safetensors file with an integer `input_ids` tensor `[n, seq]`
+    /// (BOS included by whoever made it).
+    pub fn from_ids_file(path: &Path, vocab: usize) -> Result<CalibSet> {
+        let f = SafeFile::open(path)?;
+        let info = f.tensors.get("input_ids").ok_or_else(|| Error::Tensor {
+            path: path.to_path_buf(),
+            tensor: "input_ids".into(),
+            msg: "missing; a pre-tokenized calibration file holds one integer tensor input_ids [n, seq]".into(),
+        })?;
+        if info.shape.len() != 2 || info.shape[0] == 0 || info.shape[1] < 2 {
+            return Err(Error::Tensor {
+                path: path.to_path_buf(),
+                tensor: "input_ids".into(),
+                msg: format!("shape {:?} is not [n, seq] with seq ≥ 2", info.shape),
+            });
+        }
+        let r = crate::safetensors::TensorRef {
+            name: "input_ids",
+            file: &f,
+            info,
+        };
+        let raw = r.to_i64()?;
+        let ids = raw
+            .iter()
+            .map(|&i| {
+                if i < 0 || i as usize >= vocab {
+                    Err(Error::Tensor {
+                        path: path.to_path_buf(),
+                        tensor: "input_ids".into(),
+                        msg: format!("token id {i} is outside the vocabulary (0..{vocab})"),
+                    })
+                } else {
+                    Ok(i as u32)
+                }
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let (n_seq, seq_len) = (info.shape[0], info.shape[1]);
+        Ok(CalibSet {
+            ids,
+            n_seq,
+            seq_len,
+            sources: vec![SourceUse {
+                path: path.to_path_buf(),
+                weight: 1.0,
+                sequences: n_seq,
+                tokens: n_seq * seq_len,
+            }],
+        })
+    }
+}
+
+/// Per-layer activation statistics at the down_proj input.
+#[derive(Debug, Clone)]
+pub struct MlpStats {
+    pub width: usize,
+    pub count: u64,
+    pub sum: Vec<f64>,           // [I]
+    pub sumsq: Vec<f64>,         // [I]
+    pub gram: Option<Vec<f64>>,  // [I, I] Σ a·aᵀ
+    pub cross: Option<Vec<f64>>, // [I, I] Σ a_ref·aᵀ (sequential only)
+}
+
+impl MlpStats {
+    pub fn new(width: usize, gram: bool, cross: bool) -> MlpStats {
+        MlpStats {
+            width,
+            count: 0,
+            sum: vec![0.0; width],
+            sumsq: vec![0.0; width],
+            gram: gram.then(|| vec![0.0; width * width]),
+            cross: cross.then(|| vec![0.0; width * width]),
+        }
+    }
+
+    /// Adds a batch of activations `a` [rows, I].
+    pub fn add(&mut self, a: &[f32]) {
+        let w = self.width;
+        assert_eq!(a.len() % w, 0, "activations are not [rows, {w}]");
+        let rows = a.len() / w;
+        self.count += rows as u64;
+        // Columns in parallel, rows in order: the same sums whatever the thread count.
+        self.sum
+            .par_iter_mut()
+            .zip(self.sumsq.par_iter_mut())
+            .enumerate()
+            .for_each(|(j, (s, q))| {
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for r in 0..rows {
+                    let x = a[r * w + j] as f64;
+                    s1 += x;
+                    s2 += x * x;
+                }
+                *s += s1;
+                *q += s2;
+            });
+        if let Some(g) = &mut self.gram {
+            add_gram(g, a, a, rows, w);
+        }
+    }
+
+    /// Adds Σ a_ref·aᵀ for the sequential re-fit.
+    pub fn add_cross(&mut self, a_ref: &[f32], a: &[f32]) {
+        let w = self.width;
+        let rows = a.len() / w;
+        assert_eq!(a_ref.len(), a.len());
+        if let Some(c) = &mut self.cross {
+            add_gram(c, a_ref, a, rows, w);
+        }
+    }
+
+    pub fn mean_sq(&self) -> Vec<f64> {
+        self.sumsq.iter().map(|&s| s / self.count.max(1) as f64).collect()
+    }
+}
+
+/// `acc[I, I] += xᵀ·y` for x, y [rows, I]: one f32 GEMM per ≤ 2048-row slab, added in f64.
+fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
+    const SLAB: usize = 2048;
+    let mut tmp = vec![0f32; w * w];
+    for r0 in (0..rows).step_by(SLAB) {
+        let r1 = (r0 + SLAB).min(rows);
+        let m = r1 - r0;
+        // SAFETY: x and y hold [rows, w] (asserted by callers), tmp is [w, w] and distinct.
+        unsafe {
+            gemm::gemm(
+                w,
+                w,
+                m,
+                tmp.as_mut_ptr(),
+                1,
+                w as isize,
+                false,
+                x[r0 * w..].as_ptr(),
+                w as isize, // lhs = xᵀ: element (i, r) at x[r·w + i]
+                1,
+                y[r0 * w..].as_ptr(),
+                1,
+                w as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        }
+        acc.par_chunks_mut(1 << 14)
+            .zip(tmp.par_chunks(1 << 14))
+            .for_each(|(a, t)| a.iter_mut().zip(t).for_each(|(a, &t)| *a += t as f64));
+    }
+}
+
+/// Runs one decoder layer over calibration batches. The CPU implementation is below; the CUDA
+/// engine implements the same trait.
+pub trait Backend {
+    fn name(&self) -> String;
+
+    /// Applies layer `l` with weights `w` in place to `h` ([n_seq·seq_len, H], whole sequences),
+    /// handing the MLP activations [rows, I] of the batch to `sink`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_layer(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        batch: Batch,
+        sink: &mut dyn FnMut(&[f32]),
+    ) -> Result<()>;
+}
+
+pub struct CpuBackend {
+    rope: Option<RopeCache>,
+}
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend { rope: None }
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn run_layer(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        batch: Batch,
+        sink: &mut dyn FnMut(&[f32]),
+    ) -> Result<()> {
+        if self.rope.as_ref().map(|r| r.seq_len) != Some(batch.seq_len) {
+            self.rope = Some(RopeCache::new(cfg, batch.seq_len));
+        }
+        let rope = self.rope.as_ref().expect("set above");
+        let mut obs = |ev: Event<'_>| {
+            if let Event::MlpAct { act, .. } = ev {
+                sink(act)
+            }
+        };
+        layer_forward(cfg, l, w, h, batch, rope, &mut Some(&mut obs));
+        Ok(())
+    }
+}

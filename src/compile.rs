@@ -1,0 +1,361 @@
+//! `whittle compile`: calibrate layer by layer, score MLP neurons, keep the best `K` per layer,
+//! re-fit down_proj, write a dense checkpoint.
+//!
+//! Layer streaming: the hidden states of every calibration token live in memory between layers
+//! ([n_seq·T, H] f32, twice with `--sequential`); only one layer's weights are widened at a time,
+//! so peak memory is one layer + the activations (+ the [I, I] statistics) whatever the depth.
+
+use crate::calib::{Backend, CalibSet, MlpStats};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{embed_from_store, Batch, LayerWeights};
+use crate::prune::{energy_scores, magnitude_scores, obs_select, repair, slice_layer, top_k, Method};
+use crate::registry::{layer_name, registry, LayerTensor};
+use crate::safetensors::WeightStore;
+use crate::writer::{round_to_dtype, write_model, LayerCut};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// Named widths, as fractions of 72 (on gemma-2-2b's 9216: 7936, 7296, 6528, 4864).
+pub const TIERS: &[(&str, usize)] = &[("default", 62), ("production", 57), ("throughput", 51), ("experimental", 38)];
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Width {
+    Tier(String),
+    KeepRatio(f64),
+    Size(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    pub method: Method,
+    pub sequential: bool,
+    pub repair: bool,
+    pub damp: f64,
+    pub width: Width,
+    pub multiple_of: usize,
+    pub force: bool,
+    /// Calibration sequences per backend call.
+    pub batch_seqs: usize,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            method: Method::Obs,
+            sequential: true,
+            repair: true,
+            damp: 0.01,
+            width: Width::Tier("throughput".into()),
+            multiple_of: 128,
+            force: false,
+            batch_seqs: 8,
+        }
+    }
+}
+
+/// The chosen width and the rounding multiple actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedWidth {
+    pub width: usize,
+    pub multiple: usize,
+}
+
+/// Resolves the requested width for an MLP of `n` neurons. The multiple is clamped for small
+/// models to the largest power of two ≤ n/16 (so a 96-wide test model rounds to 4, not 128).
+pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<ResolvedWidth> {
+    if multiple_of == 0 {
+        return Err(Error::Arg {
+            flag: "--multiple-of",
+            msg: "must be at least 1".into(),
+        });
+    }
+    let cap = (n / 16).max(1);
+    let pow2 = 1usize << (usize::BITS - 1 - cap.leading_zeros());
+    let m = multiple_of.min(pow2);
+    let target = match w {
+        Width::Tier(t) => {
+            let (_, num) = TIERS.iter().find(|(name, _)| name == t).ok_or_else(|| Error::Arg {
+                flag: "--tier",
+                msg: format!(
+                    "unknown tier \"{t}\"; choose {}",
+                    TIERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+            n as f64 * *num as f64 / 72.0
+        }
+        Width::KeepRatio(r) => {
+            if !(*r > 0.0 && *r <= 1.0) {
+                return Err(Error::Arg {
+                    flag: "--keep-ratio",
+                    msg: format!("{r} is outside (0, 1]"),
+                });
+            }
+            n as f64 * r
+        }
+        Width::Size(s) => {
+            if *s == 0 || *s > n {
+                return Err(Error::Arg {
+                    flag: "--intermediate-size",
+                    msg: format!("{s} is outside 1..={n} (the model's intermediate_size)"),
+                });
+            }
+            *s as f64
+        }
+    };
+    let width = ((target / m as f64).round() as usize * m).min(n);
+    if width == 0 {
+        return Err(Error::Arg {
+            flag: match w {
+                Width::Tier(_) => "--tier",
+                Width::KeepRatio(_) => "--keep-ratio",
+                Width::Size(_) => "--intermediate-size",
+            },
+            msg: format!("the width rounds to 0 at a multiple of {m} (MLP width {n}); keep more neurons"),
+        });
+    }
+    Ok(ResolvedWidth { width, multiple: m })
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub calibrate: f64,
+    pub score: f64,
+    pub repair: f64,
+    pub write: f64,
+}
+
+pub struct Outcome {
+    pub report: Value,
+    pub width: ResolvedWidth,
+}
+
+/// Progress callback: (stage, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
+
+fn params(cfg: &ModelConfig, untied: bool) -> u64 {
+    registry(cfg, untied).iter().map(|s| s.numel() as u64).sum()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn compile(
+    input: &Path,
+    output: &Path,
+    calib: Option<&CalibSet>,
+    opts: &CompileOptions,
+    backend: &mut dyn Backend,
+    progress: Progress<'_>,
+) -> Result<Outcome> {
+    let cfg = ModelConfig::from_dir(input)?;
+    let store = WeightStore::open(input)?;
+    // Fail on the destination before spending minutes calibrating.
+    crate::writer::check_destination(input, output, opts.force)?;
+    let rw = resolve_width(cfg.intermediate_size, &opts.width, opts.multiple_of)?;
+    let k = rw.width;
+    let hd = cfg.hidden_size;
+    let need_calib = opts.method != Method::Magnitude || opts.repair;
+    let need_gram = opts.method.needs_gram() || opts.repair;
+    let calib = match (need_calib, calib) {
+        (true, None) => {
+            return Err(Error::Arg {
+                flag: "--calib",
+                msg: format!("method {} with repair needs calibration text", opts.method.name()),
+            })
+        }
+        (true, Some(c)) => Some(c),
+        (false, _) => None,
+    };
+    if let Some(c) = calib {
+        if c.n_seq == 0 {
+            return Err(Error::Arg {
+                flag: "--calib",
+                msg: "no calibration sequences".into(),
+            });
+        }
+    }
+    let mut t = Timings::default();
+    let down_dtype = |l: usize| store.get(&layer_name(l, LayerTensor::Down)).map(|t| t.info.dtype);
+
+    // Hidden states of all calibration tokens: the pruned stream, and with --sequential the
+    // original model's stream beside it.
+    let t0 = Instant::now();
+    let mut h = match calib {
+        Some(c) => embed_from_store(&cfg, &store, &c.ids)?, // [n_seq·T, H]
+        None => Vec::new(),
+    };
+    let mut h_ref = if opts.sequential && calib.is_some() { h.clone() } else { Vec::new() }; // [n_seq·T, H]
+    t.calibrate += t0.elapsed().as_secs_f64();
+
+    let mut cuts = Vec::with_capacity(cfg.num_layers);
+    let mut layer_reports = Vec::new();
+    let bs = opts.batch_seqs.max(1);
+    for l in 0..cfg.num_layers {
+        progress("layers", l as u64, cfg.num_layers as u64);
+        let w = LayerWeights::load(&store, &cfg, l)?;
+        let n = w.width;
+        let mut stats = MlpStats::new(n, need_gram, opts.sequential && opts.repair);
+        let t0 = Instant::now();
+        if let Some(c) = calib {
+            let seq = c.seq_len;
+            let rows_per = bs * seq * hd;
+            for s0 in (0..c.n_seq).step_by(bs) {
+                let nb = bs.min(c.n_seq - s0);
+                let batch = Batch { n_seq: nb, seq_len: seq };
+                let range = s0 * seq * hd..(s0 + nb) * seq * hd;
+                debug_assert!(range.len() <= rows_per);
+                if opts.sequential {
+                    let mut a_ref = Vec::new();
+                    backend.run_layer(&cfg, l, &w, &mut h_ref[range.clone()], batch, &mut |a| {
+                        a_ref = a.to_vec()
+                    })?;
+                    let mut x = h[range].to_vec();
+                    backend.run_layer(&cfg, l, &w, &mut x, batch, &mut |a| {
+                        stats.add(a);
+                        stats.add_cross(&a_ref, a);
+                    })?;
+                } else {
+                    backend.run_layer(&cfg, l, &w, &mut h[range], batch, &mut |a| stats.add(a))?;
+                }
+            }
+        }
+        t.calibrate += t0.elapsed().as_secs_f64();
+
+        let t0 = Instant::now();
+        let kept = match opts.method {
+            Method::Magnitude => top_k(&magnitude_scores(&w, hd), k),
+            Method::Energy => top_k(&energy_scores(&w, hd, &stats), k),
+            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp)?,
+        };
+        t.score += t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let down = if opts.repair {
+            let mut d = repair(&w, hd, &stats, &kept, opts.damp)?;
+            // Continue with exactly what will be written.
+            round_to_dtype(&mut d, down_dtype(l)?);
+            Some(d)
+        } else {
+            None
+        };
+        t.repair += t0.elapsed().as_secs_f64();
+
+        if opts.sequential {
+            if let Some(c) = calib {
+                let t0 = Instant::now();
+                let wp = slice_layer(&w, hd, &kept, down.clone());
+                let seq = c.seq_len;
+                for s0 in (0..c.n_seq).step_by(bs) {
+                    let nb = bs.min(c.n_seq - s0);
+                    let batch = Batch { n_seq: nb, seq_len: seq };
+                    backend.run_layer(&cfg, l, &wp, &mut h[s0 * seq * hd..(s0 + nb) * seq * hd], batch, &mut |_| {})?;
+                }
+                t.calibrate += t0.elapsed().as_secs_f64();
+            }
+        }
+        let mean_sq = stats.mean_sq();
+        let kept_energy: f64 = kept.iter().map(|&j| mean_sq[j]).sum();
+        let total_energy: f64 = mean_sq.iter().sum();
+        layer_reports.push(json!({
+            "layer": l,
+            "kept": kept,
+            "kept_activation_energy": if stats.count > 0 && total_energy > 0.0 { json!(kept_energy / total_energy) } else { Value::Null },
+        }));
+        cuts.push(LayerCut { kept, down });
+    }
+    progress("layers", cfg.num_layers as u64, cfg.num_layers as u64);
+    drop((h, h_ref));
+
+    let untied = crate::model::untied_head(&cfg, &store);
+    let new_cfg = cfg.with_intermediate_size(k);
+    let (p0, p1) = (params(&cfg, untied), params(&new_cfg, untied));
+    let bytes_before: u64 = registry(&cfg, untied)
+        .iter()
+        .map(|s| store.get(&s.name).map(|t| (t.info.end - t.info.start) as u64))
+        .sum::<Result<u64>>()?;
+    let mlp_bytes_after: u64 = bytes_before
+        - (0..cfg.num_layers)
+            .map(|l| {
+                [LayerTensor::Gate, LayerTensor::Up, LayerTensor::Down]
+                    .iter()
+                    .map(|&t| {
+                        let r = store.get(&layer_name(l, t)).expect("checked at load");
+                        let es = r.info.dtype.size() as u64;
+                        (cfg.intermediate_size - k) as u64 * hd as u64 * es
+                    })
+                    .sum::<u64>()
+            })
+            .sum::<u64>();
+    let gib = crate::inspect::GIB;
+    let mut report = json!({
+        "whittle_version": env!("CARGO_PKG_VERSION"),
+        "input": input.display().to_string(),
+        "model_type": cfg.arch.model_type(),
+        "method": opts.method.name(),
+        "sequential": opts.sequential,
+        "repair": opts.repair,
+        "damp": opts.damp,
+        "width_request": match &opts.width {
+            Width::Tier(t) => json!({"tier": t}),
+            Width::KeepRatio(r) => json!({"keep_ratio": r}),
+            Width::Size(s) => json!({"intermediate_size": s}),
+        },
+        "multiple_of": rw.multiple,
+        "intermediate_size_before": cfg.intermediate_size,
+        "intermediate_size_after": k,
+        "params_before": p0,
+        "params_after": p1,
+        "weight_bytes_before": bytes_before,
+        "weight_bytes_after": mlp_bytes_after,
+        "weight_gib_before": bytes_before as f64 / gib,
+        "weight_gib_after": mlp_bytes_after as f64 / gib,
+        "calibration": calib.map(|c| json!({
+            "sequences": c.n_seq,
+            "seq_len": c.seq_len,
+            "tokens": c.tokens(),
+            "sources": c.sources.iter().map(|s| json!({
+                "path": s.path.display().to_string(),
+                "weight": s.weight,
+                "sequences": s.sequences,
+                "tokens": s.tokens,
+            })).collect::<Vec<_>>(),
+        })),
+        "backend": backend.name(),
+        "layers": layer_reports,
+    });
+    let t0 = Instant::now();
+    let total = bytes_before;
+    let finish = |report: &mut Value, t: &mut Timings| {
+        t.write = t0.elapsed().as_secs_f64();
+        report["timings_s"] = json!({
+            "calibrate": t.calibrate, "score": t.score, "repair": t.repair, "write": t.write,
+        });
+        report["peak_rss_mib"] = json!(peak_rss_mib());
+    };
+    let ws = write_model(
+        input,
+        &store,
+        &cfg,
+        &cuts,
+        k,
+        output,
+        opts.force,
+        || {
+            let mut r = report.clone();
+            let mut tt = t;
+            finish(&mut r, &mut tt);
+            r
+        },
+        |b| progress("write", b.min(total), total),
+    )?;
+    debug_assert_eq!(ws.weight_bytes, mlp_bytes_after);
+    finish(&mut report, &mut t);
+    Ok(Outcome { report, width: rw })
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

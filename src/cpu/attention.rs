@@ -1,0 +1,123 @@
+//! Causal grouped-query attention for the CPU reference, in transformers' eager order:
+//! `s = (q·kᵀ)·scale → softcap (Gemma-2) → mask → softmax (f32) → p·v`.
+//!
+//! Work is split into (sequence, head, query block) tasks. Each task computes one block of scores
+//! with a GEMM over only the keys any of its queries may see (the causal prefix, cut further by
+//! the sliding window), so memory is `block × keys`, never `T × T` per head at once.
+
+use super::ops::{gemm_nn_strided, gemm_nt_strided};
+use rayon::prelude::*;
+
+const Q_BLOCK: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    /// Independent sequences, each `seq_len` rows.
+    pub n_seq: usize,
+    pub seq_len: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    /// Key j is visible to query i iff `j <= i && i - j < window`.
+    pub window: Option<usize>,
+}
+
+/// `q`: [n_seq·T, n_heads, d]; `k`, `v`: [n_seq·T, n_kv, d]. Returns [n_seq·T, n_heads, d].
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
+    let (t, nh, nkv, d) = (s.seq_len, s.n_heads, s.n_kv_heads, s.head_dim);
+    let q_rs = nh * d;
+    let kv_rs = nkv * d;
+    assert_eq!(q.len(), s.n_seq * t * q_rs, "attention: q is not [N, n_heads, d]");
+    assert_eq!(k.len(), s.n_seq * t * kv_rs, "attention: k is not [N, n_kv, d]");
+    assert_eq!(v.len(), k.len(), "attention: v differs from k");
+    assert!(nh % nkv == 0);
+    let group = nh / nkv;
+    let n_blocks = t.div_ceil(Q_BLOCK);
+
+    let tasks: Vec<(usize, usize, usize)> = (0..s.n_seq)
+        .flat_map(|b| (0..nh).flat_map(move |h| (0..n_blocks).map(move |qb| (b, h, qb))))
+        .collect();
+
+    let blocks: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(b, h, qb)| {
+            let i0 = qb * Q_BLOCK;
+            let i1 = (i0 + Q_BLOCK).min(t);
+            let rows = i1 - i0;
+            // Keys visible to any query of the block: [j0, i1).
+            let j0 = match s.window {
+                Some(w) => (i0 + 1).saturating_sub(w),
+                None => 0,
+            };
+            let nk = i1 - j0;
+            let g = h / group;
+            let seq_q = &q[b * t * q_rs..(b + 1) * t * q_rs];
+            let seq_k = &k[b * t * kv_rs..(b + 1) * t * kv_rs];
+            let seq_v = &v[b * t * kv_rs..(b + 1) * t * kv_rs];
+            let mut sc = vec![0f32; rows * nk]; // [rows, nk]
+            gemm_nt_strided(
+                &seq_q[i0 * q_rs + h * d..],
+                q_rs,
+                &seq_k[j0 * kv_rs + g * d..],
+                kv_rs,
+                &mut sc,
+                nk,
+                rows,
+                nk,
+                d,
+                s.scale,
+            );
+            for r in 0..rows {
+                let i = i0 + r;
+                let row = &mut sc[r * nk..(r + 1) * nk];
+                // Visible keys of query i, as indices into the row.
+                let lo = match s.window {
+                    Some(w) => (i + 1).saturating_sub(w),
+                    None => 0,
+                } - j0;
+                let hi = i + 1 - j0;
+                if let Some(cap) = s.softcap {
+                    for x in &mut row[lo..hi] {
+                        *x = (*x / cap).tanh() * cap;
+                    }
+                }
+                let m = row[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let mut sum = 0f32;
+                for x in &mut row[lo..hi] {
+                    *x = (*x - m).exp();
+                    sum += *x;
+                }
+                row[..lo].fill(0.0);
+                for x in &mut row[lo..hi] {
+                    *x /= sum;
+                }
+                row[hi..].fill(0.0);
+            }
+            let mut out = vec![0f32; rows * d]; // [rows, d]
+            gemm_nn_strided(
+                &sc,
+                nk,
+                &seq_v[j0 * kv_rs + g * d..],
+                kv_rs,
+                &mut out,
+                d,
+                rows,
+                d,
+                nk,
+            );
+            out
+        })
+        .collect();
+
+    let mut o = vec![0f32; s.n_seq * t * q_rs];
+    for (&(b, h, qb), blk) in tasks.iter().zip(&blocks) {
+        let i0 = qb * Q_BLOCK;
+        for (r, src) in blk.chunks_exact(d).enumerate() {
+            let row = (b * t + i0 + r) * q_rs + h * d;
+            o[row..row + d].copy_from_slice(src);
+        }
+    }
+    o
+}

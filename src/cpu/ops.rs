@@ -1,0 +1,249 @@
+//! CPU reference ops: plain f32, multi-threaded over rows with rayon. These are the oracle every
+//! CUDA kernel is tested against, so each one follows transformers' fp32 arithmetic order where
+//! the order changes the rounding (the `(1+w)` multiply before any downcast, the scale applied
+//! after the dot product, softcap before the mask).
+
+use rayon::prelude::*;
+
+/// Rows smaller than this are not worth a rayon task each.
+const ROW_CHUNK_ELEMS: usize = 1 << 14;
+
+fn rows_per_task(cols: usize) -> usize {
+    (ROW_CHUNK_ELEMS / cols.max(1)).max(1)
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` — a HF Linear without bias (weights stored `[out, in]`).
+pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    linear_into(x, w, m, k, n, &mut y);
+    y
+}
+
+pub fn linear_into(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), m * k, "linear: x is not [m={m}, k={k}]");
+    assert_eq!(w.len(), n * k, "linear: w is not [n={n}, k={k}]");
+    assert_eq!(y.len(), m * n, "linear: y is not [m={m}, n={n}]");
+    // SAFETY: the three buffers are distinct slices whose lengths were checked above against
+    // the strides given; gemm reads x and w and writes only y.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize, // rhs = wᵀ: column j of rhs is row j of w
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m * n * k),
+        )
+    }
+}
+
+/// Strided single-threaded GEMM for attention blocks: `c[m,n] = scale · a[m,k] · b[n,k]ᵀ` where
+/// each operand is a row-major view with its own row stride.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_nt_strided(
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (n - 1) * b_rs + k);
+    assert!(c.len() >= (m - 1) * c_rs + n);
+    // SAFETY: bounds of every strided view were asserted above; c does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            b_rs as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `c[m,n] = a[m,k] · b[k,n]` with row strides (b row-major `[k, n]`), single-threaded.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_nn_strided(
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (k.max(1) - 1) * b_rs + n);
+    assert!(c.len() >= (m - 1) * c_rs + n);
+    // SAFETY: as above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            1,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+fn parallelism(flops: usize) -> gemm::Parallelism {
+    let t = rayon::current_num_threads();
+    if t > 1 && flops > 1 << 18 {
+        gemm::Parallelism::Rayon(t)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// Gemma RMSNorm, in place on every row of `x` ([rows, w.len()]):
+/// `x * rsqrt(mean(x²) + eps) * (1 + w)`, all in f32 (transformers multiplies by `1+w` before
+/// any downcast — the point where Llama-style ports differ).
+pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    assert_eq!(x.len() % d, 0, "rms_norm: x is not [rows, {d}]");
+    x.par_chunks_mut(d * rows_per_task(d)).for_each(|rows| {
+        for row in rows.chunks_exact_mut(d) {
+            rms_norm_row(row, w, eps);
+        }
+    });
+}
+
+pub fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let r = 1.0 / (ss + eps).sqrt();
+    for (v, &g) in row.iter_mut().zip(w) {
+        *v = (*v * r) * (1.0 + g);
+    }
+}
+
+/// `x += y` elementwise (the residual add).
+pub fn add_into(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len());
+    x.par_chunks_mut(ROW_CHUNK_ELEMS)
+        .zip(y.par_chunks(ROW_CHUNK_ELEMS))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const K: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (K * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// `a = gelu_tanh(gate) * up`, written into `gate`.
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    gate.par_chunks_mut(ROW_CHUNK_ELEMS)
+        .zip(up.par_chunks(ROW_CHUNK_ELEMS))
+        .for_each(|(g, u)| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = gelu_tanh(*g) * u;
+            }
+        });
+}
+
+/// `tanh(x / cap) * cap` in place.
+pub fn softcap(x: &mut [f32], cap: f32) {
+    x.par_chunks_mut(ROW_CHUNK_ELEMS).for_each(|c| {
+        for v in c {
+            *v = (*v / cap).tanh() * cap;
+        }
+    });
+}
+
+/// RoPE tables for positions `0..t`: `(cos, sin)`, each `[t, d/2]` (the halves of transformers'
+/// `cat(freqs, freqs)` are equal, so half is stored). Built in f32 like transformers:
+/// `inv_freq = 1 / theta^(2i/d)`, divided by the linear factor, `freq = pos · inv_freq`.
+pub fn rope_tables(t: usize, d: usize, theta: f64, linear_factor: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = d / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| {
+            let expo = (2 * i) as f32 / d as f32;
+            let f = 1.0 / (theta as f32).powf(expo);
+            f / linear_factor as f32
+        })
+        .collect();
+    let mut cos = vec![0f32; t * half];
+    let mut sin = vec![0f32; t * half];
+    for p in 0..t {
+        for i in 0..half {
+            let a = p as f32 * inv[i];
+            cos[p * half + i] = a.cos();
+            sin[p * half + i] = a.sin();
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotate-half RoPE in place on `x` = [t, n_heads, d] for positions 0..t.
+pub fn apply_rope(x: &mut [f32], t: usize, n_heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
+    let half = d / 2;
+    assert_eq!(x.len(), t * n_heads * d);
+    assert!(cos.len() >= t * half && sin.len() >= t * half);
+    x.par_chunks_mut(n_heads * d).enumerate().for_each(|(p, row)| {
+        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        for head in row.chunks_exact_mut(d) {
+            let (lo, hi) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                lo[i] = a * c[i] - b * s[i];
+                hi[i] = b * c[i] + a * s[i];
+            }
+        }
+    });
+}

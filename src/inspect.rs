@@ -1,0 +1,135 @@
+//! `whittle inspect`: the numbers a model card's size table uses, counted from the registry and
+//! the checkpoint's own tensor bytes.
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::model::untied_head;
+use crate::registry::{registry, Group};
+use crate::safetensors::WeightStore;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub struct Summary {
+    pub cfg: ModelConfig,
+    /// Parameters per group (registry order).
+    pub params: BTreeMap<Group, u64>,
+    pub total_params: u64,
+    /// Bytes of all tensors in the checkpoint files (exactly what is loaded).
+    pub weight_bytes: u64,
+    pub dtypes: Vec<String>,
+    pub tied: bool,
+}
+
+pub fn summarize(dir: &Path) -> Result<Summary> {
+    let cfg = ModelConfig::from_dir(dir)?;
+    let store = WeightStore::open(dir)?;
+    let untied = untied_head(&cfg, &store);
+    let mut params = BTreeMap::new();
+    let mut weight_bytes = 0u64;
+    let mut dtypes: Vec<String> = Vec::new();
+    for spec in registry(&cfg, untied) {
+        let t = store.get(&spec.name)?;
+        if t.info.shape != spec.shape {
+            return Err(crate::error::Error::ShapeMismatch {
+                path: t.file.path.clone(),
+                tensor: spec.name.clone(),
+                expected: spec.shape.clone(),
+                found: t.info.shape.clone(),
+            });
+        }
+        *params.entry(spec.group()).or_insert(0u64) += spec.numel() as u64;
+        weight_bytes += (t.info.end - t.info.start) as u64;
+        let dt = t.info.dtype.name().to_string();
+        if !dtypes.contains(&dt) {
+            dtypes.push(dt);
+        }
+    }
+    let total_params = params.values().sum();
+    Ok(Summary {
+        cfg,
+        params,
+        total_params,
+        weight_bytes,
+        dtypes,
+        tied: !untied,
+    })
+}
+
+pub const GIB: f64 = (1u64 << 30) as f64;
+
+impl Summary {
+    pub fn to_json(&self) -> Value {
+        let c = &self.cfg;
+        json!({
+            "model_type": c.arch.model_type(),
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_layers": c.num_layers,
+            "num_heads": c.num_heads,
+            "num_kv_heads": c.num_kv_heads,
+            "head_dim": c.head_dim,
+            "vocab_size": c.vocab_size,
+            "sliding_window": c.sliding_window,
+            "layer_types": c.layer_types.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            "tied_embeddings": self.tied,
+            "params": self.params.iter().map(|(g, n)| (g.name().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "total_params": self.total_params,
+            "weight_bytes": self.weight_bytes,
+            "weight_gib": self.weight_bytes as f64 / GIB,
+            "dtypes": self.dtypes,
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let c = &self.cfg;
+        let mut s = String::new();
+        let full: Vec<String> = c
+            .layer_types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == crate::config::LayerType::Full)
+            .map(|(i, _)| i.to_string())
+            .collect();
+        s += &format!("architecture      {}\n", c.arch.model_type());
+        s += &format!(
+            "shape             hidden {}  mlp {}  layers {}  heads {}/{} kv  head_dim {}  vocab {}\n",
+            c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size
+        );
+        s += &format!(
+            "attention         full at layers [{}], sliding window {} elsewhere; scale 1/sqrt({})\n",
+            full.join(", "),
+            c.sliding_window,
+            c.query_pre_attn_scalar
+        );
+        s += &format!(
+            "rope              global theta {} (linear ×{}), local theta {}\n",
+            c.rope_full.theta, c.rope_full.linear_factor, c.rope_sliding.theta
+        );
+        let cap = |x: Option<f32>| x.map_or("off".to_string(), |v| v.to_string());
+        s += &format!(
+            "softcaps          attention {}, final {}; qk-norm {}; embeddings {}\n",
+            cap(c.attn_softcap),
+            cap(c.final_softcap),
+            if c.qk_norm { "yes" } else { "no" },
+            if self.tied { "tied" } else { "untied" }
+        );
+        s += "parameters\n";
+        for (g, n) in &self.params {
+            s += &format!(
+                "  {:<16}{:>14}  {:>5.1}%\n",
+                g.name(),
+                n,
+                100.0 * *n as f64 / self.total_params as f64
+            );
+        }
+        s += &format!("  {:<16}{:>14}\n", "total", self.total_params);
+        s += &format!(
+            "weights           {:.4} GiB ({} bytes, {})\n",
+            self.weight_bytes as f64 / GIB,
+            self.weight_bytes,
+            self.dtypes.join("/")
+        );
+        s
+    }
+}

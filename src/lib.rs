@@ -1,0 +1,34 @@
+//! whittle: compile a Gemma-2 / Gemma-3 transformer into a smaller dense Hugging Face checkpoint.
+//!
+//! Module map:
+//! - `config`      — config.json as data, every Gemma quirk a field
+//! - `registry`    — the one list of checkpoint tensors (name, shape, role)
+//! - `safetensors` — memory-mapped, validated safetensors reading
+//! - `tokenizer`   — tokenizer.json and text-file reading
+//! - `cpu`         — reference ops (f32, rayon)
+//! - `model`       — the CPU forward pass (the oracle)
+//! - `eval`        — perplexity / KL / top-1 protocol
+//! - `calib`       — calibration tokens, activation statistics, the layer backend trait
+//! - `prune`       — neuron scores (magnitude, energy, OBS) and the least-squares repair
+//! - `linalg`      — f64 Cholesky / SPD inverse / GEMM
+//! - `writer`      — streaming, atomic checkpoint writer
+//! - `compile`     — the compile pipeline
+//! - `inspect`     — parameter and byte counts
+
+pub mod calib;
+pub mod check;
+pub mod compile;
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod eval;
+pub mod inspect;
+pub mod linalg;
+pub mod model;
+pub mod prune;
+pub mod registry;
+pub mod safetensors;
+pub mod tokenizer;
+pub mod writer;
+
+pub use error::{Error, Result};

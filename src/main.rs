@@ -1,0 +1,361 @@
+//! The `whittle` command line. Library errors are wrapped in `anyhow` here; progress goes to
+//! stderr, results to stdout.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+use whittle::eval::{evaluate, make_windows};
+use whittle::model::{Batch, Model};
+use whittle::tokenizer::{read_text, Tokenizer};
+
+#[derive(Parser)]
+#[command(name = "whittle", version, about = "Compile a Gemma-2/3 model into a smaller dense Hugging Face checkpoint")]
+struct Cli {
+    /// Worker threads for the CPU path (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Perplexity of MODEL on a text file (and KL / top-1 agreement against --base).
+    Eval(EvalArgs),
+    /// Architecture, layer types, parameter counts and weight bytes of a model folder.
+    Inspect {
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Calibrate, score and remove MLP neurons, re-fit, and write a smaller dense checkpoint.
+    Compile(CompileArgs),
+    /// Forward-pass throughput (tokens/s) with and without the LM head on text windows.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct WindowArgs {
+    /// UTF-8 text to evaluate on.
+    #[arg(long)]
+    text: PathBuf,
+    /// Window length in tokens, BOS included.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Use only the first N windows (default: every full window in the text).
+    #[arg(long)]
+    windows: Option<usize>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    model: PathBuf,
+    #[command(flatten)]
+    win: WindowArgs,
+    /// Reference model for KL(base ‖ model) and top-1 agreement.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// Input model folder (Hugging Face layout).
+    model: PathBuf,
+    /// Output folder (written atomically; refused if it exists unless --force).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Calibration text, optionally weighted: FILE or FILE:WEIGHT (repeatable).
+    #[arg(long, num_args = 1..)]
+    calib: Vec<whittle::calib::CalibSource>,
+    /// Pre-tokenized calibration: safetensors with an integer input_ids [n, seq] (BOS included).
+    #[arg(long, conflicts_with = "calib")]
+    calib_ids: Option<PathBuf>,
+    /// Calibration sequences.
+    #[arg(long, default_value_t = 128)]
+    samples: usize,
+    /// Calibration sequence length, BOS included.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Neuron score: magnitude, energy or obs.
+    #[arg(long, default_value = "obs")]
+    method: String,
+    /// Calibrate layer l on the already-pruned layers < l (re-fit against the original outputs).
+    #[arg(long, overrides_with = "one_shot")]
+    sequential: bool,
+    /// Calibrate every layer on the original model (faster, lower quality).
+    #[arg(long)]
+    one_shot: bool,
+    /// Keep the surviving down_proj columns as they are (no least-squares re-fit).
+    #[arg(long)]
+    no_repair: bool,
+    /// Ridge for OBS and repair, as a fraction of the mean activation energy.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
+    #[arg(long, conflicts_with_all = ["keep_ratio", "intermediate_size"])]
+    tier: Option<String>,
+    /// Fraction of MLP neurons to keep, in (0, 1].
+    #[arg(long, conflicts_with = "intermediate_size")]
+    keep_ratio: Option<f64>,
+    /// Exact MLP width to keep.
+    #[arg(long)]
+    intermediate_size: Option<usize>,
+    /// Round the width to a multiple of this (clamped for small models).
+    #[arg(long, default_value_t = 128)]
+    multiple_of: usize,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    force: bool,
+    /// Calibration sequences per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    model: PathBuf,
+    #[command(flatten)]
+    win: WindowArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+fn progress(n: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn load_windows(model_dir: &std::path::Path, win: &WindowArgs, bos: u32) -> Result<Vec<Vec<u32>>> {
+    let tok = Tokenizer::from_dir(model_dir)?;
+    let text = read_text(&win.text)?;
+    let ids = tok.encode(&text)?;
+    let windows = make_windows(&ids, win.seq, win.windows, bos, &win.text)?;
+    if let Some(n) = win.windows {
+        if windows.len() < n {
+            eprintln!(
+                "note: {} holds only {} full windows of {} tokens; using {}",
+                win.text.display(),
+                windows.len(),
+                win.seq,
+                windows.len()
+            );
+        }
+    }
+    Ok(windows)
+}
+
+fn load_model(dir: &std::path::Path) -> Result<Model> {
+    let t = Instant::now();
+    let m = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    eprintln!("loaded {} in {:.1}s (cpu, f32)", dir.display(), t.elapsed().as_secs_f64());
+    Ok(m)
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let base = a.base.as_deref().map(load_model).transpose()?;
+    let windows = load_windows(&a.model, &a.win, model.cfg.bos_token_id)?;
+    let pb = progress(windows.len(), "eval");
+    let t = Instant::now();
+    let st = evaluate(&model, base.as_ref(), &windows, |i| pb.set_position(i as u64))?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let mut out = json!({
+        "model": a.model.display().to_string(),
+        "text": a.win.text.display().to_string(),
+        "seq": a.win.seq,
+        "windows": windows.len(),
+        "tokens": st.tokens,
+        "nll": st.mean_nll(),
+        "ppl": st.ppl(),
+        "seconds": secs,
+    });
+    if let Some(b) = &a.base {
+        out["base"] = json!(b.display().to_string());
+        out["kl"] = json!(st.mean_kl());
+        out["top1_agree"] = json!(st.top1_rate());
+    }
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("model       {}", a.model.display());
+        println!("text        {} ({} windows × {} tokens, {} scored)", a.win.text.display(), windows.len(), a.win.seq, st.tokens);
+        println!("perplexity  {:.4}  (mean NLL {:.5})", st.ppl(), st.mean_nll());
+        if let Some(b) = &a.base {
+            println!("vs base     {}", b.display());
+            println!("KL          {:.5}", st.mean_kl());
+            println!("top-1 agree {:.4}", st.top1_rate());
+        }
+        println!("time        {secs:.1}s");
+    }
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let windows = load_windows(&a.model, &a.win, model.cfg.bos_token_id)?;
+    let batch = Batch { n_seq: 1, seq_len: a.win.seq };
+    // Warm-up: one window, untimed (page faults, thread pool start).
+    model.forward_hidden(&windows[0], batch, None)?;
+    let tokens = (windows.len() * a.win.seq) as f64;
+    let pb = progress(windows.len() * 2, "bench");
+    let t = Instant::now();
+    for w in &windows {
+        std::hint::black_box(model.forward_hidden(w, batch, None)?);
+        pb.inc(1);
+    }
+    let no_head = tokens / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for w in &windows {
+        std::hint::black_box(model.forward_logits(w, batch)?);
+        pb.inc(1);
+    }
+    let with_head = tokens / t.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let out = json!({
+        "model": a.model.display().to_string(),
+        "seq": a.win.seq,
+        "windows": windows.len(),
+        "threads": rayon::current_num_threads(),
+        "no_head_tok_s": no_head,
+        "with_head_tok_s": with_head,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("forward, no LM head   {no_head:>10.1} tokens/s");
+        println!("forward, with LM head {with_head:>10.1} tokens/s");
+        println!("({} windows × {} tokens, {} threads)", windows.len(), a.win.seq, rayon::current_num_threads());
+    }
+    Ok(())
+}
+
+fn cmd_compile(a: CompileArgs) -> Result<()> {
+    use whittle::compile::{compile, CompileOptions, Width};
+    let width = match (&a.tier, a.keep_ratio, a.intermediate_size) {
+        (Some(t), _, _) => Width::Tier(t.clone()),
+        (_, Some(r), _) => Width::KeepRatio(r),
+        (_, _, Some(n)) => Width::Size(n),
+        _ => Width::Tier("throughput".into()),
+    };
+    let opts = CompileOptions {
+        method: whittle::prune::Method::parse(&a.method)?,
+        sequential: !a.one_shot,
+        repair: !a.no_repair,
+        damp: a.damp,
+        width,
+        multiple_of: a.multiple_of,
+        force: a.force,
+        batch_seqs: a.batch,
+    };
+    anyhow::ensure!(a.damp > 0.0 && a.damp.is_finite(), "--damp must be a positive number");
+    let cfg = whittle::config::ModelConfig::from_dir(&a.model)?;
+    // Validate width and destination before reading any calibration text.
+    let rw = whittle::compile::resolve_width(cfg.intermediate_size, &opts.width, opts.multiple_of)?;
+    whittle::writer::check_destination(&a.model, &a.output, a.force)?;
+    let needs_calib = opts.method != whittle::prune::Method::Magnitude || opts.repair;
+    let calib = if let Some(p) = &a.calib_ids {
+        Some(whittle::calib::CalibSet::from_ids_file(p, cfg.vocab_size)?)
+    } else if !a.calib.is_empty() {
+        let tok = Tokenizer::from_dir(&a.model)?;
+        Some(whittle::calib::CalibSet::from_texts(&tok, &a.calib, a.samples, a.seq, cfg.bos_token_id)?)
+    } else if needs_calib {
+        anyhow::bail!(
+            "--calib FILE (or --calib-ids) is required for --method {}{}; only --method magnitude --no-repair runs without calibration",
+            a.method,
+            if opts.repair { " with repair" } else { "" }
+        );
+    } else {
+        None
+    };
+    eprintln!(
+        "compiling {} → {}: MLP {} → {} (multiple of {}), method {}{}{}, calibration {} tokens",
+        a.model.display(),
+        a.output.display(),
+        cfg.intermediate_size,
+        rw.width,
+        rw.multiple,
+        opts.method.name(),
+        if opts.sequential { ", sequential" } else { ", one-shot" },
+        if opts.repair { ", repair" } else { "" },
+        calib.as_ref().map_or(0, |c| c.tokens())
+    );
+    let mut backend = whittle::calib::CpuBackend::new();
+    let layers_pb = progress(cfg.num_layers, "layers");
+    let mut write_pb: Option<ProgressBar> = None;
+    let t = Instant::now();
+    let out = compile(&a.model, &a.output, calib.as_ref(), &opts, &mut backend, &mut |stage, done, total| {
+        if stage == "layers" {
+            layers_pb.set_position(done);
+        } else {
+            let pb = write_pb.get_or_insert_with(|| {
+                layers_pb.finish_and_clear();
+                let pb = ProgressBar::new(total);
+                pb.set_style(
+                    ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {elapsed_precise}")
+                        .expect("static template")
+                        .progress_chars("=> "),
+                );
+                pb.set_message("write");
+                pb
+            });
+            pb.set_position(done);
+        }
+    })?;
+    layers_pb.finish_and_clear();
+    if let Some(pb) = write_pb {
+        pb.finish_and_clear();
+    }
+    let r = &out.report;
+    println!(
+        "wrote {}: intermediate_size {} → {}, parameters {} → {} ({:.1}% fewer), weights {:.3} → {:.3} GiB in {:.1}s, peak RSS {:.0} MiB",
+        a.output.display(),
+        r["intermediate_size_before"],
+        r["intermediate_size_after"],
+        r["params_before"],
+        r["params_after"],
+        100.0 * (1.0 - r["params_after"].as_f64().unwrap_or(0.0) / r["params_before"].as_f64().unwrap_or(1.0)),
+        r["weight_gib_before"].as_f64().unwrap_or(0.0),
+        r["weight_gib_after"].as_f64().unwrap_or(0.0),
+        t.elapsed().as_secs_f64(),
+        r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting up the thread pool")?;
+    }
+    match cli.cmd {
+        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Inspect { model, json } => {
+            let s = whittle::inspect::summarize(&model)?;
+            if json {
+                println!("{}", s.to_json());
+            } else {
+                print!("{}", s.to_text());
+            }
+            Ok(())
+        }
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Compile(a) => cmd_compile(a),
+    }
+}

@@ -1,0 +1,329 @@
+//! The CPU forward pass of Gemma-2 / Gemma-3 text models — the reference every other path is
+//! checked against, matched to transformers fp32 eager.
+//!
+//! Weights are widened from the checkpoint dtype to f32 once, when a layer is loaded
+//! (`LayerWeights::load`); a caller that streams layers (calibration) loads and drops one at a
+//! time, a caller that evaluates many windows (`eval`) keeps them all. The decoder layer is a free
+//! function over `LayerWeights` so both use the same code.
+
+use crate::config::{LayerType, ModelConfig};
+use crate::cpu::attention::{attention, AttnShape};
+use crate::cpu::ops;
+use crate::error::{Error, Result};
+use crate::registry::{self, layer_has, layer_name, layer_shape, LayerTensor};
+use crate::safetensors::WeightStore;
+use std::path::{Path, PathBuf};
+
+/// One decoder layer's weights in f32, HF `[out, in]` layout.
+pub struct LayerWeights {
+    pub input_norm: Vec<f32>,     // [H]
+    pub q: Vec<f32>,              // [nh·d, H]
+    pub k: Vec<f32>,              // [nkv·d, H]
+    pub v: Vec<f32>,              // [nkv·d, H]
+    pub o: Vec<f32>,              // [H, nh·d]
+    pub q_norm: Option<Vec<f32>>, // [d]  (Gemma-3)
+    pub k_norm: Option<Vec<f32>>, // [d]  (Gemma-3)
+    pub post_attn_norm: Vec<f32>, // [H]
+    pub pre_ffn_norm: Vec<f32>,   // [H]
+    pub gate: Vec<f32>,           // [I, H]
+    pub up: Vec<f32>,             // [I, H]
+    pub down: Vec<f32>,           // [H, I]
+    pub post_ffn_norm: Vec<f32>,  // [H]
+    /// MLP width of this layer (pruning may change it layer by layer while compiling).
+    pub width: usize,
+}
+
+impl LayerWeights {
+    pub fn load(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<LayerWeights> {
+        let get = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
+        let opt = |t: LayerTensor| -> Result<Option<Vec<f32>>> {
+            if layer_has(cfg, t) {
+                get(t).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(LayerWeights {
+            input_norm: get(LayerTensor::InputNorm)?,
+            q: get(LayerTensor::Q)?,
+            k: get(LayerTensor::K)?,
+            v: get(LayerTensor::V)?,
+            o: get(LayerTensor::O)?,
+            q_norm: opt(LayerTensor::QNorm)?,
+            k_norm: opt(LayerTensor::KNorm)?,
+            post_attn_norm: get(LayerTensor::PostAttnNorm)?,
+            pre_ffn_norm: get(LayerTensor::PreFfnNorm)?,
+            gate: get(LayerTensor::Gate)?,
+            up: get(LayerTensor::Up)?,
+            down: get(LayerTensor::Down)?,
+            post_ffn_norm: get(LayerTensor::PostFfnNorm)?,
+            width: cfg.intermediate_size,
+        })
+    }
+}
+
+/// Shape of a batch of equal-length sequences laid out row after row: `[n_seq · seq_len, H]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    pub n_seq: usize,
+    pub seq_len: usize,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.n_seq * self.seq_len
+    }
+}
+
+/// RoPE tables for one sequence length, one per layer type.
+pub struct RopeCache {
+    pub seq_len: usize,
+    full: (Vec<f32>, Vec<f32>),    // cos, sin: [T, d/2]
+    sliding: (Vec<f32>, Vec<f32>), // cos, sin: [T, d/2]
+}
+
+impl RopeCache {
+    pub fn new(cfg: &ModelConfig, seq_len: usize) -> RopeCache {
+        let mk = |r: crate::config::Rope| ops::rope_tables(seq_len, cfg.head_dim, r.theta, r.linear_factor);
+        RopeCache {
+            seq_len,
+            full: mk(cfg.rope_full),
+            sliding: mk(cfg.rope_sliding),
+        }
+    }
+
+    fn get(&self, t: LayerType) -> (&[f32], &[f32]) {
+        let (c, s) = match t {
+            LayerType::Full => &self.full,
+            LayerType::Sliding => &self.sliding,
+        };
+        (c, s)
+    }
+}
+
+/// What the forward pass shows an observer (tests compare these with transformers' hooks;
+/// calibration accumulates statistics from `MlpAct`).
+pub enum Event<'a> {
+    /// Scaled embeddings, the input of layer 0: [N, H].
+    Embeds(&'a [f32]),
+    /// Input of `down_proj` in `layer`, `gelu_tanh(gate)·up`: [N, I].
+    MlpAct { layer: usize, act: &'a [f32] },
+    /// Output of decoder layer `layer`: [N, H].
+    LayerOut { layer: usize, hidden: &'a [f32] },
+}
+
+pub type Observer<'o> = Option<&'o mut dyn FnMut(Event<'_>)>;
+
+/// One decoder layer in place on `h` ([N, H]).
+pub fn layer_forward(
+    cfg: &ModelConfig,
+    l: usize,
+    w: &LayerWeights,
+    h: &mut [f32],
+    batch: Batch,
+    rope: &RopeCache,
+    obs: &mut Observer<'_>,
+) {
+    let (n, hd, d) = (batch.rows(), cfg.hidden_size, cfg.head_dim);
+    let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+    assert_eq!(h.len(), n * hd);
+    assert_eq!(rope.seq_len, batch.seq_len, "RoPE tables built for another length");
+
+    // --- attention block
+    let mut x = h.to_vec(); // [N, H]
+    ops::rms_norm(&mut x, &w.input_norm, cfg.rms_norm_eps);
+    let mut q = ops::linear(&x, &w.q, n, hd, nh * d); // [N, nh, d]
+    let mut k = ops::linear(&x, &w.k, n, hd, nkv * d); // [N, nkv, d]
+    let v = ops::linear(&x, &w.v, n, hd, nkv * d); // [N, nkv, d]
+    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
+        ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
+    }
+    let (cos, sin) = rope.get(cfg.layer_types[l]);
+    for b in 0..batch.n_seq {
+        let t = batch.seq_len;
+        ops::apply_rope(&mut q[b * t * nh * d..(b + 1) * t * nh * d], t, nh, d, cos, sin);
+        ops::apply_rope(&mut k[b * t * nkv * d..(b + 1) * t * nkv * d], t, nkv, d, cos, sin);
+    }
+    let att = attention(
+        &q,
+        &k,
+        &v,
+        AttnShape {
+            n_seq: batch.n_seq,
+            seq_len: batch.seq_len,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            scale: cfg.attn_scale(),
+            softcap: cfg.attn_softcap,
+            window: cfg.window(l),
+        },
+    ); // [N, nh·d]
+    drop((q, k, v));
+    let mut y = ops::linear(&att, &w.o, n, nh * d, hd); // [N, H]
+    ops::rms_norm(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
+    ops::add_into(h, &y);
+
+    // --- MLP block
+    x.copy_from_slice(h);
+    ops::rms_norm(&mut x, &w.pre_ffn_norm, cfg.rms_norm_eps);
+    let i = w.width;
+    let mut a = ops::linear(&x, &w.gate, n, hd, i); // [N, I]
+    let up = ops::linear(&x, &w.up, n, hd, i); // [N, I]
+    ops::gelu_mul(&mut a, &up);
+    drop(up);
+    if let Some(f) = obs.as_mut() {
+        f(Event::MlpAct { layer: l, act: &a });
+    }
+    ops::linear_into(&a, &w.down, n, i, hd, &mut y);
+    ops::rms_norm(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
+    ops::add_into(h, &y);
+    if let Some(f) = obs.as_mut() {
+        f(Event::LayerOut { layer: l, hidden: h });
+    }
+}
+
+/// Gather embedding rows and multiply by sqrt(H) (f32, as transformers fp32 does).
+pub fn embed(cfg: &ModelConfig, table: &[f32], ids: &[u32]) -> Result<Vec<f32>> {
+    let hd = cfg.hidden_size;
+    let scale = cfg.embed_scale_f32();
+    let mut out = vec![0f32; ids.len() * hd]; // [N, H]
+    for (row, &id) in out.chunks_exact_mut(hd).zip(ids) {
+        let id = id as usize;
+        if id >= cfg.vocab_size {
+            return Err(Error::Other(format!(
+                "token id {id} is outside the model's vocabulary ({}); the tokenizer does not \
+                 belong to this model",
+                cfg.vocab_size
+            )));
+        }
+        for (o, &e) in row.iter_mut().zip(&table[id * hd..(id + 1) * hd]) {
+            *o = e * scale;
+        }
+    }
+    Ok(out)
+}
+
+/// Embeddings for `ids` gathered straight from the checkpoint, widening only the rows used (the
+/// full table of a 256k vocabulary is 2.4 GB in f32 at H = 2304).
+pub fn embed_from_store(cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
+    let t = store.get(registry::EMBED)?;
+    let want = [cfg.vocab_size, cfg.hidden_size];
+    if t.info.shape != want {
+        return Err(Error::ShapeMismatch {
+            path: t.file.path.clone(),
+            tensor: registry::EMBED.into(),
+            expected: want.to_vec(),
+            found: t.info.shape.clone(),
+        });
+    }
+    let hd = cfg.hidden_size;
+    let es = t.info.dtype.size();
+    let mut row = vec![0f32; hd];
+    let mut out = vec![0f32; ids.len() * hd]; // [N, H]
+    let one_row = |id: usize, row: &mut [f32]| -> Result<()> {
+        let sub = crate::safetensors::TensorInfo {
+            dtype: t.info.dtype,
+            shape: vec![hd],
+            start: t.info.start + id * hd * es,
+            end: t.info.start + (id + 1) * hd * es,
+        };
+        crate::safetensors::TensorRef { name: t.name, file: t.file, info: &sub }.read_f32_into(row)
+    };
+    for (o, &id) in out.chunks_exact_mut(hd).zip(ids) {
+        if id as usize >= cfg.vocab_size {
+            return Err(Error::Other(format!(
+                "token id {id} is outside the model's vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        one_row(id as usize, &mut row)?;
+        let scale = cfg.embed_scale_f32();
+        for (o, &e) in o.iter_mut().zip(&row) {
+            *o = e * scale;
+        }
+    }
+    Ok(out)
+}
+
+/// A whole model held in memory in f32.
+pub struct Model {
+    pub dir: PathBuf,
+    pub cfg: ModelConfig,
+    pub embed: Vec<f32>, // [V, H]
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,       // [H]
+    pub lm_head: Option<Vec<f32>>, // [V, H] when untied
+}
+
+impl Model {
+    pub fn load(dir: &Path) -> Result<Model> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let store = WeightStore::open(dir)?;
+        Self::load_from(dir, cfg, &store)
+    }
+
+    pub fn load_from(dir: &Path, cfg: ModelConfig, store: &WeightStore) -> Result<Model> {
+        let vh = [cfg.vocab_size, cfg.hidden_size];
+        let embed = store.f32_checked(registry::EMBED, &vh)?;
+        let layers = (0..cfg.num_layers)
+            .map(|l| LayerWeights::load(store, &cfg, l))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = store.f32_checked(registry::FINAL_NORM, &[cfg.hidden_size])?;
+        let lm_head = if untied_head(&cfg, store) {
+            Some(store.f32_checked(registry::LM_HEAD, &vh)?)
+        } else {
+            None
+        };
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            cfg,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// Runs all layers and the final norm; returns the normed hidden states [N, H].
+    pub fn forward_hidden(&self, ids: &[u32], batch: Batch, mut obs: Observer<'_>) -> Result<Vec<f32>> {
+        assert_eq!(ids.len(), batch.rows(), "ids do not match the batch shape");
+        let rope = RopeCache::new(&self.cfg, batch.seq_len);
+        let mut h = embed(&self.cfg, &self.embed, ids)?;
+        if let Some(f) = obs.as_mut() {
+            f(Event::Embeds(&h));
+        }
+        for (l, w) in self.layers.iter().enumerate() {
+            layer_forward(&self.cfg, l, w, &mut h, batch, &rope, &mut obs);
+        }
+        ops::rms_norm(&mut h, &self.final_norm, self.cfg.rms_norm_eps);
+        Ok(h)
+    }
+
+    /// The LM head matrix ([V, H]): the embedding table when tied.
+    pub fn head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    /// Logits for normed hidden rows `[rows, H]` → `[rows, V]`, final softcap applied.
+    pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let rows = hidden.len() / self.cfg.hidden_size;
+        let mut z = ops::linear(hidden, self.head(), rows, self.cfg.hidden_size, self.cfg.vocab_size);
+        if let Some(cap) = self.cfg.final_softcap {
+            ops::softcap(&mut z, cap);
+        }
+        z
+    }
+
+    pub fn forward_logits(&self, ids: &[u32], batch: Batch) -> Result<Vec<f32>> {
+        let h = self.forward_hidden(ids, batch, None)?;
+        Ok(self.logits(&h))
+    }
+}
+
+/// transformers ties the head whenever `tie_word_embeddings` is set; an absent `lm_head.weight`
+/// also means tied.
+pub fn untied_head(cfg: &ModelConfig, store: &WeightStore) -> bool {
+    !cfg.tie_word_embeddings && store.contains(registry::LM_HEAD)
+}

@@ -1,0 +1,182 @@
+//! The one tensor registry: every tensor a Gemma checkpoint holds, its HF name, the shape the
+//! config implies and its role. The loader checks a checkpoint against it, the scorer and the
+//! rewriter find the MLP tensors they slice through it, and `inspect` counts parameters with it.
+
+use crate::config::ModelConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerTensor {
+    InputNorm,
+    Q,
+    K,
+    V,
+    O,
+    QNorm,
+    KNorm,
+    PostAttnNorm,
+    PreFfnNorm,
+    Gate,
+    Up,
+    Down,
+    PostFfnNorm,
+}
+
+impl LayerTensor {
+    pub const ALL: [LayerTensor; 13] = [
+        LayerTensor::InputNorm,
+        LayerTensor::Q,
+        LayerTensor::K,
+        LayerTensor::V,
+        LayerTensor::O,
+        LayerTensor::QNorm,
+        LayerTensor::KNorm,
+        LayerTensor::PostAttnNorm,
+        LayerTensor::PreFfnNorm,
+        LayerTensor::Gate,
+        LayerTensor::Up,
+        LayerTensor::Down,
+        LayerTensor::PostFfnNorm,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            LayerTensor::InputNorm => "input_layernorm.weight",
+            LayerTensor::Q => "self_attn.q_proj.weight",
+            LayerTensor::K => "self_attn.k_proj.weight",
+            LayerTensor::V => "self_attn.v_proj.weight",
+            LayerTensor::O => "self_attn.o_proj.weight",
+            LayerTensor::QNorm => "self_attn.q_norm.weight",
+            LayerTensor::KNorm => "self_attn.k_norm.weight",
+            LayerTensor::PostAttnNorm => "post_attention_layernorm.weight",
+            LayerTensor::PreFfnNorm => "pre_feedforward_layernorm.weight",
+            LayerTensor::Gate => "mlp.gate_proj.weight",
+            LayerTensor::Up => "mlp.up_proj.weight",
+            LayerTensor::Down => "mlp.down_proj.weight",
+            LayerTensor::PostFfnNorm => "post_feedforward_layernorm.weight",
+        }
+    }
+
+    pub fn group(self) -> Group {
+        match self {
+            LayerTensor::Q | LayerTensor::K | LayerTensor::V | LayerTensor::O => Group::Attention,
+            LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down => Group::Mlp,
+            _ => Group::Norm,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Embed,
+    FinalNorm,
+    LmHead,
+    Layer(usize, LayerTensor),
+}
+
+/// Parameter groups as model-card tables count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    Embedding,
+    Attention,
+    Mlp,
+    Norm,
+    LmHead,
+}
+
+impl Group {
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Embedding => "embedding",
+            Group::Attention => "attention",
+            Group::Mlp => "mlp",
+            Group::Norm => "norms",
+            Group::LmHead => "lm_head (untied)",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: Role,
+}
+
+impl TensorSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn group(&self) -> Group {
+        match self.role {
+            Role::Embed => Group::Embedding,
+            Role::FinalNorm => Group::Norm,
+            Role::LmHead => Group::LmHead,
+            Role::Layer(_, t) => t.group(),
+        }
+    }
+}
+
+pub fn layer_name(layer: usize, t: LayerTensor) -> String {
+    format!("model.layers.{layer}.{}", t.suffix())
+}
+
+pub const EMBED: &str = "model.embed_tokens.weight";
+pub const FINAL_NORM: &str = "model.norm.weight";
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// The expected `[rows, cols]` (HF `[out, in]`) shape of a layer tensor.
+pub fn layer_shape(cfg: &ModelConfig, t: LayerTensor) -> Vec<usize> {
+    let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    match t {
+        LayerTensor::InputNorm
+        | LayerTensor::PostAttnNorm
+        | LayerTensor::PreFfnNorm
+        | LayerTensor::PostFfnNorm => vec![h],
+        LayerTensor::Q => vec![cfg.q_dim(), h],
+        LayerTensor::K | LayerTensor::V => vec![cfg.kv_dim(), h],
+        LayerTensor::O => vec![h, cfg.q_dim()],
+        LayerTensor::QNorm | LayerTensor::KNorm => vec![d],
+        LayerTensor::Gate | LayerTensor::Up => vec![i, h],
+        LayerTensor::Down => vec![h, i],
+    }
+}
+
+/// Does this architecture have this per-layer tensor?
+pub fn layer_has(cfg: &ModelConfig, t: LayerTensor) -> bool {
+    !matches!(t, LayerTensor::QNorm | LayerTensor::KNorm) || cfg.qk_norm
+}
+
+/// Every tensor of the checkpoint in file order conventions (embedding, layers, final norm).
+/// `lm_head` is listed only when the embeddings are untied.
+pub fn registry(cfg: &ModelConfig, untied_head: bool) -> Vec<TensorSpec> {
+    let mut v = vec![TensorSpec {
+        name: EMBED.into(),
+        shape: vec![cfg.vocab_size, cfg.hidden_size],
+        role: Role::Embed,
+    }];
+    for l in 0..cfg.num_layers {
+        for t in LayerTensor::ALL {
+            if layer_has(cfg, t) {
+                v.push(TensorSpec {
+                    name: layer_name(l, t),
+                    shape: layer_shape(cfg, t),
+                    role: Role::Layer(l, t),
+                });
+            }
+        }
+    }
+    v.push(TensorSpec {
+        name: FINAL_NORM.into(),
+        shape: vec![cfg.hidden_size],
+        role: Role::FinalNorm,
+    });
+    if untied_head {
+        v.push(TensorSpec {
+            name: LM_HEAD.into(),
+            shape: vec![cfg.vocab_size, cfg.hidden_size],
+            role: Role::LmHead,
+        });
+    }
+    v
+}

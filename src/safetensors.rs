@@ -1,0 +1,480 @@
+//! Memory-mapped safetensors reading, one file or sharded (`model.safetensors.index.json`).
+//!
+//! The header is validated completely before any tensor is touched: dtype known, byte length equal
+//! to shape × dtype size, offsets inside the file. A truncated download or a hand-edited header is
+//! an error naming the file and tensor, never an out-of-bounds read. Weights stay in the page
+//! cache; callers widen what they need (one layer at a time) to f32.
+
+use crate::error::{Error, Result};
+use memmap2::Mmap;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Headers larger than this are rejected before parsing (the reference implementation uses the
+/// same bound); a real header for a 9B model is a few hundred KiB.
+const MAX_HEADER: u64 = 100 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    Other(&'static str),
+}
+
+impl Dtype {
+    fn parse(s: &str) -> Option<Dtype> {
+        Some(match s {
+            "F32" => Dtype::F32,
+            "F16" => Dtype::F16,
+            "BF16" => Dtype::BF16,
+            "I64" => Dtype::I64,
+            "I32" => Dtype::I32,
+            "F64" => Dtype::Other("F64"),
+            "U8" => Dtype::Other("U8"),
+            "I8" => Dtype::Other("I8"),
+            "I16" => Dtype::Other("I16"),
+            "U16" => Dtype::Other("U16"),
+            "U32" => Dtype::Other("U32"),
+            "U64" => Dtype::Other("U64"),
+            "BOOL" => Dtype::Other("BOOL"),
+            "F8_E4M3" => Dtype::Other("F8_E4M3"),
+            "F8_E5M2" => Dtype::Other("F8_E5M2"),
+            _ => return None,
+        })
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::I64 => 8,
+            Dtype::Other(s) => match s {
+                "F64" | "U64" => 8,
+                "U32" => 4,
+                "I16" | "U16" => 2,
+                _ => 1,
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::I64 => "I64",
+            Dtype::I32 => "I32",
+            Dtype::Other(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range inside the data section (after the header).
+    pub start: usize,
+    pub end: usize,
+}
+
+/// One mapped safetensors file with its validated header.
+pub struct SafeFile {
+    pub path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    pub tensors: BTreeMap<String, TensorInfo>,
+    pub metadata: Option<Value>,
+}
+
+impl SafeFile {
+    pub fn open(path: &Path) -> Result<SafeFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and private to this process. Like every mmap reader we
+        // assume no other process truncates or rewrites the checkpoint while whittle runs; the
+        // input model is never written by whittle itself.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (data_start, tensors, metadata) = parse_header(path, &mmap)?;
+        Ok(SafeFile {
+            path: path.to_path_buf(),
+            mmap,
+            data_start,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// The raw little-endian bytes of one tensor (bounds were checked when the header was read).
+    pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        &self.mmap[self.data_start + info.start..self.data_start + info.end]
+    }
+
+    /// Bytes in the data section (everything after the header).
+    pub fn data_len(&self) -> usize {
+        self.mmap.len() - self.data_start
+    }
+}
+
+fn header_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::SafetensorsHeader {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+type Header = (usize, BTreeMap<String, TensorInfo>, Option<Value>);
+
+fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
+    if buf.len() < 8 {
+        return Err(header_err(
+            path,
+            format!("file is {} bytes, shorter than the 8-byte header length; is it truncated?", buf.len()),
+        ));
+    }
+    let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    if n > MAX_HEADER {
+        return Err(header_err(path, format!("header length {n} is implausible (> {MAX_HEADER})")));
+    }
+    let n = n as usize;
+    if 8 + n > buf.len() {
+        return Err(header_err(
+            path,
+            format!(
+                "header says it is {n} bytes but the file has only {} after the length; the file is truncated",
+                buf.len() - 8
+            ),
+        ));
+    }
+    let json: Value = serde_json::from_slice(&buf[8..8 + n])
+        .map_err(|e| header_err(path, format!("header is not valid JSON: {e}")))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| header_err(path, "header is not a JSON object"))?;
+    let data_len = buf.len() - 8 - n;
+    let mut tensors = BTreeMap::new();
+    let mut metadata = None;
+    for (name, v) in obj {
+        if name == "__metadata__" {
+            metadata = Some(v.clone());
+            continue;
+        }
+        let terr = |msg: String| Error::Tensor {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            msg,
+        };
+        let dtype_s = v
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| terr("header entry has no \"dtype\"".into()))?;
+        let dtype = Dtype::parse(dtype_s).ok_or_else(|| terr(format!("unknown dtype \"{dtype_s}\"")))?;
+        let shape: Vec<usize> = v
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| terr("header entry has no \"shape\" list".into()))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect::<Option<_>>()
+            .ok_or_else(|| terr("shape must be a list of non-negative integers".into()))?;
+        let offs: Vec<usize> = v
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .filter(|a| a.len() == 2)
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| terr("\"data_offsets\" must be [begin, end]".into()))?;
+        let (start, end) = (offs[0], offs[1]);
+        if start > end {
+            return Err(terr(format!("data_offsets [{start}, {end}] are reversed")));
+        }
+        if end > data_len {
+            return Err(terr(format!(
+                "data_offsets end at byte {end} but the file holds only {data_len} data bytes; \
+                 the file is truncated or its header is corrupt"
+            )));
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| terr(format!("shape {shape:?} overflows")))?;
+        let want = numel
+            .checked_mul(dtype.size())
+            .ok_or_else(|| terr(format!("shape {shape:?} overflows")))?;
+        if end - start != want {
+            return Err(terr(format!(
+                "shape {shape:?} × {} needs {want} bytes but data_offsets span {}",
+                dtype.name(),
+                end - start
+            )));
+        }
+        tensors.insert(
+            name.clone(),
+            TensorInfo {
+                dtype,
+                shape,
+                start,
+                end,
+            },
+        );
+    }
+    // Overlapping tensors would mean a corrupt header; the format requires disjoint ranges.
+    let mut ranges: Vec<(usize, usize, &String)> =
+        tensors.iter().map(|(k, t)| (t.start, t.end, k)).collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(header_err(
+                path,
+                format!("tensors \"{}\" and \"{}\" overlap", w[0].2, w[1].2),
+            ));
+        }
+    }
+    Ok((8 + n, tensors, metadata))
+}
+
+/// A view of one tensor: where it lives and its bytes.
+pub struct TensorRef<'a> {
+    pub name: &'a str,
+    pub file: &'a SafeFile,
+    pub info: &'a TensorInfo,
+}
+
+impl TensorRef<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        self.file.bytes(self.info)
+    }
+
+    fn err(&self, msg: String) -> Error {
+        Error::Tensor {
+            path: self.file.path.clone(),
+            tensor: self.name.to_string(),
+            msg,
+        }
+    }
+
+    /// Widen to f32 (exact for BF16 and F16).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.info.shape.iter().product()];
+        self.read_f32_into(&mut out)?;
+        Ok(out)
+    }
+
+    pub fn read_f32_into(&self, out: &mut [f32]) -> Result<()> {
+        let b = self.bytes();
+        if out.len() * self.info.dtype.size() != b.len() {
+            return Err(self.err(format!("read of {} elements from {} bytes", out.len(), b.len())));
+        }
+        match self.info.dtype {
+            Dtype::F32 => widen(b, out, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            Dtype::BF16 => widen(b, out, |c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
+            Dtype::F16 => widen(b, out, |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            d => {
+                return Err(Error::UnsupportedDtype {
+                    path: self.file.path.clone(),
+                    tensor: self.name.to_string(),
+                    dtype: d.name().to_string(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Integer tensors (token-id fixtures, pre-tokenized calibration files).
+    pub fn to_i64(&self) -> Result<Vec<i64>> {
+        let b = self.bytes();
+        match self.info.dtype {
+            Dtype::I64 => Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect()),
+            Dtype::I32 => Ok(b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                .collect()),
+            d => Err(self.err(format!("expected an integer tensor, found {}", d.name()))),
+        }
+    }
+}
+
+fn widen(src: &[u8], out: &mut [f32], f: impl Fn(&[u8]) -> f32 + Sync + Send) {
+    use rayon::prelude::*;
+    if out.is_empty() {
+        return;
+    }
+    let sz = src.len() / out.len();
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK * sz))
+        .for_each(|(o, s)| {
+            for (x, c) in o.iter_mut().zip(s.chunks_exact(sz)) {
+                *x = f(c);
+            }
+        });
+}
+
+/// All safetensors files of a model folder, with a name → file index.
+pub struct WeightStore {
+    pub dir: PathBuf,
+    pub files: Vec<SafeFile>,
+    index: HashMap<String, usize>,
+    /// Present when the checkpoint is sharded: the parsed `model.safetensors.index.json`.
+    pub shard_index: Option<Value>,
+}
+
+impl WeightStore {
+    pub fn open(dir: &Path) -> Result<WeightStore> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let (files, shard_index) = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let idx: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+                path: index_path.clone(),
+                msg: format!("not valid JSON: {e}"),
+            })?;
+            let map = idx
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| Error::Config {
+                    path: index_path.clone(),
+                    msg: "no \"weight_map\" object".into(),
+                })?;
+            let mut names: Vec<String> = Vec::new();
+            for (t, f) in map {
+                let f = f.as_str().ok_or_else(|| Error::Config {
+                    path: index_path.clone(),
+                    msg: format!("weight_map[\"{t}\"] is not a file name"),
+                })?;
+                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                    return Err(Error::Config {
+                        path: index_path.clone(),
+                        msg: format!("weight_map[\"{t}\"] = \"{f}\" must be a file name in the model folder"),
+                    });
+                }
+                if !names.iter().any(|n| n == f) {
+                    names.push(f.to_string());
+                }
+            }
+            names.sort();
+            let files = names
+                .iter()
+                .map(|n| SafeFile::open(&dir.join(n)))
+                .collect::<Result<Vec<_>>>()?;
+            (files, Some(idx))
+        } else if single.exists() {
+            (vec![SafeFile::open(&single)?], None)
+        } else {
+            return Err(Error::Other(format!(
+                "{}: no model.safetensors or model.safetensors.index.json; whittle reads Hugging Face \
+                 safetensors checkpoints (convert .bin/.gguf first)",
+                dir.display()
+            )));
+        };
+        let mut index = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for name in f.tensors.keys() {
+                if let Some(prev) = index.insert(name.clone(), i) {
+                    return Err(Error::Tensor {
+                        path: f.path.clone(),
+                        tensor: name.clone(),
+                        msg: format!("also present in {}", files[prev].path.display()),
+                    });
+                }
+            }
+        }
+        Ok(WeightStore {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+            shard_index,
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+
+    pub fn get(&self, name: &str) -> Result<TensorRef<'_>> {
+        let (key, &i) = self.index.get_key_value(name).ok_or_else(|| Error::MissingTensor {
+            dir: self.dir.clone(),
+            tensor: name.to_string(),
+            files: self
+                .files
+                .iter()
+                .map(|f| f.path.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let file = &self.files[i];
+        Ok(TensorRef {
+            name: key,
+            file,
+            info: &file.tensors[name],
+        })
+    }
+
+    /// The tensor, checked against the shape the config implies, widened to f32.
+    pub fn f32_checked(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.get(name)?;
+        if t.info.shape != shape {
+            return Err(Error::ShapeMismatch {
+                path: t.file.path.clone(),
+                tensor: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.info.shape.clone(),
+            });
+        }
+        t.to_f32()
+    }
+}
+
+/// One tensor of a file being written: the header is laid out from these before any data.
+#[derive(Debug, Clone)]
+pub struct HeaderEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+impl HeaderEntry {
+    pub fn nbytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+/// The 8-byte length and JSON header for `entries` stored back to back in the given order,
+/// padded with spaces to a multiple of 8 so the data section stays aligned.
+pub fn encode_header(entries: &[HeaderEntry], metadata: Option<&Value>) -> Vec<u8> {
+    // serde_json's map is ordered by key, so build the JSON text by hand to keep file order.
+    let mut json = String::from("{");
+    if let Some(m) = metadata {
+        json += &format!("\"__metadata__\":{m}");
+    }
+    let mut off = 0usize;
+    for e in entries {
+        if json.len() > 1 {
+            json.push(',');
+        }
+        let n = e.nbytes();
+        json += &format!(
+            "{}:{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{},{}]}}",
+            Value::from(e.name.as_str()),
+            e.dtype.name(),
+            Value::from(e.shape.clone()),
+            off,
+            off + n
+        );
+        off += n;
+    }
+    json.push('}');
+    while json.len() % 8 != 0 {
+        json.push(' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out
+}

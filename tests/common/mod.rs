@@ -1,0 +1,80 @@
+//! Shared test helpers: synthetic model folders written with the library's own registry and
+//! safetensors header encoder (so bad-input tests can corrupt one thing at a time).
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use whittle::config::ModelConfig;
+use whittle::registry::registry;
+use whittle::safetensors::{encode_header, Dtype, HeaderEntry};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_whittle")
+}
+
+/// A small Gemma-3 config (2 layers, both layer types).
+pub fn tiny_config() -> Value {
+    json!({
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+        "vocab_size": 64, "query_pre_attn_scalar": 16, "sliding_window": 4,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+        "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": true, "bos_token_id": 2
+    })
+}
+
+/// Deterministic pseudo-random values in [-0.5, 0.5).
+pub fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+pub fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Tensors (name, shape, f32 values) of a synthetic checkpoint for `cfg`.
+pub fn synthetic_tensors(cfg: &Value) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let c = ModelConfig::from_json_str(&cfg.to_string(), Path::new("config.json")).unwrap();
+    registry(&c, false)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n = s.numel();
+            (s.name, s.shape, noise(n, i as u64 + 1))
+        })
+        .collect()
+}
+
+/// Writes one safetensors file holding `tensors` as F32.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let entries: Vec<HeaderEntry> = tensors
+        .iter()
+        .map(|(n, s, _)| HeaderEntry { name: n.clone(), dtype: Dtype::F32, shape: s.clone() })
+        .collect();
+    let mut bytes = encode_header(&entries, Some(&json!({"format": "pt"})));
+    for (_, _, v) in tensors {
+        bytes.extend(f32_bytes(v));
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A complete synthetic model folder (config + one safetensors file, no tokenizer).
+pub fn write_model(dir: &Path, cfg: &Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).unwrap();
+    write_safetensors(&dir.join("model.safetensors"), &synthetic_tensors(cfg));
+}

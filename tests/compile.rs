@@ -1,0 +1,308 @@
+//! `whittle compile` end to end on small models: identity at full width, determinism, what the
+//! output holds, that repair helps, and every bad input named in the issue (clear error, nothing
+//! left behind).
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use whittle::model::{Batch, Model};
+use whittle::safetensors::{encode_header, Dtype, HeaderEntry, WeightStore};
+
+/// A pre-tokenized calibration file: `n` sequences of `seq` ids, BOS first.
+fn write_ids(path: &Path, n: usize, seq: usize, vocab: usize, seed: u64) {
+    let noise = noise(n * seq, seed);
+    let ids: Vec<i64> = noise
+        .iter()
+        .enumerate()
+        .map(|(i, x)| if i % seq == 0 { 2 } else { 4 + ((x + 0.5) * (vocab - 4) as f32) as i64 % (vocab as i64 - 4) })
+        .collect();
+    let mut bytes = encode_header(
+        &[HeaderEntry { name: "input_ids".into(), dtype: Dtype::I64, shape: vec![n, seq] }],
+        None,
+    );
+    for i in ids {
+        bytes.extend_from_slice(&i.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "whittle panicked: {err}");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), err)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every tensor of two checkpoints: same names, dtypes, shapes and bytes.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (sa, sb) = (WeightStore::open(a).unwrap(), WeightStore::open(b).unwrap());
+    let mut na: Vec<_> = sa.names().cloned().collect();
+    let mut nb: Vec<_> = sb.names().cloned().collect();
+    na.sort();
+    nb.sort();
+    assert_eq!(na, nb);
+    for n in &na {
+        let (x, y) = (sa.get(n).unwrap(), sb.get(n).unwrap());
+        assert_eq!(x.info.dtype, y.info.dtype, "{n}");
+        assert_eq!(x.info.shape, y.info.shape, "{n}");
+        assert!(x.bytes() == y.bytes(), "{n}: bytes differ");
+    }
+}
+
+/// No temp or backup folders left beside `dir`.
+fn assert_no_leftovers(parent: &Path) {
+    for e in std::fs::read_dir(parent).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.contains("whittle-tmp") && !name.contains("whittle-old"), "left behind: {name}");
+    }
+}
+
+fn synthetic(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let m = d.join("in");
+    write_model(&m, &tiny_config());
+    let ids = d.join("calib.safetensors");
+    write_ids(&ids, 6, 12, 64, 7);
+    (m, ids)
+}
+
+#[test]
+fn keep_all_without_repair_reproduces_input() {
+    let d = tempfile::tempdir().unwrap();
+    for (name, extra) in [("magnitude", vec![]), ("energy", vec!["--calib-ids"]), ("obs", vec!["--calib-ids"])] {
+        let (m, ids) = synthetic(d.path());
+        let out = d.path().join(format!("out-{name}"));
+        let mut args = vec!["compile", s(&m), "-o", s(&out), "--method", name, "--keep-ratio", "1.0", "--no-repair"];
+        if !extra.is_empty() {
+            args.extend([extra[0], s(&ids)]);
+        }
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+        assert_same_tensors(&m, &out);
+        assert_eq!(
+            std::fs::read(m.join("config.json")).unwrap(),
+            std::fs::read(out.join("config.json")).unwrap(),
+            "config.json must be untouched at full width"
+        );
+    }
+    // And on a real bf16 fixture with its tokenizer and text calibration.
+    let out = d.path().join("out-fixture");
+    let (code, _, err) = run(&[
+        "compile", s(&fixture("tiny-gemma3")), "-o", s(&out), "--keep-ratio", "1", "--no-repair",
+        "--calib", s(&fixture("eval-text.txt")), "--seq", "16", "--samples", "4",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_same_tensors(&fixture("tiny-gemma3"), &out);
+}
+
+fn strip_timings(p: &Path) -> Value {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("timings_s");
+    v.as_object_mut().unwrap().remove("peak_rss_mib");
+    v
+}
+
+#[test]
+fn compile_is_deterministic_and_vanilla() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, ids) = synthetic(d.path());
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    for (out, threads) in [(&a, "1"), (&b, "2")] {
+        let (code, _, err) = run(&[
+            "--threads", threads, "compile", s(&m), "-o", s(out), "--calib-ids", s(&ids), "--intermediate-size", "20",
+            "--method", "obs", "--sequential",
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let mut files: Vec<_> = std::fs::read_dir(&a).unwrap().map(|e| e.unwrap().file_name()).collect();
+    files.sort();
+    for f in &files {
+        if f == "whittle_report.json" {
+            continue;
+        }
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f:?} differs between runs");
+    }
+    let (ra, mut rb) = (strip_timings(&a.join("whittle_report.json")), strip_timings(&b.join("whittle_report.json")));
+    rb["backend"] = ra["backend"].clone(); // names the thread count
+    assert_eq!(ra, rb);
+
+    // What a vanilla loader sees: config differs only in intermediate_size, shapes follow.
+    let mut cfg_in: Value = serde_json::from_slice(&std::fs::read(m.join("config.json")).unwrap()).unwrap();
+    let cfg_out: Value = serde_json::from_slice(&std::fs::read(a.join("config.json")).unwrap()).unwrap();
+    // The rounding multiple for a 48-wide MLP clamps to 2: 20 stays 20.
+    cfg_in["intermediate_size"] = json!(20);
+    assert_eq!(cfg_in, cfg_out);
+    let model = Model::load(&a).unwrap();
+    assert_eq!(model.layers[0].gate.len(), 20 * 32);
+    // The kept rows of gate_proj are the input's rows at the reported indices.
+    let src = Model::load(&m).unwrap();
+    let kept: Vec<usize> = ra["layers"][1]["kept"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(kept.len(), 20);
+    for (r, &j) in kept.iter().enumerate() {
+        assert_eq!(&model.layers[1].up[r * 32..(r + 1) * 32], &src.layers[1].up[j * 32..(j + 1) * 32]);
+    }
+    assert_eq!(ra["intermediate_size_after"], json!(20));
+    assert_eq!(ra["calibration"]["tokens"], json!(72));
+    assert!(ra["params_after"].as_u64().unwrap() < ra["params_before"].as_u64().unwrap());
+}
+
+/// KL(original ‖ compiled) on the calibration sequences themselves.
+fn kl_on(orig: &Model, comp: &Model, ids: &[u32], seq: usize) -> f64 {
+    let n = ids.len() / seq;
+    let b = Batch { n_seq: n, seq_len: seq };
+    let (za, zb) = (orig.forward_logits(ids, b).unwrap(), comp.forward_logits(ids, b).unwrap());
+    let v = orig.cfg.vocab_size;
+    let mut kl = 0f64;
+    for (ra, rb) in za.chunks_exact(v).zip(zb.chunks_exact(v)) {
+        let lse = |r: &[f32]| {
+            let m = r.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            m + r.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+        };
+        let (la, lb) = (lse(ra), lse(rb));
+        kl += ra.iter().zip(rb).map(|(&x, &y)| (x as f64 - la).exp() * ((x as f64 - la) - (y as f64 - lb))).sum::<f64>();
+    }
+    kl / (za.len() / v) as f64
+}
+
+#[test]
+fn repair_and_sequential_reduce_kl() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-gemma2");
+    let text = fixture("eval-text.txt");
+    let mut kls = Vec::new();
+    for (name, flags) in [
+        ("energy", vec!["--method", "energy", "--no-repair", "--one-shot"]),
+        ("energy+repair", vec!["--method", "energy", "--one-shot"]),
+        ("obs+repair+seq", vec!["--method", "obs", "--sequential"]),
+    ] {
+        let out = d.path().join(name.replace('+', "-"));
+        let mut args = vec!["compile", s(&m), "-o", s(&out), "--keep-ratio", "0.5", "--calib", s(&text), "--seq", "24", "--samples", "24"];
+        args.extend(flags);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{name}: {err}");
+        let orig = Model::load(&m).unwrap();
+        let comp = Model::load(&out).unwrap();
+        let tok = whittle::tokenizer::Tokenizer::from_dir(&m).unwrap();
+        let ids = tok.encode(&std::fs::read_to_string(&text).unwrap()).unwrap();
+        let w = whittle::eval::make_windows(&ids, 24, Some(24), 2, &text).unwrap().concat();
+        kls.push((name, kl_on(&orig, &comp, &w, 24)));
+    }
+    eprintln!("{kls:?}");
+    assert!(kls[1].1 < kls[0].1, "repair did not help: {kls:?}");
+    assert!(kls[2].1 < kls[0].1, "obs+repair+sequential worse than plain energy: {kls:?}");
+}
+
+#[test]
+fn bad_width_requests() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, ids) = synthetic(d.path());
+    let out = d.path().join("out");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--tier", "huge"], "unknown tier \"huge\""),
+        (&["--keep-ratio", "0"], "--keep-ratio"),
+        (&["--keep-ratio=-0.5"], "--keep-ratio"),
+        (&["--keep-ratio", "1.5"], "outside (0, 1]"),
+        (&["--keep-ratio", "0.01"], "rounds to 0"),
+        (&["--intermediate-size", "0"], "--intermediate-size"),
+        (&["--intermediate-size", "49"], "outside 1..=48"),
+        (&["--method", "random"], "unknown method"),
+    ];
+    for (flags, want) in cases {
+        let mut args = vec!["compile", s(&m), "-o", s(&out), "--calib-ids", s(&ids)];
+        args.extend_from_slice(flags);
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0, "{flags:?} was accepted");
+        assert!(err.contains(want), "{flags:?}: {err}");
+        assert!(!out.exists(), "{flags:?} left output behind");
+    }
+    assert_no_leftovers(d.path());
+}
+
+#[test]
+fn calibration_text_too_short() {
+    let d = tempfile::tempdir().unwrap();
+    let t = d.path().join("tiny.txt");
+    std::fs::write(&t, "Too short.").unwrap();
+    let out = d.path().join("out");
+    let (code, _, err) = run(&["compile", s(&fixture("tiny-gemma3")), "-o", s(&out), "--calib", s(&t), "--seq", "64"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("tiny.txt") && err.contains("too short for one calibration sequence"), "{err}");
+    assert!(!out.exists());
+    assert_no_leftovers(d.path());
+}
+
+#[test]
+fn destination_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, ids) = synthetic(d.path());
+    let before: Vec<u8> = std::fs::read(m.join("model.safetensors")).unwrap();
+
+    // Inside the input folder.
+    let inside = m.join("pruned");
+    let (code, _, err) = run(&["compile", s(&m), "-o", s(&inside), "--calib-ids", s(&ids)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("inside the input model folder"), "{err}");
+    assert!(!inside.exists());
+
+    // The input folder itself, even with --force.
+    let (code, _, err) = run(&["compile", s(&m), "-o", s(&m), "--calib-ids", s(&ids), "--force"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("input model"), "{err}");
+
+    // Existing output without --force.
+    let existing = d.path().join("exists");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), "mine").unwrap();
+    let (code, _, err) = run(&["compile", s(&m), "-o", s(&existing), "--calib-ids", s(&ids)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(existing.join("keep.txt")).unwrap(), "mine");
+    // With --force it is replaced.
+    let (code, _, err) = run(&["compile", s(&m), "-o", s(&existing), "--calib-ids", s(&ids), "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!existing.join("keep.txt").exists() && existing.join("model.safetensors").exists());
+
+    // Unwritable destinations: a parent that is a file, and a filesystem that refuses folders.
+    let file = d.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let (code, _, err) = run(&["compile", s(&m), "-o", s(&file.join("out")), "--calib-ids", s(&ids)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("plain-file"), "{err}");
+    let (code, _, err) = run(&["compile", s(&m), "-o", "/proc/whittle-test-out", "--calib-ids", s(&ids)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/proc"), "{err}");
+
+    assert_eq!(before, std::fs::read(m.join("model.safetensors")).unwrap(), "input modified");
+    assert_no_leftovers(d.path());
+}
+
+#[test]
+fn disk_full_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, ids) = synthetic(d.path());
+    let out = d.path().join("out");
+    // A full write first, to know the size: then fail in the header, mid-tensors, and on the
+    // very last small file (the report).
+    let full = d.path().join("full");
+    let (code, _, err) = run(&["compile", s(&m), "-o", s(&full), "--calib-ids", s(&ids), "--keep-ratio", "0.5"]);
+    assert_eq!(code, 0, "{err}");
+    let total: u64 = std::fs::read_dir(&full).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    for limit in [100, total / 2, total - 10].map(|x| x.to_string()) {
+        let limit = limit.as_str();
+        let o = Command::new(bin())
+            .args(["compile", s(&m), "-o", s(&out), "--calib-ids", s(&ids), "--keep-ratio", "0.5"])
+            .env("WHITTLE_TEST_WRITE_LIMIT", limit)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "limit {limit}: {err}");
+        assert!(err.contains("No space left on device"), "limit {limit}: {err}");
+        assert!(!out.exists(), "limit {limit}: partial output left");
+        assert_no_leftovers(d.path());
+    }
+}
