@@ -11,7 +11,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{layer_forward, Batch, Event, LayerWeights, RopeCache};
+use crate::model::{attn_block, mlp_block, Batch, Event, LayerWeights, RopeCache};
 use crate::safetensors::SafeFile;
 use crate::tokenizer::{read_text, Tokenizer};
 use rayon::prelude::*;
@@ -98,10 +98,17 @@ impl CalibSet {
         }
         let total_w: f64 = sources.iter().map(|s| s.weight).sum();
         // Largest-remainder apportionment so the shares add up to n_samples exactly.
-        let exact: Vec<f64> = sources.iter().map(|s| n_samples as f64 * s.weight / total_w).collect();
+        let exact: Vec<f64> = sources
+            .iter()
+            .map(|s| n_samples as f64 * s.weight / total_w)
+            .collect();
         let mut share: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
         let mut order: Vec<usize> = (0..sources.len()).collect();
-        order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| {
+            (exact[b] - exact[b].floor())
+                .total_cmp(&(exact[a] - exact[a].floor()))
+                .then(a.cmp(&b))
+        });
         let missing = n_samples - share.iter().sum::<usize>();
         for &i in order.iter().take(missing) {
             share[i] += 1;
@@ -260,7 +267,10 @@ impl MlpStats {
     }
 
     pub fn mean_sq(&self) -> Vec<f64> {
-        self.sumsq.iter().map(|&s| s / self.count.max(1) as f64).collect()
+        self.sumsq
+            .iter()
+            .map(|&s| s / self.count.max(1) as f64)
+            .collect()
     }
 }
 
@@ -301,14 +311,32 @@ fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
     }
 }
 
-/// Runs one decoder layer over calibration batches. The CPU implementation is below; the CUDA
-/// engine implements the same trait.
+/// Runs decoder layers over calibration batches. The CPU implementation is below; the CUDA
+/// engine implements the same trait. `h` always holds whole sequences: [n_seq·seq_len, H].
 pub trait Backend {
     fn name(&self) -> String;
 
-    /// Applies layer `l` with weights `w` in place to `h` ([n_seq·seq_len, H], whole sequences),
-    /// handing the MLP activations [rows, I] of the batch to `sink`.
-    #[allow(clippy::too_many_arguments)]
+    /// The attention half of layer `l`, in place on `h`.
+    fn run_attention(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        batch: Batch,
+    ) -> Result<()>;
+
+    /// The MLP half of layer `l`, in place on `h`, handing the down_proj input [rows, I] to `sink`.
+    fn run_mlp(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        sink: &mut dyn FnMut(&[f32]),
+    ) -> Result<()>;
+
+    /// A whole layer.
     fn run_layer(
         &mut self,
         cfg: &ModelConfig,
@@ -317,7 +345,10 @@ pub trait Backend {
         h: &mut [f32],
         batch: Batch,
         sink: &mut dyn FnMut(&[f32]),
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.run_attention(cfg, l, w, h, batch)?;
+        self.run_mlp(cfg, l, w, h, sink)
+    }
 }
 
 pub struct CpuBackend {
@@ -341,25 +372,35 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn run_layer(
+    fn run_attention(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
         h: &mut [f32],
         batch: Batch,
-        sink: &mut dyn FnMut(&[f32]),
     ) -> Result<()> {
         if self.rope.as_ref().map(|r| r.seq_len) != Some(batch.seq_len) {
             self.rope = Some(RopeCache::new(cfg, batch.seq_len));
         }
-        let rope = self.rope.as_ref().expect("set above");
+        attn_block(cfg, l, w, h, batch, self.rope.as_ref().expect("set above"));
+        Ok(())
+    }
+
+    fn run_mlp(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        sink: &mut dyn FnMut(&[f32]),
+    ) -> Result<()> {
         let mut obs = |ev: Event<'_>| {
             if let Event::MlpAct { act, .. } = ev {
                 sink(act)
             }
         };
-        layer_forward(cfg, l, w, h, batch, rope, &mut Some(&mut obs));
+        mlp_block(cfg, l, w, h, &mut Some(&mut obs));
         Ok(())
     }
 }

@@ -9,7 +9,9 @@ use crate::calib::{Backend, CalibSet, MlpStats};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{embed_from_store, Batch, LayerWeights};
-use crate::prune::{energy_scores, magnitude_scores, obs_select, repair, slice_layer, top_k, Method};
+use crate::prune::{
+    energy_scores, magnitude_scores, obs_select, repair, slice_layer, top_k, Method,
+};
 use crate::registry::{layer_name, registry, LayerTensor};
 use crate::safetensors::WeightStore;
 use crate::writer::{round_to_dtype, write_model, LayerCut};
@@ -18,7 +20,12 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Named widths, as fractions of 72 (on gemma-2-2b's 9216: 7936, 7296, 6528, 4864).
-pub const TIERS: &[(&str, usize)] = &[("default", 62), ("production", 57), ("throughput", 51), ("experimental", 38)];
+pub const TIERS: &[(&str, usize)] = &[
+    ("default", 62),
+    ("production", 57),
+    ("throughput", 51),
+    ("experimental", 38),
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Width {
@@ -76,13 +83,16 @@ pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<Resolved
     let m = multiple_of.min(pow2);
     let target = match w {
         Width::Tier(t) => {
-            let (_, num) = TIERS.iter().find(|(name, _)| name == t).ok_or_else(|| Error::Arg {
-                flag: "--tier",
-                msg: format!(
-                    "unknown tier \"{t}\"; choose {}",
-                    TIERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                ),
-            })?;
+            let (_, num) = TIERS
+                .iter()
+                .find(|(name, _)| name == t)
+                .ok_or_else(|| Error::Arg {
+                    flag: "--tier",
+                    msg: format!(
+                        "unknown tier \"{t}\"; choose {}",
+                        TIERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    ),
+                })?;
             n as f64 * *num as f64 / 72.0
         }
         Width::KeepRatio(r) => {
@@ -112,7 +122,9 @@ pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<Resolved
                 Width::KeepRatio(_) => "--keep-ratio",
                 Width::Size(_) => "--intermediate-size",
             },
-            msg: format!("the width rounds to 0 at a multiple of {m} (MLP width {n}); keep more neurons"),
+            msg: format!(
+                "the width rounds to 0 at a multiple of {m} (MLP width {n}); keep more neurons"
+            ),
         });
     }
     Ok(ResolvedWidth { width, multiple: m })
@@ -160,7 +172,10 @@ pub fn compile(
         (true, None) => {
             return Err(Error::Arg {
                 flag: "--calib",
-                msg: format!("method {} with repair needs calibration text", opts.method.name()),
+                msg: format!(
+                    "method {} with repair needs calibration text",
+                    opts.method.name()
+                ),
             })
         }
         (true, Some(c)) => Some(c),
@@ -175,7 +190,11 @@ pub fn compile(
         }
     }
     let mut t = Timings::default();
-    let down_dtype = |l: usize| store.get(&layer_name(l, LayerTensor::Down)).map(|t| t.info.dtype);
+    let down_dtype = |l: usize| {
+        store
+            .get(&layer_name(l, LayerTensor::Down))
+            .map(|t| t.info.dtype)
+    };
 
     // Hidden states of all calibration tokens: the pruned stream, and with --sequential the
     // original model's stream beside it.
@@ -184,7 +203,11 @@ pub fn compile(
         Some(c) => embed_from_store(&cfg, &store, &c.ids)?, // [n_seq·T, H]
         None => Vec::new(),
     };
-    let mut h_ref = if opts.sequential && calib.is_some() { h.clone() } else { Vec::new() }; // [n_seq·T, H]
+    let mut h_ref = if opts.sequential && calib.is_some() {
+        h.clone()
+    } else {
+        Vec::new()
+    }; // [n_seq·T, H]
     t.calibrate += t0.elapsed().as_secs_f64();
 
     let mut cuts = Vec::with_capacity(cfg.num_layers);
@@ -201,7 +224,10 @@ pub fn compile(
             let rows_per = bs * seq * hd;
             for s0 in (0..c.n_seq).step_by(bs) {
                 let nb = bs.min(c.n_seq - s0);
-                let batch = Batch { n_seq: nb, seq_len: seq };
+                let batch = Batch {
+                    n_seq: nb,
+                    seq_len: seq,
+                };
                 let range = s0 * seq * hd..(s0 + nb) * seq * hd;
                 debug_assert!(range.len() <= rows_per);
                 if opts.sequential {
@@ -209,8 +235,11 @@ pub fn compile(
                     backend.run_layer(&cfg, l, &w, &mut h_ref[range.clone()], batch, &mut |a| {
                         a_ref = a.to_vec()
                     })?;
+                    // The pruned stream's post-attention residual is kept: once this layer's
+                    // neurons are chosen, only its MLP has to run again.
+                    backend.run_attention(&cfg, l, &w, &mut h[range.clone()], batch)?;
                     let mut x = h[range].to_vec();
-                    backend.run_layer(&cfg, l, &w, &mut x, batch, &mut |a| {
+                    backend.run_mlp(&cfg, l, &w, &mut x, &mut |a| {
                         stats.add(a);
                         stats.add_cross(&a_ref, a);
                     })?;
@@ -246,8 +275,13 @@ pub fn compile(
                 let seq = c.seq_len;
                 for s0 in (0..c.n_seq).step_by(bs) {
                     let nb = bs.min(c.n_seq - s0);
-                    let batch = Batch { n_seq: nb, seq_len: seq };
-                    backend.run_layer(&cfg, l, &wp, &mut h[s0 * seq * hd..(s0 + nb) * seq * hd], batch, &mut |_| {})?;
+                    backend.run_mlp(
+                        &cfg,
+                        l,
+                        &wp,
+                        &mut h[s0 * seq * hd..(s0 + nb) * seq * hd],
+                        &mut |_| {},
+                    )?;
                 }
                 t.calibrate += t0.elapsed().as_secs_f64();
             }
@@ -270,7 +304,11 @@ pub fn compile(
     let (p0, p1) = (params(&cfg, untied), params(&new_cfg, untied));
     let bytes_before: u64 = registry(&cfg, untied)
         .iter()
-        .map(|s| store.get(&s.name).map(|t| (t.info.end - t.info.start) as u64))
+        .map(|s| {
+            store
+                .get(&s.name)
+                .map(|t| (t.info.end - t.info.start) as u64)
+        })
         .sum::<Result<u64>>()?;
     let mlp_bytes_after: u64 = bytes_before
         - (0..cfg.num_layers)
@@ -329,7 +367,9 @@ pub fn compile(
         report["timings_s"] = json!({
             "calibrate": t.calibrate, "score": t.score, "repair": t.repair, "write": t.write,
         });
-        report["peak_rss_mib"] = json!(peak_rss_mib());
+        let mib = |b: f64| b / (1u64 << 20) as f64;
+        report["peak_rss_mib"] = json!(crate::mem::peak_rss_bytes().map(|b| mib(b as f64)));
+        report["peak_heap_mib"] = json!(crate::mem::peak_heap_bytes().map(|b| mib(b as f64)));
     };
     let ws = write_model(
         input,
@@ -350,12 +390,4 @@ pub fn compile(
     debug_assert_eq!(ws.weight_bytes, mlp_bytes_after);
     finish(&mut report, &mut t);
     Ok(Outcome { report, width: rw })
-}
-
-/// Peak resident memory of this process so far (Linux `VmHWM`), if known.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }

@@ -11,6 +11,7 @@
 //! - `calib`       — calibration tokens, activation statistics, the layer backend trait
 //! - `prune`       — neuron scores (magnitude, energy, OBS) and the least-squares repair
 //! - `linalg`      — f64 Cholesky / SPD inverse / GEMM
+//! - `mem`         — heap accounting (peak heap in reports)
 //! - `writer`      — streaming, atomic checkpoint writer
 //! - `compile`     — the compile pipeline
 //! - `inspect`     — parameter and byte counts
@@ -20,10 +21,13 @@ pub mod check;
 pub mod compile;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod eval;
 pub mod inspect;
 pub mod linalg;
+pub mod mem;
 pub mod model;
 pub mod prune;
 pub mod registry;

@@ -11,8 +11,15 @@ use whittle::eval::{evaluate, make_windows};
 use whittle::model::{Batch, Model};
 use whittle::tokenizer::{read_text, Tokenizer};
 
+#[global_allocator]
+static ALLOC: whittle::mem::CountingAlloc = whittle::mem::CountingAlloc;
+
 #[derive(Parser)]
-#[command(name = "whittle", version, about = "Compile a Gemma-2/3 model into a smaller dense Hugging Face checkpoint")]
+#[command(
+    name = "whittle",
+    version,
+    about = "Compile a Gemma-2/3 model into a smaller dense Hugging Face checkpoint"
+)]
 struct Cli {
     /// Worker threads for the CPU path (default: all cores).
     #[arg(long, global = true)]
@@ -129,9 +136,11 @@ struct BenchArgs {
 fn progress(n: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(n as u64);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -159,7 +168,11 @@ fn load_windows(model_dir: &std::path::Path, win: &WindowArgs, bos: u32) -> Resu
 fn load_model(dir: &std::path::Path) -> Result<Model> {
     let t = Instant::now();
     let m = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
-    eprintln!("loaded {} in {:.1}s (cpu, f32)", dir.display(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} in {:.1}s (cpu, f32)",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(m)
 }
 
@@ -169,7 +182,9 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let windows = load_windows(&a.model, &a.win, model.cfg.bos_token_id)?;
     let pb = progress(windows.len(), "eval");
     let t = Instant::now();
-    let st = evaluate(&model, base.as_ref(), &windows, |i| pb.set_position(i as u64))?;
+    let st = evaluate(&model, base.as_ref(), &windows, |i| {
+        pb.set_position(i as u64)
+    })?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let mut out = json!({
@@ -191,8 +206,18 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         println!("{out}");
     } else {
         println!("model       {}", a.model.display());
-        println!("text        {} ({} windows × {} tokens, {} scored)", a.win.text.display(), windows.len(), a.win.seq, st.tokens);
-        println!("perplexity  {:.4}  (mean NLL {:.5})", st.ppl(), st.mean_nll());
+        println!(
+            "text        {} ({} windows × {} tokens, {} scored)",
+            a.win.text.display(),
+            windows.len(),
+            a.win.seq,
+            st.tokens
+        );
+        println!(
+            "perplexity  {:.4}  (mean NLL {:.5})",
+            st.ppl(),
+            st.mean_nll()
+        );
         if let Some(b) = &a.base {
             println!("vs base     {}", b.display());
             println!("KL          {:.5}", st.mean_kl());
@@ -206,7 +231,10 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 fn cmd_bench(a: BenchArgs) -> Result<()> {
     let model = load_model(&a.model)?;
     let windows = load_windows(&a.model, &a.win, model.cfg.bos_token_id)?;
-    let batch = Batch { n_seq: 1, seq_len: a.win.seq };
+    let batch = Batch {
+        n_seq: 1,
+        seq_len: a.win.seq,
+    };
     // Warm-up: one window, untimed (page faults, thread pool start).
     model.forward_hidden(&windows[0], batch, None)?;
     let tokens = (windows.len() * a.win.seq) as f64;
@@ -237,7 +265,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     } else {
         println!("forward, no LM head   {no_head:>10.1} tokens/s");
         println!("forward, with LM head {with_head:>10.1} tokens/s");
-        println!("({} windows × {} tokens, {} threads)", windows.len(), a.win.seq, rayon::current_num_threads());
+        println!(
+            "({} windows × {} tokens, {} threads)",
+            windows.len(),
+            a.win.seq,
+            rayon::current_num_threads()
+        );
     }
     Ok(())
 }
@@ -260,7 +293,10 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         force: a.force,
         batch_seqs: a.batch,
     };
-    anyhow::ensure!(a.damp > 0.0 && a.damp.is_finite(), "--damp must be a positive number");
+    anyhow::ensure!(
+        a.damp > 0.0 && a.damp.is_finite(),
+        "--damp must be a positive number"
+    );
     let cfg = whittle::config::ModelConfig::from_dir(&a.model)?;
     // Validate width and destination before reading any calibration text.
     let rw = whittle::compile::resolve_width(cfg.intermediate_size, &opts.width, opts.multiple_of)?;
@@ -270,7 +306,13 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         Some(whittle::calib::CalibSet::from_ids_file(p, cfg.vocab_size)?)
     } else if !a.calib.is_empty() {
         let tok = Tokenizer::from_dir(&a.model)?;
-        Some(whittle::calib::CalibSet::from_texts(&tok, &a.calib, a.samples, a.seq, cfg.bos_token_id)?)
+        Some(whittle::calib::CalibSet::from_texts(
+            &tok,
+            &a.calib,
+            a.samples,
+            a.seq,
+            cfg.bos_token_id,
+        )?)
     } else if needs_calib {
         anyhow::bail!(
             "--calib FILE (or --calib-ids) is required for --method {}{}; only --method magnitude --no-repair runs without calibration",
@@ -288,7 +330,11 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         rw.width,
         rw.multiple,
         opts.method.name(),
-        if opts.sequential { ", sequential" } else { ", one-shot" },
+        if opts.sequential {
+            ", sequential"
+        } else {
+            ", one-shot"
+        },
         if opts.repair { ", repair" } else { "" },
         calib.as_ref().map_or(0, |c| c.tokens())
     );
@@ -296,31 +342,40 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
     let layers_pb = progress(cfg.num_layers, "layers");
     let mut write_pb: Option<ProgressBar> = None;
     let t = Instant::now();
-    let out = compile(&a.model, &a.output, calib.as_ref(), &opts, &mut backend, &mut |stage, done, total| {
-        if stage == "layers" {
-            layers_pb.set_position(done);
-        } else {
-            let pb = write_pb.get_or_insert_with(|| {
-                layers_pb.finish_and_clear();
-                let pb = ProgressBar::new(total);
-                pb.set_style(
-                    ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {elapsed_precise}")
+    let out = compile(
+        &a.model,
+        &a.output,
+        calib.as_ref(),
+        &opts,
+        &mut backend,
+        &mut |stage, done, total| {
+            if stage == "layers" {
+                layers_pb.set_position(done);
+            } else {
+                let pb = write_pb.get_or_insert_with(|| {
+                    layers_pb.finish_and_clear();
+                    let pb = ProgressBar::new(total);
+                    pb.set_style(
+                        ProgressStyle::with_template(
+                            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {elapsed_precise}",
+                        )
                         .expect("static template")
                         .progress_chars("=> "),
-                );
-                pb.set_message("write");
-                pb
-            });
-            pb.set_position(done);
-        }
-    })?;
+                    );
+                    pb.set_message("write");
+                    pb
+                });
+                pb.set_position(done);
+            }
+        },
+    )?;
     layers_pb.finish_and_clear();
     if let Some(pb) = write_pb {
         pb.finish_and_clear();
     }
     let r = &out.report;
     println!(
-        "wrote {}: intermediate_size {} → {}, parameters {} → {} ({:.1}% fewer), weights {:.3} → {:.3} GiB in {:.1}s, peak RSS {:.0} MiB",
+        "wrote {}: intermediate_size {} → {}, parameters {} → {} ({:.1}% fewer), weights {:.3} → {:.3} GiB in {:.1}s, peak heap {:.0} MiB (RSS {:.0} MiB)",
         a.output.display(),
         r["intermediate_size_before"],
         r["intermediate_size_after"],
@@ -330,6 +385,7 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         r["weight_gib_before"].as_f64().unwrap_or(0.0),
         r["weight_gib_after"].as_f64().unwrap_or(0.0),
         t.elapsed().as_secs_f64(),
+        r["peak_heap_mib"].as_f64().unwrap_or(f64::NAN),
         r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
     );
     Ok(())

@@ -84,7 +84,9 @@ pub struct RopeCache {
 
 impl RopeCache {
     pub fn new(cfg: &ModelConfig, seq_len: usize) -> RopeCache {
-        let mk = |r: crate::config::Rope| ops::rope_tables(seq_len, cfg.head_dim, r.theta, r.linear_factor);
+        let mk = |r: crate::config::Rope| {
+            ops::rope_tables(seq_len, cfg.head_dim, r.theta, r.linear_factor)
+        };
         RopeCache {
             seq_len,
             full: mk(cfg.rope_full),
@@ -124,10 +126,26 @@ pub fn layer_forward(
     rope: &RopeCache,
     obs: &mut Observer<'_>,
 ) {
+    attn_block(cfg, l, w, h, batch, rope);
+    mlp_block(cfg, l, w, h, obs);
+}
+
+/// The attention half of a layer: `h += post_attn_norm(o_proj(attn(input_norm(h))))`.
+pub fn attn_block(
+    cfg: &ModelConfig,
+    l: usize,
+    w: &LayerWeights,
+    h: &mut [f32],
+    batch: Batch,
+    rope: &RopeCache,
+) {
     let (n, hd, d) = (batch.rows(), cfg.hidden_size, cfg.head_dim);
     let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
     assert_eq!(h.len(), n * hd);
-    assert_eq!(rope.seq_len, batch.seq_len, "RoPE tables built for another length");
+    assert_eq!(
+        rope.seq_len, batch.seq_len,
+        "RoPE tables built for another length"
+    );
 
     // --- attention block
     let mut x = h.to_vec(); // [N, H]
@@ -142,8 +160,22 @@ pub fn layer_forward(
     let (cos, sin) = rope.get(cfg.layer_types[l]);
     for b in 0..batch.n_seq {
         let t = batch.seq_len;
-        ops::apply_rope(&mut q[b * t * nh * d..(b + 1) * t * nh * d], t, nh, d, cos, sin);
-        ops::apply_rope(&mut k[b * t * nkv * d..(b + 1) * t * nkv * d], t, nkv, d, cos, sin);
+        ops::apply_rope(
+            &mut q[b * t * nh * d..(b + 1) * t * nh * d],
+            t,
+            nh,
+            d,
+            cos,
+            sin,
+        );
+        ops::apply_rope(
+            &mut k[b * t * nkv * d..(b + 1) * t * nkv * d],
+            t,
+            nkv,
+            d,
+            cos,
+            sin,
+        );
     }
     let att = attention(
         &q,
@@ -164,9 +196,21 @@ pub fn layer_forward(
     let mut y = ops::linear(&att, &w.o, n, nh * d, hd); // [N, H]
     ops::rms_norm(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
     ops::add_into(h, &y);
+}
 
-    // --- MLP block
-    x.copy_from_slice(h);
+/// The MLP half of a layer: `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`,
+/// `x = pre_ffn_norm(h)`; the observer sees the down_proj input.
+pub fn mlp_block(
+    cfg: &ModelConfig,
+    l: usize,
+    w: &LayerWeights,
+    h: &mut [f32],
+    obs: &mut Observer<'_>,
+) {
+    let hd = cfg.hidden_size;
+    assert_eq!(h.len() % hd, 0);
+    let n = h.len() / hd;
+    let mut x = h.to_vec(); // [N, H]
     ops::rms_norm(&mut x, &w.pre_ffn_norm, cfg.rms_norm_eps);
     let i = w.width;
     let mut a = ops::linear(&x, &w.gate, n, hd, i); // [N, I]
@@ -176,11 +220,15 @@ pub fn layer_forward(
     if let Some(f) = obs.as_mut() {
         f(Event::MlpAct { layer: l, act: &a });
     }
-    ops::linear_into(&a, &w.down, n, i, hd, &mut y);
+    ops::linear_into(&a, &w.down, n, i, hd, &mut x);
+    let mut y = x; // [N, H]
     ops::rms_norm(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
     ops::add_into(h, &y);
     if let Some(f) = obs.as_mut() {
-        f(Event::LayerOut { layer: l, hidden: h });
+        f(Event::LayerOut {
+            layer: l,
+            hidden: h,
+        });
     }
 }
 
@@ -229,7 +277,12 @@ pub fn embed_from_store(cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> 
             start: t.info.start + id * hd * es,
             end: t.info.start + (id + 1) * hd * es,
         };
-        crate::safetensors::TensorRef { name: t.name, file: t.file, info: &sub }.read_f32_into(row)
+        crate::safetensors::TensorRef {
+            name: t.name,
+            file: t.file,
+            info: &sub,
+        }
+        .read_f32_into(row)
     };
     for (o, &id) in out.chunks_exact_mut(hd).zip(ids) {
         if id as usize >= cfg.vocab_size {
@@ -253,7 +306,7 @@ pub struct Model {
     pub cfg: ModelConfig,
     pub embed: Vec<f32>, // [V, H]
     pub layers: Vec<LayerWeights>,
-    pub final_norm: Vec<f32>,       // [H]
+    pub final_norm: Vec<f32>,      // [H]
     pub lm_head: Option<Vec<f32>>, // [V, H] when untied
 }
 
@@ -287,7 +340,12 @@ impl Model {
     }
 
     /// Runs all layers and the final norm; returns the normed hidden states [N, H].
-    pub fn forward_hidden(&self, ids: &[u32], batch: Batch, mut obs: Observer<'_>) -> Result<Vec<f32>> {
+    pub fn forward_hidden(
+        &self,
+        ids: &[u32],
+        batch: Batch,
+        mut obs: Observer<'_>,
+    ) -> Result<Vec<f32>> {
         assert_eq!(ids.len(), batch.rows(), "ids do not match the batch shape");
         let rope = RopeCache::new(&self.cfg, batch.seq_len);
         let mut h = embed(&self.cfg, &self.embed, ids)?;
@@ -309,7 +367,13 @@ impl Model {
     /// Logits for normed hidden rows `[rows, H]` → `[rows, V]`, final softcap applied.
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
         let rows = hidden.len() / self.cfg.hidden_size;
-        let mut z = ops::linear(hidden, self.head(), rows, self.cfg.hidden_size, self.cfg.vocab_size);
+        let mut z = ops::linear(
+            hidden,
+            self.head(),
+            rows,
+            self.cfg.hidden_size,
+            self.cfg.vocab_size,
+        );
         if let Some(cap) = self.cfg.final_softcap {
             ops::softcap(&mut z, cap);
         }

@@ -14,24 +14,50 @@ fn export_compiled_fixtures_for_transformers() {
     let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    for (name, ratio, method) in [("tiny-gemma2", "0.5", "obs"), ("tiny-gemma3", "0.75", "energy")] {
+    for (name, ratio, method) in [
+        ("tiny-gemma2", "0.5", "obs"),
+        ("tiny-gemma3", "0.75", "energy"),
+    ] {
         let out = root.join(name);
         let o = Command::new(bin())
-            .args(["compile", fixture(name).to_str().unwrap(), "-o", out.to_str().unwrap(), "--keep-ratio", ratio])
-            .args(["--method", method, "--calib", fixture("eval-text.txt").to_str().unwrap(), "--seq", "24", "--samples", "12"])
+            .args([
+                "compile",
+                fixture(name).to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--keep-ratio",
+                ratio,
+            ])
+            .args([
+                "--method",
+                method,
+                "--calib",
+                fixture("eval-text.txt").to_str().unwrap(),
+                "--seq",
+                "24",
+                "--samples",
+                "12",
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
         let reference = SafeFile::open(&fixture(name).join("reference.safetensors")).unwrap();
         let info = &reference.tensors["input_ids"];
-        let ids: Vec<u32> = TensorRef { name: "input_ids", file: &reference, info }
-            .to_i64()
-            .unwrap()
-            .into_iter()
-            .map(|i| i as u32)
-            .collect();
-        let batch = Batch { n_seq: info.shape[0], seq_len: info.shape[1] };
+        let ids: Vec<u32> = TensorRef {
+            name: "input_ids",
+            file: &reference,
+            info,
+        }
+        .to_i64()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+        let batch = Batch {
+            n_seq: info.shape[0],
+            seq_len: info.shape[1],
+        };
         let model = Model::load(&out).unwrap();
         let orig = Model::load(&fixture(name)).unwrap();
         assert!(model.cfg.intermediate_size < orig.cfg.intermediate_size);
@@ -41,14 +67,26 @@ fn export_compiled_fixtures_for_transformers() {
         let v = model.cfg.vocab_size;
         let mut bytes = encode_header(
             &[
-                HeaderEntry { name: "input_ids".into(), dtype: Dtype::I64, shape: info.shape.clone() },
-                HeaderEntry { name: "logits".into(), dtype: Dtype::F32, shape: vec![batch.n_seq, batch.seq_len, v] },
+                HeaderEntry {
+                    name: "input_ids".into(),
+                    dtype: Dtype::I64,
+                    shape: info.shape.clone(),
+                },
+                HeaderEntry {
+                    name: "logits".into(),
+                    dtype: Dtype::F32,
+                    shape: vec![batch.n_seq, batch.seq_len, v],
+                },
             ],
             None,
         );
         bytes.extend(ids.iter().flat_map(|&i| (i as i64).to_le_bytes()));
         bytes.extend(f32_bytes(&logits));
-        std::fs::write(root.join(format!("{name}.whittle-logits.safetensors")), bytes).unwrap();
+        std::fs::write(
+            root.join(format!("{name}.whittle-logits.safetensors")),
+            bytes,
+        )
+        .unwrap();
     }
     eprintln!("exported to {}", root.display());
 }

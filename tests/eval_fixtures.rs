@@ -8,18 +8,28 @@ use std::process::Command;
 
 fn eval_json(model: &str, base: Option<&str>, seq: &str, windows: &str) -> Value {
     let mut cmd = Command::new(bin());
-    cmd.args(["eval", fixture(model).to_str().unwrap(), "--text", fixture("eval-text.txt").to_str().unwrap()])
-        .args(["--seq", seq, "--windows", windows, "--json"]);
+    cmd.args([
+        "eval",
+        fixture(model).to_str().unwrap(),
+        "--text",
+        fixture("eval-text.txt").to_str().unwrap(),
+    ])
+    .args(["--seq", seq, "--windows", windows, "--json"]);
     if let Some(b) = base {
         cmd.args(["--base", fixture(b).to_str().unwrap()]);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn reference(model: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(fixture(model).join("eval-reference.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(fixture(model).join("eval-reference.json")).unwrap())
+        .unwrap()
 }
 
 fn rel(a: &Value, b: &Value) -> f64 {
@@ -36,17 +46,37 @@ fn perplexity_matches_transformers() {
         let got = eval_json(m, None, &seq, &w);
         assert_eq!(got["tokens"], r["tokens"], "{m}: scored token count");
         assert_eq!(got["windows"], r["windows"], "{m}");
-        assert!(rel(&got["ppl"], &r["ppl"]) < 1e-4, "{m}: ppl {} vs transformers {}", got["ppl"], r["ppl"]);
+        assert!(
+            rel(&got["ppl"], &r["ppl"]) < 1e-4,
+            "{m}: ppl {} vs transformers {}",
+            got["ppl"],
+            r["ppl"]
+        );
     }
 }
 
 #[test]
 fn kl_and_top1_match_transformers() {
     let r = reference("tiny-gemma3-perturbed");
-    let got = eval_json("tiny-gemma3-perturbed", Some("tiny-gemma3"), &r["seq"].to_string(), &r["windows"].to_string());
+    let got = eval_json(
+        "tiny-gemma3-perturbed",
+        Some("tiny-gemma3"),
+        &r["seq"].to_string(),
+        &r["windows"].to_string(),
+    );
     assert_eq!(got["tokens"], r["tokens"]);
-    assert!(rel(&got["ppl"], &r["ppl"]) < 1e-4, "ppl {} vs {}", got["ppl"], r["ppl"]);
-    assert!(rel(&got["kl"], &r["kl"]) < 1e-3, "kl {} vs {}", got["kl"], r["kl"]);
+    assert!(
+        rel(&got["ppl"], &r["ppl"]) < 1e-4,
+        "ppl {} vs {}",
+        got["ppl"],
+        r["ppl"]
+    );
+    assert!(
+        rel(&got["kl"], &r["kl"]) < 1e-3,
+        "kl {} vs {}",
+        got["kl"],
+        r["kl"]
+    );
     assert!(got["kl"].as_f64().unwrap() > 0.0);
     assert_eq!(got["top1_agree"], r["top1_agree"]);
 }

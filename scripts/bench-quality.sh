@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Compile-quality benchmark (README "Quality" table): Gemma 3 270M, calibration 128 × 512 tokens
+# of wiki-calib, evaluation wiki-dev (seq 512, 32 windows) against the original: PPL ratio, KL,
+# top-1 agreement for each method, with and without --sequential, at width 1408 of 2048; and
+# the default method at 1792 and 1024.
+#
+# usage: scripts/bench-quality.sh        env: MODEL, CALIB, DEV, WHITTLE (binary), OUT, ONLY (regex of names)
+# Results: $OUT/<name>/ (compiled models), $OUT/<name>.json (eval), $OUT/quality.md (table).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+model=${MODEL:-models/gemma-3-270m}
+calib=${CALIB:-../shared/data/wiki-calib.txt}
+dev=${DEV:-../shared/data/wiki-dev.txt}
+bin=${WHITTLE:-target/release/whittle}
+out=${OUT:-target/quality}
+only=${ONLY:-.}
+mkdir -p "$out"
+
+common=(--calib "$calib" --samples 128 --seq 512 --force)
+configs=(
+  "magnitude-1408|--intermediate-size 1408 --method magnitude --no-repair --one-shot"
+  "energy-1408|--intermediate-size 1408 --method energy --no-repair --one-shot"
+  "energy-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential"
+  "energy-repair-1408|--intermediate-size 1408 --method energy --one-shot"
+  "energy-repair-seq-1408|--intermediate-size 1408 --method energy --sequential"
+  "obs-repair-1408|--intermediate-size 1408 --method obs --one-shot"
+  "obs-repair-seq-1408|--intermediate-size 1408 --method obs --sequential"
+  "obs-repair-seq-1792|--intermediate-size 1792 --method obs --sequential"
+  "obs-repair-seq-1024|--intermediate-size 1024 --method obs --sequential"
+)
+
+if [ ! -f "$out/original.json" ]; then
+  "$bin" eval "$model" --text "$dev" --seq 512 --windows 32 --json > "$out/original.json"
+fi
+for c in "${configs[@]}"; do
+  name=${c%%|*}; flags=${c#*|}
+  [[ "$name" =~ $only ]] || continue
+  if [ -f "$out/$name.json" ]; then echo "== $name (done)"; continue; fi
+  echo "== $name: whittle compile $flags"
+  # shellcheck disable=SC2086
+  "$bin" compile "$model" -o "$out/$name" "${common[@]}" $flags
+  "$bin" eval "$out/$name" --base "$model" --text "$dev" --seq 512 --windows 32 --json > "$out/$name.json.tmp"
+  mv "$out/$name.json.tmp" "$out/$name.json"
+done
+
+python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+base = json.load(open(f"{out}/original.json"))
+rows = []
+for f in sorted(os.listdir(out)):
+    if not f.endswith(".json") or f == "original.json":
+        continue
+    name = f[:-5]
+    e = json.load(open(f"{out}/{f}"))
+    r = json.load(open(f"{out}/{name}/whittle_report.json"))
+    t = r["timings_s"]
+    rows.append((r["intermediate_size_after"], name, r["method"], r["sequential"], r["repair"], e["ppl"] / base["ppl"], e["kl"], e["top1_agree"],
+                 sum(t.values()), r.get("peak_rss_mib")))
+rows.sort(key=lambda x: (-x[0], x[6]))
+lines = [f"original PPL {base['ppl']:.4f} on {base['tokens']} tokens ({base['windows']} windows x {base['seq']})", "",
+         "| width | method | sequential | repair | PPL ratio | KL | top-1 agree | compile s | peak RSS MiB |",
+         "|---|---|---|---|---|---|---|---|---|"]
+for w, name, m, s, rp, pr, kl, t1, secs, rss in rows:
+    lines.append(f"| {w} | {m} | {'yes' if s else 'no'} | {'yes' if rp else 'no'} | {pr:.3f} | {kl:.4f} | {t1:.4f} | {secs:.0f} | {rss or 0:.0f} |")
+open(f"{out}/quality.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
