@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -430,6 +429,22 @@ def write_json(path: str, obj) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+# The files this script owns in a fixture folder. Others (e.g. generate-reference.json from
+# make_generate_fixture.py) are left alone.
+OWNED = ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+         "tokenizer_config.json", "special_tokens_map.json", "reference.safetensors", "eval-reference.json")
+
+
+def fresh_dir(outdir: str, name: str) -> str:
+    d = os.path.join(outdir, name)
+    os.makedirs(d, exist_ok=True)
+    for fn in OWNED:
+        p = os.path.join(d, fn)
+        if os.path.exists(p):
+            os.remove(p)
+    return d
+
+
 def main() -> int:
     outdir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     if len(sys.argv) > 2 or outdir in ("-h", "--help"):
@@ -451,9 +466,7 @@ def main() -> int:
     specs = [("tiny-gemma2", gemma2_config(), False), ("tiny-gemma3", gemma3_config(), True)]
     built = {}
     for name, cfg, bf16 in specs:
-        d = os.path.join(outdir, name)
-        shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
+        d = fresh_dir(outdir, name)
         model = build_model(cfg, gen, bf16)
         save_model(model, d, bf16)
         save_tokenizer(tok, d)
@@ -467,9 +480,7 @@ def main() -> int:
 
     # tiny-gemma3-perturbed: MLP weights only, then bf16 again.
     name = "tiny-gemma3-perturbed"
-    d = os.path.join(outdir, name)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
+    d = fresh_dir(outdir, name)
     import copy
 
     pert = copy.deepcopy(built["tiny-gemma3"])
