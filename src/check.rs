@@ -6,7 +6,11 @@
 /// Elementwise check. Non-finite values in `got` always fail.
 pub fn allclose(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), String> {
     if got.len() != want.len() {
-        return Err(format!("{what}: length {} vs reference {}", got.len(), want.len()));
+        return Err(format!(
+            "{what}: length {} vs reference {}",
+            got.len(),
+            want.len()
+        ));
     }
     let mut bad = 0usize;
     let mut first = None;
@@ -55,12 +59,26 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 }
 
 /// Checks `rel_l2 <= tol` for every row of `row_len` elements (one row = one position).
-pub fn rows_rel_l2(what: &str, got: &[f32], want: &[f32], row_len: usize, tol: f64) -> Result<f64, String> {
+pub fn rows_rel_l2(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    row_len: usize,
+    tol: f64,
+) -> Result<f64, String> {
     if got.len() != want.len() || got.len() % row_len != 0 {
-        return Err(format!("{what}: shapes differ ({} vs {} elements, rows of {row_len})", got.len(), want.len()));
+        return Err(format!(
+            "{what}: shapes differ ({} vs {} elements, rows of {row_len})",
+            got.len(),
+            want.len()
+        ));
     }
     let mut worst = (0usize, 0f64);
-    for (r, (g, w)) in got.chunks_exact(row_len).zip(want.chunks_exact(row_len)).enumerate() {
+    for (r, (g, w)) in got
+        .chunks_exact(row_len)
+        .zip(want.chunks_exact(row_len))
+        .enumerate()
+    {
         let e = rel_l2(g, w);
         if !e.is_finite() || e > worst.1 {
             worst = (r, if e.is_finite() { e } else { f64::INFINITY });
@@ -68,7 +86,10 @@ pub fn rows_rel_l2(what: &str, got: &[f32], want: &[f32], row_len: usize, tol: f
     }
     if worst.1 > tol {
         let r = worst.0;
-        let (g, w) = (&got[r * row_len..(r + 1) * row_len], &want[r * row_len..(r + 1) * row_len]);
+        let (g, w) = (
+            &got[r * row_len..(r + 1) * row_len],
+            &want[r * row_len..(r + 1) * row_len],
+        );
         let i = (0..row_len)
             .max_by(|&a, &b| (g[a] - w[a]).abs().total_cmp(&(g[b] - w[b]).abs()))
             .unwrap_or(0);

@@ -198,7 +198,9 @@ impl Parser<'_> {
             Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
                 Some(x) if x > 0.0 => Ok(Some(x as f32)),
-                _ => Err(self.err(format!("\"{key}\" must be a positive number or null, got {v}"))),
+                _ => Err(self.err(format!(
+                    "\"{key}\" must be a positive number or null, got {v}"
+                ))),
             },
         }
     }
@@ -249,7 +251,10 @@ impl Parser<'_> {
         }
 
         // Gemma uses `hidden_activation`; older configs carry `hidden_act` too.
-        if let Some(v) = self.get("hidden_activation").or_else(|| self.get("hidden_act")) {
+        if let Some(v) = self
+            .get("hidden_activation")
+            .or_else(|| self.get("hidden_act"))
+        {
             if v.as_str() != Some("gelu_pytorch_tanh") {
                 return Err(self.err(format!(
                     "hidden activation is {v}; whittle implements Gemma's \"gelu_pytorch_tanh\" only"
@@ -260,7 +265,9 @@ impl Parser<'_> {
             return Err(self.err("\"attention_bias\": true is not supported (Gemma has no biases)"));
         }
         if self.bool_or("use_bidirectional_attention", false)? {
-            return Err(self.err("\"use_bidirectional_attention\": true is not supported (causal models only)"));
+            return Err(self.err(
+                "\"use_bidirectional_attention\": true is not supported (causal models only)",
+            ));
         }
 
         let (default_qpas, default_window, default_attn_cap, default_final_cap) = match arch {
@@ -300,8 +307,11 @@ impl Parser<'_> {
                 Some(v) => v
                     .as_u64()
                     .filter(|&b| (b as usize) < vocab_size)
-                    .ok_or_else(|| self.err(format!("\"bos_token_id\" {v} is not a token id below vocab_size")))?
-                    as u32,
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "\"bos_token_id\" {v} is not a token id below vocab_size"
+                        ))
+                    })? as u32,
             },
             raw,
         })
@@ -368,12 +378,12 @@ impl Parser<'_> {
                 .get("factor")
                 .and_then(Value::as_f64)
                 .filter(|&f| f > 0.0)
-                .ok_or_else(|| self.err(format!("{what}: linear rope needs a positive \"factor\"")))?,
-            other => {
-                return Err(self.err(format!(
-                    "{what}: rope_type \"{other}\" is not supported (only \"default\" and \"linear\")"
-                )))
-            }
+                .ok_or_else(|| {
+                    self.err(format!("{what}: linear rope needs a positive \"factor\""))
+                })?,
+            other => return Err(self.err(format!(
+                "{what}: rope_type \"{other}\" is not supported (only \"default\" and \"linear\")"
+            ))),
         };
         Ok(Rope {
             theta,

@@ -55,7 +55,9 @@ pub enum Error {
         found: Vec<usize>,
     },
 
-    #[error("{path}: tensor \"{tensor}\" has dtype {dtype}; whittle reads BF16, F16 and F32 weights")]
+    #[error(
+        "{path}: tensor \"{tensor}\" has dtype {dtype}; whittle reads BF16, F16 and F32 weights"
+    )]
     UnsupportedDtype {
         path: PathBuf,
         tensor: String,

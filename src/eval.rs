@@ -114,7 +114,9 @@ pub fn score_window(model: &Model, base: Option<&Model>, window: &[u32]) -> Resu
         seq_len: t,
     };
     let h = model.forward_hidden(window, batch, None)?; // [T, H]
-    let hb = base.map(|b| b.forward_hidden(window, batch, None)).transpose()?; // [T, H]
+    let hb = base
+        .map(|b| b.forward_hidden(window, batch, None))
+        .transpose()?; // [T, H]
     let hd = model.cfg.hidden_size;
     let v = model.cfg.vocab_size;
     let mut total = EvalStats::default();

@@ -152,7 +152,11 @@ mod tests {
             for i in 0..n {
                 for j in 0..n {
                     let want = if i == j { 1.0 } else { 0.0 };
-                    assert!((p[i * n + j] - want).abs() < 1e-8, "n={n} [{i},{j}] = {}", p[i * n + j]);
+                    assert!(
+                        (p[i * n + j] - want).abs() < 1e-8,
+                        "n={n} [{i},{j}] = {}",
+                        p[i * n + j]
+                    );
                 }
             }
         }

@@ -64,7 +64,13 @@ fn col_norms_sq(down: &[f32], h: usize, i: usize) -> Vec<f64> {
 
 fn row_norms(w: &[f32], rows: usize, cols: usize) -> Vec<f64> {
     (0..rows)
-        .map(|r| w[r * cols..(r + 1) * cols].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt())
+        .map(|r| {
+            w[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt()
+        })
         .collect()
 }
 
@@ -107,14 +113,25 @@ fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
 }
 
 /// Greedy structured OBS: removes `width - k` neurons one at a time; returns the kept indices.
-pub fn obs_select(w: &LayerWeights, hidden: usize, stats: &MlpStats, k: usize, damp: f64) -> Result<Vec<usize>> {
+pub fn obs_select(
+    w: &LayerWeights,
+    hidden: usize,
+    stats: &MlpStats,
+    k: usize,
+    damp: f64,
+) -> Result<Vec<usize>> {
     let n = w.width;
-    let gram = stats.gram.as_ref().ok_or_else(|| Error::Other("obs needs the Gram matrix".into()))?;
+    let gram = stats
+        .gram
+        .as_ref()
+        .ok_or_else(|| Error::Other("obs needs the Gram matrix".into()))?;
     let h = damped(mean_matrix(gram, stats.count), n, damp);
     let mut hinv = spd_inverse(&h, n).map_err(|p| {
-        Error::Other(format!("OBS: activation Gram matrix is not positive definite at neuron {p}; raise --damp"))
+        Error::Other(format!(
+            "OBS: activation Gram matrix is not positive definite at neuron {p}; raise --damp"
+        ))
     })?; // [I, I]
-    // wt[j] = column j of W_down, as rows for contiguous updates: [I, H].
+         // wt[j] = column j of W_down, as rows for contiguous updates: [I, H].
     let mut wt = vec![0f64; n * hidden];
     for r in 0..hidden {
         for j in 0..n {
@@ -159,10 +176,19 @@ pub fn obs_select(w: &LayerWeights, hidden: usize, stats: &MlpStats, k: usize, d
 }
 
 /// Least-squares re-fit of down_proj over the kept neurons: returns W' as f32 [H, K].
-pub fn repair(w: &LayerWeights, hidden: usize, stats: &MlpStats, kept: &[usize], damp: f64) -> Result<Vec<f32>> {
+pub fn repair(
+    w: &LayerWeights,
+    hidden: usize,
+    stats: &MlpStats,
+    kept: &[usize],
+    damp: f64,
+) -> Result<Vec<f32>> {
     let n = w.width;
     let k = kept.len();
-    let gram = stats.gram.as_ref().ok_or_else(|| Error::Other("repair needs the Gram matrix".into()))?;
+    let gram = stats
+        .gram
+        .as_ref()
+        .ok_or_else(|| Error::Other("repair needs the Gram matrix".into()))?;
     let cross = stats.cross.as_ref().unwrap_or(gram);
     let cnt = stats.count;
     // Σ[K,K] + λI
@@ -174,7 +200,9 @@ pub fn repair(w: &LayerWeights, hidden: usize, stats: &MlpStats, kept: &[usize],
     }
     let m = damped(skk, k, damp);
     let minv = spd_inverse(&m, k).map_err(|p| {
-        Error::Other(format!("repair: kept-neuron Gram matrix is not positive definite at {p}; raise --damp"))
+        Error::Other(format!(
+            "repair: kept-neuron Gram matrix is not positive definite at {p}; raise --damp"
+        ))
     })?;
     // C[:,K] [I, K]
     let mut ck = vec![0f64; n * k];
@@ -191,10 +219,19 @@ pub fn repair(w: &LayerWeights, hidden: usize, stats: &MlpStats, kept: &[usize],
 
 /// The layer's MLP cut to `kept` neurons (rows of gate/up, columns of down), down replaced by
 /// `down` when given ([H, K]).
-pub fn slice_layer(w: &LayerWeights, hidden: usize, kept: &[usize], down: Option<Vec<f32>>) -> LayerWeights {
+pub fn slice_layer(
+    w: &LayerWeights,
+    hidden: usize,
+    kept: &[usize],
+    down: Option<Vec<f32>>,
+) -> LayerWeights {
     let n = w.width;
     let k = kept.len();
-    let rows = |m: &[f32]| -> Vec<f32> { kept.iter().flat_map(|&j| m[j * hidden..(j + 1) * hidden].iter().copied()).collect() };
+    let rows = |m: &[f32]| -> Vec<f32> {
+        kept.iter()
+            .flat_map(|&j| m[j * hidden..(j + 1) * hidden].iter().copied())
+            .collect()
+    };
     let down = down.unwrap_or_else(|| {
         let mut d = vec![0f32; hidden * k];
         for r in 0..hidden {

@@ -133,12 +133,18 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     if buf.len() < 8 {
         return Err(header_err(
             path,
-            format!("file is {} bytes, shorter than the 8-byte header length; is it truncated?", buf.len()),
+            format!(
+                "file is {} bytes, shorter than the 8-byte header length; is it truncated?",
+                buf.len()
+            ),
         ));
     }
     let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
     if n > MAX_HEADER {
-        return Err(header_err(path, format!("header length {n} is implausible (> {MAX_HEADER})")));
+        return Err(header_err(
+            path,
+            format!("header length {n} is implausible (> {MAX_HEADER})"),
+        ));
     }
     let n = n as usize;
     if 8 + n > buf.len() {
@@ -172,7 +178,8 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
             .get("dtype")
             .and_then(Value::as_str)
             .ok_or_else(|| terr("header entry has no \"dtype\"".into()))?;
-        let dtype = Dtype::parse(dtype_s).ok_or_else(|| terr(format!("unknown dtype \"{dtype_s}\"")))?;
+        let dtype =
+            Dtype::parse(dtype_s).ok_or_else(|| terr(format!("unknown dtype \"{dtype_s}\"")))?;
         let shape: Vec<usize> = v
             .get("shape")
             .and_then(Value::as_array)
@@ -266,11 +273,17 @@ impl TensorRef<'_> {
     pub fn read_f32_into(&self, out: &mut [f32]) -> Result<()> {
         let b = self.bytes();
         if out.len() * self.info.dtype.size() != b.len() {
-            return Err(self.err(format!("read of {} elements from {} bytes", out.len(), b.len())));
+            return Err(self.err(format!(
+                "read of {} elements from {} bytes",
+                out.len(),
+                b.len()
+            )));
         }
         match self.info.dtype {
             Dtype::F32 => widen(b, out, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            Dtype::BF16 => widen(b, out, |c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
+            Dtype::BF16 => widen(b, out, |c| {
+                f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)
+            }),
             Dtype::F16 => widen(b, out, |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
             d => {
                 return Err(Error::UnsupportedDtype {
@@ -287,7 +300,10 @@ impl TensorRef<'_> {
     pub fn to_i64(&self) -> Result<Vec<i64>> {
         let b = self.bytes();
         match self.info.dtype {
-            Dtype::I64 => Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect()),
+            Dtype::I64 => Ok(b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect()),
             Dtype::I32 => Ok(b
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
@@ -327,7 +343,8 @@ impl WeightStore {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let (files, shard_index) = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
             let idx: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
                 path: index_path.clone(),
                 msg: format!("not valid JSON: {e}"),
@@ -348,7 +365,9 @@ impl WeightStore {
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
                     return Err(Error::Config {
                         path: index_path.clone(),
-                        msg: format!("weight_map[\"{t}\"] = \"{f}\" must be a file name in the model folder"),
+                        msg: format!(
+                            "weight_map[\"{t}\"] = \"{f}\" must be a file name in the model folder"
+                        ),
                     });
                 }
                 if !names.iter().any(|n| n == f) {
@@ -399,16 +418,25 @@ impl WeightStore {
     }
 
     pub fn get(&self, name: &str) -> Result<TensorRef<'_>> {
-        let (key, &i) = self.index.get_key_value(name).ok_or_else(|| Error::MissingTensor {
-            dir: self.dir.clone(),
-            tensor: name.to_string(),
-            files: self
-                .files
-                .iter()
-                .map(|f| f.path.file_name().unwrap_or_default().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        let (key, &i) = self
+            .index
+            .get_key_value(name)
+            .ok_or_else(|| Error::MissingTensor {
+                dir: self.dir.clone(),
+                tensor: name.to_string(),
+                files: self
+                    .files
+                    .iter()
+                    .map(|f| {
+                        f.path
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
         let file = &self.files[i];
         Ok(TensorRef {
             name: key,

@@ -15,9 +15,10 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::Tokenizer {
                 path,
-                msg: "not found; whittle needs the model folder's tokenizer.json (copy it from the \
+                msg:
+                    "not found; whittle needs the model folder's tokenizer.json (copy it from the \
                       original model)"
-                    .into(),
+                        .into(),
             });
         }
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
@@ -29,10 +30,13 @@ impl Tokenizer {
 
     /// Token ids of `text` without special tokens (no BOS/EOS added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer {
-            path: self.path.clone(),
-            msg: format!("cannot encode: {e}"),
-        })?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                msg: format!("cannot encode: {e}"),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -26,7 +26,17 @@ pub struct LayerCut {
 }
 
 /// Weight formats that are never copied into the output (the output is safetensors only).
-const SKIP_EXT: &[&str] = &["safetensors", "bin", "pt", "pth", "gguf", "msgpack", "h5", "onnx", "ckpt"];
+const SKIP_EXT: &[&str] = &[
+    "safetensors",
+    "bin",
+    "pt",
+    "pth",
+    "gguf",
+    "msgpack",
+    "h5",
+    "onnx",
+    "ckpt",
+];
 
 /// Refuses destinations that would clobber or sit inside the input; returns the absolute paths.
 pub fn check_destination(input: &Path, out: &Path, force: bool) -> Result<(PathBuf, PathBuf)> {
@@ -57,13 +67,19 @@ pub fn check_destination(input: &Path, out: &Path, force: bool) -> Result<(PathB
     if inp.starts_with(&abs) {
         return Err(Error::Arg {
             flag: "--output",
-            msg: format!("{} contains the input model; refusing to replace it", abs.display()),
+            msg: format!(
+                "{} contains the input model; refusing to replace it",
+                abs.display()
+            ),
         });
     }
     if abs.exists() && !force {
         return Err(Error::Arg {
             flag: "--output",
-            msg: format!("{} already exists; pass --force to replace it", abs.display()),
+            msg: format!(
+                "{} already exists; pass --force to replace it",
+                abs.display()
+            ),
         });
     }
     Ok((inp, abs))
@@ -107,7 +123,9 @@ impl Write for LimitedWriter {
 
 fn f32_to_dtype(x: &[f32], dt: Dtype, out: &mut Vec<u8>) {
     match dt {
-        Dtype::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        Dtype::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         Dtype::BF16 => x
             .iter()
             .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
@@ -121,8 +139,12 @@ fn f32_to_dtype(x: &[f32], dt: Dtype, out: &mut Vec<u8>) {
 /// Rounds values to what `dt` can hold (so a caller can continue with exactly what is written).
 pub fn round_to_dtype(x: &mut [f32], dt: Dtype) {
     match dt {
-        Dtype::BF16 => x.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
-        Dtype::F16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        Dtype::BF16 => x
+            .iter_mut()
+            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        Dtype::F16 => x
+            .iter_mut()
+            .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
         _ => {}
     }
 }
@@ -142,12 +164,20 @@ pub fn rewrite_config_text(text: &str, width: usize) -> Option<String> {
     }
     let after = &rest[colon + 1..];
     let ws = after.len() - after.trim_start().len();
-    let digits = after[ws..].bytes().take_while(|b| b.is_ascii_digit()).count();
+    let digits = after[ws..]
+        .bytes()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     if digits == 0 {
         return None;
     }
     let start = at + colon + 1 + ws;
-    Some(format!("{}{}{}", &text[..start], width, &text[start + digits..]))
+    Some(format!(
+        "{}{}{}",
+        &text[..start],
+        width,
+        &text[start + digits..]
+    ))
 }
 
 pub struct WriteStats {
@@ -169,8 +199,15 @@ pub fn write_model(
     mut progress: impl FnMut(u64),
 ) -> Result<WriteStats> {
     let (inp, abs) = check_destination(input, out, force)?;
-    let parent = abs.parent().expect("absolute path has a parent").to_path_buf();
-    let name = abs.file_name().expect("checked").to_string_lossy().into_owned();
+    let parent = abs
+        .parent()
+        .expect("absolute path has a parent")
+        .to_path_buf();
+    let name = abs
+        .file_name()
+        .expect("checked")
+        .to_string_lossy()
+        .into_owned();
     let tmp = TempDir {
         path: parent.join(format!(".{name}.whittle-tmp-{}", std::process::id())),
         armed: true,
@@ -182,7 +219,9 @@ pub fn write_model(
         path: parent.clone(),
         source: std::io::Error::new(e.kind(), format!("cannot create the output here: {e}")),
     })?;
-    let mut limit = std::env::var("WHITTLE_TEST_WRITE_LIMIT").ok().and_then(|v| v.parse::<u64>().ok());
+    let mut limit = std::env::var("WHITTLE_TEST_WRITE_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
 
     // Which tensor is which: name -> (layer, role).
     let mut mlp: HashMap<String, (usize, LayerTensor)> = HashMap::new();
@@ -197,7 +236,12 @@ pub fn write_model(
     let mut weight_bytes = 0u64;
     let mut weight_map: Vec<(String, String)> = Vec::new();
     for f in &store.files {
-        let fname = f.path.file_name().expect("file").to_string_lossy().into_owned();
+        let fname = f
+            .path
+            .file_name()
+            .expect("file")
+            .to_string_lossy()
+            .into_owned();
         let mut order: Vec<(&String, &crate::safetensors::TensorInfo)> = f.tensors.iter().collect();
         order.sort_by_key(|(_, t)| t.start);
         let entries: Vec<HeaderEntry> = order
@@ -269,7 +313,10 @@ pub fn write_model(
         }
         w.flush().map_err(werr)?;
         limit = w.left;
-        let file = w.inner.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
+        let file = w
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
         written += file_bytes;
     }
@@ -296,8 +343,9 @@ pub fn write_model(
 
     let cfg_path = inp.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let new_cfg = rewrite_config_text(&cfg_text, width)
-        .unwrap_or_else(|| serde_json::to_string_pretty(&cfg.with_intermediate_size(width).raw).expect("json") + "\n");
+    let new_cfg = rewrite_config_text(&cfg_text, width).unwrap_or_else(|| {
+        serde_json::to_string_pretty(&cfg.with_intermediate_size(width).raw).expect("json") + "\n"
+    });
     write_small("config.json", new_cfg.as_bytes(), &mut limit)?;
 
     // Tokenizer, generation config and other small files, as they are.
@@ -309,7 +357,10 @@ pub fn write_model(
     others.sort();
     for p in others {
         let fname = p.file_name().expect("file").to_string_lossy().into_owned();
-        let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         if fname == "config.json"
             || fname == "model.safetensors.index.json"
             || fname == "whittle_report.json"

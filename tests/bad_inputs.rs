@@ -36,7 +36,10 @@ fn truncated_safetensors() {
     f.set_len(len - 100).unwrap();
     let (e, s) = load_err(d.path());
     assert!(matches!(e, Error::Tensor { .. }), "{s}");
-    assert!(s.contains("model.safetensors") && s.contains("truncated"), "{s}");
+    assert!(
+        s.contains("model.safetensors") && s.contains("truncated"),
+        "{s}"
+    );
     // The last tensor in the file is the one cut.
     assert!(s.contains("model.norm.weight"), "{s}");
 }
@@ -46,11 +49,21 @@ fn truncated_inside_header() {
     let d = tempfile::tempdir().unwrap();
     write_model(d.path(), &tiny_config());
     let p = d.path().join("model.safetensors");
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(20)
+        .unwrap();
     let (e, s) = load_err(d.path());
     assert!(matches!(e, Error::SafetensorsHeader { .. }), "{s}");
     assert!(s.contains("truncated"), "{s}");
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(3).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
     let (_, s) = load_err(d.path());
     assert!(s.contains("shorter than the 8-byte header"), "{s}");
 }
@@ -82,7 +95,10 @@ fn header_offsets_past_end() {
     });
     let (e, s) = load_err(d.path());
     assert!(matches!(e, Error::Tensor { .. }), "{s}");
-    assert!(s.contains("model.layers.0.mlp.up_proj.weight") && s.contains("data_offsets"), "{s}");
+    assert!(
+        s.contains("model.layers.0.mlp.up_proj.weight") && s.contains("data_offsets"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -110,7 +126,10 @@ fn header_length_and_json_and_overlap() {
     std::fs::write(&p, &good).unwrap();
     rewrite_header(&p, |h| h["model.norm.weight"]["shape"] = json!([31]));
     let (_, s) = load_err(d.path());
-    assert!(s.contains("model.norm.weight") && s.contains("needs 124 bytes"), "{s}");
+    assert!(
+        s.contains("model.norm.weight") && s.contains("needs 124 bytes"),
+        "{s}"
+    );
 
     // Two tensors claiming the same bytes.
     std::fs::write(&p, &good).unwrap();
@@ -125,7 +144,10 @@ fn header_length_and_json_and_overlap() {
     std::fs::write(&p, &good).unwrap();
     rewrite_header(&p, |h| h["model.norm.weight"]["dtype"] = json!("Q4_K"));
     let (_, s) = load_err(d.path());
-    assert!(s.contains("model.norm.weight") && s.contains("unknown dtype"), "{s}");
+    assert!(
+        s.contains("model.norm.weight") && s.contains("unknown dtype"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -138,7 +160,12 @@ fn shape_mismatch() {
     std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
     let (e, s) = load_err(d.path());
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{s}");
-    assert!(s.contains("model.layers.0.mlp.gate_proj.weight") && s.contains("[48, 32]") && s.contains("[64, 32]"), "{s}");
+    assert!(
+        s.contains("model.layers.0.mlp.gate_proj.weight")
+            && s.contains("[48, 32]")
+            && s.contains("[64, 32]"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -163,10 +190,15 @@ fn wrong_dtype() {
     write_model(d.path(), &tiny_config());
     let p = d.path().join("model.safetensors");
     // Same byte count, integer dtype: I32 has 4 bytes like F32.
-    rewrite_header(&p, |h| h["model.layers.0.self_attn.q_proj.weight"]["dtype"] = json!("I32"));
+    rewrite_header(&p, |h| {
+        h["model.layers.0.self_attn.q_proj.weight"]["dtype"] = json!("I32")
+    });
     let (e, s) = load_err(d.path());
     assert!(matches!(e, Error::UnsupportedDtype { .. }), "{s}");
-    assert!(s.contains("model.layers.0.self_attn.q_proj.weight") && s.contains("I32"), "{s}");
+    assert!(
+        s.contains("model.layers.0.self_attn.q_proj.weight") && s.contains("I32"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -178,7 +210,10 @@ fn unknown_model_type() {
     std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
     let (e, s) = load_err(d.path());
     assert!(matches!(e, Error::UnsupportedModel { .. }), "{s}");
-    assert!(s.contains("\"llama\"") && s.contains("gemma2") && s.contains("gemma3_text"), "{s}");
+    assert!(
+        s.contains("\"llama\"") && s.contains("gemma2") && s.contains("gemma3_text"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -217,9 +252,19 @@ fn eval_rejects_non_utf8_text() {
     let t = d.path().join("latin1.txt");
     std::fs::write(&t, b"caf\xe9 au lait, na\xefve r\xe9sum\xe9\n").unwrap();
     let m = fixture("tiny-gemma3");
-    let (code, err) = run(&["eval", m.to_str().unwrap(), "--text", t.to_str().unwrap(), "--seq", "8"]);
+    let (code, err) = run(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--text",
+        t.to_str().unwrap(),
+        "--seq",
+        "8",
+    ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("latin1.txt") && err.contains("not UTF-8") && err.contains("offset 3"), "{err}");
+    assert!(
+        err.contains("latin1.txt") && err.contains("not UTF-8") && err.contains("offset 3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,15 +273,30 @@ fn eval_rejects_empty_and_short_text() {
     let m = fixture("tiny-gemma3");
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "  \n\n").unwrap();
-    let (code, err) = run(&["eval", m.to_str().unwrap(), "--text", empty.to_str().unwrap()]);
+    let (code, err) = run(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--text",
+        empty.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("empty.txt") && err.contains("empty"), "{err}");
 
     let short = d.path().join("short.txt");
     std::fs::write(&short, "Just a few words.").unwrap();
-    let (code, err) = run(&["eval", m.to_str().unwrap(), "--text", short.to_str().unwrap(), "--seq", "512"]);
+    let (code, err) = run(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--text",
+        short.to_str().unwrap(),
+        "--seq",
+        "512",
+    ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("short.txt") && err.contains("too short") && err.contains("--seq"), "{err}");
+    assert!(
+        err.contains("short.txt") && err.contains("too short") && err.contains("--seq"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -248,17 +308,34 @@ fn eval_rejects_folder_without_tokenizer() {
     std::fs::write(&t, "Some text here.").unwrap();
     let (code, err) = run(&["eval", m.to_str().unwrap(), "--text", t.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("tokenizer.json") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[test]
 fn eval_rejects_bad_seq_and_windows() {
     let m = fixture("tiny-gemma3");
     let t = fixture("eval-text.txt");
-    let (code, err) = run(&["eval", m.to_str().unwrap(), "--text", t.to_str().unwrap(), "--seq", "1"]);
+    let (code, err) = run(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--text",
+        t.to_str().unwrap(),
+        "--seq",
+        "1",
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--seq"), "{err}");
-    let (code, err) = run(&["eval", m.to_str().unwrap(), "--text", t.to_str().unwrap(), "--windows", "0"]);
+    let (code, err) = run(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--text",
+        t.to_str().unwrap(),
+        "--windows",
+        "0",
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--windows"), "{err}");
 }

@@ -28,7 +28,13 @@ fn gemma2_defaults_are_transformers_defaults() {
     for (i, t) in c.layer_types.iter().enumerate() {
         assert_eq!(*t == LayerType::Sliding, i % 2 == 0, "layer {i}");
     }
-    assert_eq!(c.rope_full, Rope { theta: 10000.0, linear_factor: 1.0 });
+    assert_eq!(
+        c.rope_full,
+        Rope {
+            theta: 10000.0,
+            linear_factor: 1.0
+        }
+    );
     assert_eq!(c.rope_sliding, c.rope_full);
     assert_eq!(c.attn_scale(), 0.0625);
 }
@@ -46,12 +52,16 @@ fn softcap_null_turns_it_off() {
 #[test]
 fn gemma3_layer_types_derived_from_pattern() {
     let c = parse(base("gemma3_text")).unwrap();
-    let full: Vec<usize> = (0..12).filter(|&i| c.layer_types[i] == LayerType::Full).collect();
+    let full: Vec<usize> = (0..12)
+        .filter(|&i| c.layer_types[i] == LayerType::Full)
+        .collect();
     assert_eq!(full, vec![5, 11]);
     let mut v = base("gemma3_text");
     v["sliding_window_pattern"] = json!(3);
     let c = parse(v).unwrap();
-    let full: Vec<usize> = (0..12).filter(|&i| c.layer_types[i] == LayerType::Full).collect();
+    let full: Vec<usize> = (0..12)
+        .filter(|&i| c.layer_types[i] == LayerType::Full)
+        .collect();
     assert_eq!(full, vec![2, 5, 8, 11]);
     let mut v = base("gemma3_text");
     v["_sliding_window_pattern"] = json!(4);
@@ -67,7 +77,10 @@ fn explicit_layer_types_win() {
     v["sliding_window_pattern"] = json!(6);
     v["layer_types"] = json!(["full_attention", "sliding_attention", "full_attention"]);
     let c = parse(v).unwrap();
-    assert_eq!(c.layer_types, vec![LayerType::Full, LayerType::Sliding, LayerType::Full]);
+    assert_eq!(
+        c.layer_types,
+        vec![LayerType::Full, LayerType::Sliding, LayerType::Full]
+    );
     assert_eq!(c.window(0), None);
     assert_eq!(c.window(1), Some(4096));
 }
@@ -79,8 +92,20 @@ fn gemma3_legacy_rope_spelling() {
     v["rope_local_base_freq"] = json!(1e4);
     v["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
     let c = parse(v).unwrap();
-    assert_eq!(c.rope_full, Rope { theta: 1e6, linear_factor: 8.0 });
-    assert_eq!(c.rope_sliding, Rope { theta: 1e4, linear_factor: 1.0 });
+    assert_eq!(
+        c.rope_full,
+        Rope {
+            theta: 1e6,
+            linear_factor: 8.0
+        }
+    );
+    assert_eq!(
+        c.rope_sliding,
+        Rope {
+            theta: 1e4,
+            linear_factor: 1.0
+        }
+    );
 }
 
 #[test]
@@ -91,8 +116,20 @@ fn gemma3_rope_parameters_per_layer_type() {
         "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}
     });
     let c = parse(v).unwrap();
-    assert_eq!(c.rope_full, Rope { theta: 5e5, linear_factor: 2.0 });
-    assert_eq!(c.rope_sliding, Rope { theta: 2e4, linear_factor: 1.0 });
+    assert_eq!(
+        c.rope_full,
+        Rope {
+            theta: 5e5,
+            linear_factor: 2.0
+        }
+    );
+    assert_eq!(
+        c.rope_sliding,
+        Rope {
+            theta: 2e4,
+            linear_factor: 1.0
+        }
+    );
     assert_eq!(c.rope(5), c.rope_full);
     assert_eq!(c.rope(0), c.rope_sliding);
 }
@@ -133,10 +170,12 @@ fn errors_name_the_field() {
     let e = parse(v).unwrap_err();
     assert!(e.contains("\"gemma3\"") && e.contains("gemma3_text"), "{e}");
 
-    assert!(ModelConfig::from_json_str("{not json", Path::new("x/config.json"))
-        .unwrap_err()
-        .to_string()
-        .contains("x/config.json"));
+    assert!(
+        ModelConfig::from_json_str("{not json", Path::new("x/config.json"))
+            .unwrap_err()
+            .to_string()
+            .contains("x/config.json")
+    );
 }
 
 #[test]

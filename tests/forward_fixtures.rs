@@ -11,7 +11,9 @@ use whittle::safetensors::SafeFile;
 const TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 struct Reference {
@@ -21,19 +23,37 @@ struct Reference {
 impl Reference {
     fn open(dir: &Path) -> Reference {
         Reference {
-            file: SafeFile::open(&dir.join("reference.safetensors")).expect("reference.safetensors"),
+            file: SafeFile::open(&dir.join("reference.safetensors"))
+                .expect("reference.safetensors"),
         }
     }
     fn f32(&self, name: &str) -> Vec<f32> {
-        let info = self.file.tensors.get(name).unwrap_or_else(|| panic!("reference has no {name}"));
-        whittle::safetensors::TensorRef { name, file: &self.file, info }.to_f32().unwrap()
+        let info = self
+            .file
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no {name}"));
+        whittle::safetensors::TensorRef {
+            name,
+            file: &self.file,
+            info,
+        }
+        .to_f32()
+        .unwrap()
     }
     fn ids(&self) -> (Vec<u32>, Batch) {
         let info = &self.file.tensors["input_ids"];
-        let ids = whittle::safetensors::TensorRef { name: "input_ids", file: &self.file, info }
-            .to_i64()
-            .unwrap();
-        let batch = Batch { n_seq: info.shape[0], seq_len: info.shape[1] };
+        let ids = whittle::safetensors::TensorRef {
+            name: "input_ids",
+            file: &self.file,
+            info,
+        }
+        .to_i64()
+        .unwrap();
+        let batch = Batch {
+            n_seq: info.shape[0],
+            seq_len: info.shape[1],
+        };
         (ids.into_iter().map(|i| i as u32).collect(), batch)
     }
 }
@@ -50,7 +70,9 @@ fn check_fixture(name: &str) {
     let h = model.cfg.hidden_size;
     let mut failures = Vec::new();
     let mut worst = 0f64;
-    let mut record = |what: String, got: &[f32], want: Vec<f32>, row: usize| match rows_rel_l2(&what, got, &want, row, TOL) {
+    let mut record = |what: String, got: &[f32], want: Vec<f32>, row: usize| match rows_rel_l2(
+        &what, got, &want, row, TOL,
+    ) {
         Ok(e) => worst = worst.max(e),
         Err(e) => failures.push(e),
     };
@@ -64,15 +86,34 @@ fn check_fixture(name: &str) {
                 let w = want.len() / batch.rows();
                 record(format!("mlp_act.{layer}"), act, want, w)
             }
-            Event::LayerOut { layer, hidden } => record(format!("layer.{layer}"), hidden, r.f32(&format!("layer.{layer}")), h),
+            Event::LayerOut { layer, hidden } => record(
+                format!("layer.{layer}"),
+                hidden,
+                r.f32(&format!("layer.{layer}")),
+                h,
+            ),
         }
     };
     let hidden = model.forward_hidden(&ids, batch, Some(&mut obs)).unwrap();
-    assert_eq!(seen, 1 + 2 * model.cfg.num_layers, "observer saw every event");
+    assert_eq!(
+        seen,
+        1 + 2 * model.cfg.num_layers,
+        "observer saw every event"
+    );
     record("final_norm".into(), &hidden, r.f32("final_norm"), h);
     let logits = model.logits(&hidden);
-    record("logits".into(), &logits, r.f32("logits"), model.cfg.vocab_size);
-    assert!(failures.is_empty(), "{name}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    record(
+        "logits".into(),
+        &logits,
+        r.f32("logits"),
+        model.cfg.vocab_size,
+    );
+    assert!(
+        failures.is_empty(),
+        "{name}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     eprintln!("{name}: worst per-position ‖Δ‖/‖ref‖ = {worst:.2e}");
 }
 
@@ -104,7 +145,10 @@ fn sliding_window_changes_late_positions() {
     for p in 0..batch.seq_len {
         let (x, y) = (&a[p * v..(p + 1) * v], &b[p * v..(p + 1) * v]);
         if p < w {
-            assert_eq!(x, y, "position {p} is inside the window and must not change");
+            assert_eq!(
+                x, y,
+                "position {p} is inside the window and must not change"
+            );
         }
     }
     let late = batch.seq_len - 1;

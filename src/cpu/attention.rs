@@ -29,8 +29,16 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
     let (t, nh, nkv, d) = (s.seq_len, s.n_heads, s.n_kv_heads, s.head_dim);
     let q_rs = nh * d;
     let kv_rs = nkv * d;
-    assert_eq!(q.len(), s.n_seq * t * q_rs, "attention: q is not [N, n_heads, d]");
-    assert_eq!(k.len(), s.n_seq * t * kv_rs, "attention: k is not [N, n_kv, d]");
+    assert_eq!(
+        q.len(),
+        s.n_seq * t * q_rs,
+        "attention: q is not [N, n_heads, d]"
+    );
+    assert_eq!(
+        k.len(),
+        s.n_seq * t * kv_rs,
+        "attention: k is not [N, n_kv, d]"
+    );
     assert_eq!(v.len(), k.len(), "attention: v differs from k");
     assert!(nh % nkv == 0);
     let group = nh / nkv;

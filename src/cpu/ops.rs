@@ -235,15 +235,20 @@ pub fn apply_rope(x: &mut [f32], t: usize, n_heads: usize, d: usize, cos: &[f32]
     let half = d / 2;
     assert_eq!(x.len(), t * n_heads * d);
     assert!(cos.len() >= t * half && sin.len() >= t * half);
-    x.par_chunks_mut(n_heads * d).enumerate().for_each(|(p, row)| {
-        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
-        for head in row.chunks_exact_mut(d) {
-            let (lo, hi) = head.split_at_mut(half);
-            for i in 0..half {
-                let (a, b) = (lo[i], hi[i]);
-                lo[i] = a * c[i] - b * s[i];
-                hi[i] = b * c[i] + a * s[i];
+    x.par_chunks_mut(n_heads * d)
+        .enumerate()
+        .for_each(|(p, row)| {
+            let (c, s) = (
+                &cos[p * half..(p + 1) * half],
+                &sin[p * half..(p + 1) * half],
+            );
+            for head in row.chunks_exact_mut(d) {
+                let (lo, hi) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (lo[i], hi[i]);
+                    lo[i] = a * c[i] - b * s[i];
+                    hi[i] = b * c[i] + a * s[i];
+                }
             }
-        }
-    });
+        });
 }

@@ -9,7 +9,9 @@ use whittle::registry::registry;
 use whittle::safetensors::{encode_header, Dtype, HeaderEntry};
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn bin() -> &'static str {
@@ -33,10 +35,14 @@ pub fn tiny_config() -> Value {
 
 /// Deterministic pseudo-random values in [-0.5, 0.5).
 pub fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         })
         .collect()
@@ -63,7 +69,11 @@ pub fn synthetic_tensors(cfg: &Value) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
     let entries: Vec<HeaderEntry> = tensors
         .iter()
-        .map(|(n, s, _)| HeaderEntry { name: n.clone(), dtype: Dtype::F32, shape: s.clone() })
+        .map(|(n, s, _)| HeaderEntry {
+            name: n.clone(),
+            dtype: Dtype::F32,
+            shape: s.clone(),
+        })
         .collect();
     let mut bytes = encode_header(&entries, Some(&json!({"format": "pt"})));
     for (_, _, v) in tensors {
@@ -75,6 +85,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
 /// A complete synthetic model folder (config + one safetensors file, no tokenizer).
 pub fn write_model(dir: &Path, cfg: &Value) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg).unwrap(),
+    )
+    .unwrap();
     write_safetensors(&dir.join("model.safetensors"), &synthetic_tensors(cfg));
 }
