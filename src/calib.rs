@@ -11,8 +11,10 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{attn_block, mlp_block, Batch, Event, LayerWeights, RopeCache};
-use crate::safetensors::SafeFile;
+use crate::model::{
+    attn_block, embed_from_store, mlp_block, Batch, Event, LayerWeights, RopeCache,
+};
+use crate::safetensors::{SafeFile, WeightStore};
 use crate::tokenizer::{read_text, Tokenizer};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -315,6 +317,12 @@ fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
 /// engine implements the same trait. `h` always holds whole sequences: [n_seq·seq_len, H].
 pub trait Backend {
     fn name(&self) -> String;
+
+    /// The input of layer 0 for calibration `ids`: the scaled embedding rows [rows, H], rounded
+    /// the way this backend's forward pass rounds them (the CPU: f32 `e·sqrt(H)`).
+    fn embed(&mut self, cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
+        embed_from_store(cfg, store, ids)
+    }
 
     /// The attention half of layer `l`, in place on `h`.
     fn run_attention(

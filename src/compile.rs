@@ -8,7 +8,7 @@
 use crate::calib::{Backend, CalibSet, MlpStats};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{embed_from_store, Batch, LayerWeights};
+use crate::model::{Batch, LayerWeights};
 use crate::prune::{
     energy_scores, magnitude_scores, obs_select, repair, slice_layer, top_k, Method,
 };
@@ -200,7 +200,7 @@ pub fn compile(
     // original model's stream beside it.
     let t0 = Instant::now();
     let mut h = match calib {
-        Some(c) => embed_from_store(&cfg, &store, &c.ids)?, // [n_seq·T, H]
+        Some(c) => backend.embed(&cfg, &store, &c.ids)?, // [n_seq·T, H]
         None => Vec::new(),
     };
     let mut h_ref = if opts.sequential && calib.is_some() {

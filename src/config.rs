@@ -381,9 +381,11 @@ impl Parser<'_> {
                 .ok_or_else(|| {
                     self.err(format!("{what}: linear rope needs a positive \"factor\""))
                 })?,
-            other => return Err(self.err(format!(
+            other => {
+                return Err(self.err(format!(
                 "{what}: rope_type \"{other}\" is not supported (only \"default\" and \"linear\")"
-            ))),
+            )))
+            }
         };
         Ok(Rope {
             theta,

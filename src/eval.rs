@@ -6,11 +6,44 @@
 //!
 //! The LM head is applied in row chunks so a 256k-vocabulary logit matrix never exists for a
 //! whole window; log-softmax sums are accumulated in f64.
+//!
+//! The protocol runs over any `LogitModel`: the CPU `Model` (f32, below) and, with the `cuda`
+//! feature, `cuda::GpuModel` (bf16 weights and activations, f32 logits; implemented in
+//! src/cuda/model.rs). The scoring itself (log-softmax, KL, argmax) always runs on the host in
+//! f64, so the two differ only by what the forward pass computes.
 
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 use rayon::prelude::*;
 use std::path::Path;
+
+/// What the evaluation protocol needs of a model: the final-normed hidden states of a batch and
+/// the logits of some of their rows.
+pub trait LogitModel {
+    fn cfg(&self) -> &ModelConfig;
+    /// The model folder (named in error messages).
+    fn dir(&self) -> &Path;
+    /// All layers and the final norm: normed hidden rows [N, H] in f32.
+    fn forward_hidden(&self, ids: &[u32], batch: Batch) -> Result<Vec<f32>>;
+    /// Logits `[rows, V]` of normed hidden rows `[rows, H]`, final softcap applied.
+    fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>>;
+}
+
+impl LogitModel for Model {
+    fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+    fn forward_hidden(&self, ids: &[u32], batch: Batch) -> Result<Vec<f32>> {
+        Model::forward_hidden(self, ids, batch, None)
+    }
+    fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>> {
+        Ok(Model::logits(self, hidden))
+    }
+}
 
 /// Rows of logits materialised at once ([HEAD_CHUNK, V] f32: 64 MiB at V = 262144).
 const HEAD_CHUNK: usize = 64;
@@ -107,26 +140,28 @@ fn argmax(x: &[f32]) -> usize {
 }
 
 /// Scores one window. `base` adds KL(base ‖ model) and top-1 agreement.
-pub fn score_window(model: &Model, base: Option<&Model>, window: &[u32]) -> Result<EvalStats> {
+pub fn score_window(
+    model: &dyn LogitModel,
+    base: Option<&dyn LogitModel>,
+    window: &[u32],
+) -> Result<EvalStats> {
     let t = window.len();
     let batch = Batch {
         n_seq: 1,
         seq_len: t,
     };
-    let h = model.forward_hidden(window, batch, None)?; // [T, H]
-    let hb = base
-        .map(|b| b.forward_hidden(window, batch, None))
-        .transpose()?; // [T, H]
-    let hd = model.cfg.hidden_size;
-    let v = model.cfg.vocab_size;
+    let h = model.forward_hidden(window, batch)?; // [T, H]
+    let hb = base.map(|b| b.forward_hidden(window, batch)).transpose()?; // [T, H]
+    let hd = model.cfg().hidden_size;
+    let v = model.cfg().vocab_size;
     let mut total = EvalStats::default();
     // Row p predicts window[p + 1]; the last row predicts nothing.
     let scored = t - 1;
     for r0 in (0..scored).step_by(HEAD_CHUNK) {
         let r1 = (r0 + HEAD_CHUNK).min(scored);
-        let z = model.logits(&h[r0 * hd..r1 * hd]); // [rows, V]
+        let z = model.logits(&h[r0 * hd..r1 * hd])?; // [rows, V]
         let zb = match (base, &hb) {
-            (Some(b), Some(hb)) => Some(b.logits(&hb[r0 * hd..r1 * hd])), // [rows, V]
+            (Some(b), Some(hb)) => Some(b.logits(&hb[r0 * hd..r1 * hd])?), // [rows, V]
             _ => None,
         };
         let part = (r0..r1)
@@ -165,21 +200,21 @@ pub fn score_window(model: &Model, base: Option<&Model>, window: &[u32]) -> Resu
 
 /// Scores every window, calling `progress` after each.
 pub fn evaluate(
-    model: &Model,
-    base: Option<&Model>,
+    model: &dyn LogitModel,
+    base: Option<&dyn LogitModel>,
     windows: &[Vec<u32>],
     mut progress: impl FnMut(usize),
 ) -> Result<EvalStats> {
     if let Some(b) = base {
-        if b.cfg.vocab_size != model.cfg.vocab_size {
+        if b.cfg().vocab_size != model.cfg().vocab_size {
             return Err(Error::Arg {
                 flag: "--base",
                 msg: format!(
                     "{} has vocabulary {} but {} has {}; KL needs the same vocabulary",
-                    b.dir.display(),
-                    b.cfg.vocab_size,
-                    model.dir.display(),
-                    model.cfg.vocab_size
+                    b.dir().display(),
+                    b.cfg().vocab_size,
+                    model.dir().display(),
+                    model.cfg().vocab_size
                 ),
             });
         }

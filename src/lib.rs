@@ -15,7 +15,12 @@
 //! - `writer`      — streaming, atomic checkpoint writer
 //! - `compile`     — the compile pipeline
 //! - `inspect`     — parameter and byte counts
+//! - `device`      — `--device auto|cpu|cuda[:N]`: GPU or CPU for eval and compile
+//! - `decode`      — KV-cache prefill / single-token decode, sampling
+//! - `generate`    — prompt formatting, stop tokens, the generation loop, streaming text
+//! - `bench`       — serving benchmark (prefill tok/s, TTFT, decode tok/s)
 
+pub mod bench;
 pub mod calib;
 pub mod check;
 pub mod compile;
@@ -23,8 +28,11 @@ pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod decode;
+pub mod device;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod inspect;
 pub mod linalg;
 pub mod mem;

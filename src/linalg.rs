@@ -47,7 +47,7 @@ pub fn cholesky(a: &mut [f64], n: usize) -> Result<(), usize> {
         let (head, tail) = a.split_at_mut((j + 1) * n);
         let row_j = &mut head[j * n..];
         let d = row_j[j] - dot(&row_j[..j], &row_j[..j]);
-        if !(d > 0.0) || !d.is_finite() {
+        if d.is_nan() || d <= 0.0 || !d.is_finite() {
             return Err(j);
         }
         let ljj = d.sqrt();

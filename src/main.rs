@@ -8,7 +8,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 use whittle::eval::{evaluate, make_windows};
-use whittle::model::{Batch, Model};
+use whittle::model::Model;
 use whittle::tokenizer::{read_text, Tokenizer};
 
 #[global_allocator]
@@ -24,6 +24,15 @@ struct Cli {
     /// Worker threads for the CPU path (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where eval and compile run: auto (the GPU when a driver and a device are there, else the
+    /// CPU), cpu, cuda or cuda:N. bench and generate run on the CPU for now.
+    #[arg(
+        long,
+        global = true,
+        default_value = "auto",
+        value_name = "auto|cpu|cuda[:N]"
+    )]
+    device: whittle::device::DeviceChoice,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,8 +49,12 @@ enum Cmd {
     },
     /// Calibrate, score and remove MLP neurons, re-fit, and write a smaller dense checkpoint.
     Compile(CompileArgs),
-    /// Forward-pass throughput (tokens/s) with and without the LM head on text windows.
+    /// Serving benchmark (weights, parameters, chat prefill tok/s, RAG TTFT, decode tok/s) as a
+    /// markdown table; `--against` measures a second model interleaved; `--forward` measures
+    /// forward throughput with and without the LM head on text windows instead.
     Bench(BenchArgs),
+    /// Generate text from a prompt with the KV-cache decoder (greedy, or temperature / top-p).
+    Generate(GenerateArgs),
 }
 
 #[derive(Args)]
@@ -127,8 +140,82 @@ struct CompileArgs {
 #[derive(Args)]
 struct BenchArgs {
     model: PathBuf,
-    #[command(flatten)]
-    win: WindowArgs,
+    /// Second model measured in the same run, interleaved; the table adds MODEL / AGAINST ratios.
+    #[arg(long, conflicts_with = "forward")]
+    against: Option<PathBuf>,
+    /// Print one JSON object instead of the markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Prompt text (tokenized and tiled to each length; default: a built-in paragraph set).
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Small shapes and few repeats (smoke test): 2×128 prefill, 256 RAG, 64+32 decode, 5 runs.
+    #[arg(long)]
+    quick: bool,
+    /// TTFT runs (default 30; 5 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Repeats of the prefill and decode measurements (default 3; 2 with --quick).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Untimed warm-up passes per model (default 1).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Chat prefill batch (default 8).
+    #[arg(long)]
+    prefill_batch: Option<usize>,
+    /// Chat prefill prompt length, BOS included (default 512).
+    #[arg(long)]
+    prefill_len: Option<usize>,
+    /// RAG prompt length for TTFT (default 2048).
+    #[arg(long)]
+    rag_len: Option<usize>,
+    /// Decode prompt length (default 512).
+    #[arg(long)]
+    decode_prompt: Option<usize>,
+    /// Greedy tokens timed in the decode measurement (default 128).
+    #[arg(long)]
+    decode_tokens: Option<usize>,
+    /// Forward-pass mode: tokens/s of the batch-1 forward with and without the LM head over
+    /// --text windows (keys no_head_tok_s, with_head_tok_s in --json).
+    #[arg(long, requires = "text")]
+    forward: bool,
+    /// --forward: UTF-8 text cut into windows.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// --forward: window length in tokens, BOS included.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// --forward: use only the first N windows (default: every full window in the text).
+    #[arg(long)]
+    windows: Option<usize>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    model: PathBuf,
+    /// Prompt text (BOS is prepended).
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in Gemma's chat turn format (`<start_of_turn>user ... <start_of_turn>model`).
+    #[arg(long)]
+    chat: bool,
+    /// Do not stop at EOS / <end_of_turn>: always generate --max-new-tokens tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object (prompt ids, generated ids, text, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
 }
@@ -176,13 +263,32 @@ fn load_model(dir: &std::path::Path) -> Result<Model> {
     Ok(m)
 }
 
-fn cmd_eval(a: EvalArgs) -> Result<()> {
-    let model = load_model(&a.model)?;
-    let base = a.base.as_deref().map(load_model).transpose()?;
-    let windows = load_windows(&a.model, &a.win, model.cfg.bos_token_id)?;
+/// Resolves `--device` (CPU-only for commands without a GPU path) and says on stderr which.
+fn open_device(
+    choice: whittle::device::DeviceChoice,
+    cpu_only: Option<&str>,
+) -> Result<whittle::device::Device> {
+    use whittle::device::Device;
+    let dev = match cpu_only {
+        Some(what) => Device::open_cpu_only(choice, what)?,
+        None => Device::open(choice)?,
+    };
+    eprintln!("device: {}", dev.describe());
+    Ok(dev)
+}
+
+fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
+    let dev = open_device(device, None)?;
+    let dirs: Vec<&std::path::Path> = std::iter::once(a.model.as_path())
+        .chain(a.base.as_deref())
+        .collect();
+    let mut models = dev.load_eval_models(&dirs)?;
+    let base = if a.base.is_some() { models.pop() } else { None };
+    let model = models.pop().context("no model loaded")?;
+    let windows = load_windows(&a.model, &a.win, model.cfg().bos_token_id)?;
     let pb = progress(windows.len(), "eval");
     let t = Instant::now();
-    let st = evaluate(&model, base.as_ref(), &windows, |i| {
+    let st = evaluate(&*model, base.as_deref(), &windows, |i| {
         pb.set_position(i as u64)
     })?;
     pb.finish_and_clear();
@@ -229,32 +335,75 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
-    let model = load_model(&a.model)?;
-    let windows = load_windows(&a.model, &a.win, model.cfg.bos_token_id)?;
-    let batch = Batch {
-        n_seq: 1,
-        seq_len: a.win.seq,
+    if a.forward {
+        return cmd_bench_forward(a);
+    }
+    use whittle::bench::{self, Protocol, Subject};
+    let mut p = if a.quick {
+        Protocol::quick()
+    } else {
+        Protocol::standard()
     };
-    // Warm-up: one window, untimed (page faults, thread pool start).
-    model.forward_hidden(&windows[0], batch, None)?;
-    let tokens = (windows.len() * a.win.seq) as f64;
+    let set = |dst: &mut usize, v: Option<usize>| {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    };
+    set(&mut p.runs, a.runs);
+    set(&mut p.repeats, a.repeats);
+    set(&mut p.warmup, a.warmup);
+    set(&mut p.prefill_batch, a.prefill_batch);
+    set(&mut p.prefill_len, a.prefill_len);
+    set(&mut p.rag_len, a.rag_len);
+    set(&mut p.decode_prompt, a.decode_prompt);
+    set(&mut p.decode_tokens, a.decode_tokens);
+    p.validate()?;
+    let text = match &a.prompt_file {
+        Some(f) => read_text(f)?,
+        None => bench::DEFAULT_PROMPT.to_string(),
+    };
+    let mut subjects = Vec::new();
+    for dir in std::iter::once(&a.model).chain(a.against.as_ref()) {
+        let model = load_model(dir)?;
+        subjects.push(Subject::new(dir, model, &text)?);
+    }
+    if subjects.len() == 2 && subjects[0].label == subjects[1].label {
+        for s in &mut subjects {
+            s.label = s.dir.display().to_string();
+        }
+    }
+    let total = subjects.len() * (p.warmup + 2 * p.repeats + p.runs);
+    let pb = progress(total, "bench");
+    let t = Instant::now();
+    let measured = bench::run(&subjects, &p, |what| {
+        pb.set_message(what.to_string());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    let report = bench::report_json(&subjects, &measured, &p);
+    eprintln!("bench finished in {:.1}s", t.elapsed().as_secs_f64());
+    if a.json {
+        println!("{report}");
+    } else {
+        print!("{}", bench::report_markdown(&report));
+    }
+    Ok(())
+}
+
+fn cmd_bench_forward(a: BenchArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let win = WindowArgs {
+        text: a.text.clone().context("--forward needs --text FILE")?,
+        seq: a.seq,
+        windows: a.windows,
+    };
+    let windows = load_windows(&a.model, &win, model.cfg.bos_token_id)?;
     let pb = progress(windows.len() * 2, "bench");
-    let t = Instant::now();
-    for w in &windows {
-        std::hint::black_box(model.forward_hidden(w, batch, None)?);
-        pb.inc(1);
-    }
-    let no_head = tokens / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for w in &windows {
-        std::hint::black_box(model.forward_logits(w, batch)?);
-        pb.inc(1);
-    }
-    let with_head = tokens / t.elapsed().as_secs_f64();
+    let (no_head, with_head) = whittle::bench::forward_throughput(&model, &windows, || pb.inc(1))?;
     pb.finish_and_clear();
     let out = json!({
         "model": a.model.display().to_string(),
-        "seq": a.win.seq,
+        "seq": win.seq,
         "windows": windows.len(),
         "threads": rayon::current_num_threads(),
         "no_head_tok_s": no_head,
@@ -268,14 +417,101 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         println!(
             "({} windows × {} tokens, {} threads)",
             windows.len(),
-            a.win.seq,
+            win.seq,
             rayon::current_num_threads()
         );
     }
     Ok(())
 }
 
-fn cmd_compile(a: CompileArgs) -> Result<()> {
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    use whittle::decode::Sampling;
+    use whittle::generate::{
+        chat_prompt, generate, prompt_ids, stop_tokens, GenOptions, StopReason, TextStream,
+    };
+    anyhow::ensure!(
+        a.top_p > 0.0 && a.top_p <= 1.0,
+        "--top-p must be in (0, 1], got {}",
+        a.top_p
+    );
+    anyhow::ensure!(
+        a.temperature >= 0.0 && a.temperature.is_finite(),
+        "--temperature must be a number >= 0, got {}",
+        a.temperature
+    );
+    let model = load_model(&a.model)?;
+    let tok = Tokenizer::from_dir(&a.model)?;
+    let text = if a.chat {
+        chat_prompt(&a.prompt)
+    } else {
+        a.prompt.clone()
+    };
+    let ids = prompt_ids(&tok, model.cfg.bos_token_id, &text)?;
+    let stop = if a.ignore_eos {
+        Vec::new()
+    } else {
+        stop_tokens(&a.model, Some(&tok))?
+    };
+    let opts = GenOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling: Sampling::new(a.temperature, a.top_p),
+        seed: a.seed,
+        stop: stop.clone(),
+    };
+    let mut stream = TextStream::new(&tok);
+    let stdout = std::io::stdout();
+    let out = generate(&model, &ids, &opts, |id| {
+        if !a.json && !stop.contains(&id) {
+            let piece = stream.push(id)?;
+            let mut lock = stdout.lock();
+            let _ = lock.write_all(piece.as_bytes());
+            let _ = lock.flush();
+        }
+        Ok(())
+    })?;
+    let shown: Vec<u32> = out
+        .tokens
+        .iter()
+        .copied()
+        .filter(|t| !stop.contains(t))
+        .collect();
+    if a.json {
+        let j = json!({
+            "model": a.model.display().to_string(),
+            "prompt": text,
+            "prompt_ids": ids,
+            "tokens": out.tokens,
+            "text": tok.decode(&shown)?,
+            "stop": match out.stop { StopReason::Stop(t) => json!(t), StopReason::MaxTokens => json!("max_new_tokens") },
+            "stop_tokens": stop,
+            "sampling": format!("{:?}", opts.sampling),
+            "seed": a.seed,
+            "ttft_s": out.prefill_s,
+            "decode_s": out.decode_s,
+            "decode_tok_s": out.decode_tok_s(),
+        });
+        println!("{j}");
+    } else {
+        let rest = stream.finish()?;
+        println!("{rest}");
+        eprintln!(
+            "[{} prompt tokens, first token after {:.2}s; {} tokens generated, {:.1} tok/s decode; stopped: {}]",
+            ids.len(),
+            out.prefill_s,
+            out.tokens.len(),
+            out.decode_tok_s(),
+            match out.stop {
+                StopReason::Stop(t) => format!("stop token {t}"),
+                StopReason::MaxTokens => "max_new_tokens".into(),
+            }
+        );
+    }
+    Ok(())
+}
+
+fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<()> {
+    let dev = open_device(device, None)?;
     use whittle::compile::{compile, CompileOptions, Width};
     let width = match (&a.tier, a.keep_ratio, a.intermediate_size) {
         (Some(t), _, _) => Width::Tier(t.clone()),
@@ -338,7 +574,7 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         if opts.repair { ", repair" } else { "" },
         calib.as_ref().map_or(0, |c| c.tokens())
     );
-    let mut backend = whittle::calib::CpuBackend::new();
+    let mut backend = dev.backend();
     let layers_pb = progress(cfg.num_layers, "layers");
     let mut write_pb: Option<ProgressBar> = None;
     let t = Instant::now();
@@ -347,7 +583,7 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         &a.output,
         calib.as_ref(),
         &opts,
-        &mut backend,
+        &mut *backend,
         &mut |stage, done, total| {
             if stage == "layers" {
                 layers_pb.set_position(done);
@@ -401,7 +637,7 @@ fn main() -> Result<()> {
             .context("setting up the thread pool")?;
     }
     match cli.cmd {
-        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Eval(a) => cmd_eval(a, cli.device),
         Cmd::Inspect { model, json } => {
             let s = whittle::inspect::summarize(&model)?;
             if json {
@@ -411,7 +647,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench(a) => cmd_bench(a),
-        Cmd::Compile(a) => cmd_compile(a),
+        Cmd::Bench(a) => open_device(cli.device, Some("bench")).and_then(|_| cmd_bench(a)),
+        Cmd::Generate(a) => open_device(cli.device, Some("generate")).and_then(|_| cmd_generate(a)),
+        Cmd::Compile(a) => cmd_compile(a, cli.device),
     }
 }

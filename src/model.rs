@@ -256,6 +256,20 @@ pub fn embed(cfg: &ModelConfig, table: &[f32], ids: &[u32]) -> Result<Vec<f32>> 
 /// Embeddings for `ids` gathered straight from the checkpoint, widening only the rows used (the
 /// full table of a 256k vocabulary is 2.4 GB in f32 at H = 2304).
 pub fn embed_from_store(cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
+    let mut out = embed_rows_from_store(cfg, store, ids)?; // [N, H]
+    let scale = cfg.embed_scale_f32();
+    for o in &mut out {
+        *o *= scale;
+    }
+    Ok(out)
+}
+
+/// The embedding rows of `ids` as stored (widened to f32, not yet scaled by sqrt(H)): [N, H].
+pub fn embed_rows_from_store(
+    cfg: &ModelConfig,
+    store: &WeightStore,
+    ids: &[u32],
+) -> Result<Vec<f32>> {
     let t = store.get(registry::EMBED)?;
     let want = [cfg.vocab_size, cfg.hidden_size];
     if t.info.shape != want {
@@ -268,7 +282,6 @@ pub fn embed_from_store(cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> 
     }
     let hd = cfg.hidden_size;
     let es = t.info.dtype.size();
-    let mut row = vec![0f32; hd];
     let mut out = vec![0f32; ids.len() * hd]; // [N, H]
     let one_row = |id: usize, row: &mut [f32]| -> Result<()> {
         let sub = crate::safetensors::TensorInfo {
@@ -291,11 +304,7 @@ pub fn embed_from_store(cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> 
                 cfg.vocab_size
             )));
         }
-        one_row(id as usize, &mut row)?;
-        let scale = cfg.embed_scale_f32();
-        for (o, &e) in o.iter_mut().zip(&row) {
-            *o = e * scale;
-        }
+        one_row(id as usize, o)?;
     }
     Ok(out)
 }

@@ -186,7 +186,9 @@ pub struct WriteStats {
 }
 
 /// Streams the compiled model into `out` (see the module comment). `report` is called after the
-/// weights are written and its value saved as whittle_report.json. `progress` is called with the bytes written so far.
+/// weights are written and its value saved as whittle_report.json. `progress` is called with the
+/// bytes written so far.
+#[allow(clippy::too_many_arguments)]
 pub fn write_model(
     input: &Path,
     store: &WeightStore,

@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::process::Command;
 use whittle::model::Model;
 use whittle::Error;
 
@@ -240,7 +239,7 @@ fn sharded_index_pointing_outside_folder() {
 // --- through the CLI: clear message, exit code 1, no panic
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
+    let out = cpu_cmd().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!err.contains("panicked"), "whittle panicked: {err}");
     (out.status.code().unwrap_or(-1), err)

@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use whittle::model::{Batch, Model};
 use whittle::safetensors::{encode_header, Dtype, HeaderEntry, SafeFile, TensorRef};
 
@@ -19,7 +18,7 @@ fn export_compiled_fixtures_for_transformers() {
         ("tiny-gemma3", "0.75", "energy"),
     ] {
         let out = root.join(name);
-        let o = Command::new(bin())
+        let o = cpu_cmd()
             .args([
                 "compile",
                 fixture(name).to_str().unwrap(),

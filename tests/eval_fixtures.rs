@@ -4,10 +4,9 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::process::Command;
 
 fn eval_json(model: &str, base: Option<&str>, seq: &str, windows: &str) -> Value {
-    let mut cmd = Command::new(bin());
+    let mut cmd = cpu_cmd();
     cmd.args([
         "eval",
         fixture(model).to_str().unwrap(),

@@ -24,9 +24,15 @@ fn counts_match_the_checkpoint() {
         let c = &s.cfg;
         let mlp = 3 * c.num_layers * c.hidden_size * c.intermediate_size;
         assert_eq!(s.params[&Group::Mlp], mlp as u64);
-        assert_eq!(s.params[&Group::Embedding], (c.vocab_size * c.hidden_size) as u64);
+        assert_eq!(
+            s.params[&Group::Embedding],
+            (c.vocab_size * c.hidden_size) as u64
+        );
         let norms_per_layer = 4 * c.hidden_size + if c.qk_norm { 2 * c.head_dim } else { 0 };
-        assert_eq!(s.params[&Group::Norm], (c.num_layers * norms_per_layer + c.hidden_size) as u64);
+        assert_eq!(
+            s.params[&Group::Norm],
+            (c.num_layers * norms_per_layer + c.hidden_size) as u64
+        );
         assert!(s.tied);
         let text = s.to_text();
         assert!(text.contains(&format!("{}", s.total_params)), "{text}");
@@ -39,7 +45,11 @@ fn counts_match_the_checkpoint() {
 #[test]
 fn cli_inspect_json() {
     let out = std::process::Command::new(bin())
-        .args(["inspect", fixture("tiny-gemma3").to_str().unwrap(), "--json"])
+        .args([
+            "inspect",
+            fixture("tiny-gemma3").to_str().unwrap(),
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -18,6 +18,14 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_whittle")
 }
 
+/// `whittle --device cpu`: tests that compare with fp32 references must not drift onto a GPU
+/// (bf16) when the machine running them has one.
+pub fn cpu_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.args(["--device", "cpu"]);
+    c
+}
+
 /// A small Gemma-3 config (2 layers, both layer types).
 pub fn tiny_config() -> Value {
     json!({

@@ -1,0 +1,140 @@
+// common.cuh — helpers shared by every kernel file: bf16 <-> f32, warp and block reductions,
+// CEIL_DIV, and the PTX wrappers (cp.async, ldmatrix, mma.sync) used by gemm.cu and attention.cu.
+//
+// Conventions for all kernels in kernels/*.cu:
+// - storage is bf16 (__nv_bfloat16), arithmetic and accumulation f32 (f64 for long-running
+//   statistics); rounding to bf16 happens where transformers' bf16 path rounds (documented per
+//   kernel), never with fast-math intrinsics (__expf, __sinf, tanh.approx).
+// - entry points are extern "C" so the host finds them by plain name; templates live in
+//   __device__ bodies that thin extern "C" kernels instantiate.
+// - every kernel writes every element of its output range (tests poison outputs with NaN first).
+// - shapes are int (row counts and widths < 2^31); element offsets are computed in size_t.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+typedef __nv_bfloat162 bf162;
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define WARP_SIZE 32
+
+__device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
+// Round to nearest even, as torch's .to(bfloat16) does.
+__device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
+// f32 -> bf16 -> f32: the value a bf16 tensor would hold.
+__device__ __forceinline__ float round_bf(float x) { return bf2f(f2bf(x)); }
+
+// ---------------------------------------------------------------------------------------------
+// Reductions
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the whole block; every thread gets the result. `scratch` holds >= 32 floats and may be
+// reused right after the call returns (the trailing barrier protects it).
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = CEIL_DIV((int)blockDim.x, 32);
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = lane < nwarps ? scratch[lane] : 0.0f;
+  r = warp_sum(r);
+  __syncthreads();
+  return r;
+}
+
+__device__ __forceinline__ double block_sum_d(double v, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = CEIL_DIV((int)blockDim.x, 32);
+  v = warp_sum_d(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  double r = lane < nwarps ? scratch[lane] : 0.0;
+  r = warp_sum_d(r);
+  __syncthreads();
+  return r;
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = CEIL_DIV((int)blockDim.x, 32);
+  v = warp_max(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = lane < nwarps ? scratch[lane] : -INFINITY;
+  r = warp_max(r);
+  __syncthreads();
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PTX wrappers (sm_80+): asynchronous copies, ldmatrix, bf16 tensor-core MMA.
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global->shared copy that bypasses L1. `src_bytes` < 16 zero-fills the rest
+// (src_bytes == 0: pure zero fill, `src` is not read but must be a valid address expression).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 b16 matrices; lane i supplies the row address for matrix i/8, row i%8; register j of
+// every lane receives matrix j, row lane/4, columns 2*(lane%4) and +1.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
+                                            uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+// Same, transposed: register j receives matrix j, column lane/4, rows 2*(lane%4) and +1.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
+                                                  uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// D = A·B + D for one 16x8x16 tile. Fragment layouts (g = lane/4, t = lane%4):
+//   A (16x16, row): a0 = (row g,   k 2t..2t+1)  a1 = (row g+8, k 2t..2t+1)
+//                   a2 = (row g,   k 2t+8..9)   a3 = (row g+8, k 2t+8..9)
+//   B (16x8, col):  b0 = (k 2t..2t+1, col g)    b1 = (k 2t+8..9, col g)
+//   C/D (16x8 f32): d0,d1 = (row g, cols 2t, 2t+1)   d2,d3 = (row g+8, cols 2t, 2t+1)
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 -> one register of two bf16 (lo in the low half), as an A fragment register expects.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  bf162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}

@@ -1,0 +1,303 @@
+// gemm.cu — bf16 tensor-core GEMMs with f32 accumulation.
+//
+//   gemm_nt_bf16:        Y[M,N] = X[M,K] · W[N,K]ᵀ   (HF Linear: W is [out, in], K-contiguous)
+//   gram_tn_bf16:        G[I,I] += Aᵀ·A, A = [T, I]  (Gram matrix of MLP activations, f32)
+//   gram_symmetrize_f32: copies the computed upper block triangle of G onto the lower one
+//
+// Design (sm_80 recipe; runs unchanged on sm_86/89/90):
+// - CTA tile 128x128, BK = 32, 8 warps as 2 (M) x 4 (N), warp tile 64x32 = 4x4 mma tiles of
+//   m16n8k16 (`mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`): 64 f32 accumulators per
+//   thread. __launch_bounds__(256, 2) caps registers at 128 so two CTAs share an SM.
+// - 4-stage cp.async pipeline (16 KB per stage, 64 KB dynamic shared memory): tile kt+3 is in
+//   flight while tile kt is multiplied. One __syncthreads per k-tile.
+// - Shared memory is XOR-swizzled in 16-byte chunks so every ldmatrix phase (8 rows at one
+//   logical chunk) hits 8 distinct bank groups:
+//     NT tiles [rows][32]: 4 chunks per 64-byte row, chunk' = chunk ^ ((row >> 1) & 3)
+//     TN tiles [32][128]:  16 chunks per 256-byte row, chunk' = chunk ^ (row & 7)
+// - Fragments come from ldmatrix.x4 (NT: plain, both operands are K-contiguous, exactly the
+//   row.col layout the MMA wants) or ldmatrix.x4.trans (TN/Gram: both operands are M/N-contiguous).
+// - Ragged edges: rows past M or N and k past K are zero-filled by cp.async's src-size operand,
+//   so the MMAs see zeros and the epilogue simply skips out-of-range stores. The cp.async path
+//   needs 16-byte chunks that are either fully inside or fully outside the matrix and 16-byte
+//   aligned rows: K % 8 == 0 (NT), I % 8 == 0 (Gram), leading dimensions % 8 == 0 and 16-byte
+//   aligned base pointers. The `_unaligned` entry points drop that precondition: they gather the
+//   same tiles element by element with ordinary loads (correct for any shape, slower); the host
+//   launcher picks the variant.
+// - Grid: blockIdx.x walks M tiles fastest, so consecutive CTAs reuse one W tile from L2.
+// - Epilogue modes: bf16 output (round to nearest even), f32 output, f32 accumulate (C += AB),
+//   any combination of the first two; Gram always accumulates in f32 and only computes tiles on
+//   or above the block diagonal (gram_symmetrize_f32 fills the rest once, at the end).
+#include "common.cuh"
+
+namespace gemm {
+constexpr int BM = 128, BN = 128, BK = 32, STAGES = 4, THREADS = 256;
+constexpr int WM = 64, WN = 32;           // warp tile
+constexpr int MT = WM / 16, NT = WN / 8;  // mma tiles per warp: 4 x 4
+constexpr int A_STAGE = BM * BK;          // elements per stage and operand (both layouts)
+constexpr int B_STAGE = BN * BK;
+constexpr int SMEM_BYTES = STAGES * (A_STAGE + B_STAGE) * 2;  // 65536
+static_assert(A_STAGE == 4096 && B_STAGE == 4096, "tile sizes");
+
+// NT tile [128 rows][32 k]: element offset of (row r, 16-byte chunk c).
+__device__ __forceinline__ int nt_off(int r, int c) { return r * BK + ((c ^ ((r >> 1) & 3)) << 3); }
+// TN tile [32 k][128 cols]: element offset of (k row r, chunk c).
+__device__ __forceinline__ int tn_off(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 3); }
+
+// Gathers 8 consecutive elements (row r, columns col..col+7) with bounds checks into one chunk.
+__device__ __forceinline__ void gather8(bf16* dst, const bf16* row_ptr, bool row_ok, int col, int ncols) {
+  union {
+    uint4 v;
+    unsigned short h[8];
+  } u;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    u.h[j] = (row_ok && col + j < ncols) ? __bfloat16_as_ushort(row_ptr[col + j]) : (unsigned short)0;
+  *reinterpret_cast<uint4*>(dst) = u.v;
+}
+
+// One NT operand tile: rows [r0, r0+128) of a [rows, K] matrix, k in [k0, k0+32).
+template <bool ALIGNED>
+__device__ __forceinline__ void load_nt(bf16* s, const bf16* g, int ld, int r0, int rows, int k0, int K, int tid) {
+#pragma unroll
+  for (int i = 0; i < (128 * 4) / THREADS; ++i) {
+    const int id = tid + i * THREADS;
+    const int r = id >> 2, c = id & 3;
+    const int k = k0 + c * 8;
+    const bool row_ok = r0 + r < rows;
+    bf16* dst = s + nt_off(r, c);
+    if constexpr (ALIGNED) {
+      const bool ok = row_ok && k < K;  // K % 8 == 0: a chunk is entirely in or out
+      const bf16* src = ok ? g + (size_t)(r0 + r) * ld + k : g;
+      cp_async_16(smem_u32(dst), src, ok ? 16 : 0);
+    } else {
+      gather8(dst, g + (size_t)(row_ok ? r0 + r : 0) * ld, row_ok, k, K);
+    }
+  }
+}
+
+// One TN operand tile: k rows [k0, k0+32) of a [K, cols] matrix, columns [c0, c0+128).
+template <bool ALIGNED>
+__device__ __forceinline__ void load_tn(bf16* s, const bf16* g, int ld, int k0, int K, int c0, int cols, int tid) {
+#pragma unroll
+  for (int i = 0; i < (32 * 16) / THREADS; ++i) {
+    const int id = tid + i * THREADS;
+    const int r = id >> 4, c = id & 15;
+    const int col = c0 + c * 8;
+    const bool row_ok = k0 + r < K;
+    bf16* dst = s + tn_off(r, c);
+    if constexpr (ALIGNED) {
+      const bool ok = row_ok && col < cols;  // cols % 8 == 0
+      const bf16* src = ok ? g + (size_t)(k0 + r) * ld + col : g;
+      cp_async_16(smem_u32(dst), src, ok ? 16 : 0);
+    } else {
+      gather8(dst, g + (size_t)(row_ok ? k0 + r : 0) * ld, row_ok, col, cols);
+    }
+  }
+}
+
+// The main loop shared by both layouts: accumulates this CTA's 128x128 tile into acc.
+//   TN == false: A = X [M, K] (lda), B = W [N, K] (ldb)
+//   TN == true:  A = [K, M] (lda), B = [K, N] (ldb)   (Gram: both the same [T, I] matrix)
+template <bool TN, bool ALIGNED>
+__device__ __forceinline__ void mainloop(float (&acc)[MT][NT][4], const bf16* __restrict__ A,
+                                         const bf16* __restrict__ B, int lda, int ldb, int m0, int n0,
+                                         int M, int N, int K, bf16* smem) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm0 = (warp >> 2) * WM;  // warp row offset in the CTA tile
+  const int wn0 = (warp & 3) * WN;   // warp column offset
+  bf16* sA = smem;
+  bf16* sB = smem + STAGES * A_STAGE;
+  const int ktiles = CEIL_DIV(K, BK);
+
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+  auto load_stage = [&](int stage, int kt) {
+    const int k0 = kt * BK;
+    if constexpr (TN) {
+      load_tn<ALIGNED>(sA + stage * A_STAGE, A, lda, k0, K, m0, M, tid);
+      load_tn<ALIGNED>(sB + stage * B_STAGE, B, ldb, k0, K, n0, N, tid);
+    } else {
+      load_nt<ALIGNED>(sA + stage * A_STAGE, A, lda, m0, M, k0, K, tid);
+      load_nt<ALIGNED>(sB + stage * B_STAGE, B, ldb, n0, N, k0, K, tid);
+    }
+  };
+
+  // Prologue: STAGES-1 tiles in flight (empty groups keep the group count uniform).
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < ktiles) load_stage(s, s);
+    cp_async_commit();
+  }
+
+  for (int kt = 0; kt < ktiles; ++kt) {
+    // Groups committed so far: kt + STAGES - 1; allowing STAGES - 2 pending means tile kt landed.
+    cp_async_wait<STAGES - 2>();
+    // Also: every warp has finished tile kt-1, whose stage is refilled next.
+    __syncthreads();
+    {
+      const int pf = kt + STAGES - 1;
+      if (pf < ktiles) load_stage(pf % STAGES, pf);
+      cp_async_commit();
+    }
+    const bf16* a_s = sA + (kt % STAGES) * A_STAGE;
+    const bf16* b_s = sB + (kt % STAGES) * B_STAGE;
+
+#pragma unroll
+    for (int ks = 0; ks < BK / 16; ++ks) {
+      uint32_t af[MT][4];
+      uint32_t bfr[NT][2];
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) {
+        if constexpr (TN) {
+          // Matrices: 0 = (m 0-7, k 0-7), 1 = (m 8-15, k 0-7), 2 = (m 0-7, k 8-15), 3 = (m 8-15, k 8-15),
+          // each stored k-major; .trans hands lane (m g, k 2t..2t+1).
+          const int idx = lane >> 3;
+          const int r = ks * 16 + ((idx >> 1) << 3) + (lane & 7);
+          const int m = wm0 + mi * 16 + ((idx & 1) << 3);
+          ldmatrix_x4_trans(af[mi][0], af[mi][1], af[mi][2], af[mi][3], smem_u32(a_s + tn_off(r, m >> 3)));
+        } else {
+          const int r = wm0 + mi * 16 + (lane & 15);
+          const int c = ks * 2 + (lane >> 4);
+          ldmatrix_x4(af[mi][0], af[mi][1], af[mi][2], af[mi][3], smem_u32(a_s + nt_off(r, c)));
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        if constexpr (TN) {
+          // Matrices: 0 = (n 0-7, k 0-7), 1 = (n 0-7, k 8-15), 2 = (n 8-15, k 0-7), 3 = (n 8-15, k 8-15).
+          const int idx = lane >> 3;
+          const int r = ks * 16 + ((idx & 1) << 3) + (lane & 7);
+          const int n = wn0 + np * 16 + ((idx >> 1) << 3);
+          ldmatrix_x4_trans(bfr[2 * np][0], bfr[2 * np][1], bfr[2 * np + 1][0], bfr[2 * np + 1][1],
+                            smem_u32(b_s + tn_off(r, n >> 3)));
+        } else {
+          // Same four matrices, stored n-major (K-contiguous rows): no transpose needed.
+          const int r = wn0 + np * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int c = ks * 2 + ((lane >> 3) & 1);
+          ldmatrix_x4(bfr[2 * np][0], bfr[2 * np][1], bfr[2 * np + 1][0], bfr[2 * np + 1][1],
+                      smem_u32(b_s + nt_off(r, c)));
+        }
+      }
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NT; ++ni) mma_bf16_16816(acc[mi][ni], af[mi], bfr[ni][0], bfr[ni][1]);
+    }
+  }
+  // Drain (only empty groups can be pending here) so the CTA exits with no copies in flight.
+  cp_async_wait<0>();
+}
+
+// Writes acc: bf16 to Yb and/or f32 to Yf (accumulating when `accumulate`), skipping the edges.
+__device__ __forceinline__ void epilogue(const float (&acc)[MT][NT][4], bf16* __restrict__ Yb,
+                                         float* __restrict__ Yf, int ldc, int accumulate, int m0, int n0,
+                                         int M, int N) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm0 = (warp >> 2) * WM, wn0 = (warp & 3) * WN;
+  const int g = lane >> 2, t = lane & 3;
+  // Pair stores need an even column (always) and an even row stride (for 4-byte alignment).
+  const bool pair_ok = (ldc & 1) == 0;
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = m0 + wm0 + mi * 16 + g + half * 8;
+        const int col = n0 + wn0 + ni * 8 + 2 * t;
+        if (row >= M || col >= N) continue;
+        const float v0 = acc[mi][ni][2 * half], v1 = acc[mi][ni][2 * half + 1];
+        const bool two = col + 1 < N;
+        const size_t o = (size_t)row * ldc + col;
+        if (Yf) {
+          if (accumulate) {
+            Yf[o] += v0;
+            if (two) Yf[o + 1] += v1;
+          } else if (two && pair_ok) {
+            *reinterpret_cast<float2*>(Yf + o) = make_float2(v0, v1);
+          } else {
+            Yf[o] = v0;
+            if (two) Yf[o + 1] = v1;
+          }
+        }
+        if (Yb) {
+          if (two && pair_ok) {
+            *reinterpret_cast<bf162*>(Yb + o) = __floats2bfloat162_rn(v0, v1);
+          } else {
+            Yb[o] = f2bf(v0);
+            if (two) Yb[o + 1] = f2bf(v1);
+          }
+        }
+      }
+}
+
+template <bool ALIGNED>
+__device__ __forceinline__ void gemm_nt(const bf16* X, const bf16* W, bf16* Yb, float* Yf, int M, int N, int K,
+                                        int lda, int ldb, int ldc, int accumulate) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+  float acc[MT][NT][4];
+  mainloop<false, ALIGNED>(acc, X, W, lda, ldb, m0, n0, M, N, K, smem);
+  epilogue(acc, Yb, Yf, ldc, accumulate, m0, n0, M, N);
+}
+
+template <bool ALIGNED>
+__device__ __forceinline__ void gram_tn(const bf16* A, float* G, int T, int I, int lda) {
+  // Only tiles on or above the block diagonal; the grid is square, so half the CTAs leave at once.
+  if (blockIdx.y < blockIdx.x) return;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+  float acc[MT][NT][4];
+  mainloop<true, ALIGNED>(acc, A, A, lda, lda, m0, n0, I, I, T, smem);
+  epilogue(acc, nullptr, G, I, 1, m0, n0, I, I);
+}
+}  // namespace gemm
+
+// ---------------------------------------------------------------------------------------------
+// Entry points. Grid (CEIL_DIV(M,128), CEIL_DIV(N,128)), block 256, dynamic smem 65536 bytes.
+
+// Y = X · Wᵀ. X [M, K] row stride lda, W [N, K] row stride ldb, Y [M, N] row stride ldc.
+// Yb (bf16) and/or Yf (f32) may be null; accumulate != 0 adds into Yf instead of overwriting.
+// Requires K % 8 == 0, lda % 8 == 0, ldb % 8 == 0 and 16-byte aligned X and W.
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 2)
+    gemm_nt_bf16(const bf16* __restrict__ X, const bf16* __restrict__ W, bf16* __restrict__ Yb,
+                 float* __restrict__ Yf, int M, int N, int K, int lda, int ldb, int ldc, int accumulate) {
+  gemm::gemm_nt<true>(X, W, Yb, Yf, M, N, K, lda, ldb, ldc, accumulate);
+}
+
+// Same contract without the alignment preconditions.
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 2)
+    gemm_nt_bf16_unaligned(const bf16* __restrict__ X, const bf16* __restrict__ W, bf16* __restrict__ Yb,
+                           float* __restrict__ Yf, int M, int N, int K, int lda, int ldb, int ldc,
+                           int accumulate) {
+  gemm::gemm_nt<false>(X, W, Yb, Yf, M, N, K, lda, ldb, ldc, accumulate);
+}
+
+// G[I, I] += Aᵀ A for A [T, I] with row stride lda; only block-upper tiles (128x128 blocks with
+// block column >= block row) are updated. Grid (CEIL_DIV(I,128), CEIL_DIV(I,128)).
+// Requires I % 8 == 0, lda % 8 == 0, 16-byte aligned A.
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 2)
+    gram_tn_bf16(const bf16* __restrict__ A, float* __restrict__ G, int T, int I, int lda) {
+  gemm::gram_tn<true>(A, G, T, I, lda);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 2)
+    gram_tn_bf16_unaligned(const bf16* __restrict__ A, float* __restrict__ G, int T, int I, int lda) {
+  gemm::gram_tn<false>(A, G, T, I, lda);
+}
+
+// For every (r, c) whose 128-block row is below its 128-block column's diagonal
+// (r / 128 > c / 128): G[r, c] = G[c, r]. Grid (CEIL_DIV(I,32), CEIL_DIV(I,32)), block (32, 8).
+extern "C" __global__ void gram_symmetrize_f32(float* __restrict__ G, int I) {
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  for (int r = blockIdx.y * 32 + threadIdx.y; r < blockIdx.y * 32 + 32; r += 8) {
+    if (r < I && c < I && (r / gemm::BM) > (c / gemm::BN)) G[(size_t)r * I + c] = G[(size_t)c * I + r];
+  }
+}

@@ -1,0 +1,71 @@
+// mlp.cu — the MLP activation a = gelu_tanh(gate) · up, fused with the per-neuron statistics that
+// calibration needs (Σa and Σa² per column, f64), optionally also writing a in f32.
+//
+// Rounding follows transformers' bf16 path: gelu_tanh is computed in f32 from the bf16 gate and
+// rounded to bf16 (F.gelu on a bf16 tensor), then multiplied by up in f32 and rounded to bf16
+// (a bf16 tensor product). The statistics are taken on that bf16 value, as a forward hook that
+// casts the bf16 activation to f32 would see it.
+//
+// Design: block (32, 8) covers 64 columns × 128 rows; lane x owns 2 adjacent columns (a warp
+// reads 128 contiguous bytes per row), thread-row y walks rows y, y+8, … Each thread keeps f32
+// partial sums over its 16 rows, the 8 thread-rows are combined through shared memory, and one
+// f64 atomicAdd per column per block lands in the output (atomics on distinct addresses; f64 keeps
+// millions of tokens exact enough). Statistics pointers may be null.
+#include "common.cuh"
+
+namespace mlp {
+constexpr int COLS = 64, ROWS = 128, TY = 8;
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + tanhf(k0 * (x + 0.044715f * x * x * x)));
+}
+}  // namespace mlp
+
+// Grid (CEIL_DIV(cols, 64), CEIL_DIV(rows, 128)), block (32, 8).
+// gate, up, act [rows, cols] bf16; act_f32 [rows, cols] or null; col_sum, col_sumsq [cols] f64 or
+// null (accumulated into, not overwritten).
+extern "C" __global__ void gelu_mul_stats_bf16(const bf16* __restrict__ gate, const bf16* __restrict__ up,
+                                               bf16* __restrict__ act, float* __restrict__ act_f32,
+                                               double* __restrict__ col_sum, double* __restrict__ col_sumsq,
+                                               int rows, int cols) {
+  __shared__ float red[2][mlp::TY][mlp::COLS];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c0 = blockIdx.x * mlp::COLS + 2 * tx;
+  const int r0 = blockIdx.y * mlp::ROWS;
+  float s1[2] = {0.0f, 0.0f}, s2[2] = {0.0f, 0.0f};
+  for (int r = r0 + ty; r < min(rows, r0 + mlp::ROWS); r += mlp::TY) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = c0 + e;
+      if (c >= cols) continue;
+      const size_t o = (size_t)r * cols + c;
+      const float ge = round_bf(mlp::gelu_tanh(bf2f(gate[o])));
+      const float a = round_bf(ge * bf2f(up[o]));
+      act[o] = f2bf(a);
+      if (act_f32) act_f32[o] = a;
+      s1[e] += a;
+      s2[e] += a * a;
+    }
+  }
+  if (!col_sum && !col_sumsq) return;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    red[0][ty][2 * tx + e] = s1[e];
+    red[1][ty][2 * tx + e] = s2[e];
+  }
+  __syncthreads();
+  // 64 columns × 2 statistics = 128 results; the first 128 threads finish one each.
+  const int id = ty * 32 + tx;
+  if (id < 2 * mlp::COLS) {
+    const int which = id / mlp::COLS, col = id % mlp::COLS;
+    const int c = blockIdx.x * mlp::COLS + col;
+    if (c < cols) {
+      double acc = 0.0;
+#pragma unroll
+      for (int y = 0; y < mlp::TY; ++y) acc += (double)red[which][y][col];
+      double* dst = which == 0 ? col_sum : col_sumsq;
+      if (dst) atomicAdd(dst + c, acc);
+    }
+  }
+}

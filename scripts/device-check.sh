@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The one command for checking whittle's GPU path on a machine with an NVIDIA GPU.
+#
+# That machine gets a copy of the repository plus prebuilt binaries; it has python3 with torch and
+# transformers but no Rust and no network. So the binaries are built here first:
+#
+#   bash scripts/device-check.sh --prepare   # here: cargo builds the test binaries and whittle,
+#                                            # strips copies into target/device-carry/ (< 64 MiB)
+#   bash scripts/device-check.sh --dry-run   # here (no GPU): checks every file the run needs,
+#                                            # runs the binaries' test listings and the CPU-only
+#                                            # tests, and the Python scripts' argument parsing
+#   bash scripts/device-check.sh             # on the GPU machine (carry target/device-carry)
+#
+# The GPU run, in order (each step's status and time go into the summary; a failing step does not
+# stop the later ones):
+#   1. kernels   cuda_kernels --ignored: every kernel against the CPU reference ops
+#   2. model     cuda_model --ignored: GPU vs CPU forward on the tiny fixtures (and gemma-3-270m
+#                when models/ holds it)
+#   2b. backend  cuda_backend --ignored: CudaBackend vs GpuModel (bitwise), `whittle --device cuda`
+#                compile and eval against --device cpu (WHITTLE_BIN = the carried whittle)
+#   3. parity    a random-init gemma-2-2b (full-size layers, 4 of them, bf16) made by
+#                scripts/device/make_gemma2_2b.py; whittle (cuda_parity) vs transformers bf16
+#                eager (scripts/device/parity.py) at 4160 tokens, past the 4096 sliding window
+#   4. bench     cuda_bench --ignored: GEMM / attention / memory-bound kernel timings
+#   5. sanitize  (only with WHITTLE_SANITIZE=1) compute-sanitizer memcheck over cuda_kernels
+# Output: a summary table printed last; $OUT/summary.json, $OUT/log.txt (every step's output),
+# $OUT/parity.json, $OUT/bench.json ($OUT defaults to target/device-check-out).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CARRY="target/device-carry"
+BINS=(cuda_kernels cuda_model cuda_backend cuda_parity cuda_bench whittle)
+PY="${PYTHON:-python3}"
+MODE="${1:-run}"
+
+die() { echo "device-check: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+prepare() {
+  command -v cargo >/dev/null || die "cargo not found (--prepare runs where Rust is)"
+  bash scripts/install-nvcc.sh >/dev/null || die "scripts/install-nvcc.sh failed"
+  echo "device-check: building release test binaries and whittle" >&2
+  local json
+  json="$(cargo test --release --no-run --message-format=json 2>/dev/null)" \
+    || die "cargo test --release --no-run failed (run it to see why)"
+  cargo build --release --bin whittle >/dev/null 2>&1 || die "cargo build --release --bin whittle failed"
+  rm -rf "$CARRY"
+  mkdir -p "$CARRY"
+  # test binaries: the executables cargo reports for the cuda_* test targets
+  printf '%s\n' "$json" | "$PY" -c '
+import json, sys, shutil
+want = set(sys.argv[1].split(","))
+found = set()
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in t.get("kind", []) \
+            and t.get("name") in want:
+        shutil.copy(m["executable"], sys.argv[2] + "/" + t["name"])
+        found.add(t["name"])
+missing = want - found
+if missing:
+    sys.exit("device-check: no test executable for " + ", ".join(sorted(missing)))
+ ' "cuda_kernels,cuda_model,cuda_backend,cuda_parity,cuda_bench" "$CARRY" || exit 1
+  cp target/release/whittle "$CARRY/whittle"
+  # Debug info (profile.release debug = 1) is most of each file; line tables are not needed there.
+  for b in "${BINS[@]}"; do
+    strip --strip-debug "$CARRY/$b" 2>/dev/null || objcopy --strip-debug "$CARRY/$b" || true
+  done
+  (cd "$CARRY" && sha256sum "${BINS[@]}" > MANIFEST.sha256)
+  local total
+  total=$(du -cb "$CARRY"/* | tail -1 | cut -f1)
+  ls -l "$CARRY" | tail -n +2 >&2
+  echo "device-check: $CARRY holds $((total / 1024 / 1024)) MiB (limit 64 MiB with the tree)" >&2
+  (( total < 56 * 1024 * 1024 )) || die "$CARRY is too large to carry ($total bytes)"
+  echo "device-check: carry $CARRY and run: bash scripts/device-check.sh" >&2
+}
+
+# ---------------------------------------------------------------------------------------------
+need_files() {
+  local missing=0 f
+  for f in "$@"; do
+    if [[ ! -e "$f" ]]; then echo "device-check: missing $f" >&2; missing=1; fi
+  done
+  return $missing
+}
+
+NEEDED=(
+  scripts/device/make_gemma2_2b.py scripts/device/parity.py
+  tests/fixtures/tiny-gemma2/config.json tests/fixtures/tiny-gemma2/model.safetensors
+  tests/fixtures/tiny-gemma3/config.json tests/fixtures/tiny-gemma3/model.safetensors
+)
+
+dry_run() {
+  local ok=1 b
+  need_files "${NEEDED[@]}" || ok=0
+  for b in "${BINS[@]}"; do need_files "$CARRY/$b" || ok=0; done
+  if (( ok == 0 )); then
+    die "dry run: files missing (binaries come from: bash scripts/device-check.sh --prepare)"
+  fi
+  (cd "$CARRY" && sha256sum --quiet -c MANIFEST.sha256) || die "dry run: $CARRY does not match its manifest"
+  for b in cuda_kernels cuda_model cuda_backend cuda_parity cuda_bench; do
+    local n
+    n=$("$CARRY/$b" --list --ignored 2>/dev/null | grep -c ': test$')
+    echo "device-check: $b lists $n GPU tests"
+    (( n > 0 )) || die "dry run: $CARRY/$b lists no ignored tests"
+  done
+  # The tests that need no GPU, from the carried binary (driver detection, --device parsing).
+  WHITTLE_ROOT="$ROOT" "$CARRY/cuda_kernels" -q || die "dry run: cuda_kernels' CPU-side tests failed"
+  "$CARRY/whittle" --version >/dev/null || die "dry run: $CARRY/whittle does not start"
+  "$PY" scripts/device/make_gemma2_2b.py --out /tmp/whittle-g2 --dry-run || die "make_gemma2_2b.py"
+  "$PY" scripts/device/parity.py prepare --model /tmp/whittle-g2 --work /tmp/whittle-parity --dry-run \
+    || die "parity.py prepare"
+  "$PY" scripts/device/parity.py compare --model /tmp/whittle-g2 --work /tmp/whittle-parity --dry-run \
+    || die "parity.py compare"
+  echo "device-check: dry run ok (GPU steps skipped: kernels, model, parity, bench)"
+}
+
+# ---------------------------------------------------------------------------------------------
+run() {
+  OUT="${OUT:-$ROOT/target/device-check-out}"
+  mkdir -p "$OUT"
+  LOG="$OUT/log.txt"
+  : > "$LOG"
+  need_files "${NEEDED[@]}" || die "files missing"
+  local b
+  for b in "${BINS[@]}"; do need_files "$CARRY/$b" || die "run --prepare here first and carry $CARRY"; done
+  chmod +x "$CARRY"/* 2>/dev/null || true
+  export WHITTLE_ROOT="$ROOT"
+  for d in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
+    [[ -d "$d" ]] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+  done
+  { nvidia-smi -L; nvidia-smi --query-gpu=driver_version,memory.total --format=csv; } 2>&1 | tee -a "$LOG"
+
+  STEPS=()
+  step() {  # step NAME NOTE-FILE COMMAND...
+    local name="$1" note="$2"; shift 2
+    local t0 t1 rc
+    echo "=== $name: $*" | tee -a "$LOG"
+    t0=$(date +%s.%N)
+    "$@" 2>&1 | tee -a "$LOG" | tail -n 40
+    rc=${PIPESTATUS[0]}
+    t1=$(date +%s.%N)
+    local secs
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
+    STEPS+=("$name|$([[ $rc == 0 ]] && echo ok || echo "FAIL($rc)")|$secs|$note")
+  }
+
+  step kernels "all kernels vs CPU ops" "$CARRY/cuda_kernels" --ignored --test-threads=4
+  step model "GPU vs CPU forward" "$CARRY/cuda_model" --ignored --nocapture --test-threads=1
+  step backend "CudaBackend; --device cuda compile/eval" env WHITTLE_BIN="$ROOT/$CARRY/whittle" \
+    "$CARRY/cuda_backend" --ignored --nocapture --test-threads=1
+
+  local g2=/tmp/whittle-gemma2-2b-4l work=/tmp/whittle-parity
+  step make_model "random gemma-2-2b, 4 layers" "$PY" scripts/device/make_gemma2_2b.py --out "$g2" --layers 4
+  step parity_prepare "ids" "$PY" scripts/device/parity.py prepare --model "$g2" --work "$work" --seq 4160
+  step parity_whittle "whittle forward" env WHITTLE_PARITY_WORK="$work" WHITTLE_PARITY_MODEL="$g2" \
+    "$CARRY/cuda_parity" --ignored --nocapture
+  step parity_compare "vs transformers (parity.json)" "$PY" scripts/device/parity.py compare \
+    --model "$g2" --work "$work" --json "$OUT/parity.json"
+
+  step bench "timings (bench.json)" env WHITTLE_BENCH_OUT="$OUT/bench.json" \
+    "$CARRY/cuda_bench" --ignored --nocapture --test-threads=1
+  if [[ "${WHITTLE_SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
+    step sanitize "memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
+      "$CARRY/cuda_kernels" --ignored --test-threads=1
+  fi
+
+  # Summary: the table goes last so it ends the output; JSON alongside.
+  "$PY" - "$OUT/summary.json" "${STEPS[@]}" <<'EOF'
+import json, sys
+path, rows = sys.argv[1], [r.split("|", 3) for r in sys.argv[2:]]
+json.dump([{"step": s, "status": st, "seconds": float(t), "what": w} for s, st, t, w in rows],
+          open(path, "w"), indent=1)
+print()
+print(f"{'step':<16} {'status':<9} {'seconds':>8}  what")
+for s, st, t, w in rows:
+    print(f"{s:<16} {st:<9} {t:>8}  {w}")
+EOF
+  local failed=0 r
+  for r in "${STEPS[@]}"; do [[ "$r" == *"|ok|"* ]] || failed=1; done
+  return $failed
+}
+
+case "$MODE" in
+  --prepare) prepare ;;
+  --dry-run) dry_run ;;
+  run|--run) run ;;
+  -h|--help) sed -n '2,25p' "$0" ;;
+  *) die "unknown argument $MODE (use --prepare, --dry-run or no argument)" ;;
+esac

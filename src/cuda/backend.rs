@@ -1,0 +1,383 @@
+//! `CudaBackend`: the calibration `Backend` of `crate::calib` on the GPU, so `whittle compile`
+//! runs unchanged with `--device cuda`. The layer halves are `GpuModel::layer`'s kernel sequence
+//! (same ops, same order, same shapes), so the hidden states and activations a compile sees are
+//! the GPU model's bf16 values.
+//!
+//! Data flow. This is the correctness-first integration, not the fast path:
+//! - **Hidden states travel per batch.** `h` arrives as host f32 `[rows, H]`, is rounded to bf16
+//!   and uploaded for every call, and comes back as the bf16 results widened to f32. Since what
+//!   comes back is already bf16, the next upload is exact, so running layer by layer through the
+//!   host computes what `GpuModel::forward_hidden` computes on the device in one go.
+//!   (`run_layer` keeps `h` on the device between its two halves.)
+//! - **Statistics are accumulated on the host.** The MLP activation, the bf16 input of down_proj,
+//!   is downloaded as f32 `[rows, I]` and handed to `sink` (the compile pipeline's f64
+//!   `calib::MlpStats`, Gram and cross matrices included). Keeping the hidden states resident
+//!   between layers and the statistics on the device (`GpuModel::enable_mlp_stats`,
+//!   `ops::gram_accumulate`) is the speed issue's job.
+//! - **Weights** come from the `&LayerWeights` argument (f32). They are rounded to bf16
+//!   (nearest-even, as `GpuModel::from_cpu` rounds them; the norm weights stay f32) and uploaded
+//!   once per distinct (layer index, width), then cached. Each half is uploaded when it first
+//!   runs, because the pruned layer that `--sequential` re-runs needs only its MLP. The cache
+//!   keeps only the current layer's entries, and a call for another layer evicts them, so at
+//!   most two sets of one layer's weights (full width and pruned) occupy the GPU. An entry is
+//!   checked against the addresses, lengths and a sample of the values of the weights it came
+//!   from. If a caller passes different weights under the same key, they are uploaded again.
+//!   This happens in compile when the pruned width equals the full width but down_proj was
+//!   re-fitted.
+//! - **Embeddings** (`Backend::embed`) are `bf16(bf16(e) · bf16(sqrt(H)))`, exactly what the
+//!   `embed_bf16` kernel computes for `GpuModel`, computed on the host from the checkpoint rows.
+//!   The CPU backend uses f32 `e · sqrt(H)`.
+
+use super::error::CudaResult;
+use super::gpu::{DTensor, Gpu};
+use super::ops::{self, AttnParams};
+use crate::calib::Backend;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{embed_rows_from_store, Batch, LayerWeights};
+use crate::safetensors::WeightStore;
+use half::bf16;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// Identity of the host weights an upload came from: buffer addresses, lengths and up to 64
+/// evenly spaced values of each tensor.
+fn fingerprint(parts: &[&[f32]]) -> u64 {
+    let mut hs = DefaultHasher::new();
+    for p in parts {
+        (p.as_ptr() as usize).hash(&mut hs);
+        p.len().hash(&mut hs);
+        let step = (p.len() / 64).max(1);
+        for v in p.iter().step_by(step) {
+            v.to_bits().hash(&mut hs);
+        }
+    }
+    hs.finish()
+}
+
+fn attn_parts(w: &LayerWeights) -> Vec<&[f32]> {
+    let mut v: Vec<&[f32]> = vec![&w.input_norm, &w.q, &w.k, &w.v, &w.o, &w.post_attn_norm];
+    v.extend(w.q_norm.as_deref());
+    v.extend(w.k_norm.as_deref());
+    v
+}
+
+fn mlp_parts(w: &LayerWeights) -> Vec<&[f32]> {
+    vec![&w.pre_ffn_norm, &w.gate, &w.up, &w.down, &w.post_ffn_norm]
+}
+
+/// The attention half's weights on the device.
+struct DevAttn {
+    fp: u64,
+    input_norm: DTensor<f32>,     // [H]
+    q: DTensor<bf16>,             // [nh·d, H]
+    k: DTensor<bf16>,             // [nkv·d, H]
+    v: DTensor<bf16>,             // [nkv·d, H]
+    o: DTensor<bf16>,             // [H, nh·d]
+    q_norm: Option<DTensor<f32>>, // [d]
+    k_norm: Option<DTensor<f32>>, // [d]
+    post_attn_norm: DTensor<f32>, // [H]
+}
+
+impl DevAttn {
+    fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevAttn> {
+        let (h, d, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+        let norm = |x: &Option<Vec<f32>>| {
+            x.as_ref()
+                .map(|x| DTensor::from_host(gpu, x, &[d]))
+                .transpose()
+        };
+        Ok(DevAttn {
+            fp,
+            input_norm: DTensor::from_host(gpu, &w.input_norm, &[h])?,
+            q: DTensor::from_host(gpu, &to_bf16(&w.q), &[qd, h])?,
+            k: DTensor::from_host(gpu, &to_bf16(&w.k), &[kvd, h])?,
+            v: DTensor::from_host(gpu, &to_bf16(&w.v), &[kvd, h])?,
+            o: DTensor::from_host(gpu, &to_bf16(&w.o), &[h, qd])?,
+            q_norm: norm(&w.q_norm)?,
+            k_norm: norm(&w.k_norm)?,
+            post_attn_norm: DTensor::from_host(gpu, &w.post_attn_norm, &[h])?,
+        })
+    }
+}
+
+/// The MLP half's weights on the device, at the layer's (possibly pruned) width I.
+struct DevMlp {
+    fp: u64,
+    pre_ffn_norm: DTensor<f32>,  // [H]
+    gate: DTensor<bf16>,         // [I, H]
+    up: DTensor<bf16>,           // [I, H]
+    down: DTensor<bf16>,         // [H, I]
+    post_ffn_norm: DTensor<f32>, // [H]
+}
+
+impl DevMlp {
+    fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevMlp> {
+        let (h, i) = (cfg.hidden_size, w.width);
+        Ok(DevMlp {
+            fp,
+            pre_ffn_norm: DTensor::from_host(gpu, &w.pre_ffn_norm, &[h])?,
+            gate: DTensor::from_host(gpu, &to_bf16(&w.gate), &[i, h])?,
+            up: DTensor::from_host(gpu, &to_bf16(&w.up), &[i, h])?,
+            down: DTensor::from_host(gpu, &to_bf16(&w.down), &[h, i])?,
+            post_ffn_norm: DTensor::from_host(gpu, &w.post_ffn_norm, &[h])?,
+        })
+    }
+}
+
+/// Cached device weights of one (layer, width).
+struct Entry {
+    layer: usize,
+    width: usize,
+    attn: Option<DevAttn>,
+    mlp: Option<DevMlp>,
+}
+
+/// Runs calibration layers on one GPU (see the module comment for what travels where).
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    cache: Vec<Entry>,
+}
+
+impl CudaBackend {
+    pub fn new(gpu: Arc<Gpu>) -> CudaBackend {
+        CudaBackend {
+            gpu,
+            cache: Vec::new(),
+        }
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Index of the cache entry of (l, width), evicting every other layer's entries.
+    fn entry(&mut self, l: usize, width: usize) -> usize {
+        self.cache.retain(|e| e.layer == l);
+        match self.cache.iter().position(|e| e.width == width) {
+            Some(i) => i,
+            None => {
+                self.cache.push(Entry {
+                    layer: l,
+                    width,
+                    attn: None,
+                    mlp: None,
+                });
+                self.cache.len() - 1
+            }
+        }
+    }
+
+    fn ensure_attn(&mut self, cfg: &ModelConfig, l: usize, w: &LayerWeights) -> Result<usize> {
+        let i = self.entry(l, w.width);
+        let fp = fingerprint(&attn_parts(w));
+        if self.cache[i].attn.as_ref().map(|a| a.fp) != Some(fp) {
+            self.cache[i].attn = None; // free the stale copy before uploading the new one
+            self.cache[i].attn = Some(DevAttn::upload(&self.gpu, cfg, w, fp)?);
+        }
+        Ok(i)
+    }
+
+    fn ensure_mlp(&mut self, cfg: &ModelConfig, l: usize, w: &LayerWeights) -> Result<usize> {
+        let i = self.entry(l, w.width);
+        let fp = fingerprint(&mlp_parts(w));
+        if self.cache[i].mlp.as_ref().map(|m| m.fp) != Some(fp) {
+            self.cache[i].mlp = None;
+            self.cache[i].mlp = Some(DevMlp::upload(&self.gpu, cfg, w, fp)?);
+        }
+        Ok(i)
+    }
+
+    fn upload_hidden(&self, cfg: &ModelConfig, h: &[f32]) -> Result<DTensor<bf16>> {
+        let hd = cfg.hidden_size;
+        if h.len() % hd != 0 {
+            return Err(Error::Other(format!(
+                "{} hidden values are not rows of {hd}",
+                h.len()
+            )));
+        }
+        Ok(DTensor::from_host(
+            &self.gpu,
+            &to_bf16(h),
+            &[h.len() / hd, hd],
+        )?)
+    }
+
+    fn download_hidden(&self, hd: &DTensor<bf16>, h: &mut [f32]) -> Result<()> {
+        let v = hd.to_host(&self.gpu)?;
+        for (o, x) in h.iter_mut().zip(v) {
+            *o = x.to_f32();
+        }
+        Ok(())
+    }
+
+    /// `h += post_attn_norm(o_proj(attn(input_norm(h))))` on the device (`GpuModel::layer`).
+    fn attn_device(
+        &self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &DevAttn,
+        h: &mut DTensor<bf16>,
+        batch: Batch,
+    ) -> Result<()> {
+        let gpu = &*self.gpu;
+        let n = batch.rows();
+        if h.rows() != n {
+            return Err(Error::Other(format!(
+                "{} hidden rows for a batch of {} × {}",
+                h.rows(),
+                batch.n_seq,
+                batch.seq_len
+            )));
+        }
+        let eps = cfg.rms_norm_eps;
+        let (hd, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let mut x = DTensor::zeros(gpu, &[n, hd])?;
+        let mut q = DTensor::zeros(gpu, &[n, qd])?;
+        let mut k = DTensor::zeros(gpu, &[n, kvd])?;
+        let mut v = DTensor::zeros(gpu, &[n, kvd])?;
+        ops::rms_norm(gpu, h, &w.input_norm, &mut x, eps)?;
+        ops::gemm_nt(gpu, &x, &w.q, Some(&mut q), None, false)?;
+        ops::gemm_nt(gpu, &x, &w.k, Some(&mut k), None, false)?;
+        ops::gemm_nt(gpu, &x, &w.v, Some(&mut v), None, false)?;
+        drop(x);
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            ops::rms_norm_inplace(gpu, &mut q, qn, eps)?;
+            ops::rms_norm_inplace(gpu, &mut k, kn, eps)?;
+        }
+        ops::rope(
+            gpu,
+            &mut q,
+            Some(&mut k),
+            nh,
+            nkv,
+            d,
+            batch.seq_len,
+            cfg.rope(l),
+        )?;
+        let p = AttnParams {
+            n_seq: batch.n_seq,
+            seq_len: batch.seq_len,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            scale: cfg.attn_scale(),
+            softcap: cfg.attn_softcap,
+            window: cfg.window(l),
+        };
+        let mut att = DTensor::zeros(gpu, &[n, qd])?;
+        ops::attention(gpu, &q, &k, &v, &mut att, &p)?;
+        drop((q, k, v));
+        let mut y = DTensor::zeros(gpu, &[n, hd])?;
+        ops::gemm_nt(gpu, &att, &w.o, Some(&mut y), None, false)?;
+        ops::rms_norm_residual(gpu, h, &y, &w.post_attn_norm, eps)?;
+        Ok(())
+    }
+
+    /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)`, handing the
+    /// down_proj input (bf16 values as f32, [rows, I]) to `sink`.
+    fn mlp_device(
+        &self,
+        cfg: &ModelConfig,
+        w: &DevMlp,
+        h: &mut DTensor<bf16>,
+        sink: &mut dyn FnMut(&[f32]),
+    ) -> Result<()> {
+        let gpu = &*self.gpu;
+        let eps = cfg.rms_norm_eps;
+        let (n, hd, i) = (h.rows(), cfg.hidden_size, w.gate.rows());
+        let mut x = DTensor::zeros(gpu, &[n, hd])?;
+        ops::rms_norm(gpu, h, &w.pre_ffn_norm, &mut x, eps)?;
+        let mut gate = DTensor::zeros(gpu, &[n, i])?;
+        let mut up = DTensor::zeros(gpu, &[n, i])?;
+        ops::gemm_nt(gpu, &x, &w.gate, Some(&mut gate), None, false)?;
+        ops::gemm_nt(gpu, &x, &w.up, Some(&mut up), None, false)?;
+        drop(x);
+        let mut act = DTensor::zeros(gpu, &[n, i])?;
+        ops::gelu_mul(gpu, &gate, &up, &mut act, None, None)?;
+        drop((gate, up));
+        let a: Vec<f32> = act.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect();
+        sink(&a);
+        drop(a);
+        let mut y = DTensor::zeros(gpu, &[n, hd])?;
+        ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
+        ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("{} (bf16)", self.gpu.info)
+    }
+
+    fn embed(&mut self, cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut rows = embed_rows_from_store(cfg, store, ids)?;
+        // As GpuModel: the table in bf16, times sqrt(H) rounded to bf16, the product rounded.
+        let scale = bf16::from_f64((cfg.hidden_size as f64).sqrt()).to_f32();
+        for x in &mut rows {
+            *x = bf16::from_f32(bf16::from_f32(*x).to_f32() * scale).to_f32();
+        }
+        Ok(rows)
+    }
+
+    fn run_attention(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        batch: Batch,
+    ) -> Result<()> {
+        let e = self.ensure_attn(cfg, l, w)?;
+        let mut hd = self.upload_hidden(cfg, h)?;
+        let wa = self.cache[e].attn.as_ref().expect("uploaded above");
+        self.attn_device(cfg, l, wa, &mut hd, batch)?;
+        self.download_hidden(&hd, h)
+    }
+
+    fn run_mlp(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        sink: &mut dyn FnMut(&[f32]),
+    ) -> Result<()> {
+        let e = self.ensure_mlp(cfg, l, w)?;
+        let mut hd = self.upload_hidden(cfg, h)?;
+        let wm = self.cache[e].mlp.as_ref().expect("uploaded above");
+        self.mlp_device(cfg, wm, &mut hd, sink)?;
+        self.download_hidden(&hd, h)
+    }
+
+    /// Both halves with `h` kept on the device in between (same values as the default, which
+    /// would round-trip the bf16 hidden states through the host exactly).
+    fn run_layer(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &LayerWeights,
+        h: &mut [f32],
+        batch: Batch,
+        sink: &mut dyn FnMut(&[f32]),
+    ) -> Result<()> {
+        self.ensure_attn(cfg, l, w)?;
+        let e = self.ensure_mlp(cfg, l, w)?;
+        let mut hd = self.upload_hidden(cfg, h)?;
+        let entry = &self.cache[e];
+        let (wa, wm) = (
+            entry.attn.as_ref().expect("uploaded above"),
+            entry.mlp.as_ref().expect("uploaded above"),
+        );
+        self.attn_device(cfg, l, wa, &mut hd, batch)?;
+        self.mlp_device(cfg, wm, &mut hd, sink)?;
+        self.download_hidden(&hd, h)
+    }
+}

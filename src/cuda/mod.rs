@@ -1,0 +1,29 @@
+//! The GPU path (cargo feature `cuda`, on by default): bf16 kernels from kernels/*.cu compiled by
+//! build.rs into one embedded fatbin, driven through cudarc's driver API with the driver loaded at
+//! run time, so a binary built with the feature still starts (and runs on the CPU) where there is
+//! no NVIDIA driver.
+//!
+//! Module map:
+//! - `device` — `probe` / `is_available` (never panic), `DeviceChoice` (`--device`), `select`
+//! - `gpu`    — `Gpu` (context, stream, module, function cache), `DTensor` device buffers
+//! - `ops`    — one launcher per kernel, with shape and alignment preconditions
+//! - `model`  — `GpuModel`, the forward pass mirroring `crate::model::Model` (and `eval::LogitModel`)
+//! - `backend` — `CudaBackend`, the calibration `calib::Backend` (`whittle compile --device cuda`)
+//! - `error`  — `CudaError` (maps into `crate::Error::Other`)
+//! - `prof`   — NVTX ranges (feature `nvtx`)
+//!
+//! docs/cuda.md describes the build, the kernels and how to check them on a GPU machine.
+
+pub mod backend;
+pub mod device;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod ops;
+pub mod prof;
+
+pub use backend::CudaBackend;
+pub use device::{is_available, probe, select, DeviceChoice, GpuInfo, Selected};
+pub use error::CudaError;
+pub use gpu::{DTensor, Gpu, FATBIN, PTXAS_REPORT};
+pub use model::{GpuModel, LogitStats, MlpStats, Residency};

@@ -1,0 +1,679 @@
+//! The GPU forward pass: the same decoder as `crate::model` (the CPU oracle), in bf16 storage
+//! with f32 accumulation, rounding where transformers' bf16 path rounds (embedding × bf16
+//! sqrt(H), RMSNorm output, every Linear output, RoPE output, attention output, gelu and gelu·up,
+//! the residual adds). The API mirrors `Model`: `forward_hidden(ids, batch, observer)` returns
+//! the final-normed hidden rows in f32 and `logits(hidden)` the soft-capped logits, so a
+//! calibration or evaluation backend can hold either.
+//!
+//! Weights: the embedding (also the tied LM head), the final norm and, for untied checkpoints,
+//! the LM head live on the device for the model's lifetime. Decoder layers are either all
+//! resident (`Residency::Resident`) or streamed (`Residency::Streamed`): bf16 copies stay in host
+//! memory and each layer is uploaded into one reusable set of device buffers just before it runs,
+//! so only one layer's weights occupy the GPU.
+//!
+//! Observer: `Event::Embeds`, `Event::MlpAct` and `Event::LayerOut` are delivered exactly as the
+//! CPU model delivers them (f32 host slices, so the activations are downloaded when an observer is
+//! given). For calibration without downloads, `enable_mlp_stats` accumulates Σa and Σa² per neuron
+//! (f64) and optionally the Gram matrix Σ a aᵀ (f32) on the device, read back by `take_mlp_stats`.
+
+use super::error::CudaResult;
+use super::gpu::{DTensor, Gpu};
+use super::ops::{self, AttnParams, RowStatsOut};
+use super::prof::range;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{untied_head, Batch, Event, Model, Observer};
+use crate::registry::{self, layer_has, layer_name, layer_shape, LayerTensor};
+use crate::safetensors::{Dtype, WeightStore};
+use half::bf16;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Where decoder-layer weights live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Every layer on the device (fastest; needs the whole model's bf16 bytes of GPU memory).
+    Resident,
+    /// One layer at a time through a reusable device buffer (host keeps bf16 copies).
+    Streamed,
+}
+
+/// One layer's weights on the host, already in the device formats (bf16 matrices, f32 norms).
+struct HostLayer {
+    input_norm: Vec<f32>,     // [H]
+    q: Vec<bf16>,             // [nh·d, H]
+    k: Vec<bf16>,             // [nkv·d, H]
+    v: Vec<bf16>,             // [nkv·d, H]
+    o: Vec<bf16>,             // [H, nh·d]
+    q_norm: Option<Vec<f32>>, // [d]
+    k_norm: Option<Vec<f32>>, // [d]
+    post_attn_norm: Vec<f32>, // [H]
+    pre_ffn_norm: Vec<f32>,   // [H]
+    gate: Vec<bf16>,          // [I, H]
+    up: Vec<bf16>,            // [I, H]
+    down: Vec<bf16>,          // [H, I]
+    post_ffn_norm: Vec<f32>,  // [H]
+}
+
+/// One layer's weights on the device (shapes as in `HostLayer`).
+struct DeviceLayer {
+    input_norm: DTensor<f32>,
+    q: DTensor<bf16>,
+    k: DTensor<bf16>,
+    v: DTensor<bf16>,
+    o: DTensor<bf16>,
+    q_norm: Option<DTensor<f32>>,
+    k_norm: Option<DTensor<f32>>,
+    post_attn_norm: DTensor<f32>,
+    pre_ffn_norm: DTensor<f32>,
+    gate: DTensor<bf16>,
+    up: DTensor<bf16>,
+    down: DTensor<bf16>,
+    post_ffn_norm: DTensor<f32>,
+}
+
+impl DeviceLayer {
+    fn alloc(gpu: &Gpu, cfg: &ModelConfig) -> CudaResult<DeviceLayer> {
+        let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        Ok(DeviceLayer {
+            input_norm: DTensor::zeros(gpu, &[h])?,
+            q: DTensor::zeros(gpu, &[qd, h])?,
+            k: DTensor::zeros(gpu, &[kvd, h])?,
+            v: DTensor::zeros(gpu, &[kvd, h])?,
+            o: DTensor::zeros(gpu, &[h, qd])?,
+            q_norm: if cfg.qk_norm {
+                Some(DTensor::zeros(gpu, &[d])?)
+            } else {
+                None
+            },
+            k_norm: if cfg.qk_norm {
+                Some(DTensor::zeros(gpu, &[d])?)
+            } else {
+                None
+            },
+            post_attn_norm: DTensor::zeros(gpu, &[h])?,
+            pre_ffn_norm: DTensor::zeros(gpu, &[h])?,
+            gate: DTensor::zeros(gpu, &[i, h])?,
+            up: DTensor::zeros(gpu, &[i, h])?,
+            down: DTensor::zeros(gpu, &[h, i])?,
+            post_ffn_norm: DTensor::zeros(gpu, &[h])?,
+        })
+    }
+
+    fn upload(&mut self, gpu: &Gpu, w: &HostLayer) -> CudaResult<()> {
+        let _r = range("upload layer");
+        self.input_norm.copy_from_host(gpu, &w.input_norm)?;
+        self.q.copy_from_host(gpu, &w.q)?;
+        self.k.copy_from_host(gpu, &w.k)?;
+        self.v.copy_from_host(gpu, &w.v)?;
+        self.o.copy_from_host(gpu, &w.o)?;
+        if let (Some(dq), Some(hq)) = (self.q_norm.as_mut(), w.q_norm.as_ref()) {
+            dq.copy_from_host(gpu, hq)?;
+        }
+        if let (Some(dk), Some(hk)) = (self.k_norm.as_mut(), w.k_norm.as_ref()) {
+            dk.copy_from_host(gpu, hk)?;
+        }
+        self.post_attn_norm.copy_from_host(gpu, &w.post_attn_norm)?;
+        self.pre_ffn_norm.copy_from_host(gpu, &w.pre_ffn_norm)?;
+        self.gate.copy_from_host(gpu, &w.gate)?;
+        self.up.copy_from_host(gpu, &w.up)?;
+        self.down.copy_from_host(gpu, &w.down)?;
+        self.post_ffn_norm.copy_from_host(gpu, &w.post_ffn_norm)?;
+        Ok(())
+    }
+}
+
+/// Per-neuron statistics of one layer's MLP activation (the `down_proj` input).
+#[derive(Debug, Clone)]
+pub struct MlpStats {
+    /// Tokens accumulated.
+    pub count: u64,
+    pub sum: Vec<f64>,   // [I]
+    pub sumsq: Vec<f64>, // [I]
+    /// Σ a aᵀ over tokens, [I, I] row-major, when requested.
+    pub gram: Option<Vec<f32>>,
+}
+
+struct DeviceStats {
+    count: u64,
+    sum: DTensor<f64>,
+    sumsq: DTensor<f64>,
+    gram: Option<DTensor<f32>>,
+}
+
+enum Layers {
+    Resident(Vec<DeviceLayer>),
+    Streamed {
+        host: Vec<HostLayer>,
+        /// The reusable device buffers every layer is uploaded into.
+        stage: Box<Mutex<DeviceLayer>>,
+    },
+}
+
+/// A Gemma-2 / Gemma-3 model on one GPU.
+pub struct GpuModel {
+    pub dir: PathBuf,
+    pub cfg: ModelConfig,
+    gpu: Arc<Gpu>,
+    embed: DTensor<bf16>,           // [V, H]
+    lm_head: Option<DTensor<bf16>>, // [V, H] when untied
+    final_norm: DTensor<f32>,       // [H]
+    layers: Layers,
+    stats: Mutex<Option<Vec<DeviceStats>>>,
+}
+
+fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// A checkpoint tensor in bf16: BF16 bytes are taken as they are, F32/F16 rounded to nearest even.
+fn read_bf16(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
+    let t = store.get(name)?;
+    if t.info.shape != shape {
+        return Err(Error::ShapeMismatch {
+            path: t.file.path.clone(),
+            tensor: name.to_string(),
+            expected: shape.to_vec(),
+            found: t.info.shape.clone(),
+        });
+    }
+    if t.info.dtype == Dtype::BF16 {
+        let b = t.bytes();
+        return Ok(b
+            .chunks_exact(2)
+            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+            .collect());
+    }
+    Ok(to_bf16(&t.to_f32()?))
+}
+
+fn read_f32(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    store.f32_checked(name, shape)
+}
+
+impl HostLayer {
+    fn load(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<HostLayer> {
+        let m = |t: LayerTensor| read_bf16(store, &layer_name(l, t), &layer_shape(cfg, t));
+        let f = |t: LayerTensor| read_f32(store, &layer_name(l, t), &layer_shape(cfg, t));
+        let opt = |t: LayerTensor| {
+            if layer_has(cfg, t) {
+                f(t).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(HostLayer {
+            input_norm: f(LayerTensor::InputNorm)?,
+            q: m(LayerTensor::Q)?,
+            k: m(LayerTensor::K)?,
+            v: m(LayerTensor::V)?,
+            o: m(LayerTensor::O)?,
+            q_norm: opt(LayerTensor::QNorm)?,
+            k_norm: opt(LayerTensor::KNorm)?,
+            post_attn_norm: f(LayerTensor::PostAttnNorm)?,
+            pre_ffn_norm: f(LayerTensor::PreFfnNorm)?,
+            gate: m(LayerTensor::Gate)?,
+            up: m(LayerTensor::Up)?,
+            down: m(LayerTensor::Down)?,
+            post_ffn_norm: f(LayerTensor::PostFfnNorm)?,
+        })
+    }
+
+    fn from_cpu(w: &crate::model::LayerWeights) -> HostLayer {
+        HostLayer {
+            input_norm: w.input_norm.clone(),
+            q: to_bf16(&w.q),
+            k: to_bf16(&w.k),
+            v: to_bf16(&w.v),
+            o: to_bf16(&w.o),
+            q_norm: w.q_norm.clone(),
+            k_norm: w.k_norm.clone(),
+            post_attn_norm: w.post_attn_norm.clone(),
+            pre_ffn_norm: w.pre_ffn_norm.clone(),
+            gate: to_bf16(&w.gate),
+            up: to_bf16(&w.up),
+            down: to_bf16(&w.down),
+            post_ffn_norm: w.post_ffn_norm.clone(),
+        }
+    }
+}
+
+/// Scratch activations of one forward call ([N, ·] bf16).
+struct Acts {
+    h: DTensor<bf16>,              // [N, H] residual stream
+    x: DTensor<bf16>,              // [N, H] normed input of a block
+    y: DTensor<bf16>,              // [N, H] block output before its post-norm
+    q: DTensor<bf16>,              // [N, nh·d]
+    k: DTensor<bf16>,              // [N, nkv·d]
+    v: DTensor<bf16>,              // [N, nkv·d]
+    att: DTensor<bf16>,            // [N, nh·d]
+    gate: DTensor<bf16>,           // [N, I]
+    up: DTensor<bf16>,             // [N, I]
+    act: DTensor<bf16>,            // [N, I]
+    act_f32: Option<DTensor<f32>>, // [N, I] when an observer wants MlpAct
+}
+
+impl GpuModel {
+    /// Loads a model folder straight into bf16 (no f32 copy of the weights on the host).
+    pub fn load(dir: &Path, gpu: Arc<Gpu>, residency: Residency) -> Result<GpuModel> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let store = WeightStore::open(dir)?;
+        let vh = [cfg.vocab_size, cfg.hidden_size];
+        let embed = read_bf16(&store, registry::EMBED, &vh)?;
+        let lm_head = if untied_head(&cfg, &store) {
+            Some(read_bf16(&store, registry::LM_HEAD, &vh)?)
+        } else {
+            None
+        };
+        let final_norm = read_f32(&store, registry::FINAL_NORM, &[cfg.hidden_size])?;
+        let host = (0..cfg.num_layers)
+            .map(|l| HostLayer::load(&store, &cfg, l))
+            .collect::<Result<Vec<_>>>()?;
+        Self::build(
+            dir.to_path_buf(),
+            cfg,
+            gpu,
+            residency,
+            &embed,
+            lm_head.as_deref(),
+            &final_norm,
+            host,
+        )
+    }
+
+    /// Uploads an already loaded CPU model (its f32 weights rounded to bf16).
+    pub fn from_cpu(model: &Model, gpu: Arc<Gpu>, residency: Residency) -> Result<GpuModel> {
+        let host = model.layers.iter().map(HostLayer::from_cpu).collect();
+        let lm = model.lm_head.as_deref().map(to_bf16);
+        Self::build(
+            model.dir.clone(),
+            model.cfg.clone(),
+            gpu,
+            residency,
+            &to_bf16(&model.embed),
+            lm.as_deref(),
+            &model.final_norm,
+            host,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        dir: PathBuf,
+        cfg: ModelConfig,
+        gpu: Arc<Gpu>,
+        residency: Residency,
+        embed: &[bf16],
+        lm_head: Option<&[bf16]>,
+        final_norm: &[f32],
+        host: Vec<HostLayer>,
+    ) -> Result<GpuModel> {
+        let vh = [cfg.vocab_size, cfg.hidden_size];
+        let embed = DTensor::from_host(&gpu, embed, &vh)?;
+        let lm_head = lm_head
+            .map(|w| DTensor::from_host(&gpu, w, &vh))
+            .transpose()?;
+        let final_norm = DTensor::from_host(&gpu, final_norm, &[cfg.hidden_size])?;
+        let layers = match residency {
+            Residency::Resident => {
+                let mut v = Vec::with_capacity(host.len());
+                for w in &host {
+                    let mut d = DeviceLayer::alloc(&gpu, &cfg)?;
+                    d.upload(&gpu, w)?;
+                    v.push(d);
+                }
+                Layers::Resident(v)
+            }
+            Residency::Streamed => Layers::Streamed {
+                stage: Box::new(Mutex::new(DeviceLayer::alloc(&gpu, &cfg)?)),
+                host,
+            },
+        };
+        Ok(GpuModel {
+            dir,
+            cfg,
+            gpu,
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+            stats: Mutex::new(None),
+        })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Starts (or restarts) on-device MLP statistics: Σa, Σa² per neuron for every layer, and the
+    /// Gram matrix too when `gram` is set ([I, I] f32 per layer: mind the memory).
+    pub fn enable_mlp_stats(&self, gram: bool) -> Result<()> {
+        let i = self.cfg.intermediate_size;
+        let mut v = Vec::with_capacity(self.cfg.num_layers);
+        for _ in 0..self.cfg.num_layers {
+            v.push(DeviceStats {
+                count: 0,
+                sum: DTensor::zeros(&self.gpu, &[i])?,
+                sumsq: DTensor::zeros(&self.gpu, &[i])?,
+                gram: if gram {
+                    Some(DTensor::zeros(&self.gpu, &[i, i])?)
+                } else {
+                    None
+                },
+            });
+        }
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+        Ok(())
+    }
+
+    /// Downloads and clears the statistics gathered since `enable_mlp_stats` (None if disabled).
+    pub fn take_mlp_stats(&self) -> Result<Option<Vec<MlpStats>>> {
+        let taken = self.stats.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut v) = taken else { return Ok(None) };
+        let mut out = Vec::with_capacity(v.len());
+        for s in &mut v {
+            let gram = match s.gram.as_mut() {
+                Some(g) => {
+                    ops::gram_symmetrize(&self.gpu, g)?;
+                    Some(g.to_host(&self.gpu)?)
+                }
+                None => None,
+            };
+            out.push(MlpStats {
+                count: s.count,
+                sum: s.sum.to_host(&self.gpu)?,
+                sumsq: s.sumsq.to_host(&self.gpu)?,
+                gram,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// The embedding multiplier as transformers' bf16 path uses it: sqrt(H) rounded to bf16.
+    pub fn embed_scale(&self) -> f32 {
+        bf16::from_f64((self.cfg.hidden_size as f64).sqrt()).to_f32()
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::Other(format!(
+                "token id {bad} is outside the model's vocabulary ({}); the tokenizer does not \
+                 belong to this model",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn download_f32(&self, t: &DTensor<bf16>) -> Result<Vec<f32>> {
+        Ok(t.to_host(&self.gpu)?
+            .into_iter()
+            .map(|v| v.to_f32())
+            .collect())
+    }
+
+    /// Runs all layers and the final norm; returns the normed hidden states [N, H] (f32 values
+    /// of the bf16 device tensor). Same contract and observer events as `Model::forward_hidden`.
+    pub fn forward_hidden(
+        &self,
+        ids: &[u32],
+        batch: Batch,
+        mut obs: Observer<'_>,
+    ) -> Result<Vec<f32>> {
+        let h = self.forward_device(ids, batch, &mut obs)?;
+        self.download_f32(&h)
+    }
+
+    /// `forward_hidden` leaving the result on the device ([N, H] bf16).
+    pub fn forward_device(
+        &self,
+        ids: &[u32],
+        batch: Batch,
+        obs: &mut Observer<'_>,
+    ) -> Result<DTensor<bf16>> {
+        if ids.len() != batch.rows() {
+            return Err(Error::Other(format!(
+                "{} ids do not match the batch shape {} × {}",
+                ids.len(),
+                batch.n_seq,
+                batch.seq_len
+            )));
+        }
+        self.check_ids(ids)?;
+        let gpu = &*self.gpu;
+        let cfg = &self.cfg;
+        let n = batch.rows();
+        let (hd, qd, kvd, i) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
+        let mut a = Acts {
+            h: DTensor::zeros(gpu, &[n, hd])?,
+            x: DTensor::zeros(gpu, &[n, hd])?,
+            y: DTensor::zeros(gpu, &[n, hd])?,
+            q: DTensor::zeros(gpu, &[n, qd])?,
+            k: DTensor::zeros(gpu, &[n, kvd])?,
+            v: DTensor::zeros(gpu, &[n, kvd])?,
+            att: DTensor::zeros(gpu, &[n, qd])?,
+            gate: DTensor::zeros(gpu, &[n, i])?,
+            up: DTensor::zeros(gpu, &[n, i])?,
+            act: DTensor::zeros(gpu, &[n, i])?,
+            act_f32: if obs.is_some() {
+                Some(DTensor::zeros(gpu, &[n, i])?)
+            } else {
+                None
+            },
+        };
+        {
+            let _r = range("embed");
+            let ids_d = DTensor::from_host(gpu, ids, &[n])?;
+            ops::embed(gpu, &self.embed, &ids_d, &mut a.h, self.embed_scale())?;
+        }
+        if let Some(f) = obs.as_mut() {
+            f(Event::Embeds(&self.download_f32(&a.h)?));
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        for l in 0..cfg.num_layers {
+            let _r = range(format_args!("layer {l}"));
+            let st = stats.as_mut().map(|v| &mut v[l]);
+            match &self.layers {
+                Layers::Resident(v) => self.layer(l, &v[l], &mut a, batch, obs, st)?,
+                Layers::Streamed { host, stage } => {
+                    let mut s = stage.lock().unwrap_or_else(|p| p.into_inner());
+                    s.upload(gpu, &host[l])?;
+                    self.layer(l, &s, &mut a, batch, obs, st)?;
+                }
+            }
+        }
+        drop(stats);
+        ops::rms_norm(gpu, &a.h, &self.final_norm, &mut a.x, cfg.rms_norm_eps)?;
+        Ok(a.x)
+    }
+
+    fn layer(
+        &self,
+        l: usize,
+        w: &DeviceLayer,
+        a: &mut Acts,
+        batch: Batch,
+        obs: &mut Observer<'_>,
+        stats: Option<&mut DeviceStats>,
+    ) -> Result<()> {
+        let gpu = &*self.gpu;
+        let cfg = &self.cfg;
+        let eps = cfg.rms_norm_eps;
+        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+
+        // --- attention block
+        ops::rms_norm(gpu, &a.h, &w.input_norm, &mut a.x, eps)?;
+        ops::gemm_nt(gpu, &a.x, &w.q, Some(&mut a.q), None, false)?;
+        ops::gemm_nt(gpu, &a.x, &w.k, Some(&mut a.k), None, false)?;
+        ops::gemm_nt(gpu, &a.x, &w.v, Some(&mut a.v), None, false)?;
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            ops::rms_norm_inplace(gpu, &mut a.q, qn, eps)?;
+            ops::rms_norm_inplace(gpu, &mut a.k, kn, eps)?;
+        }
+        ops::rope(
+            gpu,
+            &mut a.q,
+            Some(&mut a.k),
+            nh,
+            nkv,
+            d,
+            batch.seq_len,
+            cfg.rope(l),
+        )?;
+        let p = AttnParams {
+            n_seq: batch.n_seq,
+            seq_len: batch.seq_len,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            scale: cfg.attn_scale(),
+            softcap: cfg.attn_softcap,
+            window: cfg.window(l),
+        };
+        ops::attention(gpu, &a.q, &a.k, &a.v, &mut a.att, &p)?;
+        ops::gemm_nt(gpu, &a.att, &w.o, Some(&mut a.y), None, false)?;
+        ops::rms_norm_residual(gpu, &mut a.h, &a.y, &w.post_attn_norm, eps)?;
+
+        // --- MLP block
+        ops::rms_norm(gpu, &a.h, &w.pre_ffn_norm, &mut a.x, eps)?;
+        ops::gemm_nt(gpu, &a.x, &w.gate, Some(&mut a.gate), None, false)?;
+        ops::gemm_nt(gpu, &a.x, &w.up, Some(&mut a.up), None, false)?;
+        match stats {
+            Some(s) => {
+                ops::gelu_mul(
+                    gpu,
+                    &a.gate,
+                    &a.up,
+                    &mut a.act,
+                    a.act_f32.as_mut(),
+                    Some((&mut s.sum, &mut s.sumsq)),
+                )?;
+                if let Some(g) = s.gram.as_mut() {
+                    ops::gram_accumulate(gpu, &a.act, g)?;
+                }
+                s.count += batch.rows() as u64;
+            }
+            None => ops::gelu_mul(gpu, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?,
+        }
+        if let (Some(f), Some(af)) = (obs.as_mut(), a.act_f32.as_ref()) {
+            f(Event::MlpAct {
+                layer: l,
+                act: &af.to_host(gpu)?,
+            });
+        }
+        ops::gemm_nt(gpu, &a.act, &w.down, Some(&mut a.y), None, false)?;
+        ops::rms_norm_residual(gpu, &mut a.h, &a.y, &w.post_ffn_norm, eps)?;
+        if let Some(f) = obs.as_mut() {
+            f(Event::LayerOut {
+                layer: l,
+                hidden: &self.download_f32(&a.h)?,
+            });
+        }
+        Ok(())
+    }
+
+    fn head(&self) -> &DTensor<bf16> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Logits [rows, V] (f32, final softcap applied) of device hidden rows [rows, H].
+    pub fn logits_device(&self, hidden: &DTensor<bf16>) -> Result<DTensor<f32>> {
+        let gpu = &*self.gpu;
+        let rows = hidden.rows();
+        let mut z = DTensor::zeros(gpu, &[rows, self.cfg.vocab_size])?;
+        ops::gemm_nt(gpu, hidden, self.head(), None, Some(&mut z), false)?;
+        if let Some(cap) = self.cfg.final_softcap {
+            ops::softcap(gpu, &mut z, cap)?;
+        }
+        Ok(z)
+    }
+
+    /// Logits for normed hidden rows `[rows, H]` → `[rows, V]`, final softcap applied (the rows
+    /// are rounded to bf16 first; rows from `forward_hidden` already are bf16 values).
+    pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>> {
+        let hd = self.cfg.hidden_size;
+        if hidden.len() % hd != 0 {
+            return Err(Error::Other(format!(
+                "{} hidden values are not rows of {hd}",
+                hidden.len()
+            )));
+        }
+        let h = DTensor::from_host(&self.gpu, &to_bf16(hidden), &[hidden.len() / hd, hd])?;
+        Ok(self.logits_device(&h)?.to_host(&self.gpu)?)
+    }
+
+    pub fn forward_logits(&self, ids: &[u32], batch: Batch) -> Result<Vec<f32>> {
+        let h = self.forward_device(ids, batch, &mut None)?;
+        Ok(self.logits_device(&h)?.to_host(&self.gpu)?)
+    }
+
+    /// Per-row log-sum-exp (f64), argmax and, with `targets`, target logit of the logits of
+    /// device hidden rows, computed without downloading the logits.
+    pub fn logit_stats(
+        &self,
+        hidden: &DTensor<bf16>,
+        targets: Option<&[u32]>,
+    ) -> Result<LogitStats> {
+        let gpu = &*self.gpu;
+        let rows = hidden.rows();
+        let z = self.logits_device(hidden)?;
+        let t = match targets {
+            Some(t) => {
+                if t.len() != rows {
+                    return Err(Error::Other(format!("{} targets for {rows} rows", t.len())));
+                }
+                self.check_ids(t)?;
+                Some(DTensor::from_host(gpu, t, &[rows])?)
+            }
+            None => None,
+        };
+        let mut out = RowStatsOut::new(gpu, rows)?;
+        ops::row_stats(gpu, &z, t.as_ref(), &mut out)?;
+        Ok(LogitStats {
+            lse: out.lse.to_host(gpu)?,
+            argmax: out
+                .argmax
+                .to_host(gpu)?
+                .into_iter()
+                .map(|v| v as u32)
+                .collect(),
+            target_logit: if t.is_some() {
+                Some(out.target_logit.to_host(gpu)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// Per-row summaries of a logit matrix.
+#[derive(Debug, Clone)]
+pub struct LogitStats {
+    pub lse: Vec<f64>,
+    pub argmax: Vec<u32>,
+    pub target_logit: Option<Vec<f32>>,
+}
+
+/// The evaluation protocol (`crate::eval`) over the GPU forward pass: hidden states and logits
+/// computed on the device and downloaded (bf16 hidden values, f32 logits); scoring stays on the
+/// host.
+impl crate::eval::LogitModel for GpuModel {
+    fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+    fn forward_hidden(&self, ids: &[u32], batch: Batch) -> Result<Vec<f32>> {
+        GpuModel::forward_hidden(self, ids, batch, None)
+    }
+    fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>> {
+        GpuModel::logits(self, hidden)
+    }
+}

@@ -1,0 +1,789 @@
+//! One launcher per kernel of kernels/*.cu. Each checks the shapes and preconditions its kernel
+//! relies on (returning `CudaError::Precondition` naming the kernel), picks the grid, and keeps
+//! the one `unsafe` launch local with a `SAFETY:` note. Shapes in comments are row-major.
+//!
+//! Numerics match the CPU reference ops (src/cpu/ops.rs) up to bf16 storage: see each kernel
+//! file's header for where values are rounded to bf16.
+
+use super::error::{CudaError, CudaResult};
+use super::gpu::{DTensor, Gpu, KArg};
+use super::prof::range;
+use cudarc::driver::LaunchConfig;
+use half::bf16;
+
+/// Dynamic shared memory of the GEMM kernels: 4 stages × (128 + 128) × 32 bf16.
+pub const GEMM_SMEM: u32 = 4 * (128 + 128) * 32 * 2;
+const GEMM_TILE: usize = 128;
+const MAX_GRID_YZ: usize = 65_535;
+
+/// Dynamic shared memory of the attention kernel for head_dim `d`: Q, K and V tiles of 64 × d.
+pub const fn attention_smem(d: usize) -> u32 {
+    ((64 + 2 * 64) * d * 2) as u32
+}
+
+fn i32_of(kernel: &'static str, what: &str, v: usize) -> CudaResult<i32> {
+    i32::try_from(v).map_err(|_| CudaError::pre(kernel, format!("{what} = {v} exceeds 2^31 - 1")))
+}
+
+fn expect_shape<T>(
+    kernel: &'static str,
+    what: &str,
+    t: &DTensor<T>,
+    rows: usize,
+    cols: usize,
+) -> CudaResult<()> {
+    if t.rows() != rows || t.cols() != cols {
+        return Err(CudaError::pre(
+            kernel,
+            format!(
+                "{what} has shape {:?}, expected [{rows}, {cols}] (rows × columns)",
+                t.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn expect_len<T>(kernel: &'static str, what: &str, t: &DTensor<T>, n: usize) -> CudaResult<()> {
+    if t.numel() != n {
+        return Err(CudaError::pre(
+            kernel,
+            format!(
+                "{what} has shape {:?} ({} elements), expected {n} elements",
+                t.shape(),
+                t.numel()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn cfg(grid: (usize, usize, usize), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+        block_dim: block,
+        shared_mem_bytes: smem,
+    }
+}
+
+/// Blocks for a grid-stride loop over n elements with 256 threads.
+fn stride_blocks(n: usize) -> usize {
+    n.div_ceil(256).clamp(1, 1 << 16)
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+
+/// `Y = X · Wᵀ` (HF Linear, no bias). `x`: [M, K], `w`: [N, K]; writes `y_bf16` [M, N] and/or
+/// `y_f32` [M, N]; with `accumulate`, adds into `y_f32` instead. K % 8 == 0 takes the cp.async
+/// kernel, any other K an element-gathering variant (same tiles and MMAs, slower loads).
+pub fn gemm_nt(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    w: &DTensor<bf16>,
+    y_bf16: Option<&mut DTensor<bf16>>,
+    y_f32: Option<&mut DTensor<f32>>,
+    accumulate: bool,
+) -> CudaResult<()> {
+    const K_NAME: &str = "gemm_nt_bf16";
+    let _r = range("gemm");
+    let (m, k, n) = (x.rows(), x.cols(), w.rows());
+    if w.cols() != k {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!(
+                "x is {:?} but w is {:?}: inner dimensions differ",
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    if y_bf16.is_none() && y_f32.is_none() {
+        return Err(CudaError::pre(K_NAME, "no output given"));
+    }
+    if accumulate && y_f32.is_none() {
+        return Err(CudaError::pre(K_NAME, "accumulate needs an f32 output"));
+    }
+    if let Some(y) = &y_bf16 {
+        expect_shape(K_NAME, "y (bf16)", y, m, n)?;
+    }
+    if let Some(y) = &y_f32 {
+        expect_shape(K_NAME, "y (f32)", y, m, n)?;
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (gm, gn) = (m.div_ceil(GEMM_TILE), n.div_ceil(GEMM_TILE));
+    if gn > MAX_GRID_YZ {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("N = {n} needs {gn} column tiles (max {MAX_GRID_YZ})"),
+        ));
+    }
+    let (mi, ni, ki) = (
+        i32_of(K_NAME, "M", m)?,
+        i32_of(K_NAME, "N", n)?,
+        i32_of(K_NAME, "K", k)?,
+    );
+    // Whole allocations are 256-byte aligned, so rows are 16-byte aligned exactly when K % 8 == 0.
+    let name = if k % 8 == 0 {
+        K_NAME
+    } else {
+        "gemm_nt_bf16_unaligned"
+    };
+    let yb = y_bf16.map_or(0, |t| t.ptr(gpu));
+    let yf = y_f32.map_or(0, |t| t.ptr(gpu));
+    let args = [
+        KArg::Ptr(x.ptr(gpu)),
+        KArg::Ptr(w.ptr(gpu)),
+        KArg::Ptr(yb),
+        KArg::Ptr(yf),
+        KArg::I32(mi),
+        KArg::I32(ni),
+        KArg::I32(ki),
+        KArg::I32(ki),
+        KArg::I32(ki),
+        KArg::I32(ni),
+        KArg::I32(accumulate as i32),
+    ];
+    // SAFETY: x holds M·K, w N·K, each output M·N elements (checked above); the kernel reads and
+    // writes only within those extents (edges are bounds-checked) with lda = ldb = K, ldc = N.
+    unsafe { gpu.launch(name, cfg((gm, gn, 1), (256, 1, 1), GEMM_SMEM), &args) }
+}
+
+/// `G += Aᵀ·A` for `a` [T, I] into `g` [I, I] (f32), updating only 128×128 blocks on or above
+/// the block diagonal; call `gram_symmetrize` once after the last accumulation.
+pub fn gram_accumulate(gpu: &Gpu, a: &DTensor<bf16>, g: &mut DTensor<f32>) -> CudaResult<()> {
+    const K_NAME: &str = "gram_tn_bf16";
+    let _r = range("gram");
+    let (t, i) = (a.rows(), a.cols());
+    expect_shape(K_NAME, "g", g, i, i)?;
+    if t == 0 || i == 0 {
+        return Ok(());
+    }
+    let gi = i.div_ceil(GEMM_TILE);
+    if gi > MAX_GRID_YZ {
+        return Err(CudaError::pre(K_NAME, format!("I = {i} is too wide")));
+    }
+    let (ti, ii) = (i32_of(K_NAME, "T", t)?, i32_of(K_NAME, "I", i)?);
+    let name = if i % 8 == 0 {
+        K_NAME
+    } else {
+        "gram_tn_bf16_unaligned"
+    };
+    let args = [
+        KArg::Ptr(a.ptr(gpu)),
+        KArg::Ptr(g.ptr(gpu)),
+        KArg::I32(ti),
+        KArg::I32(ii),
+        KArg::I32(ii),
+    ];
+    // SAFETY: a holds T·I and g I·I elements (checked); the kernel stays within them.
+    unsafe { gpu.launch(name, cfg((gi, gi, 1), (256, 1, 1), GEMM_SMEM), &args) }
+}
+
+/// Copies the computed upper block triangle of a Gram matrix onto the lower one.
+pub fn gram_symmetrize(gpu: &Gpu, g: &mut DTensor<f32>) -> CudaResult<()> {
+    const K_NAME: &str = "gram_symmetrize_f32";
+    let i = g.cols();
+    expect_shape(K_NAME, "g", g, i, i)?;
+    if i == 0 {
+        return Ok(());
+    }
+    let b = i.div_ceil(32);
+    if b > MAX_GRID_YZ {
+        return Err(CudaError::pre(K_NAME, format!("I = {i} is too wide")));
+    }
+    let args = [KArg::Ptr(g.ptr(gpu)), KArg::I32(i32_of(K_NAME, "I", i)?)];
+    // SAFETY: g holds I·I elements; every thread checks r, c < I.
+    unsafe { gpu.launch(K_NAME, cfg((b, b, 1), (32, 8, 1), 0), &args) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/// Shape and options of one attention call (mirrors `cpu::attention::AttnShape`).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnParams {
+    pub n_seq: usize,
+    pub seq_len: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    /// Key j is visible to query i iff `j <= i && i - j < window`.
+    pub window: Option<usize>,
+}
+
+/// Which attention kernel `attention` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// Tensor-core flash kernel when head_dim is 32, 64, 128 or 256, else the generic one.
+    Auto,
+    /// The scalar one-warp-per-query kernel (any head_dim <= 512).
+    Generic,
+}
+
+/// Head dims the tensor-core kernel is instantiated for.
+pub fn flash_kernel_name(head_dim: usize) -> Option<&'static str> {
+    match head_dim {
+        32 => Some("attention_fwd_d32"),
+        64 => Some("attention_fwd_d64"),
+        128 => Some("attention_fwd_d128"),
+        256 => Some("attention_fwd_d256"),
+        _ => None,
+    }
+}
+
+/// Fused causal GQA attention. `q`, `out`: [N, n_heads·d]; `k`, `v`: [N, n_kv·d];
+/// N = n_seq · seq_len.
+pub fn attention(
+    gpu: &Gpu,
+    q: &DTensor<bf16>,
+    k: &DTensor<bf16>,
+    v: &DTensor<bf16>,
+    out: &mut DTensor<bf16>,
+    p: &AttnParams,
+) -> CudaResult<()> {
+    attention_with(gpu, q, k, v, out, p, AttnKernel::Auto)
+}
+
+/// `attention` with an explicit kernel choice (tests compare the two).
+pub fn attention_with(
+    gpu: &Gpu,
+    q: &DTensor<bf16>,
+    k: &DTensor<bf16>,
+    v: &DTensor<bf16>,
+    out: &mut DTensor<bf16>,
+    p: &AttnParams,
+    kernel: AttnKernel,
+) -> CudaResult<()> {
+    let flash = match kernel {
+        AttnKernel::Auto => flash_kernel_name(p.head_dim),
+        AttnKernel::Generic => None,
+    };
+    let name = flash.unwrap_or("attention_fwd_generic");
+    if flash.is_none() && (p.head_dim == 0 || p.head_dim > 512) {
+        return Err(CudaError::pre(
+            name,
+            format!("head_dim {} is not supported (1 … 512)", p.head_dim),
+        ));
+    }
+    let _r = range("attention");
+    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+        return Err(CudaError::pre(
+            name,
+            format!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                p.n_heads, p.n_kv_heads
+            ),
+        ));
+    }
+    let n = p.n_seq * p.seq_len;
+    expect_len(name, "q", q, n * p.n_heads * p.head_dim)?;
+    expect_len(name, "out", out, n * p.n_heads * p.head_dim)?;
+    expect_len(name, "k", k, n * p.n_kv_heads * p.head_dim)?;
+    expect_len(name, "v", v, n * p.n_kv_heads * p.head_dim)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if p.n_heads > MAX_GRID_YZ || p.n_seq > MAX_GRID_YZ {
+        return Err(CudaError::pre(
+            name,
+            format!(
+                "{} heads × {} sequences exceed the grid",
+                p.n_heads, p.n_seq
+            ),
+        ));
+    }
+    let softcap = match p.softcap {
+        Some(c) if c > 0.0 => c,
+        Some(c) => {
+            return Err(CudaError::pre(
+                name,
+                format!("softcap {c} must be positive"),
+            ))
+        }
+        None => 0.0,
+    };
+    // A window at least as long as the sequence is no window.
+    let window = match p.window {
+        Some(0) => {
+            return Err(CudaError::pre(
+                name,
+                "sliding window 0 would hide every key",
+            ))
+        }
+        Some(w) if w < p.seq_len => w as i32,
+        _ => 0,
+    };
+    let (q_p, k_p, v_p, o_p) = (q.ptr(gpu), k.ptr(gpu), v.ptr(gpu), out.ptr(gpu));
+    let seq = i32_of(name, "seq_len", p.seq_len)?;
+    let (nh, nkv) = (p.n_heads as i32, p.n_kv_heads as i32);
+    if let Some(name) = flash {
+        let args = [
+            KArg::Ptr(q_p),
+            KArg::Ptr(k_p),
+            KArg::Ptr(v_p),
+            KArg::Ptr(o_p),
+            KArg::I32(seq),
+            KArg::I32(nh),
+            KArg::I32(nkv),
+            KArg::F32(p.scale),
+            KArg::F32(softcap),
+            KArg::I32(window),
+        ];
+        let grid = (p.seq_len.div_ceil(64), p.n_heads, p.n_seq);
+        // SAFETY: q/out hold N·nh·d and k/v N·nkv·d elements (checked); the kernel addresses rows
+        // < seq_len of sequence blockIdx.z < n_seq, heads < nh (q) and h/(nh/nkv) < nkv (k, v).
+        unsafe {
+            gpu.launch(
+                name,
+                cfg(grid, (128, 1, 1), attention_smem(p.head_dim)),
+                &args,
+            )
+        }
+    } else {
+        let args = [
+            KArg::Ptr(q_p),
+            KArg::Ptr(k_p),
+            KArg::Ptr(v_p),
+            KArg::Ptr(o_p),
+            KArg::I32(seq),
+            KArg::I32(nh),
+            KArg::I32(nkv),
+            KArg::I32(p.head_dim as i32),
+            KArg::F32(p.scale),
+            KArg::F32(softcap),
+            KArg::I32(window),
+        ];
+        let grid = (p.seq_len.div_ceil(4), p.n_heads, p.n_seq);
+        // SAFETY: as above; one warp per query row < seq_len, d <= 512 (checked).
+        unsafe { gpu.launch(name, cfg(grid, (128, 1, 1), 0), &args) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norms
+
+fn norm_rows(kernel: &'static str, numel: usize, w: &DTensor<f32>) -> CudaResult<(usize, usize)> {
+    let cols = w.numel();
+    if cols == 0 || numel % cols != 0 {
+        return Err(CudaError::pre(
+            kernel,
+            format!("{numel} elements are not rows of the weight's {cols}"),
+        ));
+    }
+    Ok((numel / cols, cols))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_norm(
+    gpu: &Gpu,
+    name: &'static str,
+    x: u64,
+    w: u64,
+    out: u64,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> CudaResult<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(x),
+        KArg::Ptr(w),
+        KArg::Ptr(out),
+        KArg::I32(i32_of(name, "rows", rows)?),
+        KArg::I32(i32_of(name, "cols", cols)?),
+        KArg::F32(eps),
+    ];
+    // SAFETY: callers checked that x and out hold rows·cols elements and w holds cols; one warp
+    // per row, rows >= `rows` return at once.
+    unsafe { gpu.launch(name, cfg((rows.div_ceil(8), 1, 1), (256, 1, 1), 0), &args) }
+}
+
+/// Gemma RMSNorm of every row: `out = x·rsqrt(mean(x²)+eps)·(1+w)`; `w` [cols] f32, `x` and
+/// `out` hold rows × cols (per-head norms: rows of head_dim).
+pub fn rms_norm(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    w: &DTensor<f32>,
+    out: &mut DTensor<bf16>,
+    eps: f32,
+) -> CudaResult<()> {
+    const K_NAME: &str = "rmsnorm_bf16";
+    let _r = range("norm");
+    let (rows, cols) = norm_rows(K_NAME, x.numel(), w)?;
+    expect_len(K_NAME, "out", out, rows * cols)?;
+    launch_norm(
+        gpu,
+        K_NAME,
+        x.ptr(gpu),
+        w.ptr(gpu),
+        out.ptr(gpu),
+        rows,
+        cols,
+        eps,
+    )
+}
+
+/// In-place RMSNorm (the q/k head norms).
+pub fn rms_norm_inplace(
+    gpu: &Gpu,
+    x: &mut DTensor<bf16>,
+    w: &DTensor<f32>,
+    eps: f32,
+) -> CudaResult<()> {
+    const K_NAME: &str = "rmsnorm_bf16";
+    let _r = range("norm");
+    let (rows, cols) = norm_rows(K_NAME, x.numel(), w)?;
+    let p = x.ptr(gpu);
+    // In place is allowed: each lane reads an element in the second pass before writing it.
+    launch_norm(gpu, K_NAME, p, w.ptr(gpu), p, rows, cols, eps)
+}
+
+/// The residual step: `h += bf16(rmsnorm(y)·(1+w))` (two roundings, as transformers' bf16 path).
+pub fn rms_norm_residual(
+    gpu: &Gpu,
+    h: &mut DTensor<bf16>,
+    y: &DTensor<bf16>,
+    w: &DTensor<f32>,
+    eps: f32,
+) -> CudaResult<()> {
+    const K_NAME: &str = "rmsnorm_residual_bf16";
+    let _r = range("norm");
+    let (rows, cols) = norm_rows(K_NAME, y.numel(), w)?;
+    expect_len(K_NAME, "h", h, rows * cols)?;
+    // Argument order of rmsnorm_residual_bf16: (h, y, w, rows, cols, eps).
+    if rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(h.ptr(gpu)),
+        KArg::Ptr(y.ptr(gpu)),
+        KArg::Ptr(w.ptr(gpu)),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(i32_of(K_NAME, "cols", cols)?),
+        KArg::F32(eps),
+    ];
+    // SAFETY: h and y hold rows·cols elements, w cols (checked).
+    unsafe { gpu.launch(K_NAME, cfg((rows.div_ceil(8), 1, 1), (256, 1, 1), 0), &args) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE
+
+/// Rotate-half RoPE in place: `q` [N, n_heads·d], `k` [N, n_kv·d] (optional), position of row n
+/// = n % seq_len, with the layer's theta and linear factor.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    gpu: &Gpu,
+    q: &mut DTensor<bf16>,
+    k: Option<&mut DTensor<bf16>>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    seq_len: usize,
+    rope: crate::config::Rope,
+) -> CudaResult<()> {
+    const K_NAME: &str = "rope_qk_bf16";
+    let _r = range("rope");
+    if head_dim == 0 || head_dim % 2 != 0 || n_heads == 0 || seq_len == 0 {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("head_dim {head_dim} must be even and n_heads {n_heads}, seq_len {seq_len} positive"),
+        ));
+    }
+    let rows = q.numel() / (n_heads * head_dim);
+    expect_len(K_NAME, "q", q, rows * n_heads * head_dim)?;
+    if rows % seq_len != 0 {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("{rows} rows are not whole sequences of {seq_len}"),
+        ));
+    }
+    let kp = match k {
+        Some(k) => {
+            expect_len(K_NAME, "k", k, rows * n_kv_heads * head_dim)?;
+            k.ptr(gpu)
+        }
+        None => 0,
+    };
+    let pairs = rows * head_dim / 2;
+    if pairs == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(q.ptr(gpu)),
+        KArg::Ptr(kp),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(n_heads as i32),
+        KArg::I32(n_kv_heads as i32),
+        KArg::I32(head_dim as i32),
+        KArg::I32(i32_of(K_NAME, "seq_len", seq_len)?),
+        KArg::F32(rope.theta as f32),
+        KArg::F32(rope.linear_factor as f32),
+    ];
+    // SAFETY: q holds rows·nh·d and k rows·nkv·d elements (checked); one thread per (row, i < d/2).
+    unsafe {
+        gpu.launch(
+            K_NAME,
+            cfg((pairs.div_ceil(256), 1, 1), (256, 1, 1), 0),
+            &args,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP activation
+
+/// `act = gelu_tanh(gate)·up` ([rows, I] bf16), optionally also in f32, optionally adding
+/// Σact and Σact² per column into `stats` ([I] f64 each).
+pub fn gelu_mul(
+    gpu: &Gpu,
+    gate: &DTensor<bf16>,
+    up: &DTensor<bf16>,
+    act: &mut DTensor<bf16>,
+    act_f32: Option<&mut DTensor<f32>>,
+    stats: Option<(&mut DTensor<f64>, &mut DTensor<f64>)>,
+) -> CudaResult<()> {
+    const K_NAME: &str = "gelu_mul_stats_bf16";
+    let _r = range("mlp_act");
+    let (rows, cols) = (gate.rows(), gate.cols());
+    expect_shape(K_NAME, "up", up, rows, cols)?;
+    expect_shape(K_NAME, "act", act, rows, cols)?;
+    let af = match act_f32 {
+        Some(a) => {
+            expect_shape(K_NAME, "act_f32", a, rows, cols)?;
+            a.ptr(gpu)
+        }
+        None => 0,
+    };
+    let (s1, s2) = match stats {
+        Some((s1, s2)) => {
+            expect_len(K_NAME, "col_sum", s1, cols)?;
+            expect_len(K_NAME, "col_sumsq", s2, cols)?;
+            (s1.ptr(gpu), s2.ptr(gpu))
+        }
+        None => (0, 0),
+    };
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let gy = rows.div_ceil(128);
+    if gy > MAX_GRID_YZ {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("{rows} rows exceed the grid"),
+        ));
+    }
+    let args = [
+        KArg::Ptr(gate.ptr(gpu)),
+        KArg::Ptr(up.ptr(gpu)),
+        KArg::Ptr(act.ptr(gpu)),
+        KArg::Ptr(af),
+        KArg::Ptr(s1),
+        KArg::Ptr(s2),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(i32_of(K_NAME, "cols", cols)?),
+    ];
+    // SAFETY: gate, up, act (and act_f32) hold rows·cols elements, the statistics cols (checked);
+    // the kernel bounds-checks every row and column.
+    unsafe {
+        gpu.launch(
+            K_NAME,
+            cfg((cols.div_ceil(64), gy, 1), (32, 8, 1), 0),
+            &args,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding, head, conversions
+
+/// `out[n] = bf16(table[ids[n]] · scale)`: `table` [V, H], `ids` [n] (validated by the caller;
+/// an id >= V yields a zero row, never an out-of-bounds read), `out` [n, H].
+pub fn embed(
+    gpu: &Gpu,
+    table: &DTensor<bf16>,
+    ids: &DTensor<u32>,
+    out: &mut DTensor<bf16>,
+    scale: f32,
+) -> CudaResult<()> {
+    const K_NAME: &str = "embed_bf16";
+    let (v, h, n) = (table.rows(), table.cols(), ids.numel());
+    expect_shape(K_NAME, "out", out, n, h)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(table.ptr(gpu)),
+        KArg::Ptr(ids.ptr(gpu)),
+        KArg::Ptr(out.ptr(gpu)),
+        KArg::I32(i32_of(K_NAME, "n", n)?),
+        KArg::I32(i32_of(K_NAME, "H", h)?),
+        KArg::I32(i32_of(K_NAME, "V", v)?),
+        KArg::F32(scale),
+    ];
+    // SAFETY: table holds V·H, ids n, out n·H elements; rows with id >= V are zero-filled.
+    unsafe { gpu.launch(K_NAME, cfg((n, 1, 1), (256, 1, 1), 0), &args) }
+}
+
+/// `x = tanh(x / cap)·cap` in place.
+pub fn softcap(gpu: &Gpu, x: &mut DTensor<f32>, cap: f32) -> CudaResult<()> {
+    const K_NAME: &str = "softcap_f32";
+    if cap.is_nan() || cap <= 0.0 {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("cap {cap} must be positive"),
+        ));
+    }
+    let n = x.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [KArg::Ptr(x.ptr(gpu)), KArg::U64(n as u64), KArg::F32(cap)];
+    // SAFETY: grid-stride loop over exactly n elements of x.
+    unsafe { gpu.launch(K_NAME, cfg((stride_blocks(n), 1, 1), (256, 1, 1), 0), &args) }
+}
+
+/// Per-row results of `row_stats`, each [rows].
+pub struct RowStatsOut {
+    pub row_max: DTensor<f32>,
+    pub lse: DTensor<f64>,
+    pub argmax: DTensor<i32>,
+    pub target_logit: DTensor<f32>,
+}
+
+impl RowStatsOut {
+    pub fn new(gpu: &Gpu, rows: usize) -> CudaResult<RowStatsOut> {
+        Ok(RowStatsOut {
+            row_max: DTensor::zeros(gpu, &[rows])?,
+            lse: DTensor::zeros(gpu, &[rows])?,
+            argmax: DTensor::zeros(gpu, &[rows])?,
+            target_logit: DTensor::zeros(gpu, &[rows])?,
+        })
+    }
+}
+
+/// Row max, first argmax, log-sum-exp (f64) and, with `targets` [rows] (each < V), the target
+/// logit of every row of `logits` [rows, V].
+pub fn row_stats(
+    gpu: &Gpu,
+    logits: &DTensor<f32>,
+    targets: Option<&DTensor<u32>>,
+    out: &mut RowStatsOut,
+) -> CudaResult<()> {
+    const K_NAME: &str = "row_stats_f32";
+    let _r = range("head");
+    let (rows, v) = (logits.rows(), logits.cols());
+    for (what, n) in [
+        ("row_max", out.row_max.numel()),
+        ("lse", out.lse.numel()),
+        ("argmax", out.argmax.numel()),
+        ("target_logit", out.target_logit.numel()),
+    ] {
+        if n != rows {
+            return Err(CudaError::pre(
+                K_NAME,
+                format!("{what} holds {n} rows, logits {rows}"),
+            ));
+        }
+    }
+    let tp = match targets {
+        Some(t) => {
+            expect_len(K_NAME, "targets", t, rows)?;
+            t.ptr(gpu)
+        }
+        None => 0,
+    };
+    if rows == 0 || v == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(logits.ptr(gpu)),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(i32_of(K_NAME, "V", v)?),
+        KArg::Ptr(tp),
+        KArg::Ptr(out.row_max.ptr(gpu)),
+        KArg::Ptr(out.lse.ptr(gpu)),
+        KArg::Ptr(out.argmax.ptr(gpu)),
+        KArg::Ptr(if tp != 0 {
+            out.target_logit.ptr(gpu)
+        } else {
+            0
+        }),
+    ];
+    // SAFETY: logits hold rows·V elements, every output rows (checked). Target ids must be < V:
+    // the GPU model checks them on the host before uploading.
+    unsafe { gpu.launch(K_NAME, cfg((rows, 1, 1), (512, 1, 1), 0), &args) }
+}
+
+/// KL(base ‖ model) per row, in f64: `base`, `model` [rows, V]; `lse_*` [rows] from `row_stats`.
+pub fn kl_rows(
+    gpu: &Gpu,
+    base: &DTensor<f32>,
+    model: &DTensor<f32>,
+    lse_base: &DTensor<f64>,
+    lse_model: &DTensor<f64>,
+    kl: &mut DTensor<f64>,
+) -> CudaResult<()> {
+    const K_NAME: &str = "kl_rows_f32";
+    let _r = range("head");
+    let (rows, v) = (base.rows(), base.cols());
+    expect_shape(K_NAME, "model", model, rows, v)?;
+    expect_len(K_NAME, "lse_base", lse_base, rows)?;
+    expect_len(K_NAME, "lse_model", lse_model, rows)?;
+    expect_len(K_NAME, "kl", kl, rows)?;
+    if rows == 0 || v == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(base.ptr(gpu)),
+        KArg::Ptr(model.ptr(gpu)),
+        KArg::Ptr(lse_base.ptr(gpu)),
+        KArg::Ptr(lse_model.ptr(gpu)),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(i32_of(K_NAME, "V", v)?),
+        KArg::Ptr(kl.ptr(gpu)),
+    ];
+    // SAFETY: base and model hold rows·V elements, the per-row buffers rows (checked).
+    unsafe { gpu.launch(K_NAME, cfg((rows, 1, 1), (512, 1, 1), 0), &args) }
+}
+
+/// `y = f32(x)`, same element count.
+pub fn bf16_to_f32(gpu: &Gpu, x: &DTensor<bf16>, y: &mut DTensor<f32>) -> CudaResult<()> {
+    const K_NAME: &str = "bf16_to_f32";
+    let n = x.numel();
+    expect_len(K_NAME, "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(x.ptr(gpu)),
+        KArg::Ptr(y.ptr(gpu)),
+        KArg::U64(n as u64),
+    ];
+    // SAFETY: both hold n elements; grid-stride loop over n.
+    unsafe { gpu.launch(K_NAME, cfg((stride_blocks(n), 1, 1), (256, 1, 1), 0), &args) }
+}
+
+/// `y = bf16(x)` (round to nearest even), same element count.
+pub fn f32_to_bf16(gpu: &Gpu, x: &DTensor<f32>, y: &mut DTensor<bf16>) -> CudaResult<()> {
+    const K_NAME: &str = "f32_to_bf16";
+    let n = x.numel();
+    expect_len(K_NAME, "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(x.ptr(gpu)),
+        KArg::Ptr(y.ptr(gpu)),
+        KArg::U64(n as u64),
+    ];
+    // SAFETY: both hold n elements; grid-stride loop over n.
+    unsafe { gpu.launch(K_NAME, cfg((stride_blocks(n), 1, 1), (256, 1, 1), 0), &args) }
+}

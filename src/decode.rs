@@ -1,0 +1,659 @@
+//! Incremental decoding on the CPU: a per-layer KV cache, a prefill that is the batched forward
+//! pass (op for op what `Model::forward_hidden` computes, with K and V kept), and single-token
+//! steps whose matmuls are GEMVs and whose attention reads the cache. Plus greedy and
+//! temperature / top-p sampling with a seeded generator.
+//!
+//! # Cache layout
+//!
+//! Each layer holds `k` and `v` as `[n_kv, slots, head_dim]` (one contiguous run of slots per KV
+//! head, so a query head walks memory linearly), K stored after q/k-norm and RoPE, as the
+//! attention consumes it.
+//! - **Global layers** have `slots = max_len`; position `j` lives in slot `j`.
+//! - **Sliding layers** are a **ring** of `slots = min(sliding_window, max_len)`; position `j`
+//!   lives in slot `j % slots`. A query at position `i` sees keys `j` with `j <= i` and
+//!   `i - j < W` (W keys including itself, the transformers / llama.cpp window), which are exactly
+//!   the last `W` positions written, so the position being decoded overwrites the one that just
+//!   left the window and no mask is needed. Attention walks the visible positions in increasing
+//!   order (`j = max(0, i+1-W) ..= i`) and maps each to its slot, so the summation order is the
+//!   one the full-sequence path uses.
+//!
+//! RoPE tables are built once for `0..max_len` with the same f32 formula as
+//! `RopeCache` (`ops::rope_tables`), so position `p` rotates by the same angles either way.
+//!
+//! # Numerics
+//!
+//! Prefill runs the very ops of `model::attn_block` / `model::mlp_block` on the whole prompt (the
+//! MLP half *is* `mlp_block`), so its hidden states equal `Model::forward_hidden`'s. A step
+//! computes the same arithmetic per element, but its dot products are summed in another order
+//! (GEMV lanes instead of GEMM tiles): decoded logits agree with recomputing the whole sequence
+//! to about 1e-6 relative (tests/decode.rs checks 1e-4 per position across the window boundary).
+
+use crate::config::LayerType;
+use crate::cpu::attention::{attention, AttnShape};
+use crate::cpu::ops;
+use crate::error::{Error, Result};
+use crate::model::{embed, mlp_block, LayerWeights, Model};
+use rayon::prelude::*;
+
+// ----------------------------------------------------------------------------------- GEMV
+
+/// Output rows per rayon task (rows of `k` elements; about 128 KiB of weights per task).
+fn gemv_rows_per_task(k: usize) -> usize {
+    ((32 << 10) / k.max(1)).max(1)
+}
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    // 16 independent lanes: LLVM turns the fixed-size accumulator into SIMD registers without
+    // needing reassociation of a single running sum.
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..L {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    let mut s = 0f32;
+    for v in acc {
+        s += v;
+    }
+    s + tail
+}
+
+#[inline(always)]
+fn gemv_rows_body(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+    for (o, row) in y.iter_mut().zip(w.chunks_exact(k)) {
+        *o = dot_body(x, row);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_rows_avx2(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+    gemv_rows_body(x, w, k, y)
+}
+
+fn gemv_rows(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { gemv_rows_avx2(x, w, k, y) };
+        }
+    }
+    gemv_rows_body(x, w, k, y)
+}
+
+/// Dot product of two equal-length f32 slices (16-lane accumulation).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    dot_body(a, b)
+}
+
+/// `y[n] = w[n, k] · x[k]`: one row of a HF Linear (weights `[out, in]`), parallel over output
+/// rows. Memory-bound on real models: it streams `w` once.
+pub fn gemv(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n];
+    gemv_into(x, w, k, n, &mut y);
+    y
+}
+
+pub fn gemv_into(x: &[f32], w: &[f32], k: usize, n: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), k, "gemv: x is not [k={k}]");
+    assert_eq!(w.len(), n * k, "gemv: w is not [n={n}, k={k}]");
+    assert_eq!(y.len(), n, "gemv: y is not [n={n}]");
+    let rpt = gemv_rows_per_task(k);
+    if n * k < (1 << 16) || rayon::current_num_threads() == 1 {
+        gemv_rows(x, w, k, y);
+        return;
+    }
+    y.par_chunks_mut(rpt)
+        .zip(w.par_chunks(rpt * k))
+        .for_each(|(ys, ws)| gemv_rows(x, ws, k, ys));
+}
+
+// ----------------------------------------------------------------------------------- cache
+
+/// One layer's K and V: `[n_kv, slots, head_dim]` each (see the module docs).
+pub struct LayerCache {
+    slots: usize,
+    /// Sliding layer stored as a ring of `slots` positions.
+    ring: bool,
+    /// `Some(W)` on sliding layers.
+    window: Option<usize>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl LayerCache {
+    #[inline]
+    fn slot(&self, pos: usize) -> usize {
+        if self.ring {
+            pos % self.slots
+        } else {
+            pos
+        }
+    }
+}
+
+/// The KV cache of one sequence, every layer.
+pub struct KvCache {
+    pub max_len: usize,
+    n_kv: usize,
+    head_dim: usize,
+    layers: Vec<LayerCache>,
+    /// Positions written so far (the next token's position).
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(model: &Model, max_len: usize) -> KvCache {
+        let cfg = &model.cfg;
+        let (nkv, d) = (cfg.num_kv_heads, cfg.head_dim);
+        let layers = (0..cfg.num_layers)
+            .map(|l| {
+                let window = cfg.window(l);
+                let (slots, ring) = match window {
+                    Some(w) if w < max_len => (w, true),
+                    _ => (max_len, false),
+                };
+                LayerCache {
+                    slots,
+                    ring,
+                    window,
+                    k: vec![0f32; nkv * slots * d],
+                    v: vec![0f32; nkv * slots * d],
+                }
+            })
+            .collect();
+        KvCache {
+            max_len,
+            n_kv: nkv,
+            head_dim: d,
+            layers,
+            len: 0,
+        }
+    }
+
+    /// Positions held (the position the next token will take).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of K and V storage, all layers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|c| (c.k.len() + c.v.len()) * 4)
+            .sum()
+    }
+
+    /// Slots per KV head in `layer` (`max_len`, or the window for a ring).
+    pub fn slots(&self, layer: usize) -> usize {
+        self.layers[layer].slots
+    }
+
+    /// Forget every position (the storage is kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Stores K/V rows `[t, n_kv, d]` for positions `pos0..pos0+t` of `layer`.
+    fn write(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        let (nkv, d) = (self.n_kv, self.head_dim);
+        let c = &mut self.layers[layer];
+        let t = k.len() / (nkv * d);
+        // Positions that a ring would overwrite within this write are skipped.
+        let first = if c.ring { t.saturating_sub(c.slots) } else { 0 };
+        for r in first..t {
+            let s = c.slot(pos0 + r);
+            for g in 0..nkv {
+                let src = (r * nkv + g) * d;
+                let dst = (g * c.slots + s) * d;
+                c.k[dst..dst + d].copy_from_slice(&k[src..src + d]);
+                c.v[dst..dst + d].copy_from_slice(&v[src..src + d]);
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------- decoder
+
+/// Prefill + step decoding of one sequence over a borrowed model.
+pub struct Decoder<'m> {
+    model: &'m Model,
+    cache: KvCache,
+    /// cos, sin `[max_len, d/2]` for global and sliding layers.
+    rope_full: (Vec<f32>, Vec<f32>),
+    rope_sliding: (Vec<f32>, Vec<f32>),
+}
+
+impl<'m> Decoder<'m> {
+    /// A decoder able to hold `max_len` positions (prompt + generated tokens).
+    pub fn new(model: &'m Model, max_len: usize) -> Decoder<'m> {
+        let cfg = &model.cfg;
+        let mk = |r: crate::config::Rope| {
+            ops::rope_tables(max_len, cfg.head_dim, r.theta, r.linear_factor)
+        };
+        Decoder {
+            model,
+            cache: KvCache::new(model, max_len),
+            rope_full: mk(cfg.rope_full),
+            rope_sliding: mk(cfg.rope_sliding),
+        }
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// The position the next token takes.
+    pub fn pos(&self) -> usize {
+        self.cache.len
+    }
+
+    /// Start a new sequence (keeps the allocations).
+    pub fn reset(&mut self) {
+        self.cache.clear();
+    }
+
+    fn rope(&self, l: usize) -> (&[f32], &[f32]) {
+        let (c, s) = match self.model.cfg.layer_types[l] {
+            LayerType::Full => &self.rope_full,
+            LayerType::Sliding => &self.rope_sliding,
+        };
+        (c, s)
+    }
+
+    fn check_room(&self, n: usize) -> Result<()> {
+        if self.cache.len + n > self.cache.max_len {
+            return Err(Error::Other(format!(
+                "KV cache full: {} positions held, {n} more requested, capacity {}",
+                self.cache.len, self.cache.max_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the prompt through every layer in one batch, filling the cache; returns the
+    /// final-normed hidden states `[T, H]` (equal to `Model::forward_hidden` on the prompt).
+    pub fn prefill_hidden(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if !self.cache.is_empty() {
+            return Err(Error::Other(
+                "prefill needs an empty cache (call reset, or decode further tokens with step)"
+                    .into(),
+            ));
+        }
+        if ids.is_empty() {
+            return Err(Error::Other("prefill of an empty prompt".into()));
+        }
+        self.check_room(ids.len())?;
+        let model = self.model;
+        let cfg = &model.cfg;
+        let mut h = embed(cfg, &model.embed, ids)?;
+        for (l, w) in model.layers.iter().enumerate() {
+            self.attn_prefill(l, w, &mut h, ids.len());
+            mlp_block(cfg, l, w, &mut h, &mut None);
+        }
+        ops::rms_norm(&mut h, &model.final_norm, cfg.rms_norm_eps);
+        self.cache.len = ids.len();
+        Ok(h)
+    }
+
+    /// Prefill, returning the logits of the last prompt position `[V]` (the LM head runs on that
+    /// row only).
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let h = self.prefill_hidden(ids)?;
+        let hd = self.model.cfg.hidden_size;
+        Ok(self.head(&h[h.len() - hd..]))
+    }
+
+    /// Decodes one token at position `pos()`; returns the final-normed hidden state `[H]`.
+    pub fn step_hidden(&mut self, id: u32) -> Result<Vec<f32>> {
+        self.check_room(1)?;
+        let model = self.model;
+        let cfg = &model.cfg;
+        let p = self.cache.len;
+        let mut h = embed(cfg, &model.embed, &[id])?;
+        for (l, w) in model.layers.iter().enumerate() {
+            self.attn_step(l, w, &mut h, p);
+            mlp_step(cfg, w, &mut h);
+        }
+        ops::rms_norm_row(&mut h, &model.final_norm, cfg.rms_norm_eps);
+        self.cache.len = p + 1;
+        Ok(h)
+    }
+
+    /// Decodes one token; returns its logits `[V]` (final softcap applied).
+    pub fn step(&mut self, id: u32) -> Result<Vec<f32>> {
+        let h = self.step_hidden(id)?;
+        Ok(self.head(&h))
+    }
+
+    /// LM head (GEMV) + final softcap on one normed hidden row.
+    pub fn head(&self, h: &[f32]) -> Vec<f32> {
+        let cfg = &self.model.cfg;
+        let mut z = gemv(h, self.model.head(), cfg.hidden_size, cfg.vocab_size);
+        if let Some(cap) = cfg.final_softcap {
+            for v in &mut z {
+                *v = (*v / cap).tanh() * cap;
+            }
+        }
+        z
+    }
+
+    /// `model::attn_block` on a whole prompt (same ops in the same order), keeping K and V.
+    fn attn_prefill(&mut self, l: usize, w: &LayerWeights, h: &mut [f32], t: usize) {
+        let cfg = &self.model.cfg;
+        let (hd, d, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+        );
+        let mut x = h.to_vec(); // [T, H]
+        ops::rms_norm(&mut x, &w.input_norm, cfg.rms_norm_eps);
+        let mut q = ops::linear(&x, &w.q, t, hd, nh * d); // [T, nh, d]
+        let mut k = ops::linear(&x, &w.k, t, hd, nkv * d); // [T, nkv, d]
+        let v = ops::linear(&x, &w.v, t, hd, nkv * d); // [T, nkv, d]
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
+            ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
+        }
+        let (cos, sin) = self.rope(l);
+        ops::apply_rope(&mut q, t, nh, d, cos, sin);
+        ops::apply_rope(&mut k, t, nkv, d, cos, sin);
+        let att = attention(
+            &q,
+            &k,
+            &v,
+            AttnShape {
+                n_seq: 1,
+                seq_len: t,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: d,
+                scale: cfg.attn_scale(),
+                softcap: cfg.attn_softcap,
+                window: cfg.window(l),
+            },
+        ); // [T, nh·d]
+        self.cache.write(l, 0, &k, &v);
+        drop((q, k, v));
+        let mut y = ops::linear(&att, &w.o, t, nh * d, hd); // [T, H]
+        ops::rms_norm(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
+        ops::add_into(h, &y);
+    }
+
+    /// The attention half of a layer for one token at position `p`, over the cache.
+    fn attn_step(&mut self, l: usize, w: &LayerWeights, h: &mut [f32], p: usize) {
+        let cfg = &self.model.cfg;
+        let (hd, d, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+        );
+        let mut x = h.to_vec(); // [H]
+        ops::rms_norm_row(&mut x, &w.input_norm, cfg.rms_norm_eps);
+        let mut q = gemv(&x, &w.q, hd, nh * d); // [nh, d]
+        let mut k = gemv(&x, &w.k, hd, nkv * d); // [nkv, d]
+        let v = gemv(&x, &w.v, hd, nkv * d); // [nkv, d]
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            for row in q.chunks_exact_mut(d) {
+                ops::rms_norm_row(row, qn, cfg.rms_norm_eps);
+            }
+            for row in k.chunks_exact_mut(d) {
+                ops::rms_norm_row(row, kn, cfg.rms_norm_eps);
+            }
+        }
+        let half = d / 2;
+        {
+            let (cos, sin) = self.rope(l);
+            let (c, s) = (
+                &cos[p * half..(p + 1) * half],
+                &sin[p * half..(p + 1) * half],
+            );
+            ops::apply_rope(&mut q, 1, nh, d, c, s);
+            ops::apply_rope(&mut k, 1, nkv, d, c, s);
+        }
+        self.cache.write(l, p, &k, &v);
+        let att = attend(
+            &self.cache.layers[l],
+            &q,
+            p,
+            nh,
+            nkv,
+            d,
+            cfg.attn_scale(),
+            cfg.attn_softcap,
+        ); // [nh·d]
+        let mut y = gemv(&att, &w.o, nh * d, hd); // [H]
+        ops::rms_norm_row(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
+        for (a, b) in h.iter_mut().zip(&y) {
+            *a += b;
+        }
+    }
+}
+
+/// Attention of one query row `q` ([nh, d], at position `p`) over the cached keys it may see:
+/// `s = (q·k)·scale → softcap → softmax (f32) → Σ p·v`, keys in increasing position order.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    c: &LayerCache,
+    q: &[f32],
+    p: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+    scale: f32,
+    softcap: Option<f32>,
+) -> Vec<f32> {
+    let lo = match c.window {
+        Some(w) => (p + 1).saturating_sub(w),
+        None => 0,
+    };
+    let n = p + 1 - lo;
+    let group = nh / nkv;
+    let head = |hh: usize, out: &mut [f32]| {
+        let g = hh / group;
+        let qh = &q[hh * d..(hh + 1) * d];
+        let base = g * c.slots;
+        let mut s: Vec<f32> = (lo..=p)
+            .map(|j| {
+                let at = (base + c.slot(j)) * d;
+                dot_body(qh, &c.k[at..at + d]) * scale
+            })
+            .collect();
+        if let Some(cap) = softcap {
+            for x in &mut s {
+                *x = (*x / cap).tanh() * cap;
+            }
+        }
+        let m = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let mut sum = 0f32;
+        for x in &mut s {
+            *x = (*x - m).exp();
+            sum += *x;
+        }
+        for x in &mut s {
+            *x /= sum;
+        }
+        out.fill(0.0);
+        for (j, &pj) in (lo..=p).zip(&s) {
+            let at = (base + c.slot(j)) * d;
+            for (o, &vv) in out.iter_mut().zip(&c.v[at..at + d]) {
+                *o += pj * vv;
+            }
+        }
+    };
+    let mut out = vec![0f32; nh * d];
+    if n * d * nh >= (1 << 15) {
+        out.par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(hh, o)| head(hh, o));
+    } else {
+        for (hh, o) in out.chunks_exact_mut(d).enumerate() {
+            head(hh, o);
+        }
+    }
+    out
+}
+
+/// The MLP half of a layer for one token (GEMVs): `h += post_ffn_norm(down(gelu(gate)·up))`.
+fn mlp_step(cfg: &crate::config::ModelConfig, w: &LayerWeights, h: &mut [f32]) {
+    let hd = cfg.hidden_size;
+    let i = w.width;
+    let mut x = h.to_vec();
+    ops::rms_norm_row(&mut x, &w.pre_ffn_norm, cfg.rms_norm_eps);
+    let mut a = gemv(&x, &w.gate, hd, i);
+    let up = gemv(&x, &w.up, hd, i);
+    for (g, &u) in a.iter_mut().zip(&up) {
+        *g = ops::gelu_tanh(*g) * u;
+    }
+    let mut y = gemv(&a, &w.down, i, hd);
+    ops::rms_norm_row(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
+    for (a, b) in h.iter_mut().zip(&y) {
+        *a += b;
+    }
+}
+
+// ----------------------------------------------------------------------------------- sampling
+
+/// A small seeded generator: xorshift64* with the seed expanded by splitmix64 (never zero).
+#[derive(Debug, Clone)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        Rng {
+            state: if z == 0 { 0x2545_F491_4F6C_DD1D } else { z },
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// argmax (the first index on ties, as `torch.argmax`).
+    Greedy,
+    /// softmax(logits / temperature), restricted to the smallest set of most likely tokens whose
+    /// mass reaches `top_p` (transformers' `TopPLogitsWarper`; at least one token), then drawn.
+    TopP { temperature: f32, top_p: f32 },
+}
+
+impl Sampling {
+    /// `temperature <= 0` means greedy; `top_p` is clamped to (0, 1].
+    pub fn new(temperature: f32, top_p: f32) -> Sampling {
+        if temperature <= 0.0 || !temperature.is_finite() {
+            Sampling::Greedy
+        } else {
+            Sampling::TopP {
+                temperature,
+                top_p: if top_p > 0.0 && top_p <= 1.0 {
+                    top_p
+                } else {
+                    1.0
+                },
+            }
+        }
+    }
+}
+
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Picks the next token.
+pub fn sample(logits: &[f32], s: Sampling, rng: &mut Rng) -> u32 {
+    let (temperature, top_p) = match s {
+        Sampling::Greedy => return argmax(logits),
+        Sampling::TopP { temperature, top_p } => (temperature, top_p),
+    };
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let inv_t = 1.0 / temperature as f64;
+    let mut probs: Vec<f64> = logits
+        .iter()
+        .map(|&z| ((z - m) as f64 * inv_t).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    for p in &mut probs {
+        *p /= total;
+    }
+    if top_p >= 1.0 {
+        let r = rng.next_f64();
+        let mut acc = 0.0;
+        for (i, &p) in probs.iter().enumerate() {
+            acc += p;
+            if r < acc {
+                return i as u32;
+            }
+        }
+        return argmax(logits);
+    }
+    let mut order: Vec<u32> = (0..probs.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        probs[b as usize]
+            .total_cmp(&probs[a as usize])
+            .then(a.cmp(&b))
+    });
+    // Keep token k (in descending order) while the mass before it is < top_p.
+    let mut kept = 0usize;
+    let mut mass = 0.0;
+    for &i in &order {
+        if kept > 0 && mass >= top_p as f64 {
+            break;
+        }
+        mass += probs[i as usize];
+        kept += 1;
+    }
+    let r = rng.next_f64() * mass;
+    let mut acc = 0.0;
+    for &i in &order[..kept] {
+        acc += probs[i as usize];
+        if r < acc {
+            return i;
+        }
+    }
+    order[kept - 1]
+}

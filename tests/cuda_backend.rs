@@ -1,0 +1,373 @@
+//! The CUDA calibration backend (`cuda::CudaBackend`) and `--device cuda` end to end:
+//! - layer by layer through the backend, with the hidden states round-tripping through the host,
+//!   gives bit for bit what `GpuModel` computes in one device-resident pass (embeddings, every
+//!   MLP activation, every layer output), and stays close to the CPU backend;
+//! - the cache is keyed by (layer, width) and notices different weights under the same key;
+//! - `whittle --device cuda compile` writes a valid checkpoint close to the CPU-compiled one
+//!   (mostly the same kept neurons; KL to the base model, evaluated on the CPU, within a loose
+//!   bound of the CPU compile's);
+//! - `whittle --device cuda eval` perplexity within 1% of `--device cpu`.
+//!
+//! All tests need a GPU (`--ignored`). Fixture paths resolve against `WHITTLE_ROOT` when set, and
+//! the CLI binary is `WHITTLE_BIN` when set (the GPU machine runs prebuilt binaries from another
+//! checkout path), else the crate's own.
+#![cfg(feature = "cuda")]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use whittle::calib::{Backend, CpuBackend};
+use whittle::check::rows_rel_l2;
+use whittle::config::ModelConfig;
+use whittle::cuda::{CudaBackend, Gpu, GpuModel, Residency};
+use whittle::model::{Batch, Event, LayerWeights, Model};
+use whittle::safetensors::WeightStore;
+
+fn root() -> PathBuf {
+    std::env::var_os("WHITTLE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+fn bin() -> PathBuf {
+    std::env::var_os("WHITTLE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_whittle")))
+}
+
+fn gpu() -> Arc<Gpu> {
+    static G: OnceLock<Arc<Gpu>> = OnceLock::new();
+    G.get_or_init(|| {
+        let g = Gpu::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"));
+        g.set_sync(true);
+        eprintln!("testing on {}", g.info);
+        Arc::new(g)
+    })
+    .clone()
+}
+
+/// BOS then pseudo-random ids, per sequence.
+fn ids(vocab: usize, batch: Batch, bos: u32, seed: u64) -> Vec<u32> {
+    let mut s = seed | 1;
+    let mut v = Vec::with_capacity(batch.rows());
+    for _ in 0..batch.n_seq {
+        v.push(bos);
+        for _ in 1..batch.seq_len {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            v.push((s % vocab as u64) as u32);
+        }
+    }
+    v
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn backend_layers_equal_gpu_model_bitwise() {
+    for name in ["tiny-gemma2", "tiny-gemma3"] {
+        let dir = fixture(name);
+        let cfg = ModelConfig::from_dir(&dir).unwrap();
+        let store = WeightStore::open(&dir).unwrap();
+        let batch = Batch {
+            n_seq: 2,
+            seq_len: 40,
+        };
+        let ids = ids(cfg.vocab_size, batch, cfg.bos_token_id, 777);
+
+        // The GPU model, device-resident from the embedding to the last layer.
+        let gm = GpuModel::load(&dir, gpu(), Residency::Resident).unwrap();
+        let (mut embeds, mut acts, mut outs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut obs = |ev: Event<'_>| match ev {
+            Event::Embeds(x) => embeds = x.to_vec(),
+            Event::MlpAct { act, .. } => acts.push(act.to_vec()),
+            Event::LayerOut { hidden, .. } => outs.push(hidden.to_vec()),
+        };
+        gm.forward_hidden(&ids, batch, Some(&mut obs)).unwrap();
+
+        // The backend, layer by layer through host memory, beside the CPU backend.
+        let mut be = CudaBackend::new(gpu());
+        let mut cpu = CpuBackend::new();
+        assert!(be.name().ends_with("(bf16)"), "{}", be.name());
+        let mut h = be.embed(&cfg, &store, &ids).unwrap();
+        assert!(same_bits(&h, &embeds), "{name}: embeddings differ");
+        let mut hc = cpu.embed(&cfg, &store, &ids).unwrap();
+        for l in 0..cfg.num_layers {
+            let w = LayerWeights::load(&store, &cfg, l).unwrap();
+            // The two halves separately, on a copy, equal the whole layer.
+            let mut h2 = h.clone();
+            let mut a2 = Vec::new();
+            be.run_attention(&cfg, l, &w, &mut h2, batch).unwrap();
+            be.run_mlp(&cfg, l, &w, &mut h2, &mut |a| a2 = a.to_vec())
+                .unwrap();
+            let mut a = Vec::new();
+            be.run_layer(&cfg, l, &w, &mut h, batch, &mut |x| a = x.to_vec())
+                .unwrap();
+            assert!(same_bits(&a, &acts[l]), "{name}: layer {l} activations");
+            assert!(same_bits(&h, &outs[l]), "{name}: layer {l} output");
+            assert!(
+                same_bits(&a2, &a) && same_bits(&h2, &h),
+                "{name}: halves, layer {l}"
+            );
+            cpu.run_layer(&cfg, l, &w, &mut hc, batch, &mut |_| {})
+                .unwrap();
+            let e = rows_rel_l2(&format!("{name} layer {l}"), &h, &hc, cfg.hidden_size, 5e-2)
+                .unwrap_or_else(|e| panic!("{e}"));
+            eprintln!("{name} layer {l}: GPU backend vs CPU backend, worst row {e:.2e}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn backend_cache_notices_new_weights_under_the_same_key() {
+    let dir = fixture("tiny-gemma3");
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let store = WeightStore::open(&dir).unwrap();
+    let batch = Batch {
+        n_seq: 1,
+        seq_len: 24,
+    };
+    let ids = ids(cfg.vocab_size, batch, cfg.bos_token_id, 99);
+    let mut be = CudaBackend::new(gpu());
+    let h0 = be.embed(&cfg, &store, &ids).unwrap();
+    let w = LayerWeights::load(&store, &cfg, 1).unwrap();
+    let mut w2 = LayerWeights::load(&store, &cfg, 1).unwrap();
+    for x in &mut w2.down {
+        *x *= -1.0;
+    }
+    let run = |be: &mut CudaBackend, w: &LayerWeights| {
+        let mut h = h0.clone();
+        be.run_mlp(&cfg, 1, w, &mut h, &mut |_| {}).unwrap();
+        h
+    };
+    let a = run(&mut be, &w);
+    let b = run(&mut be, &w2); // same (layer, width), other down_proj
+    let c = run(&mut be, &w);
+    assert!(!same_bits(&a, &b), "the cached down_proj was reused");
+    assert!(same_bits(&a, &c));
+    // Another layer evicts, and coming back gives the same result.
+    let w0 = LayerWeights::load(&store, &cfg, 0).unwrap();
+    run(&mut be, &w0);
+    assert!(same_bits(&run(&mut be, &w), &a));
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "whittle panicked: {err}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        err,
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn eval_json(device: &str, model: &Path, base: Option<&Path>, seq: &str) -> Value {
+    let text = fixture("eval-text.txt");
+    let mut args = vec![
+        "--device",
+        device,
+        "eval",
+        s(model),
+        "--text",
+        s(&text),
+        "--seq",
+        seq,
+        "--json",
+    ];
+    if let Some(b) = base {
+        args.extend(["--base", s(b)]);
+    }
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    if device != "cpu" {
+        assert!(err.contains("device: cuda:"), "{err}");
+    }
+    serde_json::from_str(&out).unwrap()
+}
+
+fn kept(report: &Value, l: usize) -> Vec<u64> {
+    report["layers"][l]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn compile_on_the_gpu_is_close_to_the_cpu_compile() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-gemma3");
+    let text = fixture("eval-text.txt");
+    let mut reports = Vec::new();
+    for dev in ["cpu", "cuda"] {
+        let out = d.path().join(dev);
+        let (code, _, err) = run(&[
+            "--device",
+            dev,
+            "compile",
+            s(&m),
+            "-o",
+            s(&out),
+            "--keep-ratio",
+            "0.5",
+            "--calib",
+            s(&text),
+            "--seq",
+            "24",
+            "--samples",
+            "24",
+            "--method",
+            "obs",
+            "--sequential",
+        ]);
+        assert_eq!(code, 0, "--device {dev}: {err}");
+        // A valid checkpoint: it loads, and has the CPU compile's tensors, shapes and dtypes.
+        Model::load(&out).unwrap_or_else(|e| panic!("--device {dev} output: {e}"));
+        reports.push(
+            serde_json::from_slice::<Value>(
+                &std::fs::read(out.join("whittle_report.json")).unwrap(),
+            )
+            .unwrap(),
+        );
+    }
+    let (rc, rg) = (&reports[0], &reports[1]);
+    let backend = rg["backend"].as_str().unwrap();
+    assert!(
+        backend.starts_with("cuda:") && backend.ends_with("(bf16)"),
+        "{backend}"
+    );
+    assert_eq!(rc["intermediate_size_after"], rg["intermediate_size_after"]);
+    let (sc, sg) = (
+        WeightStore::open(&d.path().join("cpu")).unwrap(),
+        WeightStore::open(&d.path().join("cuda")).unwrap(),
+    );
+    let mut names: Vec<_> = sc.names().cloned().collect();
+    names.sort();
+    let mut ng: Vec<_> = sg.names().cloned().collect();
+    ng.sort();
+    assert_eq!(names, ng);
+    for n in &names {
+        let (a, b) = (sc.get(n).unwrap(), sg.get(n).unwrap());
+        assert_eq!(a.info.shape, b.info.shape, "{n}");
+        assert_eq!(a.info.dtype, b.info.dtype, "{n}");
+    }
+
+    // Mostly the same neurons kept.
+    let layers = rc["layers"].as_array().unwrap().len();
+    let mut overlaps = Vec::new();
+    for l in 0..layers {
+        let (a, b) = (kept(rc, l), kept(rg, l));
+        assert_eq!(a.len(), b.len());
+        let common = a.iter().filter(|j| b.contains(j)).count();
+        overlaps.push(common as f64 / a.len() as f64);
+    }
+    eprintln!("kept-neuron overlap per layer, GPU vs CPU compile: {overlaps:.3?}");
+    let mean = overlaps.iter().sum::<f64>() / layers as f64;
+    assert!(mean >= 0.75, "mean overlap {mean:.3}: {overlaps:.3?}");
+    assert!(
+        overlaps.iter().all(|&o| o >= 0.5),
+        "a layer kept mostly other neurons: {overlaps:.3?}"
+    );
+
+    // The quality against the base model, both evaluated on the CPU.
+    let kl = |dev: &str| {
+        eval_json("cpu", &d.path().join(dev), Some(&m), "32")["kl"]
+            .as_f64()
+            .unwrap()
+    };
+    let (kc, kg) = (kl("cpu"), kl("cuda"));
+    eprintln!("KL to the base: CPU compile {kc:.5}, GPU compile {kg:.5}");
+    assert!(kg.is_finite() && kg > 0.0);
+    assert!(
+        kg <= 1.5 * kc + 0.02,
+        "GPU compile KL {kg} is much worse than the CPU compile's {kc}"
+    );
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn eval_on_the_gpu_is_within_one_percent_of_the_cpu() {
+    for name in ["tiny-gemma3", "tiny-gemma2"] {
+        let m = fixture(name);
+        let (c, g) = (
+            eval_json("cpu", &m, None, "64"),
+            eval_json("cuda", &m, None, "64"),
+        );
+        assert_eq!(c["tokens"], g["tokens"]);
+        let (pc, pg) = (c["ppl"].as_f64().unwrap(), g["ppl"].as_f64().unwrap());
+        eprintln!("{name}: ppl cpu {pc:.4}, cuda {pg:.4}");
+        assert!(
+            ((pg - pc) / pc).abs() < 0.01,
+            "{name}: ppl cpu {pc}, cuda {pg}"
+        );
+    }
+    // With a base model: KL and top-1 on the GPU near the CPU's.
+    let (m, b) = (fixture("tiny-gemma3-perturbed"), fixture("tiny-gemma3"));
+    let (c, g) = (
+        eval_json("cpu", &m, Some(&b), "32"),
+        eval_json("cuda", &m, Some(&b), "32"),
+    );
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    eprintln!(
+        "perturbed vs base: kl cpu {:.5} cuda {:.5}; top-1 cpu {:.4} cuda {:.4}",
+        f(&c, "kl"),
+        f(&g, "kl"),
+        f(&c, "top1_agree"),
+        f(&g, "top1_agree")
+    );
+    assert!(((f(&g, "ppl") - f(&c, "ppl")) / f(&c, "ppl")).abs() < 0.01);
+    assert!((f(&g, "kl") - f(&c, "kl")).abs() <= 0.5 * f(&c, "kl") + 5e-3);
+    assert!((f(&g, "top1_agree") - f(&c, "top1_agree")).abs() <= 0.05);
+
+    let real = root().join("models/gemma-3-270m");
+    if real.join("config.json").exists() {
+        let text = fixture("eval-text.txt");
+        let args = |dev: &'static str| {
+            vec![
+                "--device".to_string(),
+                dev.into(),
+                "eval".into(),
+                s(&real).into(),
+                "--text".into(),
+                s(&text).into(),
+                "--seq".into(),
+                "256".into(),
+                "--json".into(),
+            ]
+        };
+        let ppl = |dev: &'static str| {
+            let a = args(dev);
+            let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
+            let (code, out, err) = run(&a);
+            assert_eq!(code, 0, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap()["ppl"]
+                .as_f64()
+                .unwrap()
+        };
+        let (pc, pg) = (ppl("cpu"), ppl("cuda"));
+        eprintln!("gemma-3-270m: ppl cpu {pc:.4}, cuda {pg:.4}");
+        assert!(
+            ((pg - pc) / pc).abs() < 0.01,
+            "gemma-3-270m: cpu {pc}, cuda {pg}"
+        );
+    } else {
+        eprintln!("gemma-3-270m not present: real-model eval skipped");
+    }
+}

@@ -1,0 +1,669 @@
+//! CUDA kernels against the CPU reference ops (src/cpu), one test per kernel family, at several
+//! shapes including odd sizes and ragged tiles. Inputs are fresh pseudo-random values rounded to
+//! bf16 first, so the CPU sees exactly what the GPU sees; outputs are poisoned with NaN before
+//! every launch so an unwritten element fails. Tolerance for bf16 outputs: ‖Δ‖/‖ref‖ ≤ 1e-2.
+//!
+//! Every test except the first two needs a GPU and is `#[ignore]`d; run them on a GPU machine
+//! with `cargo test --release --test cuda_kernels -- --ignored` (scripts/device-check.sh does).
+#![cfg(feature = "cuda")]
+
+use half::bf16;
+use std::sync::{Arc, OnceLock};
+use whittle::check::rel_l2;
+use whittle::config::Rope;
+use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
+use whittle::cpu::ops as cpu;
+use whittle::cuda::ops::{self, AttnKernel, AttnParams, RowStatsOut};
+use whittle::cuda::{is_available, select, DTensor, DeviceChoice, Gpu, Selected};
+
+// ---------------------------------------------------------------------------------------------
+// Runs everywhere (no GPU needed)
+
+#[test]
+fn availability_is_reported_without_panicking() {
+    // SAFETY: only attempts a dlopen of libcuda.
+    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+    match is_available() {
+        Ok(info) => {
+            assert!(driver, "a GPU was reported without a driver library");
+            eprintln!("GPU available: {info}");
+        }
+        Err(msg) => {
+            eprintln!("no GPU: {msg}");
+            if !driver {
+                assert!(
+                    msg.contains("no NVIDIA driver found (libcuda.so not loadable)"),
+                    "{msg}"
+                );
+                // auto falls back to the CPU with the reason; an explicit cuda fails naming the flag
+                match select(DeviceChoice::Auto).unwrap() {
+                    Selected::Cpu { reason: Some(r) } => {
+                        assert!(r.contains("no NVIDIA driver"), "{r}")
+                    }
+                    other => panic!("auto without a driver selected {other:?}"),
+                }
+                let e = select(DeviceChoice::Cuda(0)).unwrap_err().to_string();
+                assert!(
+                    e.contains("--device") && e.contains("no NVIDIA driver"),
+                    "{e}"
+                );
+                let e = Gpu::new(0).unwrap_err().to_string();
+                assert!(e.contains("no NVIDIA driver"), "{e}");
+            } else {
+                assert!(!msg.is_empty());
+            }
+        }
+    }
+    assert_eq!(
+        select(DeviceChoice::Cpu).unwrap(),
+        Selected::Cpu { reason: None }
+    );
+}
+
+#[test]
+fn device_choice_parses() {
+    let p = |s: &str| s.parse::<DeviceChoice>();
+    assert_eq!(p("auto").unwrap(), DeviceChoice::Auto);
+    assert_eq!(p("cpu").unwrap(), DeviceChoice::Cpu);
+    assert_eq!(p("CPU").unwrap(), DeviceChoice::Cpu);
+    assert_eq!(p("cuda").unwrap(), DeviceChoice::Cuda(0));
+    assert_eq!(p("cuda:0").unwrap(), DeviceChoice::Cuda(0));
+    assert_eq!(p("cuda:3").unwrap(), DeviceChoice::Cuda(3));
+    for bad in [
+        "", "gpu0", "cuda:", "cuda:-1", "cuda:x", "metal", "cuda:1:2",
+    ] {
+        let e = p(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("--device"),
+            "error for {bad:?} does not name the flag: {e}"
+        );
+    }
+    for c in [DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda(2)] {
+        assert_eq!(p(&c.to_string()).unwrap(), c);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+const BF16_TOL: f64 = 1e-2;
+
+fn gpu() -> Arc<Gpu> {
+    static G: OnceLock<Arc<Gpu>> = OnceLock::new();
+    G.get_or_init(|| {
+        let g = Gpu::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"));
+        g.set_sync(true); // name the kernel in any asynchronous fault
+        eprintln!("testing on {}", g.info);
+        Arc::new(g)
+    })
+    .clone()
+}
+
+/// Deterministic values uniform in [-scale, scale), rounded to bf16.
+fn rand_vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x2545_F491_4F6C_DD1D);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
+        })
+        .collect()
+}
+
+fn bf(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+fn up_bf16(g: &Gpu, x: &[f32], shape: &[usize]) -> DTensor<bf16> {
+    DTensor::from_host(g, &bf(x), shape).unwrap()
+}
+
+fn up_f32(g: &Gpu, x: &[f32], shape: &[usize]) -> DTensor<f32> {
+    DTensor::from_host(g, x, shape).unwrap()
+}
+
+/// A bf16 tensor full of NaN.
+fn poisoned_bf16(g: &Gpu, shape: &[usize]) -> DTensor<bf16> {
+    let n = shape.iter().product();
+    DTensor::from_host(g, &vec![bf16::from_bits(0x7fc1); n], shape).unwrap()
+}
+
+fn poisoned_f32(g: &Gpu, shape: &[usize]) -> DTensor<f32> {
+    let n = shape.iter().product();
+    DTensor::from_host(g, &vec![f32::from_bits(0x7fc0_0001); n], shape).unwrap()
+}
+
+fn down(g: &Gpu, t: &DTensor<bf16>) -> Vec<f32> {
+    t.to_host(g)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.to_f32())
+        .collect()
+}
+
+/// Fails on any non-finite value or a relative L2 error above `tol`; returns the error.
+fn check(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!(
+            "{what}: element {i} is {} (unwritten or overflow); reference {}",
+            got[i], want[i]
+        );
+    }
+    let e = rel_l2(got, want);
+    assert!(e <= tol, "{what}: ‖Δ‖/‖ref‖ = {e:.3e} > {tol:.1e}");
+    eprintln!("{what}: ‖Δ‖/‖ref‖ = {e:.2e}");
+    e
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+
+#[test]
+#[ignore = "needs a GPU"]
+fn gemm_matches_cpu_linear() {
+    let g = gpu();
+    // (M, N, K): tile-exact, ragged M/N/K, tiny, one row (decode-like), K not a multiple of 8
+    // (the gathering variant), and model-like shapes.
+    let shapes = [
+        (128, 128, 64),
+        (1, 1, 8),
+        (7, 13, 16),
+        (130, 257, 72),
+        (300, 200, 40),
+        (1, 2048, 640),
+        (65, 96, 64),
+        (33, 100, 13),
+        (129, 77, 100),
+        (512, 1024, 640),
+        (257, 640, 2048),
+        (96, 2304, 9216 / 8),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let x = rand_vals(m * k, 10 + i as u64, 1.0);
+        let w = rand_vals(n * k, 100 + i as u64, 0.5);
+        let want = cpu::linear(&x, &w, m, k, n);
+        let xd = up_bf16(&g, &x, &[m, k]);
+        let wd = up_bf16(&g, &w, &[n, k]);
+        // bf16 and f32 outputs in one launch
+        let mut yb = poisoned_bf16(&g, &[m, n]);
+        let mut yf = poisoned_f32(&g, &[m, n]);
+        ops::gemm_nt(&g, &xd, &wd, Some(&mut yb), Some(&mut yf), false).unwrap();
+        check(
+            &format!("gemm bf16 out {m}x{n}x{k}"),
+            &down(&g, &yb),
+            &want,
+            BF16_TOL,
+        );
+        check(
+            &format!("gemm f32 out {m}x{n}x{k}"),
+            &yf.to_host(&g).unwrap(),
+            &want,
+            1e-5,
+        );
+        // accumulate: C += X·Wᵀ
+        let c = rand_vals(m * n, 1000 + i as u64, 2.0);
+        let mut yc = up_f32(&g, &c, &[m, n]);
+        ops::gemm_nt(&g, &xd, &wd, None, Some(&mut yc), true).unwrap();
+        let want_c: Vec<f32> = want.iter().zip(&c).map(|(a, b)| a + b).collect();
+        check(
+            &format!("gemm accumulate {m}x{n}x{k}"),
+            &yc.to_host(&g).unwrap(),
+            &want_c,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn gemm_rejects_bad_shapes() {
+    let g = gpu();
+    let x = DTensor::<bf16>::zeros(&g, &[4, 16]).unwrap();
+    let w = DTensor::<bf16>::zeros(&g, &[8, 24]).unwrap();
+    let mut y = DTensor::<bf16>::zeros(&g, &[4, 8]).unwrap();
+    let e = ops::gemm_nt(&g, &x, &w, Some(&mut y), None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gemm_nt_bf16") && e.contains("inner dimensions"),
+        "{e}"
+    );
+    let w = DTensor::<bf16>::zeros(&g, &[8, 16]).unwrap();
+    let mut y = DTensor::<bf16>::zeros(&g, &[4, 9]).unwrap();
+    let e = ops::gemm_nt(&g, &x, &w, Some(&mut y), None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected [4, 8]"), "{e}");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn gram_matches_cpu() {
+    let g = gpu();
+    for (i, &(t, n)) in [
+        (1, 8),
+        (45, 136),
+        (300, 200),
+        (77, 100),
+        (513, 384),
+        (64, 1000),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = rand_vals(t * n, 7 + i as u64, 1.0);
+        let ad = up_bf16(&g, &a, &[t, n]);
+        let mut gm = DTensor::<f32>::zeros(&g, &[n, n]).unwrap();
+        // twice: the kernel accumulates
+        ops::gram_accumulate(&g, &ad, &mut gm).unwrap();
+        ops::gram_accumulate(&g, &ad, &mut gm).unwrap();
+        ops::gram_symmetrize(&g, &mut gm).unwrap();
+        let mut want = vec![0f32; n * n];
+        for r in 0..n {
+            for c in 0..n {
+                let s: f64 = (0..t)
+                    .map(|k| a[k * n + r] as f64 * a[k * n + c] as f64)
+                    .sum();
+                want[r * n + c] = (2.0 * s) as f32;
+            }
+        }
+        check(
+            &format!("gram T={t} I={n}"),
+            &gm.to_host(&g).unwrap(),
+            &want,
+            1e-5,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/// (n_seq, T, nh, nkv, d, softcap, window)
+type AttnCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    Option<f32>,
+    Option<usize>,
+);
+
+#[test]
+#[ignore = "needs a GPU"]
+fn attention_matches_cpu() {
+    let g = gpu();
+    // (n_seq, T, nh, nkv, d, softcap, window)
+    let cases: &[AttnCase] = &[
+        (1, 1, 1, 1, 256, None, None),
+        (1, 64, 2, 1, 256, None, None),
+        (2, 150, 4, 2, 128, Some(5.0), Some(70)),
+        (1, 300, 8, 4, 256, Some(50.0), Some(100)),
+        (3, 65, 4, 1, 256, None, None),
+        (1, 600, 4, 1, 256, None, Some(512)),
+        (2, 40, 4, 2, 32, Some(5.0), Some(16)),
+        (1, 130, 2, 1, 64, None, Some(30)),
+        (1, 200, 2, 2, 128, Some(3.0), Some(40)),
+        (1, 100, 2, 1, 48, Some(5.0), Some(33)), // generic kernel (no tensor-core instantiation)
+    ];
+    for (ci, &(n_seq, t, nh, nkv, d, softcap, window)) in cases.iter().enumerate() {
+        let n = n_seq * t;
+        let q = rand_vals(n * nh * d, 300 + ci as u64, 2.0);
+        let k = rand_vals(n * nkv * d, 400 + ci as u64, 2.0);
+        let v = rand_vals(n * nkv * d, 500 + ci as u64, 1.0);
+        let scale = 1.0 / (d as f32).sqrt();
+        let want = cpu_attention(
+            &q,
+            &k,
+            &v,
+            AttnShape {
+                n_seq,
+                seq_len: t,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: d,
+                scale,
+                softcap,
+                window,
+            },
+        );
+        let p = AttnParams {
+            n_seq,
+            seq_len: t,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            scale,
+            softcap,
+            window,
+        };
+        let (qd, kd, vd) = (
+            up_bf16(&g, &q, &[n, nh * d]),
+            up_bf16(&g, &k, &[n, nkv * d]),
+            up_bf16(&g, &v, &[n, nkv * d]),
+        );
+        for kernel in [AttnKernel::Auto, AttnKernel::Generic] {
+            let mut o = poisoned_bf16(&g, &[n, nh * d]);
+            ops::attention_with(&g, &qd, &kd, &vd, &mut o, &p, kernel).unwrap();
+            let what = format!("attention {kernel:?} n_seq={n_seq} T={t} nh={nh} nkv={nkv} d={d} cap={softcap:?} W={window:?}");
+            check(&what, &down(&g, &o), &want, BF16_TOL);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norms, RoPE, MLP activation
+
+#[test]
+#[ignore = "needs a GPU"]
+fn rms_norm_matches_cpu() {
+    let g = gpu();
+    for (i, &(rows, cols)) in [(5, 640), (3, 2304), (7, 255), (1, 1), (1000, 32), (33, 256)]
+        .iter()
+        .enumerate()
+    {
+        let x = rand_vals(rows * cols, 20 + i as u64, 3.0);
+        let y = rand_vals(rows * cols, 40 + i as u64, 3.0);
+        let w = rand_vals(cols, 60 + i as u64, 0.5);
+        let wd = up_f32(&g, &w, &[cols]);
+        let mut want = x.clone();
+        cpu::rms_norm(&mut want, &w, 1e-6);
+        // out of place
+        let xd = up_bf16(&g, &x, &[rows, cols]);
+        let mut o = poisoned_bf16(&g, &[rows, cols]);
+        ops::rms_norm(&g, &xd, &wd, &mut o, 1e-6).unwrap();
+        check(
+            &format!("rms_norm {rows}x{cols}"),
+            &down(&g, &o),
+            &want,
+            BF16_TOL,
+        );
+        // in place
+        let mut xi = up_bf16(&g, &x, &[rows, cols]);
+        ops::rms_norm_inplace(&g, &mut xi, &wd, 1e-6).unwrap();
+        check(
+            &format!("rms_norm in place {rows}x{cols}"),
+            &down(&g, &xi),
+            &want,
+            BF16_TOL,
+        );
+        // residual: h += norm(y)
+        let mut ny = y.clone();
+        cpu::rms_norm(&mut ny, &w, 1e-6);
+        let want_h: Vec<f32> = x.iter().zip(&ny).map(|(a, b)| a + b).collect();
+        let mut h = up_bf16(&g, &x, &[rows, cols]);
+        let yd = up_bf16(&g, &y, &[rows, cols]);
+        ops::rms_norm_residual(&g, &mut h, &yd, &wd, 1e-6).unwrap();
+        check(
+            &format!("rms_norm residual {rows}x{cols}"),
+            &down(&g, &h),
+            &want_h,
+            BF16_TOL,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn rope_matches_cpu() {
+    let g = gpu();
+    // (n_seq, T, nh, nkv, d, theta, factor)
+    let cases = [
+        (2, 40, 4, 2, 32, 10_000.0, 1.0),
+        (1, 600, 8, 4, 256, 10_000.0, 1.0),
+        (3, 17, 4, 1, 256, 1_000_000.0, 8.0),
+        (1, 5000, 1, 1, 128, 10_000.0, 1.0),
+    ];
+    for (ci, &(n_seq, t, nh, nkv, d, theta, factor)) in cases.iter().enumerate() {
+        let n = n_seq * t;
+        let q = rand_vals(n * nh * d, 700 + ci as u64, 2.0);
+        let k = rand_vals(n * nkv * d, 800 + ci as u64, 2.0);
+        let (cos, sin) = cpu::rope_tables(t, d, theta, factor);
+        let (mut wq, mut wk) = (q.clone(), k.clone());
+        for b in 0..n_seq {
+            cpu::apply_rope(
+                &mut wq[b * t * nh * d..(b + 1) * t * nh * d],
+                t,
+                nh,
+                d,
+                &cos,
+                &sin,
+            );
+            cpu::apply_rope(
+                &mut wk[b * t * nkv * d..(b + 1) * t * nkv * d],
+                t,
+                nkv,
+                d,
+                &cos,
+                &sin,
+            );
+        }
+        let mut qd = up_bf16(&g, &q, &[n, nh * d]);
+        let mut kd = up_bf16(&g, &k, &[n, nkv * d]);
+        let rope = Rope {
+            theta,
+            linear_factor: factor,
+        };
+        ops::rope(&g, &mut qd, Some(&mut kd), nh, nkv, d, t, rope).unwrap();
+        let what = format!("rope n_seq={n_seq} T={t} d={d} theta={theta} factor={factor}");
+        check(&format!("{what} q"), &down(&g, &qd), &wq, BF16_TOL);
+        check(&format!("{what} k"), &down(&g, &kd), &wk, BF16_TOL);
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn gelu_mul_and_stats_match_cpu() {
+    let g = gpu();
+    for (i, &(rows, cols)) in [
+        (1, 1),
+        (300, 100),
+        (128, 64),
+        (129, 2053),
+        (1000, 96),
+        (40, 9216),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let gate = rand_vals(rows * cols, 900 + i as u64, 4.0);
+        let up = rand_vals(rows * cols, 950 + i as u64, 2.0);
+        let mut want = gate.clone();
+        cpu::gelu_mul(&mut want, &up);
+        let (gd, ud) = (
+            up_bf16(&g, &gate, &[rows, cols]),
+            up_bf16(&g, &up, &[rows, cols]),
+        );
+        let mut act = poisoned_bf16(&g, &[rows, cols]);
+        let mut act_f = poisoned_f32(&g, &[rows, cols]);
+        // statistics accumulate: start from a known offset
+        let mut s1 = up_f32_f64(&g, &vec![1.0; cols]);
+        let mut s2 = up_f32_f64(&g, &vec![2.0; cols]);
+        ops::gelu_mul(
+            &g,
+            &gd,
+            &ud,
+            &mut act,
+            Some(&mut act_f),
+            Some((&mut s1, &mut s2)),
+        )
+        .unwrap();
+        let a = down(&g, &act);
+        check(&format!("gelu_mul {rows}x{cols}"), &a, &want, BF16_TOL);
+        assert_eq!(
+            a,
+            act_f.to_host(&g).unwrap(),
+            "f32 copy differs from the bf16 activation"
+        );
+        // statistics of exactly the bf16 activation
+        let (mut w1, mut w2) = (vec![1f64; cols], vec![2f64; cols]);
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = a[r * cols + c] as f64;
+                w1[c] += v;
+                w2[c] += v * v;
+            }
+        }
+        let (g1, g2) = (s1.to_host(&g).unwrap(), s2.to_host(&g).unwrap());
+        for c in 0..cols {
+            let tol = |w: f64| 1e-5 * (1.0 + w.abs());
+            assert!(
+                (g1[c] - w1[c]).abs() <= tol(w1[c]),
+                "Σa col {c}: {} vs {}",
+                g1[c],
+                w1[c]
+            );
+            assert!(
+                (g2[c] - w2[c]).abs() <= tol(w2[c]),
+                "Σa² col {c}: {} vs {}",
+                g2[c],
+                w2[c]
+            );
+        }
+    }
+}
+
+fn up_f32_f64(g: &Gpu, x: &[f64]) -> DTensor<f64> {
+    DTensor::from_host(g, x, &[x.len()]).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding, head, conversions
+
+#[test]
+#[ignore = "needs a GPU"]
+fn embed_gathers_and_scales() {
+    let g = gpu();
+    let (v, h) = (50, 70);
+    let table = rand_vals(v * h, 31, 1.0);
+    let ids: Vec<u32> = vec![0, 49, 7, 7, 2, 31];
+    let scale = bf16::from_f64((h as f64).sqrt()).to_f32();
+    let td = up_bf16(&g, &table, &[v, h]);
+    let idd = DTensor::from_host(&g, &ids, &[ids.len()]).unwrap();
+    let mut o = poisoned_bf16(&g, &[ids.len(), h]);
+    ops::embed(&g, &td, &idd, &mut o, scale).unwrap();
+    let got = down(&g, &o);
+    for (r, &id) in ids.iter().enumerate() {
+        for c in 0..h {
+            let want = bf16::from_f32(table[id as usize * h + c] * scale).to_f32();
+            assert_eq!(got[r * h + c], want, "row {r} (id {id}) col {c}");
+        }
+    }
+}
+
+fn log_sum_exp(x: &[f32]) -> (f32, usize, f64) {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    let s: f64 = x.iter().map(|&v| (v - m).exp() as f64).sum();
+    (m, best, m as f64 + s.ln())
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn head_softcap_stats_and_kl_match_cpu() {
+    let g = gpu();
+    for &(rows, v) in &[(3usize, 1000usize), (5, 262_144), (1, 7)] {
+        let mut za = rand_vals(rows * v, 41 + v as u64, 40.0);
+        let zb = rand_vals(rows * v, 43 + v as u64, 20.0);
+        // a tie for the argmax: the first index must win
+        za[v / 2] = 1000.0;
+        za[v - 1] = 1000.0;
+        let mut want_cap = za.clone();
+        cpu::softcap(&mut want_cap, 30.0);
+        let mut ad = up_f32(&g, &za, &[rows, v]);
+        ops::softcap(&g, &mut ad, 30.0).unwrap();
+        let capped = ad.to_host(&g).unwrap();
+        check(&format!("softcap {rows}x{v}"), &capped, &want_cap, 1e-6);
+        let bd = up_f32(&g, &zb, &[rows, v]);
+        let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 7919) % v as u32).collect();
+        let td = DTensor::from_host(&g, &targets, &[rows]).unwrap();
+        let mut sa = RowStatsOut::new(&g, rows).unwrap();
+        let mut sb = RowStatsOut::new(&g, rows).unwrap();
+        ops::row_stats(&g, &ad, Some(&td), &mut sa).unwrap();
+        ops::row_stats(&g, &bd, None, &mut sb).unwrap();
+        let mut kl = DTensor::<f64>::zeros(&g, &[rows]).unwrap();
+        ops::kl_rows(&g, &bd, &ad, &sb.lse, &sa.lse, &mut kl).unwrap();
+        let (lse_a, am_a, tl_a) = (
+            sa.lse.to_host(&g).unwrap(),
+            sa.argmax.to_host(&g).unwrap(),
+            sa.target_logit.to_host(&g).unwrap(),
+        );
+        let (lse_b, am_b) = (sb.lse.to_host(&g).unwrap(), sb.argmax.to_host(&g).unwrap());
+        let kl = kl.to_host(&g).unwrap();
+        for r in 0..rows {
+            let ra = &capped[r * v..(r + 1) * v];
+            let rb = &zb[r * v..(r + 1) * v];
+            let (_, ia, la) = log_sum_exp(ra);
+            let (_, ib, lb) = log_sum_exp(rb);
+            assert_eq!(
+                am_a[r] as usize, ia,
+                "argmax row {r} (ties go to the first index)"
+            );
+            assert_eq!(am_b[r] as usize, ib, "argmax row {r}");
+            assert!(
+                (lse_a[r] - la).abs() < 1e-6 * la.abs().max(1.0),
+                "lse row {r}: {} vs {la}",
+                lse_a[r]
+            );
+            assert!(
+                (lse_b[r] - lb).abs() < 1e-6 * lb.abs().max(1.0),
+                "lse row {r}: {} vs {lb}",
+                lse_b[r]
+            );
+            assert_eq!(tl_a[r], ra[targets[r] as usize], "target logit row {r}");
+            let mut want_kl = 0f64;
+            for (&b, &a) in rb.iter().zip(ra) {
+                let lpb = b as f64 - lb;
+                let lpm = a as f64 - la;
+                want_kl += lpb.exp() * (lpb - lpm);
+            }
+            assert!(
+                (kl[r] - want_kl).abs() <= 1e-6 * (1.0 + want_kl.abs()),
+                "kl row {r}: {} vs {want_kl}",
+                kl[r]
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn conversions_round_to_nearest_even() {
+    let g = gpu();
+    let mut x = rand_vals(100_003, 5, 1e3);
+    // exact ties and specials
+    x.extend_from_slice(&[
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        -0.0,
+        f32::MAX,
+        1e-40,
+        3.0e38,
+    ]);
+    for (i, v) in x.iter_mut().enumerate().take(50_000) {
+        *v += (i as f32) * 1e-3; // not bf16-representable
+    }
+    let xd = up_f32(&g, &x, &[x.len()]);
+    let mut yb = poisoned_bf16(&g, &[x.len()]);
+    ops::f32_to_bf16(&g, &xd, &mut yb).unwrap();
+    let got = yb.to_host(&g).unwrap();
+    for (i, (&a, &b)) in x.iter().zip(&got).enumerate() {
+        assert_eq!(b.to_bits(), bf16::from_f32(a).to_bits(), "element {i}: {a}");
+    }
+    let mut back = poisoned_f32(&g, &[x.len()]);
+    ops::bf16_to_f32(&g, &yb, &mut back).unwrap();
+    let want: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
+    assert_eq!(back.to_host(&g).unwrap(), want);
+}

@@ -1,0 +1,207 @@
+//! The KV-cache decoder against recomputing the whole sequence with the batched forward pass
+//! (itself checked against transformers in forward_fixtures.rs): prefill + single-token steps
+//! that run past the sliding window (16 on the fixtures) so the ring cache wraps, on Gemma-2
+//! (softcaps) and Gemma-3 (q/k norm, two RoPEs, linear scaling). Plus the sampler.
+
+use std::path::{Path, PathBuf};
+use whittle::check::rel_l2;
+use whittle::config::LayerType;
+use whittle::decode::{argmax, sample, Decoder, Rng, Sampling};
+use whittle::model::{Batch, Model};
+use whittle::safetensors::{SafeFile, TensorRef};
+
+/// Per-position relative L2 tolerance of decoded logits vs the full recompute.
+const TOL: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The first sequence of the fixture's reference input_ids (40 tokens).
+fn reference_ids(dir: &Path) -> Vec<u32> {
+    let f = SafeFile::open(&dir.join("reference.safetensors")).unwrap();
+    let info = &f.tensors["input_ids"];
+    let ids = TensorRef {
+        name: "input_ids",
+        file: &f,
+        info,
+    }
+    .to_i64()
+    .unwrap();
+    let t = info.shape[1];
+    ids[..t].iter().map(|&i| i as u32).collect()
+}
+
+/// Prefill `prompt` tokens, then decode the rest of `ids` one at a time; every position's logits
+/// must match `forward_logits` on the whole of `ids`. Returns the worst error.
+fn check_decode(model: &Model, ids: &[u32], prompt: usize, max_len: usize) -> f64 {
+    let (t, v) = (ids.len(), model.cfg.vocab_size);
+    let full = model
+        .forward_logits(
+            ids,
+            Batch {
+                n_seq: 1,
+                seq_len: t,
+            },
+        )
+        .unwrap();
+    let mut dec = Decoder::new(model, max_len);
+    let h = dec.prefill_hidden(&ids[..prompt]).unwrap();
+    let pre = model.logits(&h);
+    let mut worst = 0f64;
+    for p in 0..prompt {
+        let e = rel_l2(&pre[p * v..(p + 1) * v], &full[p * v..(p + 1) * v]);
+        assert!(
+            e <= 1e-6,
+            "prefill position {p}: rel err {e:.3e} (prefill must be the batched forward)"
+        );
+        worst = worst.max(e);
+    }
+    // prefill() returns the last row's logits through the GEMV head.
+    dec.reset();
+    let last = dec.prefill(&ids[..prompt]).unwrap();
+    let e = rel_l2(&last, &full[(prompt - 1) * v..prompt * v]);
+    assert!(e <= TOL, "prefill() last logits: rel err {e:.3e}");
+    for p in prompt..t {
+        assert_eq!(dec.pos(), p);
+        let z = dec.step(ids[p]).unwrap();
+        let e = rel_l2(&z, &full[p * v..(p + 1) * v]);
+        assert!(
+            e <= TOL,
+            "decode position {p} (window {}): rel err {e:.3e} > {TOL:.0e}",
+            model.cfg.sliding_window
+        );
+        worst = worst.max(e);
+    }
+    worst
+}
+
+fn decode_equals_recompute(name: &str) {
+    let dir = fixture(name);
+    let model = Model::load(&dir).unwrap();
+    let ids = reference_ids(&dir);
+    let w = model.cfg.sliding_window;
+    assert_eq!(w, 16, "the fixtures have a window of 16");
+    assert!(
+        model.cfg.layer_types.contains(&LayerType::Sliding)
+            && model.cfg.layer_types.contains(&LayerType::Full)
+    );
+    // 5-token prompt + 30 steps: decoding crosses the window boundary and the ring wraps twice.
+    let a = check_decode(&model, &ids[..35], 5, 35);
+    // A prompt longer than the window (prefill writes only the last W positions into the ring),
+    // then steps to the end; capacity larger than needed.
+    let b = check_decode(&model, &ids[..40], 20, 64);
+    // A one-token prompt (BOS only) decoded all the way.
+    let c = check_decode(&model, &ids[..24], 1, 24);
+    eprintln!("{name}: worst per-position rel err {:.2e}", a.max(b).max(c));
+}
+
+#[test]
+fn tiny_gemma2_decode_equals_full_recompute() {
+    decode_equals_recompute("tiny-gemma2");
+}
+
+#[test]
+fn tiny_gemma3_decode_equals_full_recompute() {
+    decode_equals_recompute("tiny-gemma3");
+}
+
+#[test]
+fn sliding_layers_use_a_ring_of_the_window() {
+    let model = Model::load(&fixture("tiny-gemma3")).unwrap();
+    let dec = Decoder::new(&model, 100);
+    for (l, t) in model.cfg.layer_types.iter().enumerate() {
+        let want = match t {
+            LayerType::Sliding => model.cfg.sliding_window,
+            LayerType::Full => 100,
+        };
+        assert_eq!(dec.cache().slots(l), want, "layer {l} ({t:?})");
+    }
+    // Shorter than the window: no ring needed.
+    let dec = Decoder::new(&model, 8);
+    assert!((0..model.cfg.num_layers).all(|l| dec.cache().slots(l) == 8));
+}
+
+#[test]
+fn cache_capacity_and_prefill_order_are_enforced() {
+    let dir = fixture("tiny-gemma2");
+    let model = Model::load(&dir).unwrap();
+    let ids = reference_ids(&dir);
+    let mut dec = Decoder::new(&model, 6);
+    assert!(
+        dec.prefill(&ids[..7]).is_err(),
+        "prompt longer than the cache"
+    );
+    dec.prefill(&ids[..5]).unwrap();
+    assert!(
+        dec.prefill(&ids[..2]).is_err(),
+        "second prefill without reset"
+    );
+    dec.step(ids[5]).unwrap();
+    let err = dec.step(ids[6]).unwrap_err().to_string();
+    assert!(err.contains("KV cache full"), "{err}");
+    dec.reset();
+    assert_eq!(dec.pos(), 0);
+    dec.prefill(&ids[..3]).unwrap();
+    assert_eq!(dec.pos(), 3);
+    dec.reset();
+    assert!(dec.prefill(&[]).is_err(), "empty prompt");
+}
+
+#[test]
+fn greedy_and_degenerate_sampling_pick_the_argmax() {
+    let z = [0.1f32, 2.0, -1.0, 2.0, 1.5];
+    assert_eq!(argmax(&z), 1, "first index on ties, like torch.argmax");
+    let mut rng = Rng::new(7);
+    assert_eq!(sample(&z, Sampling::Greedy, &mut rng), 1);
+    assert_eq!(Sampling::new(0.0, 0.9), Sampling::Greedy);
+    for seed in 0..20 {
+        let mut rng = Rng::new(seed);
+        // top_p small: only the single most likely token survives.
+        let s = sample(&[0.0, 5.0, 1.0], Sampling::new(1.0, 1e-6), &mut rng);
+        assert_eq!(s, 1);
+    }
+}
+
+#[test]
+fn top_p_sampling_is_seeded_and_follows_the_distribution() {
+    let z: Vec<f32> = [0.5f64, 0.3, 0.15, 0.05]
+        .iter()
+        .map(|p| p.ln() as f32)
+        .collect();
+    let draw = |seed: u64, s: Sampling, n: usize| -> Vec<u32> {
+        let mut rng = Rng::new(seed);
+        (0..n).map(|_| sample(&z, s, &mut rng)).collect()
+    };
+    let full = Sampling::new(1.0, 1.0);
+    assert_eq!(
+        draw(42, full, 200),
+        draw(42, full, 200),
+        "same seed, same draws"
+    );
+    assert_ne!(
+        draw(42, full, 200),
+        draw(43, full, 200),
+        "another seed, other draws"
+    );
+    let n = 40_000;
+    let freq = |d: &[u32], k: u32| d.iter().filter(|&&x| x == k).count() as f64 / d.len() as f64;
+    let d = draw(1, full, n);
+    for (k, p) in [0.5, 0.3, 0.15, 0.05].iter().enumerate() {
+        assert!(
+            (freq(&d, k as u32) - p).abs() < 0.01,
+            "token {k}: {} vs {p}",
+            freq(&d, k as u32)
+        );
+    }
+    // top_p 0.6: mass before token 1 is 0.5 < 0.6 so it stays; after it 0.8 >= 0.6, stop.
+    let d = draw(2, Sampling::new(1.0, 0.6), n);
+    assert!((freq(&d, 0) - 0.625).abs() < 0.01 && (freq(&d, 1) - 0.375).abs() < 0.01);
+    assert_eq!(freq(&d, 2) + freq(&d, 3), 0.0);
+    // Temperature 0.5 squares the odds: 0.25 : 0.09 : 0.0225 : 0.0025.
+    let d = draw(3, Sampling::new(0.5, 1.0), n);
+    let tot = 0.25 + 0.09 + 0.0225 + 0.0025;
+    assert!((freq(&d, 0) - 0.25 / tot).abs() < 0.01, "{}", freq(&d, 0));
+}
