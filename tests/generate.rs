@@ -18,9 +18,10 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
+/// `whittle --device cpu ...` run from the repository root (the references are fp32 CPU).
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_whittle"));
-    c.current_dir(root());
+    c.current_dir(root()).args(["--device", "cpu"]);
     c
 }
 
