@@ -462,7 +462,9 @@ fn disk_full_leaves_nothing() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
     // The report's own length varies by a few bytes (timings): cut in its middle.
-    let report = std::fs::metadata(full.join("whittle_report.json")).unwrap().len();
+    let report = std::fs::metadata(full.join("whittle_report.json"))
+        .unwrap()
+        .len();
     for limit in [100, total / 2, total - report / 2].map(|x| x.to_string()) {
         let limit = limit.as_str();
         let o = cpu_cmd()
