@@ -38,6 +38,10 @@ pub enum Width {
 pub struct CompileOptions {
     pub method: Method,
     pub sequential: bool,
+    /// With `sequential`: re-fit each pruned MLP against the original model's layer output
+    /// (`true`: Σ a_orig·a_prunedᵀ) or against the full-width layer on the pruned stream
+    /// (`false`, the SparseGPT-style target).
+    pub target_original: bool,
     pub repair: bool,
     pub damp: f64,
     pub width: Width,
@@ -52,6 +56,7 @@ impl Default for CompileOptions {
         CompileOptions {
             method: Method::Obs,
             sequential: true,
+            target_original: false,
             repair: true,
             damp: 0.01,
             width: Width::Tier("throughput".into()),
@@ -203,7 +208,8 @@ pub fn compile(
         Some(c) => backend.embed(&cfg, &store, &c.ids)?, // [n_seq·T, H]
         None => Vec::new(),
     };
-    let mut h_ref = if opts.sequential && calib.is_some() {
+    let cross = opts.sequential && opts.target_original;
+    let mut h_ref = if cross && calib.is_some() {
         h.clone()
     } else {
         Vec::new()
@@ -217,7 +223,7 @@ pub fn compile(
         progress("layers", l as u64, cfg.num_layers as u64);
         let w = LayerWeights::load(&store, &cfg, l)?;
         let n = w.width;
-        let mut stats = MlpStats::new(n, need_gram, opts.sequential && opts.repair);
+        let mut stats = MlpStats::new(n, need_gram, cross && opts.repair);
         let t0 = Instant::now();
         if let Some(c) = calib {
             let seq = c.seq_len;
@@ -232,16 +238,25 @@ pub fn compile(
                 debug_assert!(range.len() <= rows_per);
                 if opts.sequential {
                     let mut a_ref = Vec::new();
-                    backend.run_layer(&cfg, l, &w, &mut h_ref[range.clone()], batch, &mut |a| {
-                        a_ref = a.to_vec()
-                    })?;
+                    if cross {
+                        backend.run_layer(
+                            &cfg,
+                            l,
+                            &w,
+                            &mut h_ref[range.clone()],
+                            batch,
+                            &mut |a| a_ref = a.to_vec(),
+                        )?;
+                    }
                     // The pruned stream's post-attention residual is kept: once this layer's
                     // neurons are chosen, only its MLP has to run again.
                     backend.run_attention(&cfg, l, &w, &mut h[range.clone()], batch)?;
                     let mut x = h[range].to_vec();
                     backend.run_mlp(&cfg, l, &w, &mut x, &mut |a| {
                         stats.add(a);
-                        stats.add_cross(&a_ref, a);
+                        if cross {
+                            stats.add_cross(&a_ref, a);
+                        }
                     })?;
                 } else {
                     backend.run_layer(&cfg, l, &w, &mut h[range], batch, &mut |a| stats.add(a))?;
@@ -330,6 +345,7 @@ pub fn compile(
         "model_type": cfg.arch.model_type(),
         "method": opts.method.name(),
         "sequential": opts.sequential,
+        "sequential_target": if !opts.sequential { Value::Null } else if opts.target_original { json!("original") } else { json!("layer") },
         "repair": opts.repair,
         "damp": opts.damp,
         "width_request": match &opts.width {

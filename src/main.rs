@@ -111,6 +111,11 @@ struct CompileArgs {
     /// Calibrate every layer on the original model (faster, lower quality).
     #[arg(long)]
     one_shot: bool,
+    /// With --sequential, what each pruned MLP is re-fit to reproduce: `layer` (the full-width
+    /// layer on the pruned model's own activations) or `original` (the original model's layer
+    /// output, through the cross-covariance of both models' activations).
+    #[arg(long, default_value = "layer", value_parser = ["layer", "original"])]
+    refit_target: String,
     /// Keep the surviving down_proj columns as they are (no least-squares re-fit).
     #[arg(long)]
     no_repair: bool,
@@ -522,6 +527,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let opts = CompileOptions {
         method: whittle::prune::Method::parse(&a.method)?,
         sequential: !a.one_shot,
+        target_original: a.refit_target == "original",
         repair: !a.no_repair,
         damp: a.damp,
         width,

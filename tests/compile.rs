@@ -264,6 +264,16 @@ fn repair_and_sequential_reduce_kl() {
         ),
         ("energy+repair", vec!["--method", "energy", "--one-shot"]),
         ("obs+repair+seq", vec!["--method", "obs", "--sequential"]),
+        (
+            "obs+repair+seq-original",
+            vec![
+                "--method",
+                "obs",
+                "--sequential",
+                "--refit-target",
+                "original",
+            ],
+        ),
     ] {
         let out = d.path().join(name.replace('+', "-"));
         let mut args = vec![
