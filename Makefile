@@ -2,7 +2,7 @@
 #   make demo    fetch Gemma 3 270M and Wikipedia text, compile to the throughput tier,
 #                evaluate before and after, print the table
 #   make test    everything CI runs (unit, fixture, CLI and compile tests; transformers
-#                conformance of compiled checkpoints)
+#                conformance of compiled checkpoints; real-model parity on Gemma 3 270M)
 # Both install what they need into the repo (.cuda for nvcc, .venv for Python).
 
 CARGO ?= cargo
@@ -26,6 +26,7 @@ build: nvcc
 test: nvcc python-torch
 	$(CARGO) test --release
 	$(PY) scripts/conformance.py target/tmp/conformance
+	bash scripts/real-model-check.sh
 
 lint: nvcc
 	$(CARGO) fmt --all -- --check

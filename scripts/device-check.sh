@@ -22,6 +22,7 @@
 #                scripts/device/make_gemma2_2b.py; whittle (cuda_parity) vs transformers bf16
 #                eager (scripts/device/parity.py) at 4160 tokens, past the 4096 sliding window
 #   4. bench     cuda_bench --ignored: GEMM / attention / memory-bound kernel timings
+#   4b. bench_hf scripts/bench_hf.py --device cuda on the same model (transformers serving figures)
 #   5. sanitize  (only with WHITTLE_SANITIZE=1) compute-sanitizer memcheck over cuda_kernels
 # Output: a summary table printed last; $OUT/summary.json, $OUT/log.txt (every step's output),
 # $OUT/parity.json, $OUT/bench.json ($OUT defaults to target/device-check-out).
@@ -117,6 +118,7 @@ dry_run() {
     || die "parity.py prepare"
   "$PY" scripts/device/parity.py compare --model /tmp/whittle-g2 --work /tmp/whittle-parity --dry-run \
     || die "parity.py compare"
+  "$PY" scripts/bench_hf.py --help >/dev/null || die "bench_hf.py"
   echo "device-check: dry run ok (GPU steps skipped: kernels, model, parity, bench)"
 }
 
@@ -165,6 +167,10 @@ run() {
 
   step bench "timings (bench.json)" env WHITTLE_BENCH_OUT="$OUT/bench.json" \
     "$CARRY/cuda_bench" --ignored --nocapture --test-threads=1
+  # The transformers side of `whittle bench` (issue 6) on the same random gemma-2-2b (4 layers,
+  # bf16, eager, use_cache): the baseline a GPU whittle bench will be compared with.
+  step bench_hf "transformers serving figures (bench_hf.json)" "$PY" scripts/bench_hf.py "$g2" \
+    --device cuda --runs 10 --json-out "$OUT/bench_hf.json"
   if [[ "${WHITTLE_SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
     step sanitize "memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
       "$CARRY/cuda_kernels" --ignored --test-threads=1
