@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Compile-quality benchmark (README "Quality" table): Gemma 3 270M, calibration 128 × 512 tokens
 # of wiki-calib, evaluation wiki-dev (seq 512, 32 windows) against the original: PPL ratio, KL,
-# top-1 agreement for each method, with and without --sequential, at width 1408 of 2048; and
-# the default method at 1792 and 1024.
+# top-1 agreement for each method, with and without --sequential (both re-fit targets), at width
+# 1408 of 2048; and the default method (energy + repair, one-shot) at 1792 and 1024.
 #
 # usage: scripts/bench-quality.sh        env: MODEL, CALIB, DEV, WHITTLE (binary), OUT, ONLY (regex of names)
 # Results: $OUT/<name>/ (compiled models), $OUT/<name>.json (eval), $OUT/quality.md (table).
@@ -19,15 +19,17 @@ mkdir -p "$out"
 
 common=(--calib "$calib" --samples 128 --seq 512 --force)
 configs=(
-  "magnitude-1408|--intermediate-size 1408 --method magnitude --no-repair --one-shot"
-  "energy-1408|--intermediate-size 1408 --method energy --no-repair --one-shot"
+  "magnitude-1408|--intermediate-size 1408 --method magnitude --no-repair"
+  "energy-1408|--intermediate-size 1408 --method energy --no-repair"
   "energy-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential"
-  "energy-repair-1408|--intermediate-size 1408 --method energy --one-shot"
+  "energy-repair-1408|--intermediate-size 1408 --method energy"
   "energy-repair-seq-1408|--intermediate-size 1408 --method energy --sequential"
-  "obs-repair-1408|--intermediate-size 1408 --method obs --one-shot"
+  "energy-repair-seqorig-1408|--intermediate-size 1408 --method energy --sequential --refit-target original"
+  "obs-repair-1408|--intermediate-size 1408 --method obs"
   "obs-repair-seq-1408|--intermediate-size 1408 --method obs --sequential"
-  "obs-repair-seq-1792|--intermediate-size 1792 --method obs --sequential"
-  "obs-repair-seq-1024|--intermediate-size 1024 --method obs --sequential"
+  "obs-repair-seqorig-1408|--intermediate-size 1408 --method obs --sequential --refit-target original"
+  "energy-repair-1792|--intermediate-size 1792 --method energy"
+  "energy-repair-1024|--intermediate-size 1024 --method energy"
 )
 
 if [ ! -f "$out/original.json" ]; then
@@ -56,14 +58,21 @@ for f in sorted(os.listdir(out)):
     e = json.load(open(f"{out}/{f}"))
     r = json.load(open(f"{out}/{name}/whittle_report.json"))
     t = r["timings_s"]
-    rows.append((r["intermediate_size_after"], name, r["method"], r["sequential"], r["repair"], e["ppl"] / base["ppl"], e["kl"], e["top1_agree"],
-                 sum(t.values()), r.get("peak_rss_mib")))
+    if not r["sequential"]:
+        seq = "no"
+    elif not r["repair"]:
+        seq = "yes"  # no re-fit: the target does not apply
+    else:
+        seq = "yes (" + r.get("sequential_target", "original") + ")"
+    rows.append((r["intermediate_size_after"], name, r["method"], seq, r["repair"], e["ppl"] / base["ppl"], e["kl"], e["top1_agree"],
+                 sum(t.values()), r.get("peak_heap_mib"), r.get("peak_rss_mib")))
 rows.sort(key=lambda x: (-x[0], x[6]))
 lines = [f"original PPL {base['ppl']:.4f} on {base['tokens']} tokens ({base['windows']} windows x {base['seq']})", "",
-         "| width | method | sequential | repair | PPL ratio | KL | top-1 agree | compile s | peak RSS MiB |",
+         "| width | method | sequential (re-fit target) | repair | PPL ratio | KL | top-1 agree | compile s | peak heap / RSS MiB |",
          "|---|---|---|---|---|---|---|---|---|"]
-for w, name, m, s, rp, pr, kl, t1, secs, rss in rows:
-    lines.append(f"| {w} | {m} | {'yes' if s else 'no'} | {'yes' if rp else 'no'} | {pr:.3f} | {kl:.4f} | {t1:.4f} | {secs:.0f} | {rss or 0:.0f} |")
+for w, name, m, s, rp, pr, kl, t1, secs, heap, rss in rows:
+    mem = (f"{heap:.0f} / " if heap else "– / ") + f"{rss or 0:.0f}"
+    lines.append(f"| {w} | {m} | {s} | {'yes' if rp else 'no'} | {pr:.3f} | {kl:.4f} | {t1:.4f} | {secs:.0f} | {mem} |")
 open(f"{out}/quality.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
