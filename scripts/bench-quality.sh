@@ -23,6 +23,7 @@ configs=(
   "energy-1408|--intermediate-size 1408 --method energy --no-repair"
   "energy-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential"
   "energy-repair-1408|--intermediate-size 1408 --method energy"
+  "energy-repair-d0.01-1408|--intermediate-size 1408 --method energy --damp 0.01"
   "energy-repair-seq-1408|--intermediate-size 1408 --method energy --sequential"
   "energy-repair-seqorig-1408|--intermediate-size 1408 --method energy --sequential --refit-target original"
   "obs-repair-1408|--intermediate-size 1408 --method obs"
@@ -64,15 +65,15 @@ for f in sorted(os.listdir(out)):
         seq = "yes"  # no re-fit: the target does not apply
     else:
         seq = "yes (" + r.get("sequential_target", "original") + ")"
-    rows.append((r["intermediate_size_after"], name, r["method"], seq, r["repair"], e["ppl"] / base["ppl"], e["kl"], e["top1_agree"],
+    rows.append((r["intermediate_size_after"], name, r["method"], seq, f'yes ({r["damp"]:g})' if r["repair"] else "no", e["ppl"] / base["ppl"], e["kl"], e["top1_agree"],
                  sum(t.values()), r.get("peak_heap_mib"), r.get("peak_rss_mib")))
 rows.sort(key=lambda x: (-x[0], x[6]))
 lines = [f"original PPL {base['ppl']:.4f} on {base['tokens']} tokens ({base['windows']} windows x {base['seq']})", "",
-         "| width | method | sequential (re-fit target) | repair | PPL ratio | KL | top-1 agree | compile s | peak heap / RSS MiB |",
+         "| width | method | sequential (re-fit target) | repair (damp) | PPL ratio | KL | top-1 agree | compile s | peak heap / RSS MiB |",
          "|---|---|---|---|---|---|---|---|---|"]
 for w, name, m, s, rp, pr, kl, t1, secs, heap, rss in rows:
     mem = (f"{heap:.0f} / " if heap else "– / ") + f"{rss or 0:.0f}"
-    lines.append(f"| {w} | {m} | {s} | {'yes' if rp else 'no'} | {pr:.3f} | {kl:.4f} | {t1:.4f} | {secs:.0f} | {mem} |")
+    lines.append(f"| {w} | {m} | {s} | {rp} | {pr:.3f} | {kl:.4f} | {t1:.4f} | {secs:.0f} | {mem} |")
 open(f"{out}/quality.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

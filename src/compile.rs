@@ -58,7 +58,7 @@ impl Default for CompileOptions {
             sequential: false,
             target_original: false,
             repair: true,
-            damp: 0.01,
+            damp: 0.001,
             width: Width::Tier("throughput".into()),
             multiple_of: 128,
             force: false,

@@ -120,7 +120,7 @@ struct CompileArgs {
     #[arg(long)]
     no_repair: bool,
     /// Ridge for OBS and repair, as a fraction of the mean activation energy.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.001)]
     damp: f64,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     #[arg(long, conflicts_with_all = ["keep_ratio", "intermediate_size"])]
