@@ -94,7 +94,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
                 let m = row[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
                 let mut sum = 0f32;
                 for x in &mut row[lo..hi] {
-                    *x = (*x - m).exp();
+                    *x = super::ops::exp_fast(*x - m);
                     sum += *x;
                 }
                 row[..lo].fill(0.0);
