@@ -194,7 +194,7 @@ pub fn exp_fast(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let er = 1.0 + r + r * r * p;
     // 2^n by building the exponent bits (n is in [-126, 128] after the clamp).
     let n = n as i32;
