@@ -13,22 +13,19 @@
 //! checkout path), else the crate's own.
 #![cfg(feature = "cuda")]
 
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::{gpu, ids, root};
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
 use whittle::calib::{Backend, CpuBackend};
 use whittle::check::rows_rel_l2;
 use whittle::config::ModelConfig;
-use whittle::cuda::{CudaBackend, Gpu, GpuModel, Residency};
+use whittle::cuda::{CudaBackend, GpuModel, Residency};
 use whittle::model::{Batch, Event, LayerWeights, Model};
 use whittle::safetensors::WeightStore;
-
-fn root() -> PathBuf {
-    std::env::var_os("WHITTLE_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -38,33 +35,6 @@ fn bin() -> PathBuf {
     std::env::var_os("WHITTLE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_whittle")))
-}
-
-fn gpu() -> Arc<Gpu> {
-    static G: OnceLock<Arc<Gpu>> = OnceLock::new();
-    G.get_or_init(|| {
-        let g = Gpu::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"));
-        g.set_sync(true);
-        eprintln!("testing on {}", g.info);
-        Arc::new(g)
-    })
-    .clone()
-}
-
-/// BOS then pseudo-random ids, per sequence.
-fn ids(vocab: usize, batch: Batch, bos: u32, seed: u64) -> Vec<u32> {
-    let mut s = seed | 1;
-    let mut v = Vec::with_capacity(batch.rows());
-    for _ in 0..batch.n_seq {
-        v.push(bos);
-        for _ in 1..batch.seq_len {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            v.push((s % vocab as u64) as u32);
-        }
-    }
-    v
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {

@@ -7,8 +7,11 @@
 //! with `cargo test --release --test cuda_kernels -- --ignored` (scripts/device-check.sh does).
 #![cfg(feature = "cuda")]
 
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::gpu;
+
 use half::bf16;
-use std::sync::{Arc, OnceLock};
 use whittle::check::rel_l2;
 use whittle::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
@@ -87,17 +90,6 @@ fn device_choice_parses() {
 // Helpers
 
 const BF16_TOL: f64 = 1e-2;
-
-fn gpu() -> Arc<Gpu> {
-    static G: OnceLock<Arc<Gpu>> = OnceLock::new();
-    G.get_or_init(|| {
-        let g = Gpu::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"));
-        g.set_sync(true); // name the kernel in any asynchronous fault
-        eprintln!("testing on {}", g.info);
-        Arc::new(g)
-    })
-    .clone()
-}
 
 /// Deterministic values uniform in [-scale, scale), rounded to bf16.
 fn rand_vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -9,44 +9,14 @@
 //! GPU machine runs prebuilt test binaries from another checkout path), else the crate root.
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::{gpu, ids, root};
+
+use std::path::Path;
 use whittle::check::rows_rel_l2;
-use whittle::cuda::{Gpu, GpuModel, Residency};
+use whittle::cuda::{GpuModel, Residency};
 use whittle::model::{Batch, Event, Model};
-
-fn root() -> PathBuf {
-    std::env::var_os("WHITTLE_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
-
-fn gpu() -> Arc<Gpu> {
-    static G: OnceLock<Arc<Gpu>> = OnceLock::new();
-    G.get_or_init(|| {
-        let g = Gpu::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"));
-        g.set_sync(true);
-        eprintln!("testing on {}", g.info);
-        Arc::new(g)
-    })
-    .clone()
-}
-
-/// BOS then pseudo-random ids, per sequence.
-fn ids(vocab: usize, batch: Batch, bos: u32, seed: u64) -> Vec<u32> {
-    let mut s = seed | 1;
-    let mut v = Vec::with_capacity(batch.rows());
-    for _ in 0..batch.n_seq {
-        v.push(bos);
-        for _ in 1..batch.seq_len {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            v.push((s % vocab as u64) as u32);
-        }
-    }
-    v
-}
 
 #[derive(Default)]
 struct Trace {
