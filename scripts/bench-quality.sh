@@ -2,7 +2,7 @@
 # Compile-quality benchmark (README "Quality" table): Gemma 3 270M, calibration 128 × 512 tokens
 # of wiki-calib, evaluation wiki-dev (seq 512, 32 windows) against the original: PPL ratio, KL,
 # top-1 agreement for each method, with and without --sequential (both re-fit targets), at width
-# 1408 of 2048; and the default method (energy + repair, one-shot) at 1792 and 1024.
+# 1408 of 2048; and the two best methods at 1792 and 1024.
 #
 # usage: scripts/bench-quality.sh        env: MODEL, CALIB, DEV, WHITTLE (binary), OUT, ONLY (regex of names)
 # Results: $OUT/<name>/ (compiled models), $OUT/<name>.json (eval), $OUT/quality.md (table).
@@ -19,18 +19,20 @@ mkdir -p "$out"
 
 common=(--calib "$calib" --samples 128 --seq 512 --force)
 configs=(
-  "magnitude-1408|--intermediate-size 1408 --method magnitude --no-repair"
-  "energy-1408|--intermediate-size 1408 --method energy --no-repair"
+  "magnitude-1408|--intermediate-size 1408 --method magnitude --no-repair --one-shot"
+  "energy-1408|--intermediate-size 1408 --method energy --no-repair --one-shot"
   "energy-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential"
-  "energy-repair-1408|--intermediate-size 1408 --method energy"
-  "energy-repair-d0.01-1408|--intermediate-size 1408 --method energy --damp 0.01"
+  "energy-repair-1408|--intermediate-size 1408 --method energy --one-shot"
+  "energy-repair-d0.01-1408|--intermediate-size 1408 --method energy --one-shot --damp 0.01"
   "energy-repair-seq-1408|--intermediate-size 1408 --method energy --sequential"
   "energy-repair-seqorig-1408|--intermediate-size 1408 --method energy --sequential --refit-target original"
-  "obs-repair-1408|--intermediate-size 1408 --method obs"
+  "obs-repair-1408|--intermediate-size 1408 --method obs --one-shot"
   "obs-repair-seq-1408|--intermediate-size 1408 --method obs --sequential"
   "obs-repair-seqorig-1408|--intermediate-size 1408 --method obs --sequential --refit-target original"
-  "energy-repair-1792|--intermediate-size 1792 --method energy"
-  "energy-repair-1024|--intermediate-size 1024 --method energy"
+  "energy-repair-1792|--intermediate-size 1792 --method energy --one-shot"
+  "energy-repair-1024|--intermediate-size 1024 --method energy --one-shot"
+  "obs-repair-seq-1792|--intermediate-size 1792 --method obs --sequential"
+  "obs-repair-seq-1024|--intermediate-size 1024 --method obs --sequential"
 )
 
 if [ ! -f "$out/original.json" ]; then

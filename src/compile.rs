@@ -54,8 +54,8 @@ pub struct CompileOptions {
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
-            method: Method::Energy,
-            sequential: false,
+            method: Method::Obs,
+            sequential: true,
             target_original: false,
             repair: true,
             damp: 0.001,

@@ -102,13 +102,15 @@ struct CompileArgs {
     /// Calibration sequence length, BOS included.
     #[arg(long, default_value_t = 512)]
     seq: usize,
-    /// Neuron score: magnitude, energy or obs (energy measured best on Gemma 3 270M, see README).
-    #[arg(long, default_value = "energy")]
+    /// Neuron score: obs, energy or magnitude (obs + sequential measured best on Gemma 3 270M,
+    /// see README).
+    #[arg(long, default_value = "obs")]
     method: String,
-    /// Calibrate layer l on the already-pruned layers < l and re-fit against that stream.
+    /// Calibrate layer l on the already-pruned layers < l and re-fit against that stream (the
+    /// default).
     #[arg(long, overrides_with = "one_shot")]
     sequential: bool,
-    /// Calibrate every layer on the original model (the default).
+    /// Calibrate every layer on the original model (faster, slightly lower quality).
     #[arg(long, overrides_with = "sequential")]
     one_shot: bool,
     /// With --sequential, what each pruned MLP is re-fit to reproduce: `layer` (the full-width
@@ -526,7 +528,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     };
     let opts = CompileOptions {
         method: whittle::prune::Method::parse(&a.method)?,
-        sequential: a.sequential,
+        sequential: !a.one_shot,
         target_original: a.refit_target == "original",
         repair: !a.no_repair,
         damp: a.damp,
