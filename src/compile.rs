@@ -227,7 +227,6 @@ pub fn compile(
         let t0 = Instant::now();
         if let Some(c) = calib {
             let seq = c.seq_len;
-            let rows_per = bs * seq * hd;
             for s0 in (0..c.n_seq).step_by(bs) {
                 let nb = bs.min(c.n_seq - s0);
                 let batch = Batch {
@@ -235,7 +234,6 @@ pub fn compile(
                     seq_len: seq,
                 };
                 let range = s0 * seq * hd..(s0 + nb) * seq * hd;
-                debug_assert!(range.len() <= rows_per);
                 if opts.sequential {
                     let mut a_ref = Vec::new();
                     if cross {
