@@ -258,6 +258,25 @@ impl MlpStats {
         }
     }
 
+    /// Adds a batch with per-token weights `wt` [rows]: Σ w·a, Σ w·a², Σ w·a·aᵀ.
+    pub fn add_weighted(&mut self, a: &[f32], wt: Option<&[f32]>) {
+        match wt {
+            None => self.add(a),
+            Some(wt) => self.add(&scale_rows(a, wt, self.width)),
+        }
+    }
+
+    /// Σ w·a_ref·aᵀ, weighted as `add_weighted`.
+    pub fn add_cross_weighted(&mut self, a_ref: &[f32], a: &[f32], wt: Option<&[f32]>) {
+        match wt {
+            None => self.add_cross(a_ref, a),
+            Some(wt) => {
+                let w = self.width;
+                self.add_cross(&scale_rows(a_ref, wt, w), &scale_rows(a, wt, w))
+            }
+        }
+    }
+
     /// Adds Σ a_ref·aᵀ for the sequential re-fit.
     pub fn add_cross(&mut self, a_ref: &[f32], a: &[f32]) {
         let w = self.width;
@@ -273,6 +292,71 @@ impl MlpStats {
             .iter()
             .map(|&s| s / self.count.max(1) as f64)
             .collect()
+    }
+}
+
+/// Rows of `a` [rows, w] times sqrt(wt[row]), so that Gram sums carry the weight once.
+fn scale_rows(a: &[f32], wt: &[f32], w: usize) -> Vec<f32> {
+    assert_eq!(a.len(), wt.len() * w, "one weight per row");
+    let mut out = a.to_vec();
+    out.par_chunks_mut(w).zip(wt).for_each(|(row, &t)| {
+        let s = t.sqrt();
+        row.iter_mut().for_each(|x| *x *= s);
+    });
+    out
+}
+
+/// How calibration tokens are weighed in the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenWeight {
+    /// Every token counts the same: the down_proj output error itself.
+    Uniform,
+    /// 1/ms(y_t), y_t the down_proj output: the post-FFN RMSNorm divides each token's MLP output
+    /// by its RMS, so an error on a token with a small output is amplified by that much.
+    Out,
+    /// 1/(ms(y_t)·ms(x_t)), x_t the residual entering the MLP: the error is also diluted by the
+    /// residual it is added to.
+    OutResid,
+}
+
+impl TokenWeight {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenWeight::Uniform => "uniform",
+            TokenWeight::Out => "out",
+            TokenWeight::OutResid => "out-resid",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<TokenWeight> {
+        match s {
+            "uniform" => Ok(TokenWeight::Uniform),
+            "out" => Ok(TokenWeight::Out),
+            "out-resid" => Ok(TokenWeight::OutResid),
+            other => Err(Error::Arg {
+                flag: "--token-weight",
+                msg: format!("unknown token weighting \"{other}\"; choose uniform, out or out-resid"),
+            }),
+        }
+    }
+
+    /// Per-row weights for MLP outputs `out` [rows, H] entering the residual `resid` [rows, H]
+    /// (needed for `OutResid` only); `None` for `Uniform`.
+    pub fn weights(self, out: &[f32], resid: Option<&[f32]>, hd: usize, eps: f32) -> Option<Vec<f32>> {
+        let ms = |row: &[f32]| row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / hd as f64;
+        match self {
+            TokenWeight::Uniform => None,
+            TokenWeight::Out => Some(out.par_chunks(hd).map(|r| (1.0 / (ms(r) + eps as f64)) as f32).collect()),
+            TokenWeight::OutResid => {
+                let resid = resid.expect("OutResid needs the residual");
+                Some(
+                    out.par_chunks(hd)
+                        .zip(resid.par_chunks(hd))
+                        .map(|(o, x)| (1.0 / ((ms(o) + eps as f64) * (ms(x) + eps as f64))) as f32)
+                        .collect(),
+                )
+            }
+        }
     }
 }
 
@@ -313,6 +397,10 @@ fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
     }
 }
 
+/// Receives one MLP call's down_proj input `act` [rows, I] and output `out` [rows, H] (before
+/// the post-FFN norm).
+pub type MlpSink<'a> = &'a mut dyn FnMut(&[f32], &[f32]);
+
 /// Runs decoder layers over calibration batches. The CPU implementation is below; the CUDA
 /// engine implements the same trait. `h` always holds whole sequences: [n_seq·seq_len, H].
 pub trait Backend {
@@ -334,14 +422,15 @@ pub trait Backend {
         batch: Batch,
     ) -> Result<()>;
 
-    /// The MLP half of layer `l`, in place on `h`, handing the down_proj input [rows, I] to `sink`.
+    /// The MLP half of layer `l`, in place on `h`, handing the down_proj input [rows, I] and
+    /// output (before the post-FFN norm) [rows, H] to `sink`.
     fn run_mlp(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
         h: &mut [f32],
-        sink: &mut dyn FnMut(&[f32]),
+        sink: MlpSink<'_>,
     ) -> Result<()>;
 
     /// A whole layer.
@@ -352,7 +441,7 @@ pub trait Backend {
         w: &LayerWeights,
         h: &mut [f32],
         batch: Batch,
-        sink: &mut dyn FnMut(&[f32]),
+        sink: MlpSink<'_>,
     ) -> Result<()> {
         self.run_attention(cfg, l, w, h, batch)?;
         self.run_mlp(cfg, l, w, h, sink)
@@ -401,11 +490,11 @@ impl Backend for CpuBackend {
         l: usize,
         w: &LayerWeights,
         h: &mut [f32],
-        sink: &mut dyn FnMut(&[f32]),
+        sink: MlpSink<'_>,
     ) -> Result<()> {
         let mut obs = |ev: Event<'_>| {
-            if let Event::MlpAct { act, .. } = ev {
-                sink(act)
+            if let Event::MlpAct { act, out, .. } = ev {
+                sink(act, out)
             }
         };
         mlp_block(cfg, l, w, h, &mut Some(&mut obs));

@@ -5,7 +5,7 @@
 //! ([n_seq·T, H] f32, twice with `--sequential`); only one layer's weights are widened at a time,
 //! so peak memory is one layer + the activations (+ the [I, I] statistics) whatever the depth.
 
-use crate::calib::{Backend, CalibSet, MlpStats};
+use crate::calib::{Backend, CalibSet, MlpStats, TokenWeight};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{Batch, LayerWeights};
@@ -44,6 +44,10 @@ pub struct CompileOptions {
     pub target_original: bool,
     pub repair: bool,
     pub damp: f64,
+    /// How calibration tokens are weighed in the statistics.
+    pub token_weight: TokenWeight,
+    /// Weigh down_proj's output channels by the post-FFN norm gain (1+g)² when scoring.
+    pub gain_weight: bool,
     pub width: Width,
     pub multiple_of: usize,
     pub force: bool,
@@ -59,6 +63,8 @@ impl Default for CompileOptions {
             target_original: false,
             repair: true,
             damp: 0.001,
+            token_weight: TokenWeight::Uniform,
+            gain_weight: false,
             width: Width::Tier("throughput".into()),
             multiple_of: 128,
             force: false,
@@ -227,6 +233,8 @@ pub fn compile(
         let t0 = Instant::now();
         if let Some(c) = calib {
             let seq = c.seq_len;
+            let tw = opts.token_weight;
+            let eps = cfg.rms_norm_eps;
             for s0 in (0..c.n_seq).step_by(bs) {
                 let nb = bs.min(c.n_seq - s0);
                 let batch = Batch {
@@ -243,31 +251,50 @@ pub fn compile(
                             &w,
                             &mut h_ref[range.clone()],
                             batch,
-                            &mut |a| a_ref = a.to_vec(),
+                            &mut |a, _| a_ref = a.to_vec(),
                         )?;
                     }
                     // The pruned stream's post-attention residual is kept: once this layer's
                     // neurons are chosen, only its MLP has to run again.
                     backend.run_attention(&cfg, l, &w, &mut h[range.clone()], batch)?;
-                    let mut x = h[range].to_vec();
-                    backend.run_mlp(&cfg, l, &w, &mut x, &mut |a| {
-                        stats.add(a);
+                    let resid = &h[range]; // [rows, H] the MLP's input residual
+                    let mut x = resid.to_vec();
+                    backend.run_mlp(&cfg, l, &w, &mut x, &mut |a, out| {
+                        let wt = tw.weights(out, Some(resid), hd, eps);
+                        stats.add_weighted(a, wt.as_deref());
                         if cross {
-                            stats.add_cross(&a_ref, a);
+                            stats.add_cross_weighted(&a_ref, a, wt.as_deref());
                         }
                     })?;
+                } else if tw == TokenWeight::OutResid {
+                    let hb = &mut h[range];
+                    backend.run_attention(&cfg, l, &w, hb, batch)?;
+                    let resid = hb.to_vec(); // [rows, H]
+                    backend.run_mlp(&cfg, l, &w, hb, &mut |a, out| {
+                        let wt = tw.weights(out, Some(&resid), hd, eps);
+                        stats.add_weighted(a, wt.as_deref())
+                    })?;
                 } else {
-                    backend.run_layer(&cfg, l, &w, &mut h[range], batch, &mut |a| stats.add(a))?;
+                    backend.run_layer(&cfg, l, &w, &mut h[range], batch, &mut |a, out| {
+                        let wt = tw.weights(out, None, hd, eps);
+                        stats.add_weighted(a, wt.as_deref())
+                    })?;
                 }
             }
         }
         t.calibrate += t0.elapsed().as_secs_f64();
 
         let t0 = Instant::now();
+        let gain: Option<Vec<f64>> = opts.gain_weight.then(|| {
+            w.post_ffn_norm
+                .iter()
+                .map(|&g| (1.0 + g as f64) * (1.0 + g as f64))
+                .collect()
+        }); // [H]
         let kept = match opts.method {
             Method::Magnitude => top_k(&magnitude_scores(&w, hd), k),
-            Method::Energy => top_k(&energy_scores(&w, hd, &stats), k),
-            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp)?,
+            Method::Energy => top_k(&energy_scores(&w, hd, &stats, gain.as_deref()), k),
+            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp, gain.as_deref())?,
         };
         t.score += t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
@@ -293,7 +320,7 @@ pub fn compile(
                         l,
                         &wp,
                         &mut h[s0 * seq * hd..(s0 + nb) * seq * hd],
-                        &mut |_| {},
+                        &mut |_, _| {},
                     )?;
                 }
                 t.calibrate += t0.elapsed().as_secs_f64();
@@ -346,6 +373,8 @@ pub fn compile(
         "sequential_target": if !opts.sequential { Value::Null } else if opts.target_original { json!("original") } else { json!("layer") },
         "repair": opts.repair,
         "damp": opts.damp,
+        "token_weight": opts.token_weight.name(),
+        "gain_weight": opts.gain_weight,
         "width_request": match &opts.width {
             Width::Tier(t) => json!({"tier": t}),
             Width::KeepRatio(r) => json!({"keep_ratio": r}),

@@ -108,8 +108,13 @@ impl RopeCache {
 pub enum Event<'a> {
     /// Scaled embeddings, the input of layer 0: [N, H].
     Embeds(&'a [f32]),
-    /// Input of `down_proj` in `layer`, `gelu_tanh(gate)·up`: [N, I].
-    MlpAct { layer: usize, act: &'a [f32] },
+    /// Input of `down_proj` in `layer`, `gelu_tanh(gate)·up`: [N, I], and `down_proj`'s output
+    /// before the post-FFN norm: [N, H] (calibration weighs tokens by its RMS).
+    MlpAct {
+        layer: usize,
+        act: &'a [f32],
+        out: &'a [f32],
+    },
     /// Output of decoder layer `layer`: [N, H].
     LayerOut { layer: usize, hidden: &'a [f32] },
 }
@@ -217,10 +222,14 @@ pub fn mlp_block(
     let up = ops::linear(&x, &w.up, n, hd, i); // [N, I]
     ops::gelu_mul(&mut a, &up);
     drop(up);
-    if let Some(f) = obs.as_mut() {
-        f(Event::MlpAct { layer: l, act: &a });
-    }
     ops::linear_into(&a, &w.down, n, i, hd, &mut x);
+    if let Some(f) = obs.as_mut() {
+        f(Event::MlpAct {
+            layer: l,
+            act: &a,
+            out: &x,
+        });
+    }
     let mut y = x; // [N, H]
     ops::rms_norm(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
     ops::add_into(h, &y);

@@ -77,10 +77,10 @@ fn backend_layers_equal_gpu_model_bitwise() {
             let mut h2 = h.clone();
             let mut a2 = Vec::new();
             be.run_attention(&cfg, l, &w, &mut h2, batch).unwrap();
-            be.run_mlp(&cfg, l, &w, &mut h2, &mut |a| a2 = a.to_vec())
+            be.run_mlp(&cfg, l, &w, &mut h2, &mut |a, _| a2 = a.to_vec())
                 .unwrap();
             let mut a = Vec::new();
-            be.run_layer(&cfg, l, &w, &mut h, batch, &mut |x| a = x.to_vec())
+            be.run_layer(&cfg, l, &w, &mut h, batch, &mut |x, _| a = x.to_vec())
                 .unwrap();
             assert!(same_bits(&a, &acts[l]), "{name}: layer {l} activations");
             assert!(same_bits(&h, &outs[l]), "{name}: layer {l} output");
@@ -88,7 +88,7 @@ fn backend_layers_equal_gpu_model_bitwise() {
                 same_bits(&a2, &a) && same_bits(&h2, &h),
                 "{name}: halves, layer {l}"
             );
-            cpu.run_layer(&cfg, l, &w, &mut hc, batch, &mut |_| {})
+            cpu.run_layer(&cfg, l, &w, &mut hc, batch, &mut |_, _| {})
                 .unwrap();
             let e = rows_rel_l2(&format!("{name} layer {l}"), &h, &hc, cfg.hidden_size, 5e-2)
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -117,7 +117,7 @@ fn backend_cache_notices_new_weights_under_the_same_key() {
     }
     let run = |be: &mut CudaBackend, w: &LayerWeights| {
         let mut h = h0.clone();
-        be.run_mlp(&cfg, 1, w, &mut h, &mut |_| {}).unwrap();
+        be.run_mlp(&cfg, 1, w, &mut h, &mut |_, _| {}).unwrap();
         h
     };
     let a = run(&mut be, &w);

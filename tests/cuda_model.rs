@@ -29,7 +29,7 @@ impl Trace {
     fn observer(&mut self) -> impl FnMut(Event<'_>) + '_ {
         move |ev| match ev {
             Event::Embeds(x) => self.embeds = x.to_vec(),
-            Event::MlpAct { layer, act } => {
+            Event::MlpAct { layer, act, .. } => {
                 assert_eq!(layer, self.acts.len(), "MlpAct events out of order");
                 self.acts.push(act.to_vec())
             }

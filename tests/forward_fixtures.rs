@@ -81,7 +81,7 @@ fn check_fixture(name: &str) {
         seen += 1;
         match ev {
             Event::Embeds(x) => record("embeds".into(), x, r.f32("embeds"), h),
-            Event::MlpAct { layer, act } => {
+            Event::MlpAct { layer, act, .. } => {
                 let want = r.f32(&format!("mlp_act.{layer}"));
                 let w = want.len() / batch.rows();
                 record(format!("mlp_act.{layer}"), act, want, w)

@@ -31,7 +31,7 @@
 use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
 use super::ops::{self, AttnParams};
-use crate::calib::Backend;
+use crate::calib::{Backend, MlpSink};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{embed_rows_from_store, Batch, LayerWeights};
@@ -287,7 +287,7 @@ impl CudaBackend {
         cfg: &ModelConfig,
         w: &DevMlp,
         h: &mut DTensor<bf16>,
-        sink: &mut dyn FnMut(&[f32]),
+        sink: MlpSink<'_>,
     ) -> Result<()> {
         let gpu = &*self.gpu;
         let eps = cfg.rms_norm_eps;
@@ -302,11 +302,12 @@ impl CudaBackend {
         let mut act = DTensor::zeros(gpu, &[n, i])?;
         ops::gelu_mul(gpu, &gate, &up, &mut act, None, None)?;
         drop((gate, up));
-        let a: Vec<f32> = act.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect();
-        sink(&a);
-        drop(a);
         let mut y = DTensor::zeros(gpu, &[n, hd])?;
         ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
+        let a: Vec<f32> = act.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect();
+        let out: Vec<f32> = y.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect();
+        sink(&a, &out);
+        drop((a, out));
         ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
         Ok(())
     }
@@ -348,7 +349,7 @@ impl Backend for CudaBackend {
         l: usize,
         w: &LayerWeights,
         h: &mut [f32],
-        sink: &mut dyn FnMut(&[f32]),
+        sink: MlpSink<'_>,
     ) -> Result<()> {
         let e = self.ensure_mlp(cfg, l, w)?;
         let mut hd = self.upload_hidden(cfg, h)?;
@@ -366,7 +367,7 @@ impl Backend for CudaBackend {
         w: &LayerWeights,
         h: &mut [f32],
         batch: Batch,
-        sink: &mut dyn FnMut(&[f32]),
+        sink: MlpSink<'_>,
     ) -> Result<()> {
         self.ensure_attn(cfg, l, w)?;
         let e = self.ensure_mlp(cfg, l, w)?;

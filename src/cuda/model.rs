@@ -561,13 +561,14 @@ impl GpuModel {
             }
             None => ops::gelu_mul(gpu, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?,
         }
+        ops::gemm_nt(gpu, &a.act, &w.down, Some(&mut a.y), None, false)?;
         if let (Some(f), Some(af)) = (obs.as_mut(), a.act_f32.as_ref()) {
             f(Event::MlpAct {
                 layer: l,
                 act: &af.to_host(gpu)?,
+                out: &self.download_f32(&a.y)?,
             });
         }
-        ops::gemm_nt(gpu, &a.act, &w.down, Some(&mut a.y), None, false)?;
         ops::rms_norm_residual(gpu, &mut a.h, &a.y, &w.post_ffn_norm, eps)?;
         if let Some(f) = obs.as_mut() {
             f(Event::LayerOut {
