@@ -20,6 +20,35 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
   return 0.5f * x * (1.0f + tanhf(k0 * (x + 0.044715f * x * x * x)));
 }
+
+// Adds a block's per-thread partial sums (2 columns per lane, see the design note) into the f64
+// column statistics: the 8 thread-rows combine through shared memory, then one f64 atomicAdd
+// per column and statistic. Called by all threads of the block (it synchronises).
+__device__ __forceinline__ void flush_col_stats(const float s1[2], const float s2[2], double* col_sum,
+                                                double* col_sumsq, int cols) {
+  __shared__ float red[2][TY][COLS];
+  if (!col_sum && !col_sumsq) return;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    red[0][ty][2 * tx + e] = s1[e];
+    red[1][ty][2 * tx + e] = s2[e];
+  }
+  __syncthreads();
+  // 64 columns × 2 statistics = 128 results; the first 128 threads finish one each.
+  const int id = ty * 32 + tx;
+  if (id < 2 * COLS) {
+    const int which = id / COLS, col = id % COLS;
+    const int c = blockIdx.x * COLS + col;
+    if (c < cols) {
+      double acc = 0.0;
+#pragma unroll
+      for (int y = 0; y < TY; ++y) acc += (double)red[which][y][col];
+      double* dst = which == 0 ? col_sum : col_sumsq;
+      if (dst) atomicAdd(dst + c, acc);
+    }
+  }
+}
 }  // namespace mlp
 
 // Grid (CEIL_DIV(cols, 64), CEIL_DIV(rows, 128)), block (32, 8).
@@ -29,7 +58,6 @@ extern "C" __global__ void gelu_mul_stats_bf16(const bf16* __restrict__ gate, co
                                                bf16* __restrict__ act, float* __restrict__ act_f32,
                                                double* __restrict__ col_sum, double* __restrict__ col_sumsq,
                                                int rows, int cols) {
-  __shared__ float red[2][mlp::TY][mlp::COLS];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c0 = blockIdx.x * mlp::COLS + 2 * tx;
   const int r0 = blockIdx.y * mlp::ROWS;
@@ -48,24 +76,62 @@ extern "C" __global__ void gelu_mul_stats_bf16(const bf16* __restrict__ gate, co
       s2[e] += a * a;
     }
   }
-  if (!col_sum && !col_sumsq) return;
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    red[0][ty][2 * tx + e] = s1[e];
-    red[1][ty][2 * tx + e] = s2[e];
-  }
-  __syncthreads();
-  // 64 columns × 2 statistics = 128 results; the first 128 threads finish one each.
-  const int id = ty * 32 + tx;
-  if (id < 2 * mlp::COLS) {
-    const int which = id / mlp::COLS, col = id % mlp::COLS;
-    const int c = blockIdx.x * mlp::COLS + col;
-    if (c < cols) {
-      double acc = 0.0;
-#pragma unroll
-      for (int y = 0; y < mlp::TY; ++y) acc += (double)red[which][y][col];
-      double* dst = which == 0 ? col_sum : col_sumsq;
-      if (dst) atomicAdd(dst + c, acc);
+  mlp::flush_col_stats(s1, s2, col_sum, col_sumsq, cols);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token-weighted statistics (calib::TokenWeight). The post-FFN RMSNorm divides each token's MLP
+// output y by its RMS, so calibration weighs token t by w_t = 1/(ms(y_t)+eps) (and, for
+// `out-resid`, also by 1/(ms(x_t)+eps) of the residual x entering the MLP). The statistics are
+// then those of the rows a_t·sqrt(w_t): Σ, Σ², and the Gram matrix of the scaled rows.
+
+// Grid (CEIL_DIV(rows, 8)), block (32, 8): one warp per row, f32 sums of squares.
+// y, resid [rows, cols] bf16 (resid may be null); w [rows] f32 (overwritten).
+extern "C" __global__ void token_weights_bf16(const bf16* __restrict__ y, const bf16* __restrict__ resid,
+                                              float* __restrict__ w, int rows, int cols, float eps) {
+  const int r = blockIdx.x * blockDim.y + threadIdx.y;
+  if (r >= rows) return;
+  const size_t base = (size_t)r * cols;
+  float sy = 0.0f, sx = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += 32) {
+    const float v = bf2f(y[base + c]);
+    sy += v * v;
+    if (resid) {
+      const float u = bf2f(resid[base + c]);
+      sx += u * u;
     }
   }
+  sy = warp_sum(sy);
+  sx = warp_sum(sx);
+  if (threadIdx.x == 0) {
+    float wt = 1.0f / (sy / (float)cols + eps);
+    if (resid) wt /= sx / (float)cols + eps;
+    w[r] = wt;
+  }
+}
+
+// Grid (CEIL_DIV(cols, 64), CEIL_DIV(rows, 128)), block (32, 8) — gelu_mul_stats_bf16's layout.
+// out = bf16(act · sqrt(w[row])); Σout, Σout² per column added into col_sum, col_sumsq (f64,
+// may be null). act, out [rows, cols] bf16 (distinct); w [rows] f32.
+extern "C" __global__ void scale_rows_stats_bf16(const bf16* __restrict__ act, const float* __restrict__ w,
+                                                 bf16* __restrict__ out, double* __restrict__ col_sum,
+                                                 double* __restrict__ col_sumsq, int rows, int cols) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c0 = blockIdx.x * mlp::COLS + 2 * tx;
+  const int r0 = blockIdx.y * mlp::ROWS;
+  float s1[2] = {0.0f, 0.0f}, s2[2] = {0.0f, 0.0f};
+  for (int r = r0 + ty; r < min(rows, r0 + mlp::ROWS); r += mlp::TY) {
+    const float f = sqrtf(w[r]);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = c0 + e;
+      if (c >= cols) continue;
+      const size_t o = (size_t)r * cols + c;
+      const float a = round_bf(bf2f(act[o]) * f);
+      out[o] = f2bf(a);
+      s1[e] += a;
+      s2[e] += a * a;
+    }
+  }
+  mlp::flush_col_stats(s1, s2, col_sum, col_sumsq, cols);
 }

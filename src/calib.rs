@@ -335,18 +335,31 @@ impl TokenWeight {
             "out-resid" => Ok(TokenWeight::OutResid),
             other => Err(Error::Arg {
                 flag: "--token-weight",
-                msg: format!("unknown token weighting \"{other}\"; choose uniform, out or out-resid"),
+                msg: format!(
+                    "unknown token weighting \"{other}\"; choose uniform, out or out-resid"
+                ),
             }),
         }
     }
 
     /// Per-row weights for MLP outputs `out` [rows, H] entering the residual `resid` [rows, H]
     /// (needed for `OutResid` only); `None` for `Uniform`.
-    pub fn weights(self, out: &[f32], resid: Option<&[f32]>, hd: usize, eps: f32) -> Option<Vec<f32>> {
-        let ms = |row: &[f32]| row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / hd as f64;
+    pub fn weights(
+        self,
+        out: &[f32],
+        resid: Option<&[f32]>,
+        hd: usize,
+        eps: f32,
+    ) -> Option<Vec<f32>> {
+        let ms =
+            |row: &[f32]| row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / hd as f64;
         match self {
             TokenWeight::Uniform => None,
-            TokenWeight::Out => Some(out.par_chunks(hd).map(|r| (1.0 / (ms(r) + eps as f64)) as f32).collect()),
+            TokenWeight::Out => Some(
+                out.par_chunks(hd)
+                    .map(|r| (1.0 / (ms(r) + eps as f64)) as f32)
+                    .collect(),
+            ),
             TokenWeight::OutResid => {
                 let resid = resid.expect("OutResid needs the residual");
                 Some(
@@ -397,12 +410,34 @@ fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
     }
 }
 
-/// Receives one MLP call's down_proj input `act` [rows, I] and output `out` [rows, H] (before
-/// the post-FFN norm).
-pub type MlpSink<'a> = &'a mut dyn FnMut(&[f32], &[f32]);
+/// What the statistics of one layer hold (`Backend::begin_stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSpec {
+    /// MLP width I of the layer being measured.
+    pub width: usize,
+    /// Accumulate the Gram matrix Σ w·a·aᵀ.
+    pub gram: bool,
+    /// Accumulate the cross matrix Σ w·a_ref·aᵀ against the activations of the last
+    /// `Capture::Reference` call on the same rows.
+    pub cross: bool,
+    pub token_weight: TokenWeight,
+}
 
-/// Runs decoder layers over calibration batches. The CPU implementation is below; the CUDA
-/// engine implements the same trait. `h` always holds whole sequences: [n_seq·seq_len, H].
+/// What one `run_mlp` call records about its down_proj input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Nothing: the layer only runs.
+    None,
+    /// Adds this batch to the statistics opened by `begin_stats`.
+    Stats,
+    /// Keeps this batch's activations as the reference the next `Stats` call pairs with in the
+    /// cross matrix (the original model's stream for `--refit-target original`).
+    Reference,
+}
+
+/// Runs decoder layers over calibration batches and accumulates the MLP statistics. The CPU
+/// implementation is below; the CUDA engine implements the same trait and keeps its statistics
+/// on the device. `h` always holds whole sequences: [n_seq·seq_len, H].
 pub trait Backend {
     fn name(&self) -> String;
 
@@ -422,15 +457,14 @@ pub trait Backend {
         batch: Batch,
     ) -> Result<()>;
 
-    /// The MLP half of layer `l`, in place on `h`, handing the down_proj input [rows, I] and
-    /// output (before the post-FFN norm) [rows, H] to `sink`.
+    /// The MLP half of layer `l`, in place on `h`, recording what `capture` asks for.
     fn run_mlp(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
         h: &mut [f32],
-        sink: MlpSink<'_>,
+        capture: Capture,
     ) -> Result<()>;
 
     /// A whole layer.
@@ -441,20 +475,79 @@ pub trait Backend {
         w: &LayerWeights,
         h: &mut [f32],
         batch: Batch,
-        sink: MlpSink<'_>,
+        capture: Capture,
     ) -> Result<()> {
         self.run_attention(cfg, l, w, h, batch)?;
-        self.run_mlp(cfg, l, w, h, sink)
+        self.run_mlp(cfg, l, w, h, capture)
+    }
+
+    /// Opens empty statistics for the next `Capture::Stats` calls (replacing any open ones).
+    fn begin_stats(&mut self, spec: StatsSpec) -> Result<()>;
+
+    /// The statistics accumulated since `begin_stats`, closing them.
+    fn take_stats(&mut self) -> Result<MlpStats>;
+}
+
+/// The statistics being accumulated, as a backend holds them on the host.
+pub(crate) struct HostCapture {
+    pub(crate) spec: StatsSpec,
+    pub(crate) stats: MlpStats,
+    reference: Vec<f32>, // [rows, I] of the last Capture::Reference call
+}
+
+impl HostCapture {
+    pub(crate) fn new(spec: StatsSpec) -> HostCapture {
+        HostCapture {
+            spec,
+            stats: MlpStats::new(spec.width, spec.gram, spec.cross),
+            reference: Vec::new(),
+        }
+    }
+
+    /// One MLP call's down_proj input `act` [rows, I] and output `out` [rows, H] (before the
+    /// post-FFN norm), its input residual `resid` [rows, H] when the weighting needs it.
+    pub(crate) fn record(
+        &mut self,
+        capture: Capture,
+        act: &[f32],
+        out: &[f32],
+        resid: Option<&[f32]>,
+        hd: usize,
+        eps: f32,
+    ) -> Result<()> {
+        match capture {
+            Capture::None => {}
+            Capture::Reference => self.reference = act.to_vec(),
+            Capture::Stats => {
+                let wt = self.spec.token_weight.weights(out, resid, hd, eps);
+                self.stats.add_weighted(act, wt.as_deref());
+                if self.spec.cross {
+                    if self.reference.len() != act.len() {
+                        return Err(Error::Other(
+                            "cross statistics need a Capture::Reference call on the same rows"
+                                .into(),
+                        ));
+                    }
+                    let r = std::mem::take(&mut self.reference);
+                    self.stats.add_cross_weighted(&r, act, wt.as_deref());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 pub struct CpuBackend {
     rope: Option<RopeCache>,
+    capture: Option<HostCapture>,
 }
 
 impl CpuBackend {
     pub fn new() -> CpuBackend {
-        CpuBackend { rope: None }
+        CpuBackend {
+            rope: None,
+            capture: None,
+        }
     }
 }
 
@@ -490,14 +583,90 @@ impl Backend for CpuBackend {
         l: usize,
         w: &LayerWeights,
         h: &mut [f32],
-        sink: MlpSink<'_>,
+        capture: Capture,
     ) -> Result<()> {
+        if capture == Capture::None {
+            mlp_block(cfg, l, w, h, &mut None);
+            return Ok(());
+        }
+        let cap = self.capture.as_mut().ok_or_else(|| {
+            Error::Other("run_mlp asked for statistics before begin_stats".into())
+        })?;
+        let resid = (cap.spec.token_weight == TokenWeight::OutResid).then(|| h.to_vec()); // [rows, H]
+        let (hd, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let mut res = Ok(());
         let mut obs = |ev: Event<'_>| {
             if let Event::MlpAct { act, out, .. } = ev {
-                sink(act, out)
+                res = cap.record(capture, act, out, resid.as_deref(), hd, eps);
             }
         };
         mlp_block(cfg, l, w, h, &mut Some(&mut obs));
+        res
+    }
+
+    fn begin_stats(&mut self, spec: StatsSpec) -> Result<()> {
+        self.capture = Some(HostCapture::new(spec));
         Ok(())
+    }
+
+    fn take_stats(&mut self) -> Result<MlpStats> {
+        self.capture
+            .take()
+            .map(|c| c.stats)
+            .ok_or_else(|| Error::Other("take_stats without begin_stats".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_weights_are_inverse_mean_squares() {
+        let hd = 4;
+        let out = [1.0f32, -1.0, 1.0, -1.0, 2.0, 0.0, 0.0, 0.0]; // ms 1 and 1
+        let resid = [3.0f32, 3.0, 3.0, 3.0, 0.5, 0.5, 0.5, 0.5]; // ms 9 and 0.25
+        assert!(TokenWeight::Uniform.weights(&out, None, hd, 0.0).is_none());
+        let w = TokenWeight::Out.weights(&out, None, hd, 0.0).unwrap();
+        assert_eq!(w, vec![1.0, 1.0]);
+        let w = TokenWeight::OutResid
+            .weights(&out, Some(&resid), hd, 0.0)
+            .unwrap();
+        assert!(
+            (w[0] - 1.0 / 9.0).abs() < 1e-7 && (w[1] - 4.0).abs() < 1e-6,
+            "{w:?}"
+        );
+        // eps keeps an all-zero output finite.
+        let w = TokenWeight::Out.weights(&[0.0; 4], None, hd, 1e-6).unwrap();
+        assert!((w[0] - 1e6).abs() < 1.0, "{w:?}");
+    }
+
+    #[test]
+    fn weighted_statistics_are_sums_of_weighted_products() {
+        let (rows, width) = (5, 3);
+        let a: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.7).sin()).collect();
+        let b: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.3).cos()).collect();
+        let wt = [0.5f32, 2.0, 1.0, 4.0, 0.25];
+        let mut s = MlpStats::new(width, true, true);
+        s.add_weighted(&a, Some(&wt));
+        s.add_cross_weighted(&b, &a, Some(&wt));
+        let (g, c) = (s.gram.as_ref().unwrap(), s.cross.as_ref().unwrap());
+        for i in 0..width {
+            let want_sq: f64 = (0..rows)
+                .map(|r| wt[r] as f64 * (a[r * width + i] as f64).powi(2))
+                .sum();
+            assert!((s.sumsq[i] - want_sq).abs() < 1e-5, "Σw·a² {i}");
+            for j in 0..width {
+                let want_g: f64 = (0..rows)
+                    .map(|r| wt[r] as f64 * a[r * width + i] as f64 * a[r * width + j] as f64)
+                    .sum();
+                let want_c: f64 = (0..rows)
+                    .map(|r| wt[r] as f64 * b[r * width + i] as f64 * a[r * width + j] as f64)
+                    .sum();
+                assert!((g[i * width + j] - want_g).abs() < 1e-5, "Gram ({i},{j})");
+                assert!((c[i * width + j] - want_c).abs() < 1e-5, "cross ({i},{j})");
+            }
+        }
+        assert_eq!(s.count, rows as u64);
     }
 }

@@ -5,7 +5,7 @@
 //! ([n_seq·T, H] f32, twice with `--sequential`); only one layer's weights are widened at a time,
 //! so peak memory is one layer + the activations (+ the [I, I] statistics) whatever the depth.
 
-use crate::calib::{Backend, CalibSet, MlpStats, TokenWeight};
+use crate::calib::{Backend, CalibSet, Capture, MlpStats, StatsSpec, TokenWeight};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{Batch, LayerWeights};
@@ -229,59 +229,41 @@ pub fn compile(
         progress("layers", l as u64, cfg.num_layers as u64);
         let w = LayerWeights::load(&store, &cfg, l)?;
         let n = w.width;
-        let mut stats = MlpStats::new(n, need_gram, cross && opts.repair);
         let t0 = Instant::now();
-        if let Some(c) = calib {
-            let seq = c.seq_len;
-            let tw = opts.token_weight;
-            let eps = cfg.rms_norm_eps;
-            for s0 in (0..c.n_seq).step_by(bs) {
-                let nb = bs.min(c.n_seq - s0);
-                let batch = Batch {
-                    n_seq: nb,
-                    seq_len: seq,
-                };
-                let range = s0 * seq * hd..(s0 + nb) * seq * hd;
-                if opts.sequential {
-                    let mut a_ref = Vec::new();
-                    if cross {
-                        backend.run_layer(
-                            &cfg,
-                            l,
-                            &w,
-                            &mut h_ref[range.clone()],
-                            batch,
-                            &mut |a, _| a_ref = a.to_vec(),
-                        )?;
-                    }
-                    // The pruned stream's post-attention residual is kept: once this layer's
-                    // neurons are chosen, only its MLP has to run again.
-                    backend.run_attention(&cfg, l, &w, &mut h[range.clone()], batch)?;
-                    let resid = &h[range]; // [rows, H] the MLP's input residual
-                    let mut x = resid.to_vec();
-                    backend.run_mlp(&cfg, l, &w, &mut x, &mut |a, out| {
-                        let wt = tw.weights(out, Some(resid), hd, eps);
-                        stats.add_weighted(a, wt.as_deref());
+        let stats = match calib {
+            Some(c) => {
+                backend.begin_stats(StatsSpec {
+                    width: n,
+                    gram: need_gram,
+                    cross: cross && opts.repair,
+                    token_weight: opts.token_weight,
+                })?;
+                let seq = c.seq_len;
+                for s0 in (0..c.n_seq).step_by(bs) {
+                    let nb = bs.min(c.n_seq - s0);
+                    let batch = Batch {
+                        n_seq: nb,
+                        seq_len: seq,
+                    };
+                    let range = s0 * seq * hd..(s0 + nb) * seq * hd;
+                    if opts.sequential {
                         if cross {
-                            stats.add_cross_weighted(&a_ref, a, wt.as_deref());
+                            let hr = &mut h_ref[range.clone()];
+                            backend.run_layer(&cfg, l, &w, hr, batch, Capture::Reference)?;
                         }
-                    })?;
-                } else if tw == TokenWeight::OutResid {
-                    let hb = &mut h[range];
-                    backend.run_attention(&cfg, l, &w, hb, batch)?;
-                    let resid = hb.to_vec(); // [rows, H]
-                    backend.run_mlp(&cfg, l, &w, hb, &mut |a, out| {
-                        let wt = tw.weights(out, Some(&resid), hd, eps);
-                        stats.add_weighted(a, wt.as_deref())
-                    })?;
-                } else {
-                    backend.run_layer(&cfg, l, &w, &mut h[range], batch, &mut |a, out| {
-                        let wt = tw.weights(out, None, hd, eps);
-                        stats.add_weighted(a, wt.as_deref())
-                    })?;
+                        // The pruned stream's post-attention residual is kept: once this
+                        // layer's neurons are chosen, only its MLP has to run again.
+                        backend.run_attention(&cfg, l, &w, &mut h[range.clone()], batch)?;
+                        let mut x = h[range].to_vec(); // [rows, H]
+                        backend.run_mlp(&cfg, l, &w, &mut x, Capture::Stats)?;
+                    } else {
+                        backend.run_layer(&cfg, l, &w, &mut h[range], batch, Capture::Stats)?;
+                    }
                 }
+                backend.take_stats()?
             }
-        }
+            None => MlpStats::new(n, false, false),
+        };
         t.calibrate += t0.elapsed().as_secs_f64();
 
         let t0 = Instant::now();
@@ -320,7 +302,7 @@ pub fn compile(
                         l,
                         &wp,
                         &mut h[s0 * seq * hd..(s0 + nb) * seq * hd],
-                        &mut |_, _| {},
+                        Capture::None,
                     )?;
                 }
                 t.calibrate += t0.elapsed().as_secs_f64();

@@ -1,7 +1,9 @@
 //! The CUDA calibration backend (`cuda::CudaBackend`) and `--device cuda` end to end:
 //! - layer by layer through the backend, with the hidden states round-tripping through the host,
 //!   gives bit for bit what `GpuModel` computes in one device-resident pass (embeddings, every
-//!   MLP activation, every layer output), and stays close to the CPU backend;
+//!   layer output, the Gram matrix of every MLP activation), and stays close to the CPU backend;
+//! - token-weighted statistics (device kernels) and the cross matrix (host path) are close to
+//!   the CPU backend's on the same input;
 //! - the cache is keyed by (layer, width) and notices different weights under the same key;
 //! - `whittle --device cuda compile` writes a valid checkpoint close to the CPU-compiled one
 //!   (mostly the same kept neurons; KL to the base model, evaluated on the CPU, within a loose
@@ -20,7 +22,7 @@ use gpu_common::{gpu, ids, root};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use whittle::calib::{Backend, CpuBackend};
+use whittle::calib::{Backend, Capture, CpuBackend, StatsSpec, TokenWeight};
 use whittle::check::rows_rel_l2;
 use whittle::config::ModelConfig;
 use whittle::cuda::{CudaBackend, GpuModel, Residency};
@@ -41,6 +43,23 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
+/// Relative Frobenius distance of two matrices.
+fn rel_f64(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn spec(width: usize, tw: TokenWeight, cross: bool) -> StatsSpec {
+    StatsSpec {
+        width,
+        gram: true,
+        cross,
+        token_weight: tw,
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn backend_layers_equal_gpu_model_bitwise() {
@@ -54,15 +73,18 @@ fn backend_layers_equal_gpu_model_bitwise() {
         };
         let ids = ids(cfg.vocab_size, batch, cfg.bos_token_id, 777);
 
-        // The GPU model, device-resident from the embedding to the last layer.
+        // The GPU model, device-resident from the embedding to the last layer, with its own
+        // device statistics.
         let gm = GpuModel::load(&dir, gpu(), Residency::Resident).unwrap();
-        let (mut embeds, mut acts, mut outs) = (Vec::new(), Vec::new(), Vec::new());
+        gm.enable_mlp_stats(true).unwrap();
+        let (mut embeds, mut outs) = (Vec::new(), Vec::new());
         let mut obs = |ev: Event<'_>| match ev {
             Event::Embeds(x) => embeds = x.to_vec(),
-            Event::MlpAct { act, .. } => acts.push(act.to_vec()),
+            Event::MlpAct { .. } => {}
             Event::LayerOut { hidden, .. } => outs.push(hidden.to_vec()),
         };
         gm.forward_hidden(&ids, batch, Some(&mut obs)).unwrap();
+        let gstats = gm.take_mlp_stats().unwrap().unwrap();
 
         // The backend, layer by layer through host memory, beside the CPU backend.
         let mut be = CudaBackend::new(gpu());
@@ -71,28 +93,110 @@ fn backend_layers_equal_gpu_model_bitwise() {
         let mut h = be.embed(&cfg, &store, &ids).unwrap();
         assert!(same_bits(&h, &embeds), "{name}: embeddings differ");
         let mut hc = cpu.embed(&cfg, &store, &ids).unwrap();
+        let i = cfg.intermediate_size;
         for l in 0..cfg.num_layers {
             let w = LayerWeights::load(&store, &cfg, l).unwrap();
             // The two halves separately, on a copy, equal the whole layer.
             let mut h2 = h.clone();
-            let mut a2 = Vec::new();
             be.run_attention(&cfg, l, &w, &mut h2, batch).unwrap();
-            be.run_mlp(&cfg, l, &w, &mut h2, &mut |a, _| a2 = a.to_vec())
+            be.run_mlp(&cfg, l, &w, &mut h2, Capture::None).unwrap();
+            be.begin_stats(spec(i, TokenWeight::Uniform, false))
                 .unwrap();
-            let mut a = Vec::new();
-            be.run_layer(&cfg, l, &w, &mut h, batch, &mut |x, _| a = x.to_vec())
+            be.run_layer(&cfg, l, &w, &mut h, batch, Capture::Stats)
                 .unwrap();
-            assert!(same_bits(&a, &acts[l]), "{name}: layer {l} activations");
+            let st = be.take_stats().unwrap();
             assert!(same_bits(&h, &outs[l]), "{name}: layer {l} output");
+            assert!(same_bits(&h2, &h), "{name}: halves, layer {l}");
+            // Same kernels on the same rows: the Gram matrix is bitwise GpuModel's; the column
+            // sums go through f64 atomics (order varies).
+            let gg: Vec<f64> = gstats[l]
+                .gram
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            assert_eq!(st.count, gstats[l].count, "{name}: layer {l} count");
+            assert_eq!(st.gram.as_ref().unwrap(), &gg, "{name}: layer {l} Gram");
             assert!(
-                same_bits(&a2, &a) && same_bits(&h2, &h),
-                "{name}: halves, layer {l}"
+                rel_f64(&st.sumsq, &gstats[l].sumsq) < 1e-9,
+                "{name}: layer {l} Σa²"
             );
-            cpu.run_layer(&cfg, l, &w, &mut hc, batch, &mut |_, _| {})
+            // Against the CPU backend (f32 activations): close, not equal.
+            cpu.begin_stats(spec(i, TokenWeight::Uniform, false))
                 .unwrap();
+            cpu.run_layer(&cfg, l, &w, &mut hc, batch, Capture::Stats)
+                .unwrap();
+            let sc = cpu.take_stats().unwrap();
             let e = rows_rel_l2(&format!("{name} layer {l}"), &h, &hc, cfg.hidden_size, 5e-2)
                 .unwrap_or_else(|e| panic!("{e}"));
-            eprintln!("{name} layer {l}: GPU backend vs CPU backend, worst row {e:.2e}");
+            let eg = rel_f64(st.gram.as_ref().unwrap(), sc.gram.as_ref().unwrap());
+            assert!(eg < 5e-2, "{name}: layer {l} Gram vs CPU {eg:.2e}");
+            eprintln!(
+                "{name} layer {l}: GPU backend vs CPU backend, worst row {e:.2e}, Gram {eg:.2e}"
+            );
+        }
+    }
+}
+
+/// Token-weighted statistics on the device, and the cross matrix (host path), against the CPU
+/// backend fed the same hidden states.
+#[test]
+#[ignore = "needs a GPU"]
+fn weighted_and_cross_statistics_match_cpu() {
+    for name in ["tiny-gemma2", "tiny-gemma3"] {
+        let dir = fixture(name);
+        let cfg = ModelConfig::from_dir(&dir).unwrap();
+        let store = WeightStore::open(&dir).unwrap();
+        let batch = Batch {
+            n_seq: 2,
+            seq_len: 33,
+        };
+        let ids = ids(cfg.vocab_size, batch, cfg.bos_token_id, 4242);
+        let mut be = CudaBackend::new(gpu());
+        let mut cpu = CpuBackend::new();
+        // The same (bf16-valued) input for both, so only the arithmetic differs.
+        let h0 = be.embed(&cfg, &store, &ids).unwrap();
+        let i = cfg.intermediate_size;
+        for l in [0, cfg.num_layers - 1] {
+            let w = LayerWeights::load(&store, &cfg, l).unwrap();
+            let mut wp = LayerWeights::load(&store, &cfg, l).unwrap();
+            for x in &mut wp.up {
+                *x *= 0.5; // a "pruned" stream with other activations
+            }
+            for (tw, cross) in [
+                (TokenWeight::Out, false),
+                (TokenWeight::OutResid, false),
+                (TokenWeight::Out, true),
+            ] {
+                let mut got = Vec::new();
+                for dev in [&mut be as &mut dyn Backend, &mut cpu as &mut dyn Backend] {
+                    dev.begin_stats(spec(i, tw, cross)).unwrap();
+                    if cross {
+                        let mut hr = h0.clone();
+                        dev.run_mlp(&cfg, l, &w, &mut hr, Capture::Reference)
+                            .unwrap();
+                    }
+                    let mut h = h0.clone();
+                    dev.run_mlp(&cfg, l, &wp, &mut h, Capture::Stats).unwrap();
+                    got.push(dev.take_stats().unwrap());
+                }
+                let what = format!("{name} layer {l} {} cross={cross}", tw.name());
+                let eg = rel_f64(got[0].gram.as_ref().unwrap(), got[1].gram.as_ref().unwrap());
+                let es = rel_f64(&got[0].sumsq, &got[1].sumsq);
+                assert!(
+                    eg < 5e-2 && es < 5e-2,
+                    "{what}: Gram {eg:.2e}, Σa² {es:.2e}"
+                );
+                if cross {
+                    let ec = rel_f64(
+                        got[0].cross.as_ref().unwrap(),
+                        got[1].cross.as_ref().unwrap(),
+                    );
+                    assert!(ec < 5e-2, "{what}: cross {ec:.2e}");
+                }
+                eprintln!("{what}: GPU vs CPU Gram {eg:.2e}, Σa² {es:.2e}");
+            }
         }
     }
 }
@@ -117,7 +221,7 @@ fn backend_cache_notices_new_weights_under_the_same_key() {
     }
     let run = |be: &mut CudaBackend, w: &LayerWeights| {
         let mut h = h0.clone();
-        be.run_mlp(&cfg, 1, w, &mut h, &mut |_, _| {}).unwrap();
+        be.run_mlp(&cfg, 1, w, &mut h, Capture::None).unwrap();
         h
     };
     let a = run(&mut be, &w);

@@ -522,6 +522,91 @@ fn gelu_mul_and_stats_match_cpu() {
     }
 }
 
+#[test]
+#[ignore = "needs a GPU"]
+fn token_weights_and_scaled_stats_match_cpu() {
+    use whittle::calib::TokenWeight;
+    let g = gpu();
+    let eps = 1e-6f32;
+    for (i, &(rows, hd, cols)) in [(1, 1, 1), (37, 640, 130), (300, 2304, 96), (129, 33, 2053)]
+        .iter()
+        .enumerate()
+    {
+        // Rows of very different scale, as MLP outputs are (BOS rows are huge).
+        let mut y = rand_vals(rows * hd, 700 + i as u64, 1.0);
+        for (r, row) in y.chunks_mut(hd).enumerate() {
+            let f = [0.01f32, 1.0, 30.0][r % 3];
+            row.iter_mut()
+                .for_each(|v| *v = bf16::from_f32(*v * f).to_f32());
+        }
+        let x = rand_vals(rows * hd, 720 + i as u64, 8.0);
+        let act = rand_vals(rows * cols, 740 + i as u64, 3.0);
+        for (tw, resid) in [(TokenWeight::Out, false), (TokenWeight::OutResid, true)] {
+            let want = tw
+                .weights(&y, resid.then_some(&x[..]), hd, eps)
+                .expect("weighted");
+            let (yd, xd) = (up_bf16(&g, &y, &[rows, hd]), up_bf16(&g, &x, &[rows, hd]));
+            let mut wd = poisoned_f32(&g, &[rows]);
+            ops::token_weights(&g, &yd, resid.then_some(&xd), &mut wd, eps).unwrap();
+            let got = wd.to_host(&g).unwrap();
+            for r in 0..rows {
+                let tol = 1e-5 * want[r].abs() as f64;
+                assert!(
+                    ((got[r] - want[r]) as f64).abs() <= tol,
+                    "{} weight row {r} of {rows}x{hd}: {} vs {}",
+                    tw.name(),
+                    got[r],
+                    want[r]
+                );
+            }
+            // Scaled rows and their column statistics, from the GPU's own weights.
+            let ad = up_bf16(&g, &act, &[rows, cols]);
+            let mut out = poisoned_bf16(&g, &[rows, cols]);
+            let mut s1 = up_f32_f64(&g, &vec![1.0; cols]);
+            let mut s2 = up_f32_f64(&g, &vec![2.0; cols]);
+            ops::scale_rows_stats(&g, &ad, &wd, &mut out, Some((&mut s1, &mut s2))).unwrap();
+            let o = down(&g, &out);
+            let mut scaled = vec![0f32; rows * cols];
+            for r in 0..rows {
+                let f = got[r].sqrt();
+                for c in 0..cols {
+                    scaled[r * cols + c] = act[r * cols + c] * f;
+                }
+            }
+            check(
+                &format!("scale_rows {rows}x{cols} ({})", tw.name()),
+                &o,
+                &scaled,
+                BF16_TOL,
+            );
+            let (mut w1, mut w2) = (vec![1f64; cols], vec![2f64; cols]);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let v = o[r * cols + c] as f64;
+                    w1[c] += v;
+                    w2[c] += v * v;
+                }
+            }
+            let (g1, g2) = (s1.to_host(&g).unwrap(), s2.to_host(&g).unwrap());
+            for c in 0..cols {
+                let tol = |w: f64| 1e-5 * (1.0 + w.abs());
+                assert!(
+                    (g1[c] - w1[c]).abs() <= tol(w1[c]),
+                    "Σ col {c}: {} vs {}",
+                    g1[c],
+                    w1[c]
+                );
+                assert!(
+                    (g2[c] - w2[c]).abs() <= tol(w2[c]),
+                    "Σ² col {c}: {} vs {}",
+                    g2[c],
+                    w2[c]
+                );
+            }
+        }
+    }
+}
+
 fn up_f32_f64(g: &Gpu, x: &[f64]) -> DTensor<f64> {
     DTensor::from_host(g, x, &[x.len()]).unwrap()
 }

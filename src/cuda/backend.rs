@@ -9,11 +9,16 @@
 //!   comes back is already bf16, the next upload is exact, so running layer by layer through the
 //!   host computes what `GpuModel::forward_hidden` computes on the device in one go.
 //!   (`run_layer` keeps `h` on the device between its two halves.)
-//! - **Statistics are accumulated on the host.** The MLP activation, the bf16 input of down_proj,
-//!   is downloaded as f32 `[rows, I]` and handed to `sink` (the compile pipeline's f64
-//!   `calib::MlpStats`, Gram and cross matrices included). Keeping the hidden states resident
-//!   between layers and the statistics on the device (`GpuModel::enable_mlp_stats`,
-//!   `ops::gram_accumulate`) is the speed issue's job.
+//! - **Statistics are accumulated on the device.** `begin_stats` allocates Σa, Σa² (f64) and the
+//!   Gram matrix (f32, upper block triangle, symmetrised by `take_stats`) on the GPU; each
+//!   `Capture::Stats` call adds its batch there (uniform weights: fused into the activation
+//!   kernel; token weights: `token_weights` + `scale_rows_stats`, then the Gram of the scaled
+//!   rows), and only `take_stats` downloads, once per layer. The cross matrix of
+//!   `--refit-target original` pairs two streams' activations and is still accumulated on the
+//!   host from downloaded activations (correct, slow; not the default).
+//! - Left for the speed issue: the hidden states still travel per batch (about 3 × rows × H
+//!   × 6 bytes per layer), and the column sums use f64 atomics, so GPU statistics are not
+//!   bitwise repeatable run to run (the Gram matrix is).
 //! - **Weights** come from the `&LayerWeights` argument (f32). They are rounded to bf16
 //!   (nearest-even, as `GpuModel::from_cpu` rounds them; the norm weights stay f32) and uploaded
 //!   once per distinct (layer index, width), then cached. Each half is uploaded when it first
@@ -31,7 +36,7 @@
 use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
 use super::ops::{self, AttnParams};
-use crate::calib::{Backend, MlpSink};
+use crate::calib::{Backend, Capture, HostCapture, MlpStats, StatsSpec, TokenWeight};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{embed_rows_from_store, Batch, LayerWeights};
@@ -138,10 +143,27 @@ struct Entry {
     mlp: Option<DevMlp>,
 }
 
+/// Statistics accumulated on the device (`StatsSpec` without the cross matrix).
+struct DevCapture {
+    spec: StatsSpec,
+    count: u64,
+    sum: DTensor<f64>,          // [I] Σ w·a
+    sumsq: DTensor<f64>,        // [I] Σ w·a²
+    gram: Option<DTensor<f32>>, // [I, I] Σ w·a·aᵀ, upper block triangle until taken
+}
+
+/// Where the open statistics live: the device, or (for the cross matrix, which pairs two
+/// streams' activations) the host, fed with downloaded activations.
+enum Capturing {
+    Device(DevCapture),
+    Host(HostCapture),
+}
+
 /// Runs calibration layers on one GPU (see the module comment for what travels where).
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
     cache: Vec<Entry>,
+    capture: Option<Capturing>,
 }
 
 impl CudaBackend {
@@ -149,6 +171,7 @@ impl CudaBackend {
         CudaBackend {
             gpu,
             cache: Vec::new(),
+            capture: None,
         }
     }
 
@@ -280,35 +303,102 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)`, handing the
-    /// down_proj input (bf16 values as f32, [rows, I]) to `sink`.
+    /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)`, recording
+    /// the down_proj input as `capture` asks into `self.capture`.
     fn mlp_device(
-        &self,
+        gpu: &Gpu,
         cfg: &ModelConfig,
         w: &DevMlp,
         h: &mut DTensor<bf16>,
-        sink: MlpSink<'_>,
+        capture: Capture,
+        capturing: Option<&mut Capturing>,
     ) -> Result<()> {
-        let gpu = &*self.gpu;
         let eps = cfg.rms_norm_eps;
         let (n, hd, i) = (h.rows(), cfg.hidden_size, w.gate.rows());
-        let mut x = DTensor::zeros(gpu, &[n, hd])?;
+        let mut x = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
         ops::rms_norm(gpu, h, &w.pre_ffn_norm, &mut x, eps)?;
-        let mut gate = DTensor::zeros(gpu, &[n, i])?;
-        let mut up = DTensor::zeros(gpu, &[n, i])?;
+        let mut gate = DTensor::zeros(gpu, &[n, i])?; // [N, I]
+        let mut up = DTensor::zeros(gpu, &[n, i])?; // [N, I]
         ops::gemm_nt(gpu, &x, &w.gate, Some(&mut gate), None, false)?;
         ops::gemm_nt(gpu, &x, &w.up, Some(&mut up), None, false)?;
         drop(x);
-        let mut act = DTensor::zeros(gpu, &[n, i])?;
-        ops::gelu_mul(gpu, &gate, &up, &mut act, None, None)?;
-        drop((gate, up));
-        let mut y = DTensor::zeros(gpu, &[n, hd])?;
-        ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
-        let a: Vec<f32> = act.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect();
-        let out: Vec<f32> = y.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect();
-        sink(&a, &out);
-        drop((a, out));
-        ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+        let mut act = DTensor::zeros(gpu, &[n, i])?; // [N, I]
+                                                     // Uniform weights on the device: the column sums come fused with the activation.
+        let fused = match (capture, capturing.as_deref()) {
+            (Capture::Stats, Some(Capturing::Device(d))) => {
+                d.spec.token_weight == TokenWeight::Uniform
+            }
+            _ => false,
+        };
+        match (fused, capturing) {
+            (true, Some(Capturing::Device(d))) => {
+                ops::gelu_mul(
+                    gpu,
+                    &gate,
+                    &up,
+                    &mut act,
+                    None,
+                    Some((&mut d.sum, &mut d.sumsq)),
+                )?;
+                drop((gate, up));
+                if let Some(g) = d.gram.as_mut() {
+                    ops::gram_accumulate(gpu, &act, g)?;
+                }
+                d.count += n as u64;
+                let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
+                ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
+                ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+                return Ok(());
+            }
+            (_, capturing) => {
+                ops::gelu_mul(gpu, &gate, &up, &mut act, None, None)?;
+                drop((gate, up));
+                let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
+                ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
+                match (capture, capturing) {
+                    (Capture::None, _) => {}
+                    (_, None) => {
+                        return Err(Error::Other(
+                            "run_mlp asked for statistics before begin_stats".into(),
+                        ))
+                    }
+                    (Capture::Stats, Some(Capturing::Device(d))) => {
+                        // Weighted: w from y (and the input residual, still in h), then the
+                        // statistics of the scaled rows.
+                        let mut wt = DTensor::zeros(gpu, &[n])?; // [N]
+                        let resid = (d.spec.token_weight == TokenWeight::OutResid).then_some(&*h);
+                        ops::token_weights(gpu, &y, resid, &mut wt, eps)?;
+                        let mut scaled = DTensor::zeros(gpu, &[n, i])?; // [N, I]
+                        ops::scale_rows_stats(
+                            gpu,
+                            &act,
+                            &wt,
+                            &mut scaled,
+                            Some((&mut d.sum, &mut d.sumsq)),
+                        )?;
+                        if let Some(g) = d.gram.as_mut() {
+                            ops::gram_accumulate(gpu, &scaled, g)?;
+                        }
+                        d.count += n as u64;
+                    }
+                    (Capture::Reference, Some(Capturing::Device(_))) => {
+                        return Err(Error::Other(
+                            "Capture::Reference needs statistics opened with cross".into(),
+                        ))
+                    }
+                    (c, Some(Capturing::Host(hc))) => {
+                        let wide = |t: &DTensor<bf16>| -> Result<Vec<f32>> {
+                            Ok(t.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect())
+                        };
+                        let resid = (hc.spec.token_weight == TokenWeight::OutResid)
+                            .then(|| wide(h))
+                            .transpose()?;
+                        hc.record(c, &wide(&act)?, &wide(&y)?, resid.as_deref(), hd, eps)?;
+                    }
+                }
+                ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+            }
+        }
         Ok(())
     }
 }
@@ -349,12 +439,12 @@ impl Backend for CudaBackend {
         l: usize,
         w: &LayerWeights,
         h: &mut [f32],
-        sink: MlpSink<'_>,
+        capture: Capture,
     ) -> Result<()> {
         let e = self.ensure_mlp(cfg, l, w)?;
         let mut hd = self.upload_hidden(cfg, h)?;
         let wm = self.cache[e].mlp.as_ref().expect("uploaded above");
-        self.mlp_device(cfg, wm, &mut hd, sink)?;
+        Self::mlp_device(&self.gpu, cfg, wm, &mut hd, capture, self.capture.as_mut())?;
         self.download_hidden(&hd, h)
     }
 
@@ -367,7 +457,7 @@ impl Backend for CudaBackend {
         w: &LayerWeights,
         h: &mut [f32],
         batch: Batch,
-        sink: MlpSink<'_>,
+        capture: Capture,
     ) -> Result<()> {
         self.ensure_attn(cfg, l, w)?;
         let e = self.ensure_mlp(cfg, l, w)?;
@@ -378,7 +468,54 @@ impl Backend for CudaBackend {
             entry.mlp.as_ref().expect("uploaded above"),
         );
         self.attn_device(cfg, l, wa, &mut hd, batch)?;
-        self.mlp_device(cfg, wm, &mut hd, sink)?;
+        Self::mlp_device(&self.gpu, cfg, wm, &mut hd, capture, self.capture.as_mut())?;
         self.download_hidden(&hd, h)
+    }
+
+    fn begin_stats(&mut self, spec: StatsSpec) -> Result<()> {
+        self.capture = None; // free the previous layer's accumulators first
+        self.capture = Some(if spec.cross {
+            Capturing::Host(HostCapture::new(spec))
+        } else {
+            let gpu = &self.gpu;
+            let i = spec.width;
+            Capturing::Device(DevCapture {
+                spec,
+                count: 0,
+                sum: DTensor::zeros(gpu, &[i])?,
+                sumsq: DTensor::zeros(gpu, &[i])?,
+                gram: if spec.gram {
+                    Some(DTensor::zeros(gpu, &[i, i])?)
+                } else {
+                    None
+                },
+            })
+        });
+        Ok(())
+    }
+
+    fn take_stats(&mut self) -> Result<MlpStats> {
+        match self.capture.take() {
+            None => Err(Error::Other("take_stats without begin_stats".into())),
+            Some(Capturing::Host(hc)) => Ok(hc.stats),
+            Some(Capturing::Device(mut d)) => {
+                let gpu = &*self.gpu;
+                let gram = match d.gram.as_mut() {
+                    Some(g) => {
+                        ops::gram_symmetrize(gpu, g)?;
+                        Some(g.to_host(gpu)?.into_iter().map(f64::from).collect())
+                    }
+                    None => None,
+                };
+                Ok(MlpStats {
+                    width: d.spec.width,
+                    count: d.count,
+                    sum: d.sum.to_host(gpu)?,
+                    sumsq: d.sumsq.to_host(gpu)?,
+                    gram,
+                    cross: None,
+                })
+            }
+        }
     }
 }

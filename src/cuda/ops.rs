@@ -601,6 +601,94 @@ pub fn gelu_mul(
     }
 }
 
+/// Calibration token weights (`calib::TokenWeight`): `w[r] = 1/(ms(y_r)+eps)`, divided also by
+/// `ms(resid_r)+eps` when `resid` is given. `y`, `resid` [rows, H] bf16, `w` [rows] f32.
+pub fn token_weights(
+    gpu: &Gpu,
+    y: &DTensor<bf16>,
+    resid: Option<&DTensor<bf16>>,
+    w: &mut DTensor<f32>,
+    eps: f32,
+) -> CudaResult<()> {
+    const K_NAME: &str = "token_weights_bf16";
+    let _r = range("token_weights");
+    let (rows, cols) = (y.rows(), y.cols());
+    let rp = match resid {
+        Some(x) => {
+            expect_shape(K_NAME, "resid", x, rows, cols)?;
+            x.ptr(gpu)
+        }
+        None => 0,
+    };
+    expect_len(K_NAME, "w", w, rows)?;
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(y.ptr(gpu)),
+        KArg::Ptr(rp),
+        KArg::Ptr(w.ptr(gpu)),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(i32_of(K_NAME, "cols", cols)?),
+        KArg::F32(eps),
+    ];
+    // SAFETY: y (and resid) hold rows·cols elements and w rows (checked); one warp per row, rows
+    // past the end return before reading.
+    unsafe { gpu.launch(K_NAME, cfg((rows.div_ceil(8), 1, 1), (32, 8, 1), 0), &args) }
+}
+
+/// `out = bf16(act · sqrt(w[row]))` ([rows, I] bf16), adding Σout and Σout² per column into
+/// `stats` ([I] f64 each) when given: the statistics of token-weighted activations.
+pub fn scale_rows_stats(
+    gpu: &Gpu,
+    act: &DTensor<bf16>,
+    w: &DTensor<f32>,
+    out: &mut DTensor<bf16>,
+    stats: Option<(&mut DTensor<f64>, &mut DTensor<f64>)>,
+) -> CudaResult<()> {
+    const K_NAME: &str = "scale_rows_stats_bf16";
+    let _r = range("scale_rows_stats");
+    let (rows, cols) = (act.rows(), act.cols());
+    expect_len(K_NAME, "w", w, rows)?;
+    expect_shape(K_NAME, "out", out, rows, cols)?;
+    let (s1, s2) = match stats {
+        Some((s1, s2)) => {
+            expect_len(K_NAME, "col_sum", s1, cols)?;
+            expect_len(K_NAME, "col_sumsq", s2, cols)?;
+            (s1.ptr(gpu), s2.ptr(gpu))
+        }
+        None => (0, 0),
+    };
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let gy = rows.div_ceil(128);
+    if gy > MAX_GRID_YZ {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("{rows} rows exceed the grid"),
+        ));
+    }
+    let args = [
+        KArg::Ptr(act.ptr(gpu)),
+        KArg::Ptr(w.ptr(gpu)),
+        KArg::Ptr(out.ptr(gpu)),
+        KArg::Ptr(s1),
+        KArg::Ptr(s2),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(i32_of(K_NAME, "cols", cols)?),
+    ];
+    // SAFETY: act and out hold rows·cols elements (distinct tensors, one &mut), w rows, the
+    // statistics cols (checked); the kernel bounds-checks every row and column.
+    unsafe {
+        gpu.launch(
+            K_NAME,
+            cfg((cols.div_ceil(64), gy, 1), (32, 8, 1), 0),
+            &args,
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Embedding, head, conversions
 
