@@ -12,24 +12,45 @@
 #   bash scripts/device-check.sh             # on the GPU machine (carry target/device-carry)
 #
 # The GPU run, in order (each step's status and time go into the summary; a failing step does not
-# stop the later ones):
-#   1. kernels   cuda_kernels --ignored: every kernel against the CPU reference ops
-#   2. model     cuda_model --ignored: GPU vs CPU forward on the tiny fixtures (and gemma-3-270m
-#                when models/ holds it)
-#   2b. backend  cuda_backend --ignored: CudaBackend vs GpuModel (bitwise), `whittle --device cuda`
-#                compile and eval against --device cpu (WHITTLE_BIN = the carried whittle)
-#   3. parity    a random-init gemma-2-2b (full-size layers, 4 of them, bf16) made by
+# stop the later ones). Estimated seconds on an H100 in brackets (the whole run: about 7 minutes,
+# under 8, the compile_2b cap included):
+#   1. kernels   [45] cuda_kernels --ignored: every kernel against the CPU reference ops
+#   2. model     [10] cuda_model --ignored: GPU vs CPU forward on the tiny fixtures (and
+#                gemma-3-270m when models/ holds it)
+#   2b. backend  [20] cuda_backend --ignored: CudaBackend vs GpuModel (bitwise), `whittle --device
+#                cuda` compile and eval against --device cpu (WHITTLE_BIN = the carried whittle)
+#   3. parity    [55] a random-init gemma-2-2b (full-size layers, 4 of them, bf16) made by
 #                scripts/device/make_gemma2_2b.py; whittle (cuda_parity) vs transformers bf16
 #                eager (scripts/device/parity.py) at 4160 tokens, past the 4096 sliding window
-#   4. bench     cuda_bench --ignored: GEMM / attention / memory-bound kernel timings
-#   4b. bench_hf scripts/bench_hf.py --device cuda on the same model (transformers serving figures)
-#   5. sanitize  (only with WHITTLE_SANITIZE=1) compute-sanitizer memcheck over cuda_kernels
-# Output: a summary table printed last; $OUT/summary.json, $OUT/log.txt (every step's output),
-# $OUT/parity.json, $OUT/bench.json ($OUT defaults to target/device-check-out).
+#   4. bench     [25] cuda_bench --ignored --exact bench_kernels: whittle's kernels at every shape
+#                of scripts/device/bench_shapes.json (GEMM at gemma-2-2b/9b projection shapes over
+#                4096 tokens and 8192³, Gram, attention T = 1k/4k/8k, RMSNorm, RoPE, gelu·up +
+#                stats, NLL, copy); CUDA events, rotating inputs > L2, median/p10/p90 → JSON
+#   4a. bench_torch [25] scripts/device/bench_torch.py: torch's peers at the same shapes
+#                (cuBLAS matmul, SDPA, eager RMSNorm/RoPE/gelu/NLL, copy ceiling) → JSON
+#   4b. bench_hf [40] scripts/bench_hf.py --device cuda on the same model (transformers serving)
+#   5. calib_ids [3]  128 × 2048 random token ids (safetensors input_ids, scripts/device/calib_hf.py)
+#   5a. calib_whittle [10] cuda_bench --exact bench_calib: tokens/s through all layers with on-device
+#                Σa, Σa², Gram capture, no LM head
+#   5b. calib_hf [20] scripts/device/calib_hf.py run: the same with transformers bf16 eager and
+#                forward hooks on every mlp.down_proj
+#   6. compile_2b [≤120] `whittle --device cuda compile` of that model on those ids (--samples 128
+#                --seq 2048), wall time; capped by WHITTLE_COMPILE_TIMEOUT (default 120 s: the
+#                host-side statistics of today's CudaBackend are expected to need longer, and
+#                then the step records "timed out")
+#   7. ratios    [1]  scripts/device/ratios.py joins 4/4a/5a/5b/6 into $OUT/perf.md (printed in the
+#                summary) and $OUT/perf.json
+#   8. sanitize  (only with WHITTLE_SANITIZE=1) compute-sanitizer memcheck over cuda_kernels
+# The calibration model is the 4-layer parity model; WHITTLE_CALIB_LAYERS=26 makes a full-depth
+# one for steps 5-6 instead (about +60 s to make, and the compile cap matters more).
+# Output: the ratio table, then the step table, printed last; in $OUT (at most 8 files come
+# back): summary.json, log.txt (every step's output), parity.json, bench_hf.json, perf.md,
+# perf.json (every record of steps 4-6, joined), and perf-raw.tgz only when the ratios step
+# failed ($OUT defaults to target/device-check-out).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 CARRY="target/device-carry"
 BINS=(cuda_kernels cuda_model cuda_backend cuda_parity cuda_bench whittle)
 PY="${PYTHON:-python3}"
@@ -75,6 +96,7 @@ if missing:
   (cd "$CARRY" && sha256sum "${BINS[@]}" > MANIFEST.sha256)
   local total
   total=$(du -cb "$CARRY"/* | tail -1 | cut -f1)
+  # shellcheck disable=SC2012  # a listing for people, not parsed
   ls -l "$CARRY" | tail -n +2 >&2
   echo "device-check: $CARRY holds $((total / 1024 / 1024)) MiB (limit 64 MiB with the tree)" >&2
   (( total < 56 * 1024 * 1024 )) || die "$CARRY is too large to carry ($total bytes)"
@@ -92,6 +114,8 @@ need_files() {
 
 NEEDED=(
   scripts/device/make_gemma2_2b.py scripts/device/parity.py
+  scripts/device/bench_shapes.json scripts/device/bench_torch.py scripts/device/calib_hf.py
+  scripts/device/ratios.py
   tests/fixtures/tiny-gemma2/config.json tests/fixtures/tiny-gemma2/model.safetensors
   tests/fixtures/tiny-gemma3/config.json tests/fixtures/tiny-gemma3/model.safetensors
 )
@@ -112,6 +136,7 @@ dry_run() {
   done
   # The tests that need no GPU, from the carried binary (driver detection, --device parsing).
   WHITTLE_ROOT="$ROOT" "$CARRY/cuda_kernels" -q || die "dry run: cuda_kernels' CPU-side tests failed"
+  "$CARRY/cuda_bench" -q || die "dry run: cuda_bench's CPU-side test (bench_shapes.json) failed"
   "$CARRY/whittle" --version >/dev/null || die "dry run: $CARRY/whittle does not start"
   "$PY" scripts/device/make_gemma2_2b.py --out /tmp/whittle-g2 --dry-run || die "make_gemma2_2b.py"
   "$PY" scripts/device/parity.py prepare --model /tmp/whittle-g2 --work /tmp/whittle-parity --dry-run \
@@ -119,7 +144,40 @@ dry_run() {
   "$PY" scripts/device/parity.py compare --model /tmp/whittle-g2 --work /tmp/whittle-parity --dry-run \
     || die "parity.py compare"
   "$PY" scripts/bench_hf.py --help >/dev/null || die "bench_hf.py"
-  echo "device-check: dry run ok (GPU steps skipped: kernels, model, parity, bench)"
+  "$PY" scripts/device/bench_torch.py --dry-run --json /tmp/whittle-perf/bench_torch.json || die "bench_torch.py"
+  "$PY" scripts/device/calib_hf.py ids --out /tmp/whittle-perf/calib_ids.safetensors --samples 128 \
+    --seq 2048 --model /tmp/whittle-g2 --dry-run || die "calib_hf.py ids"
+  "$PY" scripts/device/calib_hf.py run --model /tmp/whittle-g2 --ids /tmp/whittle-perf/calib_ids.safetensors \
+    --json /tmp/whittle-perf/calib_hf.json --dry-run || die "calib_hf.py run"
+  local tmp
+  tmp="$(mktemp -d)"
+  "$PY" scripts/device/ratios.py --dry-run --quiet --json "$tmp/perf.json" --md "$tmp/perf.md" \
+    || die "ratios.py (synthetic records)"
+  [[ -s "$tmp/perf.md" && -s "$tmp/perf.json" ]] || die "ratios.py wrote no table"
+  rm -rf "$tmp"
+  echo "device-check: dry run ok (GPU steps skipped: kernels, model, parity, bench, bench_torch, calib, compile)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# compile_2b MODEL IDS WORK: `whittle --device cuda compile` of MODEL on the pre-tokenized IDS
+# (128 × 2048, defaults otherwise), wall time, capped at WHITTLE_COMPILE_TIMEOUT seconds (default
+# 120); writes WORK/compile_2b.json for ratios.py (rc 124: stopped at the cap).
+compile_2b() {
+  local model="$1" ids="$2" work="$3" cap="${WHITTLE_COMPILE_TIMEOUT:-120}"
+  local out="$3/compiled" t0 t1 rc layers
+  layers=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/config.json"))["num_hidden_layers"])' \
+    "$model" 2>/dev/null) || layers=null
+  rm -rf "$out"
+  t0=$(date +%s.%N)
+  timeout --kill-after=10 "$cap" "$CARRY/whittle" --device cuda compile "$model" -o "$out" \
+    --calib-ids "$ids" --samples 128 --seq 2048
+  rc=$?
+  t1=$(date +%s.%N)
+  printf '{"rc": %d, "wall_s": %s, "timeout_s": %d, "layers": %s, "tokens": %d, "model": "%s", "output": "%s"}\n' \
+    "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')" "$cap" "$layers" $((128 * 2048)) \
+    "$model" "$out" > "$work/compile_2b.json"
+  if (( rc == 124 || rc == 137 )); then echo "compile_2b: stopped at the ${cap} s cap (WHITTLE_COMPILE_TIMEOUT)"; fi
+  return "$rc"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -165,18 +223,46 @@ run() {
   step parity_compare "vs transformers (parity.json)" "$PY" scripts/device/parity.py compare \
     --model "$g2" --work "$work" --json "$OUT/parity.json"
 
-  step bench "timings (bench.json)" env WHITTLE_BENCH_OUT="$OUT/bench.json" \
-    "$CARRY/cuda_bench" --ignored --nocapture --test-threads=1
+  local perf=/tmp/whittle-perf
+  rm -rf "$perf"
+  mkdir -p "$perf"
+  step bench "whittle kernel timings" env WHITTLE_BENCH_OUT="$perf/bench.json" \
+    "$CARRY/cuda_bench" --ignored --exact bench_kernels --nocapture --test-threads=1
+  step bench_torch "torch peers, same shapes" "$PY" scripts/device/bench_torch.py --json "$perf/bench_torch.json"
   # The transformers side of `whittle bench` (issue 6) on the same random gemma-2-2b (4 layers,
   # bf16, eager, use_cache): the baseline a GPU whittle bench will be compared with.
   step bench_hf "transformers serving figures (bench_hf.json)" "$PY" scripts/bench_hf.py "$g2" \
     --device cuda --runs 10 --json-out "$OUT/bench_hf.json"
+
+  # Calibration throughput and the whole compile, on the same 128 × 2048 ids.
+  local cm="$g2" ids="$perf/calib_ids.safetensors"
+  if [[ -n "${WHITTLE_CALIB_LAYERS:-}" ]]; then
+    cm="/tmp/whittle-gemma2-2b-${WHITTLE_CALIB_LAYERS}l"
+    step make_calib_model "random gemma-2-2b, ${WHITTLE_CALIB_LAYERS} layers" "$PY" \
+      scripts/device/make_gemma2_2b.py --out "$cm" --layers "$WHITTLE_CALIB_LAYERS"
+  fi
+  step calib_ids "128 x 2048 ids" "$PY" scripts/device/calib_hf.py ids --out "$ids" --samples 128 \
+    --seq 2048 --model "$cm"
+  step calib_whittle "whittle calibration tokens/s" env WHITTLE_CALIB_MODEL="$cm" WHITTLE_CALIB_IDS="$ids" \
+    WHITTLE_CALIB_OUT="$perf/calib_whittle.json" "$CARRY/cuda_bench" --ignored --exact bench_calib --nocapture
+  step calib_hf "transformers + hooks tokens/s" "$PY" scripts/device/calib_hf.py run --model "$cm" \
+    --ids "$ids" --json "$perf/calib_hf.json"
+  step compile_2b "whittle --device cuda compile, wall time" compile_2b "$cm" "$ids" "$perf"
+  step ratios "whittle vs peers (perf.md, perf.json)" "$PY" scripts/device/ratios.py --quiet \
+    --whittle "$perf/bench.json" --torch "$perf/bench_torch.json" \
+    --calib-whittle "$perf/calib_whittle.json" --calib-hf "$perf/calib_hf.json" \
+    --compile "$perf/compile_2b.json" --json "$OUT/perf.json" --md "$OUT/perf.md"
+  if [[ "${STEPS[-1]}" != *"|ok|"* ]]; then
+    (cd "$perf" && tar czf "$OUT/perf-raw.tgz" -- *.json) 2>/dev/null || true
+  fi
   if [[ "${WHITTLE_SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
     step sanitize "memcheck" compute-sanitizer --tool memcheck --error-exitcode 9 \
       "$CARRY/cuda_kernels" --ignored --test-threads=1
   fi
 
-  # Summary: the table goes last so it ends the output; JSON alongside.
+  # Summary: the tables go last so they end the output; JSON alongside.
+  echo
+  [[ -s "$OUT/perf.md" ]] && cat "$OUT/perf.md"
   "$PY" - "$OUT/summary.json" "${STEPS[@]}" <<'EOF'
 import json, sys
 path, rows = sys.argv[1], [r.split("|", 3) for r in sys.argv[2:]]
