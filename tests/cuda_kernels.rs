@@ -495,30 +495,7 @@ fn gelu_mul_and_stats_match_cpu() {
             "f32 copy differs from the bf16 activation"
         );
         // statistics of exactly the bf16 activation
-        let (mut w1, mut w2) = (vec![1f64; cols], vec![2f64; cols]);
-        for r in 0..rows {
-            for c in 0..cols {
-                let v = a[r * cols + c] as f64;
-                w1[c] += v;
-                w2[c] += v * v;
-            }
-        }
-        let (g1, g2) = (s1.to_host(&g).unwrap(), s2.to_host(&g).unwrap());
-        for c in 0..cols {
-            let tol = |w: f64| 1e-5 * (1.0 + w.abs());
-            assert!(
-                (g1[c] - w1[c]).abs() <= tol(w1[c]),
-                "Σa col {c}: {} vs {}",
-                g1[c],
-                w1[c]
-            );
-            assert!(
-                (g2[c] - w2[c]).abs() <= tol(w2[c]),
-                "Σa² col {c}: {} vs {}",
-                g2[c],
-                w2[c]
-            );
-        }
+        check_col_stats("gelu_mul", &g, &a, rows, cols, &s1, &s2);
     }
 }
 
@@ -579,31 +556,45 @@ fn token_weights_and_scaled_stats_match_cpu() {
                 &scaled,
                 BF16_TOL,
             );
-            let (mut w1, mut w2) = (vec![1f64; cols], vec![2f64; cols]);
-            for r in 0..rows {
-                for c in 0..cols {
-                    let v = o[r * cols + c] as f64;
-                    w1[c] += v;
-                    w2[c] += v * v;
-                }
-            }
-            let (g1, g2) = (s1.to_host(&g).unwrap(), s2.to_host(&g).unwrap());
-            for c in 0..cols {
-                let tol = |w: f64| 1e-5 * (1.0 + w.abs());
-                assert!(
-                    (g1[c] - w1[c]).abs() <= tol(w1[c]),
-                    "Σ col {c}: {} vs {}",
-                    g1[c],
-                    w1[c]
-                );
-                assert!(
-                    (g2[c] - w2[c]).abs() <= tol(w2[c]),
-                    "Σ² col {c}: {} vs {}",
-                    g2[c],
-                    w2[c]
-                );
-            }
+            check_col_stats(tw.name(), &g, &o, rows, cols, &s1, &s2);
         }
+    }
+}
+
+/// Column sums Σv, Σv² of `v` [rows, cols] (plus the starting offsets 1 and 2 the tests put in
+/// the accumulators) against the GPU's f64 accumulators.
+fn check_col_stats(
+    what: &str,
+    g: &Gpu,
+    v: &[f32],
+    rows: usize,
+    cols: usize,
+    s1: &DTensor<f64>,
+    s2: &DTensor<f64>,
+) {
+    let (mut w1, mut w2) = (vec![1f64; cols], vec![2f64; cols]);
+    for r in 0..rows {
+        for c in 0..cols {
+            let x = v[r * cols + c] as f64;
+            w1[c] += x;
+            w2[c] += x * x;
+        }
+    }
+    let (g1, g2) = (s1.to_host(g).unwrap(), s2.to_host(g).unwrap());
+    for c in 0..cols {
+        let tol = |w: f64| 1e-5 * (1.0 + w.abs());
+        assert!(
+            (g1[c] - w1[c]).abs() <= tol(w1[c]),
+            "{what}: Σ col {c}: {} vs {}",
+            g1[c],
+            w1[c]
+        );
+        assert!(
+            (g2[c] - w2[c]).abs() <= tol(w2[c]),
+            "{what}: Σ² col {c}: {} vs {}",
+            g2[c],
+            w2[c]
+        );
     }
 }
 

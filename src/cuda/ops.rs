@@ -540,6 +540,39 @@ pub fn rope(
 // ---------------------------------------------------------------------------------------------
 // MLP activation
 
+/// Device pointers of optional column statistics `(Σ, Σ²)` ([cols] f64 each; 0 when absent).
+fn col_stats_ptrs(
+    gpu: &Gpu,
+    kernel: &'static str,
+    stats: Option<(&mut DTensor<f64>, &mut DTensor<f64>)>,
+    cols: usize,
+) -> CudaResult<(u64, u64)> {
+    match stats {
+        Some((s1, s2)) => {
+            expect_len(kernel, "col_sum", s1, cols)?;
+            expect_len(kernel, "col_sumsq", s2, cols)?;
+            Ok((s1.ptr(gpu), s2.ptr(gpu)))
+        }
+        None => Ok((0, 0)),
+    }
+}
+
+/// Grid of the column-statistics kernels (mlp.cu): 64 columns × 128 rows per block (32, 8).
+fn col_stats_grid(
+    kernel: &'static str,
+    rows: usize,
+    cols: usize,
+) -> CudaResult<(usize, usize, usize)> {
+    let gy = rows.div_ceil(128);
+    if gy > MAX_GRID_YZ {
+        return Err(CudaError::pre(
+            kernel,
+            format!("{rows} rows exceed the grid"),
+        ));
+    }
+    Ok((cols.div_ceil(64), gy, 1))
+}
+
 /// `act = gelu_tanh(gate)·up` ([rows, I] bf16), optionally also in f32, optionally adding
 /// Σact and Σact² per column into `stats` ([I] f64 each).
 pub fn gelu_mul(
@@ -562,24 +595,11 @@ pub fn gelu_mul(
         }
         None => 0,
     };
-    let (s1, s2) = match stats {
-        Some((s1, s2)) => {
-            expect_len(K_NAME, "col_sum", s1, cols)?;
-            expect_len(K_NAME, "col_sumsq", s2, cols)?;
-            (s1.ptr(gpu), s2.ptr(gpu))
-        }
-        None => (0, 0),
-    };
+    let (s1, s2) = col_stats_ptrs(gpu, K_NAME, stats, cols)?;
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let gy = rows.div_ceil(128);
-    if gy > MAX_GRID_YZ {
-        return Err(CudaError::pre(
-            K_NAME,
-            format!("{rows} rows exceed the grid"),
-        ));
-    }
+    let grid = col_stats_grid(K_NAME, rows, cols)?;
     let args = [
         KArg::Ptr(gate.ptr(gpu)),
         KArg::Ptr(up.ptr(gpu)),
@@ -592,13 +612,7 @@ pub fn gelu_mul(
     ];
     // SAFETY: gate, up, act (and act_f32) hold rows·cols elements, the statistics cols (checked);
     // the kernel bounds-checks every row and column.
-    unsafe {
-        gpu.launch(
-            K_NAME,
-            cfg((cols.div_ceil(64), gy, 1), (32, 8, 1), 0),
-            &args,
-        )
-    }
+    unsafe { gpu.launch(K_NAME, cfg(grid, (32, 8, 1), 0), &args) }
 }
 
 /// Calibration token weights (`calib::TokenWeight`): `w[r] = 1/(ms(y_r)+eps)`, divided also by
@@ -651,24 +665,11 @@ pub fn scale_rows_stats(
     let (rows, cols) = (act.rows(), act.cols());
     expect_len(K_NAME, "w", w, rows)?;
     expect_shape(K_NAME, "out", out, rows, cols)?;
-    let (s1, s2) = match stats {
-        Some((s1, s2)) => {
-            expect_len(K_NAME, "col_sum", s1, cols)?;
-            expect_len(K_NAME, "col_sumsq", s2, cols)?;
-            (s1.ptr(gpu), s2.ptr(gpu))
-        }
-        None => (0, 0),
-    };
+    let (s1, s2) = col_stats_ptrs(gpu, K_NAME, stats, cols)?;
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let gy = rows.div_ceil(128);
-    if gy > MAX_GRID_YZ {
-        return Err(CudaError::pre(
-            K_NAME,
-            format!("{rows} rows exceed the grid"),
-        ));
-    }
+    let grid = col_stats_grid(K_NAME, rows, cols)?;
     let args = [
         KArg::Ptr(act.ptr(gpu)),
         KArg::Ptr(w.ptr(gpu)),
@@ -680,13 +681,7 @@ pub fn scale_rows_stats(
     ];
     // SAFETY: act and out hold rows·cols elements (distinct tensors, one &mut), w rows, the
     // statistics cols (checked); the kernel bounds-checks every row and column.
-    unsafe {
-        gpu.launch(
-            K_NAME,
-            cfg((cols.div_ceil(64), gy, 1), (32, 8, 1), 0),
-            &args,
-        )
-    }
+    unsafe { gpu.launch(K_NAME, cfg(grid, (32, 8, 1), 0), &args) }
 }
 
 // ---------------------------------------------------------------------------------------------
