@@ -46,8 +46,6 @@ pub struct CompileOptions {
     pub damp: f64,
     /// How calibration tokens are weighed in the statistics.
     pub token_weight: TokenWeight,
-    /// Weigh down_proj's output channels by the post-FFN norm gain (1+g)² when scoring.
-    pub gain_weight: bool,
     pub width: Width,
     pub multiple_of: usize,
     pub force: bool,
@@ -64,7 +62,6 @@ impl Default for CompileOptions {
             repair: true,
             damp: 0.001,
             token_weight: TokenWeight::Uniform,
-            gain_weight: false,
             width: Width::Tier("throughput".into()),
             multiple_of: 128,
             force: false,
@@ -267,16 +264,10 @@ pub fn compile(
         t.calibrate += t0.elapsed().as_secs_f64();
 
         let t0 = Instant::now();
-        let gain: Option<Vec<f64>> = opts.gain_weight.then(|| {
-            w.post_ffn_norm
-                .iter()
-                .map(|&g| (1.0 + g as f64) * (1.0 + g as f64))
-                .collect()
-        }); // [H]
         let kept = match opts.method {
             Method::Magnitude => top_k(&magnitude_scores(&w, hd), k),
-            Method::Energy => top_k(&energy_scores(&w, hd, &stats, gain.as_deref()), k),
-            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp, gain.as_deref())?,
+            Method::Energy => top_k(&energy_scores(&w, hd, &stats), k),
+            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp)?,
         };
         t.score += t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
@@ -356,7 +347,6 @@ pub fn compile(
         "repair": opts.repair,
         "damp": opts.damp,
         "token_weight": opts.token_weight.name(),
-        "gain_weight": opts.gain_weight,
         "width_request": match &opts.width {
             Width::Tier(t) => json!({"tier": t}),
             Width::KeepRatio(r) => json!({"keep_ratio": r}),

@@ -129,9 +129,6 @@ struct CompileArgs {
     /// `out-resid` (also ÷ the residual's mean square).
     #[arg(long, default_value = "uniform", value_parser = ["uniform", "out", "out-resid"])]
     token_weight: String,
-    /// Weigh down_proj's output channels by the post-FFN norm's gain (1+g)² when scoring.
-    #[arg(long)]
-    gain_weight: bool,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     #[arg(long, conflicts_with_all = ["keep_ratio", "intermediate_size"])]
     tier: Option<String>,
@@ -541,7 +538,6 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         repair: !a.no_repair,
         damp: a.damp,
         token_weight: whittle::calib::TokenWeight::parse(&a.token_weight)?,
-        gain_weight: a.gain_weight,
         width,
         multiple_of: a.multiple_of,
         force: a.force,

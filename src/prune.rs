@@ -52,13 +52,11 @@ impl Method {
     }
 }
 
-/// Σ_r g[r]·W[r,j]² for each column j of down [h, i] (g = 1 when absent).
-fn col_norms_sq(down: &[f32], h: usize, i: usize, gain: Option<&[f64]>) -> Vec<f64> {
+fn col_norms_sq(down: &[f32], h: usize, i: usize) -> Vec<f64> {
     let mut n = vec![0f64; i];
     for r in 0..h {
-        let g = gain.map_or(1.0, |g| g[r]);
         for (j, x) in down[r * i..(r + 1) * i].iter().enumerate() {
-            n[j] += g * (*x as f64) * (*x as f64);
+            n[j] += (*x as f64) * (*x as f64);
         }
     }
     n
@@ -80,18 +78,12 @@ pub fn magnitude_scores(w: &LayerWeights, hidden: usize) -> Vec<f64> {
     let i = w.width;
     let g = row_norms(&w.gate, i, hidden);
     let u = row_norms(&w.up, i, hidden);
-    let d = col_norms_sq(&w.down, hidden, i, None);
+    let d = col_norms_sq(&w.down, hidden, i);
     (0..i).map(|j| g[j] * u[j] * d[j].sqrt()).collect()
 }
 
-/// `gain` [H] weighs the output channels (the post-FFN norm's (1+g)²), `None` for equal weight.
-pub fn energy_scores(
-    w: &LayerWeights,
-    hidden: usize,
-    stats: &MlpStats,
-    gain: Option<&[f64]>,
-) -> Vec<f64> {
-    let d = col_norms_sq(&w.down, hidden, w.width, gain);
+pub fn energy_scores(w: &LayerWeights, hidden: usize, stats: &MlpStats) -> Vec<f64> {
+    let d = col_norms_sq(&w.down, hidden, w.width);
     stats.mean_sq().iter().zip(&d).map(|(e, d)| e * d).collect()
 }
 
@@ -127,7 +119,6 @@ pub fn obs_select(
     stats: &MlpStats,
     k: usize,
     damp: f64,
-    gain: Option<&[f64]>,
 ) -> Result<Vec<usize>> {
     let n = w.width;
     let gram = stats
@@ -153,11 +144,7 @@ pub fn obs_select(
         let q = (0..n)
             .filter(|&j| alive[j])
             .map(|j| {
-                let col = &wt[j * hidden..(j + 1) * hidden];
-                let norm: f64 = match gain {
-                    None => col.iter().map(|x| x * x).sum(),
-                    Some(g) => col.iter().zip(g).map(|(x, g)| g * x * x).sum(),
-                };
+                let norm: f64 = wt[j * hidden..(j + 1) * hidden].iter().map(|x| x * x).sum();
                 (j, norm / hinv[j * n + j])
             })
             .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
