@@ -12,8 +12,8 @@
 //!   plus compute_80 PTX for anything newer. `-O3 -lineinfo`, never fast-math; images compressed
 //!   (`-Xfatbin -compress-all`).
 //! - `-Xptxas -v` output becomes `ptxas-report.txt` (registers, stack, spills, shared memory per
-//!   kernel and target) in OUT_DIR and in target/<profile>/. Any spill in a GEMM or attention
-//!   kernel fails the build; a spill elsewhere is a cargo warning.
+//!   kernel and target) in OUT_DIR and in target/<profile>/. Any spill in a GEMM, attention or
+//!   decode kernel fails the build; a spill elsewhere is a cargo warning.
 //! - Cargo reruns this script only when kernels/ (any .cu/.cuh), this file or the nvcc
 //!   environment variables change, so the fatbin is rebuilt only then.
 //!
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Kernel families whose spills fail the build (entry-name prefixes).
-const NO_SPILL_PREFIXES: &[&str] = &["gemm_", "gram_", "attention_"];
+const NO_SPILL_PREFIXES: &[&str] = &["gemm_", "gram_", "attention_", "decode_"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -149,7 +149,7 @@ fn main() {
     }
     if !fatal.is_empty() {
         panic!(
-            "\n\nwhittle: GEMM/attention kernels spill registers to local memory:\n  {}\n\nfull report:\n{report}",
+            "\n\nwhittle: GEMM/attention/decode kernels spill registers to local memory:\n  {}\n\nfull report:\n{report}",
             fatal.join("\n  ")
         );
     }

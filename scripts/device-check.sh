@@ -12,13 +12,17 @@
 #   bash scripts/device-check.sh             # on the GPU machine (carry target/device-carry)
 #
 # The GPU run, in order (each step's status and time go into the summary; a failing step does not
-# stop the later ones). Estimated seconds on an H100 in brackets (the whole run: about 7 minutes,
-# under 8, the compile_2b cap included):
+# stop the later ones). Estimated seconds on an H100 in brackets (the whole run: about 7.5 minutes,
+# under 8.5, the compile_2b cap included):
 #   1. kernels   [45] cuda_kernels --ignored: every kernel against the CPU reference ops
 #   2. model     [10] cuda_model --ignored: GPU vs CPU forward on the tiny fixtures (and
 #                gemma-3-270m when models/ holds it)
 #   2b. backend  [20] cuda_backend --ignored: CudaBackend vs GpuModel (bitwise), `whittle --device
 #                cuda` compile and eval against --device cpu (WHITTLE_BIN = the carried whittle)
+#   2c. decode   [20] cuda_decode --ignored: the decode kernels (GEMV, decode attention, RoPE + cache
+#                write) vs CPU references; GpuDecoder vs the CPU Decoder and vs the GPU full
+#                recompute across the sliding window; greedy picks; `--device cuda` generate and
+#                bench (WHITTLE_BIN = the carried whittle)
 #   3. parity    [55] a random-init gemma-2-2b (full-size layers, 4 of them, bf16) made by
 #                scripts/device/make_gemma2_2b.py; whittle (cuda_parity) vs transformers bf16
 #                eager (scripts/device/parity.py) at 4160 tokens, past the 4096 sliding window
@@ -52,7 +56,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 CARRY="target/device-carry"
-BINS=(cuda_kernels cuda_model cuda_backend cuda_parity cuda_bench whittle)
+BINS=(cuda_kernels cuda_model cuda_backend cuda_decode cuda_parity cuda_bench whittle)
 PY="${PYTHON:-python3}"
 MODE="${1:-run}"
 
@@ -87,7 +91,7 @@ for line in sys.stdin:
 missing = want - found
 if missing:
     sys.exit("device-check: no test executable for " + ", ".join(sorted(missing)))
- ' "cuda_kernels,cuda_model,cuda_backend,cuda_parity,cuda_bench" "$CARRY" || exit 1
+ ' "cuda_kernels,cuda_model,cuda_backend,cuda_decode,cuda_parity,cuda_bench" "$CARRY" || exit 1
   cp target/release/whittle "$CARRY/whittle"
   # Debug info (profile.release debug = 1) is most of each file; line tables are not needed there.
   for b in "${BINS[@]}"; do
@@ -128,7 +132,7 @@ dry_run() {
     die "dry run: files missing (binaries come from: bash scripts/device-check.sh --prepare)"
   fi
   (cd "$CARRY" && sha256sum --quiet -c MANIFEST.sha256) || die "dry run: $CARRY does not match its manifest"
-  for b in cuda_kernels cuda_model cuda_backend cuda_parity cuda_bench; do
+  for b in cuda_kernels cuda_model cuda_backend cuda_decode cuda_parity cuda_bench; do
     local n
     n=$("$CARRY/$b" --list --ignored 2>/dev/null | grep -c ': test$')
     echo "device-check: $b lists $n GPU tests"
@@ -137,6 +141,7 @@ dry_run() {
   # The tests that need no GPU, from the carried binary (driver detection, --device parsing).
   WHITTLE_ROOT="$ROOT" "$CARRY/cuda_kernels" -q || die "dry run: cuda_kernels' CPU-side tests failed"
   "$CARRY/cuda_bench" -q || die "dry run: cuda_bench's CPU-side test (bench_shapes.json) failed"
+  WHITTLE_ROOT="$ROOT" "$CARRY/cuda_decode" -q || die "dry run: cuda_decode's CPU-side tests failed"
   "$CARRY/whittle" --version >/dev/null || die "dry run: $CARRY/whittle does not start"
   "$PY" scripts/device/make_gemma2_2b.py --out /tmp/whittle-g2 --dry-run || die "make_gemma2_2b.py"
   "$PY" scripts/device/parity.py prepare --model /tmp/whittle-g2 --work /tmp/whittle-parity --dry-run \
@@ -155,7 +160,7 @@ dry_run() {
     || die "ratios.py (synthetic records)"
   [[ -s "$tmp/perf.md" && -s "$tmp/perf.json" ]] || die "ratios.py wrote no table"
   rm -rf "$tmp"
-  echo "device-check: dry run ok (GPU steps skipped: kernels, model, parity, bench, bench_torch, calib, compile)"
+  echo "device-check: dry run ok (GPU steps skipped: kernels, model, backend, decode, parity, bench, bench_torch, calib, compile)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +219,8 @@ run() {
   step model "GPU vs CPU forward" "$CARRY/cuda_model" --ignored --nocapture --test-threads=1
   step backend "CudaBackend; --device cuda compile/eval" env WHITTLE_BIN="$ROOT/$CARRY/whittle" \
     "$CARRY/cuda_backend" --ignored --nocapture --test-threads=1
+  step decode "decode kernels; GpuDecoder vs CPU; --device cuda generate/bench" \
+    env WHITTLE_BIN="$ROOT/$CARRY/whittle" "$CARRY/cuda_decode" --ignored --nocapture --test-threads=1
 
   local g2=/tmp/whittle-gemma2-2b-4l work=/tmp/whittle-parity
   step make_model "random gemma-2-2b, 4 layers" "$PY" scripts/device/make_gemma2_2b.py --out "$g2" --layers 4

@@ -1,4 +1,7 @@
-//! `whittle bench`: the serving figures of a model card, measured on the CPU path (f32).
+//! `whittle bench`: the serving figures of a model card, measured on a `decode::Engine`: the CPU
+//! path (`Model`, f32) or the GPU path (`cuda::GpuModel`, bf16), whichever `--device` selects.
+//! The measuring functions are the same for both; each figure ends with the greedy token id on
+//! the host, so asynchronous GPU work is complete when the clock stops.
 //!
 //! # Protocol
 //!
@@ -24,7 +27,7 @@
 //! `--quick` shrinks the shapes (2 × 128 prefill, 256-token RAG, 64 + 32 decode, 5 runs,
 //! 2 repeats) for smoke tests; the JSON records the shapes used.
 
-use crate::decode::{argmax, Decoder};
+use crate::decode::Engine;
 use crate::error::{Error, Result};
 use crate::inspect::{Summary, GIB};
 use crate::model::{Batch, Model};
@@ -117,18 +120,19 @@ impl Protocol {
     }
 }
 
-/// One model under test: its weights, size summary and tokenized prompt text.
+/// One model under test: its engine (weights on a device), size summary and tokenized prompt
+/// text.
 pub struct Subject {
     pub dir: PathBuf,
     pub label: String,
-    pub model: Model,
+    pub engine: Box<dyn Engine>,
     pub summary: Summary,
     /// The prompt text's tokens (no BOS), at least one.
     pub text_ids: Vec<u32>,
 }
 
 impl Subject {
-    pub fn new(dir: &Path, model: Model, prompt_text: &str) -> Result<Subject> {
+    pub fn new(dir: &Path, engine: Box<dyn Engine>, prompt_text: &str) -> Result<Subject> {
         let summary = crate::inspect::summarize(dir)?;
         let tok = Tokenizer::from_dir(dir)?;
         let text_ids = tok.encode(prompt_text)?;
@@ -144,7 +148,7 @@ impl Subject {
         Ok(Subject {
             dir: dir.to_path_buf(),
             label,
-            model,
+            engine,
             summary,
             text_ids,
         })
@@ -154,7 +158,7 @@ impl Subject {
     pub fn prompt(&self, offset: usize, len: usize) -> Vec<u32> {
         let n = self.text_ids.len();
         let mut ids = Vec::with_capacity(len);
-        ids.push(self.model.cfg.bos_token_id);
+        ids.push(self.engine.cfg().bos_token_id);
         ids.extend((0..len.saturating_sub(1)).map(|i| self.text_ids[(offset + i) % n]));
         ids
     }
@@ -166,22 +170,14 @@ pub fn measure_prefill(s: &Subject, p: &Protocol) -> Result<f64> {
     let (b, t) = (p.prefill_batch, p.prefill_len);
     let stride = s.text_ids.len() / b;
     let ids: Vec<u32> = (0..b).flat_map(|i| s.prompt(i * stride, t)).collect();
-    let hd = s.model.cfg.hidden_size;
     let t0 = Instant::now();
-    let h = s.model.forward_hidden(
+    let picked = s.engine.last_token_picks(
         &ids,
         Batch {
             n_seq: b,
             seq_len: t,
         },
-        None,
     )?;
-    let last: Vec<f32> = (0..b)
-        .flat_map(|i| h[((i + 1) * t - 1) * hd..(i + 1) * t * hd].iter().copied())
-        .collect();
-    let z = s.model.logits(&last);
-    let v = s.model.cfg.vocab_size;
-    let picked: Vec<u32> = z.chunks_exact(v).map(argmax).collect();
     let secs = t0.elapsed().as_secs_f64();
     std::hint::black_box(picked);
     Ok((b * t) as f64 / secs)
@@ -191,9 +187,8 @@ pub fn measure_prefill(s: &Subject, p: &Protocol) -> Result<f64> {
 pub fn measure_ttft(s: &Subject, p: &Protocol) -> Result<f64> {
     let ids = s.prompt(0, p.rag_len);
     let t0 = Instant::now();
-    let mut dec = Decoder::new(&s.model, p.rag_len + 1);
-    let z = dec.prefill(&ids)?;
-    let tok = argmax(&z);
+    let mut dec = s.engine.decoder(p.rag_len + 1)?;
+    let tok = dec.prefill_greedy(&ids)?;
     let secs = t0.elapsed().as_secs_f64();
     std::hint::black_box(tok);
     Ok(secs)
@@ -202,11 +197,11 @@ pub fn measure_ttft(s: &Subject, p: &Protocol) -> Result<f64> {
 /// Greedy decode of `steps` tokens after a `decode_prompt` prefill; returns steps/s.
 pub fn measure_decode(s: &Subject, p: &Protocol, steps: usize) -> Result<f64> {
     let ids = s.prompt(0, p.decode_prompt);
-    let mut dec = Decoder::new(&s.model, p.decode_prompt + steps);
-    let mut tok = argmax(&dec.prefill(&ids)?);
+    let mut dec = s.engine.decoder(p.decode_prompt + steps)?;
+    let mut tok = dec.prefill_greedy(&ids)?;
     let t0 = Instant::now();
     for _ in 0..steps {
-        tok = argmax(&dec.step(tok)?);
+        tok = dec.step_greedy(tok)?;
     }
     let secs = t0.elapsed().as_secs_f64();
     std::hint::black_box(tok);
@@ -330,8 +325,13 @@ pub fn report_json(subjects: &[Subject], measured: &[Measured], p: &Protocol) ->
         .zip(measured)
         .map(|(s, m)| model_json(s, m))
         .collect();
+    let (engine, device) = subjects
+        .first()
+        .map(|s| (s.engine.name(), s.engine.device()))
+        .unwrap_or_else(|| ("whittle cpu f32".into(), "cpu".into()));
     let mut out = json!({
-        "engine": "whittle cpu f32",
+        "engine": engine,
+        "device": device,
         "version": env!("CARGO_PKG_VERSION"),
         "threads": rayon::current_num_threads(),
         "protocol": p.to_json(),
@@ -425,9 +425,13 @@ pub fn report_markdown(report: &Value) -> String {
         }
         s += "\n";
     }
+    let device = match report["device"].as_str() {
+        Some(d) if d != "cpu" => format!(" on {d}"),
+        _ => String::new(),
+    };
     s +=
         &format!(
-        "\n{}, {} threads; tok/s and TTFT as median or p50 (min–max) over {} repeats / {} runs; \
+        "\n{}{device}, {} threads; tok/s and TTFT as median or p50 (min–max) over {} repeats / {} runs; \
          prefill LM head on the last position only{}.\n",
         report["engine"].as_str().unwrap_or("?"),
         report["threads"],

@@ -28,11 +28,11 @@
 //! (GEMV lanes instead of GEMM tiles): decoded logits agree with recomputing the whole sequence
 //! to about 1e-6 relative (tests/decode.rs checks 1e-4 per position across the window boundary).
 
-use crate::config::LayerType;
+use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops;
 use crate::error::{Error, Result};
-use crate::model::{embed, mlp_block, LayerWeights, Model};
+use crate::model::{embed, mlp_block, Batch, LayerWeights, Model};
 use rayon::prelude::*;
 
 // ----------------------------------------------------------------------------------- GEMV
@@ -120,6 +120,37 @@ pub fn gemv_into(x: &[f32], w: &[f32], k: usize, n: usize, y: &mut [f32]) {
 
 // ----------------------------------------------------------------------------------- cache
 
+/// Slots per KV head of a layer's cache and whether they form a ring (see the module docs):
+/// `(W, true)` for a sliding layer whose window W is below `max_len`, else `(max_len, false)`.
+/// The GPU decoder (`cuda::GpuDecoder`) lays its cache out with the same function.
+pub fn layer_slots(window: Option<usize>, max_len: usize) -> (usize, bool) {
+    match window {
+        Some(w) if w < max_len => (w, true),
+        _ => (max_len, false),
+    }
+}
+
+/// The slot position `pos` is stored in.
+#[inline]
+pub fn slot_of(pos: usize, slots: usize, ring: bool) -> usize {
+    if ring {
+        pos % slots
+    } else {
+        pos
+    }
+}
+
+/// The keys a query at position `pos` sees: `(lo, n)` = positions `lo..lo + n` (`lo + n = pos + 1`),
+/// the last `window` positions up to and including `pos` (all of them without a window).
+#[inline]
+pub fn visible_range(pos: usize, window: Option<usize>) -> (usize, usize) {
+    let lo = match window {
+        Some(w) => (pos + 1).saturating_sub(w),
+        None => 0,
+    };
+    (lo, pos + 1 - lo)
+}
+
 /// One layer's K and V: `[n_kv, slots, head_dim]` each (see the module docs).
 pub struct LayerCache {
     slots: usize,
@@ -134,11 +165,7 @@ pub struct LayerCache {
 impl LayerCache {
     #[inline]
     fn slot(&self, pos: usize) -> usize {
-        if self.ring {
-            pos % self.slots
-        } else {
-            pos
-        }
+        slot_of(pos, self.slots, self.ring)
     }
 }
 
@@ -159,10 +186,7 @@ impl KvCache {
         let layers = (0..cfg.num_layers)
             .map(|l| {
                 let window = cfg.window(l);
-                let (slots, ring) = match window {
-                    Some(w) if w < max_len => (w, true),
-                    _ => (max_len, false),
-                };
+                let (slots, ring) = layer_slots(window, max_len);
                 LayerCache {
                     slots,
                     ring,
@@ -463,11 +487,7 @@ fn attend(
     scale: f32,
     softcap: Option<f32>,
 ) -> Vec<f32> {
-    let lo = match c.window {
-        Some(w) => (p + 1).saturating_sub(w),
-        None => 0,
-    };
-    let n = p + 1 - lo;
+    let (lo, n) = visible_range(p, c.window);
     let group = nh / nkv;
     let head = |hh: usize, out: &mut [f32]| {
         let g = hh / group;
@@ -529,6 +549,84 @@ fn mlp_step(cfg: &crate::config::ModelConfig, w: &LayerWeights, h: &mut [f32]) {
     ops::rms_norm_row(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
     for (a, b) in h.iter_mut().zip(&y) {
         *a += b;
+    }
+}
+
+// ----------------------------------------------------------------------------------- engines
+
+/// A model that serves requests: batched prefill without a cache, and KV-cache decoding. The CPU
+/// `Model` (f32) and the GPU `cuda::GpuModel` (bf16) implement it; `bench` and `generate` are
+/// written against it, so both engines are measured and driven by the same code.
+pub trait Engine {
+    fn cfg(&self) -> &ModelConfig;
+    /// What runs, for reports: `whittle cpu f32` or `whittle cuda bf16`.
+    fn name(&self) -> String;
+    /// Where it runs: `cpu` or the GPU's description.
+    fn device(&self) -> String;
+    /// One batched forward pass over `batch` sequences (no cache), the LM head on the last
+    /// position of each sequence only, and the greedy pick of each: `[n_seq]` token ids.
+    fn last_token_picks(&self, ids: &[u32], batch: Batch) -> Result<Vec<u32>>;
+    /// A KV-cache decoder for one sequence of up to `max_len` positions.
+    fn decoder(&self, max_len: usize) -> Result<Box<dyn Decode + '_>>;
+}
+
+/// Incremental decoding of one sequence (`Decoder` on the CPU, `cuda::GpuDecoder` on a GPU).
+pub trait Decode {
+    /// Runs the prompt, filling the cache (which must be empty); logits `[V]` of its last token.
+    fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
+    /// Decodes one token at position `pos()`; its logits `[V]`.
+    fn step(&mut self, id: u32) -> Result<Vec<f32>>;
+    /// `argmax(prefill(ids))` (an engine may pick without handing the logits over).
+    fn prefill_greedy(&mut self, ids: &[u32]) -> Result<u32> {
+        Ok(argmax(&self.prefill(ids)?))
+    }
+    /// `argmax(step(id))`.
+    fn step_greedy(&mut self, id: u32) -> Result<u32> {
+        Ok(argmax(&self.step(id)?))
+    }
+    /// The position the next token takes.
+    fn pos(&self) -> usize;
+    /// Starts a new sequence (keeps the allocations).
+    fn reset(&mut self);
+}
+
+impl Decode for Decoder<'_> {
+    fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        Decoder::prefill(self, ids)
+    }
+    fn step(&mut self, id: u32) -> Result<Vec<f32>> {
+        Decoder::step(self, id)
+    }
+    fn pos(&self) -> usize {
+        Decoder::pos(self)
+    }
+    fn reset(&mut self) {
+        Decoder::reset(self)
+    }
+}
+
+impl Engine for Model {
+    fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn name(&self) -> String {
+        "whittle cpu f32".into()
+    }
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+    fn last_token_picks(&self, ids: &[u32], batch: Batch) -> Result<Vec<u32>> {
+        let (b, t) = (batch.n_seq, batch.seq_len);
+        let h = self.forward_hidden(ids, batch, None)?;
+        let hd = self.cfg.hidden_size;
+        let last: Vec<f32> = (0..b)
+            .flat_map(|i| h[((i + 1) * t - 1) * hd..(i + 1) * t * hd].iter().copied())
+            .collect();
+        let z = self.logits(&last);
+        Ok(z.chunks_exact(self.cfg.vocab_size).map(argmax).collect())
+    }
+    fn decoder(&self, max_len: usize) -> Result<Box<dyn Decode + '_>> {
+        Ok(Box::new(Decoder::new(self, max_len)))
     }
 }
 

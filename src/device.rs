@@ -1,4 +1,4 @@
-//! `--device auto|cpu|cuda[:N]`: where `whittle eval` and `whittle compile` run. This module
+//! `--device auto|cpu|cuda[:N]`: where `whittle eval`, `compile`, `bench` and `generate` run. This module
 //! exists in every build. The GPU half is behind the `cuda` feature, so a CPU-only build
 //! (`--no-default-features`) parses the same flag, picks the CPU for `auto`, and refuses `cuda`.
 //!
@@ -11,10 +11,12 @@
 //! On a GPU, `eval` runs `cuda::GpuModel`. All its decoder layers are resident on the device
 //! when the bf16 weights of every model being evaluated, plus 10% and 2 GiB of headroom, fit in
 //! the free GPU memory. Otherwise it uses `Residency::Streamed`, uploading one layer at a time.
-//! `compile` runs `cuda::CudaBackend`. `bench` and `generate` have no GPU path yet: they say so
-//! and run on the CPU.
+//! `compile` runs `cuda::CudaBackend`. `bench` and `generate` run `cuda::GpuModel` as a
+//! `decode::Engine` (batched prefill and `cuda::GpuDecoder`), with the same residency rule as
+//! `eval`. `bench --forward` has no GPU path: it says so and runs on the CPU.
 
 use crate::calib::{Backend, CpuBackend};
+use crate::decode::Engine;
 use crate::error::{Error, Result};
 use crate::eval::LogitModel;
 use crate::model::Model;
@@ -112,7 +114,7 @@ impl Device {
         }
     }
 
-    /// For commands with no GPU path yet (`what`: "bench", "generate"). Resolves `choice` like
+    /// For commands with no GPU path yet (`what`: "bench --forward"). Resolves `choice` like
     /// `open`, so an explicit GPU that cannot be used is still an error, and then returns the
     /// CPU. When a GPU was chosen, the reason says that it is not used.
     pub fn open_cpu_only(choice: DeviceChoice, what: &str) -> Result<Device> {
@@ -159,9 +161,36 @@ impl Device {
         }
     }
 
+    /// Loads the models `bench` and `generate` run (the model, then `--against` if given) as
+    /// serving engines on this device, reporting each load on stderr: `Model` (f32) on the CPU,
+    /// `GpuModel` (bf16; resident or streamed as for `eval`) on a GPU.
+    pub fn load_engines(&self, dirs: &[&Path]) -> Result<Vec<Box<dyn Engine>>> {
+        self.load_each(
+            dirs,
+            |m| Box::new(m) as Box<dyn Engine>,
+            #[cfg(feature = "cuda")]
+            |m| Box::new(m) as Box<dyn Engine>,
+        )
+    }
+
     /// Loads the models `eval` scores (the model, then the base if there is one) on this device
     /// and reports each load on stderr. On a GPU, see the module comment for the residency.
     pub fn load_eval_models(&self, dirs: &[&Path]) -> Result<Vec<Box<dyn LogitModel>>> {
+        self.load_each(
+            dirs,
+            |m| Box::new(m) as Box<dyn LogitModel>,
+            #[cfg(feature = "cuda")]
+            |m| Box::new(m) as Box<dyn LogitModel>,
+        )
+    }
+
+    /// Loads every model of `dirs` on this device and wraps it (`cpu` or `gpu`).
+    fn load_each<T>(
+        &self,
+        dirs: &[&Path],
+        cpu: impl Fn(Model) -> T,
+        #[cfg(feature = "cuda")] gpu: impl Fn(crate::cuda::GpuModel) -> T,
+    ) -> Result<Vec<T>> {
         let ctx =
             |dir: &Path, e: Error| Error::Other(format!("loading model {}: {e}", dir.display()));
         match self {
@@ -175,7 +204,7 @@ impl Device {
                         dir.display(),
                         t.elapsed().as_secs_f64()
                     );
-                    Ok(Box::new(m) as Box<dyn LogitModel>)
+                    Ok(cpu(m))
                 })
                 .collect(),
             #[cfg(feature = "cuda")]
@@ -197,7 +226,7 @@ impl Device {
                                 Residency::Streamed => "streamed",
                             }
                         );
-                        Ok(Box::new(m) as Box<dyn LogitModel>)
+                        Ok(gpu(m))
                     })
                     .collect()
             }

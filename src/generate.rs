@@ -1,4 +1,5 @@
-//! Text generation over the CPU decoder: prompt formatting (BOS, Gemma's chat turn format), the
+//! Text generation over a KV-cache decoder (`decode::Engine`: the CPU `Model` or, with
+//! `--device cuda`, `cuda::GpuModel`): prompt formatting (BOS, Gemma's chat turn format), the
 //! stop-token set, the prefill + step loop with sampling, and incremental detokenization for
 //! streaming.
 //!
@@ -7,9 +8,8 @@
 //! after emitting one of them (the stop token is part of the returned ids, as in
 //! `transformers.generate`, but is not printed) or after `max_new_tokens`.
 
-use crate::decode::{sample, Decoder, Rng, Sampling};
+use crate::decode::{sample, Engine, Rng, Sampling};
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::Path;
@@ -124,10 +124,12 @@ impl GenOutput {
     }
 }
 
-/// Generates up to `opts.max_new_tokens` tokens after `prompt`; `on_token` sees every generated
-/// id as soon as it is chosen (stop token included).
+/// Generates up to `opts.max_new_tokens` tokens after `prompt` on `engine` (a `&Model` works);
+/// `on_token` sees every generated id as soon as it is chosen (stop token included). Greedy
+/// decoding picks through `Decode::prefill_greedy` / `step_greedy`, so a GPU engine downloads
+/// only the chosen id; sampling downloads the logits.
 pub fn generate(
-    model: &Model,
+    engine: &dyn Engine,
     prompt: &[u32],
     opts: &GenOptions,
     mut on_token: impl FnMut(u32) -> Result<()>,
@@ -143,9 +145,11 @@ pub fn generate(
     }
     let mut rng = Rng::new(opts.seed);
     let t0 = Instant::now();
-    let mut dec = Decoder::new(model, prompt.len() + opts.max_new_tokens);
-    let logits = dec.prefill(prompt)?;
-    let mut next = sample(&logits, opts.sampling, &mut rng);
+    let mut dec = engine.decoder(prompt.len() + opts.max_new_tokens)?;
+    let mut next = match opts.sampling {
+        Sampling::Greedy => dec.prefill_greedy(prompt)?,
+        s => sample(&dec.prefill(prompt)?, s, &mut rng),
+    };
     out.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     loop {
@@ -158,8 +162,10 @@ pub fn generate(
         if out.tokens.len() >= opts.max_new_tokens {
             break;
         }
-        let logits = dec.step(next)?;
-        next = sample(&logits, opts.sampling, &mut rng);
+        next = match opts.sampling {
+            Sampling::Greedy => dec.step_greedy(next)?,
+            s => sample(&dec.step(next)?, s, &mut rng),
+        };
     }
     out.decode_s = t1.elapsed().as_secs_f64();
     Ok(out)

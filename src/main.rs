@@ -24,8 +24,8 @@ struct Cli {
     /// Worker threads for the CPU path (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Where eval and compile run: auto (the GPU when a driver and a device are there, else the
-    /// CPU), cpu, cuda or cuda:N. bench and generate run on the CPU for now.
+    /// Where eval, compile, bench and generate run: auto (the GPU when a driver and a device are
+    /// there, else the CPU), cpu, cuda or cuda:N. bench --forward runs on the CPU for now.
     #[arg(
         long,
         global = true,
@@ -346,10 +346,12 @@ fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     Ok(())
 }
 
-fn cmd_bench(a: BenchArgs) -> Result<()> {
+fn cmd_bench(a: BenchArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     if a.forward {
+        open_device(device, Some("bench --forward"))?;
         return cmd_bench_forward(a);
     }
+    let dev = open_device(device, None)?;
     use whittle::bench::{self, Protocol, Subject};
     let mut p = if a.quick {
         Protocol::quick()
@@ -374,10 +376,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         Some(f) => read_text(f)?,
         None => bench::DEFAULT_PROMPT.to_string(),
     };
+    let dirs: Vec<&std::path::Path> = std::iter::once(a.model.as_path())
+        .chain(a.against.as_deref())
+        .collect();
     let mut subjects = Vec::new();
-    for dir in std::iter::once(&a.model).chain(a.against.as_ref()) {
-        let model = load_model(dir)?;
-        subjects.push(Subject::new(dir, model, &text)?);
+    for (dir, engine) in dirs.iter().zip(dev.load_engines(&dirs)?) {
+        subjects.push(Subject::new(dir, engine, &text)?);
     }
     if subjects.len() == 2 && subjects[0].label == subjects[1].label {
         for s in &mut subjects {
@@ -436,7 +440,7 @@ fn cmd_bench_forward(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_generate(a: GenerateArgs) -> Result<()> {
+fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     use std::io::Write;
     use whittle::decode::Sampling;
     use whittle::generate::{
@@ -452,14 +456,18 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         "--temperature must be a number >= 0, got {}",
         a.temperature
     );
-    let model = load_model(&a.model)?;
+    let dev = open_device(device, None)?;
+    let engine = dev
+        .load_engines(&[a.model.as_path()])?
+        .pop()
+        .context("no model loaded")?;
     let tok = Tokenizer::from_dir(&a.model)?;
     let text = if a.chat {
         chat_prompt(&a.prompt)
     } else {
         a.prompt.clone()
     };
-    let ids = prompt_ids(&tok, model.cfg.bos_token_id, &text)?;
+    let ids = prompt_ids(&tok, engine.cfg().bos_token_id, &text)?;
     let stop = if a.ignore_eos {
         Vec::new()
     } else {
@@ -473,7 +481,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let mut stream = TextStream::new(&tok);
     let stdout = std::io::stdout();
-    let out = generate(&model, &ids, &opts, |id| {
+    let out = generate(&*engine, &ids, &opts, |id| {
         if !a.json && !stop.contains(&id) {
             let piece = stream.push(id)?;
             let mut lock = stdout.lock();
@@ -491,6 +499,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     if a.json {
         let j = json!({
             "model": a.model.display().to_string(),
+            "engine": engine.name(),
             "prompt": text,
             "prompt_ids": ids,
             "tokens": out.tokens,
@@ -684,8 +693,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench(a) => open_device(cli.device, Some("bench")).and_then(|_| cmd_bench(a)),
-        Cmd::Generate(a) => open_device(cli.device, Some("generate")).and_then(|_| cmd_generate(a)),
+        Cmd::Bench(a) => cmd_bench(a, cli.device),
+        Cmd::Generate(a) => cmd_generate(a, cli.device),
         Cmd::Compile(a) => cmd_compile(a, cli.device),
     }
 }

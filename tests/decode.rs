@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use whittle::check::rel_l2;
 use whittle::config::LayerType;
-use whittle::decode::{argmax, sample, Decoder, Rng, Sampling};
+use whittle::decode::{
+    argmax, layer_slots, sample, slot_of, visible_range, Decoder, Engine, Rng, Sampling,
+};
 use whittle::model::{Batch, Model};
 use whittle::safetensors::{SafeFile, TensorRef};
 
@@ -122,6 +124,91 @@ fn sliding_layers_use_a_ring_of_the_window() {
     // Shorter than the window: no ring needed.
     let dec = Decoder::new(&model, 8);
     assert!((0..model.cfg.num_layers).all(|l| dec.cache().slots(l) == 8));
+}
+
+/// The slot mapping both decoders share (`cuda::GpuDecoder` lays its cache out with the same
+/// functions): simulating every write of a sequence, the slots a query reads hold exactly the
+/// positions it may see, each once, for rings and plain caches.
+#[test]
+fn slot_mapping_holds_exactly_the_visible_positions() {
+    for max_len in [1usize, 2, 5, 16, 17, 40] {
+        for window in [None, Some(1), Some(3), Some(16), Some(40), Some(100)] {
+            let (slots, ring) = layer_slots(window, max_len);
+            assert_eq!(ring, matches!(window, Some(w) if w < max_len));
+            assert_eq!(slots, if ring { window.unwrap() } else { max_len });
+            // slot -> position last written there
+            let mut held: Vec<Option<usize>> = vec![None; slots];
+            // prompt lengths 1..=max_len, the rest decoded one step at a time
+            for prompt in 1..=max_len {
+                held.iter_mut().for_each(|h| *h = None);
+                // prefill writes only the last `slots` rows on a ring (the CPU cache's rule)
+                let first = if ring {
+                    prompt.saturating_sub(slots)
+                } else {
+                    0
+                };
+                let mut written: Vec<usize> =
+                    (first..prompt).map(|p| slot_of(p, slots, ring)).collect();
+                written.sort_unstable();
+                written.dedup();
+                assert_eq!(written.len(), prompt - first, "prefill rows share a slot");
+                for p in first..prompt {
+                    held[slot_of(p, slots, ring)] = Some(p);
+                }
+                for pos in prompt - 1..max_len {
+                    if pos >= prompt {
+                        held[slot_of(pos, slots, ring)] = Some(pos);
+                    }
+                    let (lo, n) = visible_range(pos, window);
+                    assert_eq!(lo + n, pos + 1);
+                    assert_eq!(n, window.map_or(pos + 1, |w| w.min(pos + 1)));
+                    assert!(n <= slots, "more visible keys than slots");
+                    for j in lo..=pos {
+                        assert_eq!(
+                            held[slot_of(j, slots, ring)],
+                            Some(j),
+                            "max_len {max_len} window {window:?} prompt {prompt} pos {pos}: \
+                             slot of position {j}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The CPU engine behind `bench` and `generate`: the trait's decoder is `Decoder`, and the
+/// batched picks are the argmax of each sequence's last-position logits.
+#[test]
+fn cpu_engine_matches_the_decoder_and_the_forward_pass() {
+    let dir = fixture("tiny-gemma2");
+    let model = Model::load(&dir).unwrap();
+    let ids = reference_ids(&dir);
+    let engine: &dyn Engine = &model;
+    assert_eq!(engine.name(), "whittle cpu f32");
+    let mut a = engine.decoder(30).unwrap();
+    let mut b = Decoder::new(&model, 30);
+    assert_eq!(a.prefill(&ids[..6]).unwrap(), b.prefill(&ids[..6]).unwrap());
+    for &t in &ids[6..12] {
+        assert_eq!(a.step(t).unwrap(), b.step(t).unwrap());
+    }
+    assert_eq!(a.pos(), 12);
+    a.reset();
+    let g = a.prefill_greedy(&ids[..6]).unwrap();
+    b.reset();
+    assert_eq!(g, argmax(&b.prefill(&ids[..6]).unwrap()));
+    assert_eq!(a.step_greedy(g).unwrap(), argmax(&b.step(g).unwrap()));
+    let batch = Batch {
+        n_seq: 2,
+        seq_len: 10,
+    };
+    let picks = engine.last_token_picks(&ids[..20], batch).unwrap();
+    let full = model.forward_logits(&ids[..20], batch).unwrap();
+    let v = model.cfg.vocab_size;
+    assert_eq!(
+        picks,
+        vec![argmax(&full[9 * v..10 * v]), argmax(&full[19 * v..20 * v])]
+    );
 }
 
 #[test]

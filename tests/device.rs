@@ -1,8 +1,8 @@
 //! `--device auto|cpu|cuda[:N]` through the CLI, on whatever machine runs the tests. Without a
 //! usable GPU (this includes a CPU-only build), `auto` must run on the CPU and say why, and an
 //! explicit `cuda` must fail with exit code 1 and name the cause. With a GPU, `auto` must pick
-//! it. A bad value must name `--device`. bench and generate have no GPU path, so they run on the
-//! CPU.
+//! it. A bad value must name `--device`. bench and generate follow the device too (the GPU
+//! engine when `auto` finds a GPU); only `bench --forward` stays on the CPU.
 
 mod common;
 use common::*;
@@ -218,8 +218,9 @@ fn compile_reports_the_backend_it_ran_on() {
 }
 
 #[test]
-fn generate_and_bench_run_on_the_cpu() {
+fn generate_and_bench_follow_the_device() {
     let m = model();
+    let gpu = no_gpu_reason().is_none();
     let (code, out, err) = run(&[
         "--device",
         "auto",
@@ -233,19 +234,60 @@ fn generate_and_bench_run_on_the_cpu() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"tokens\""), "{out}");
-    assert!(err.contains("device: cpu"), "{err}");
-    if no_gpu_reason().is_none() {
-        assert!(err.contains("generate is not yet on the GPU"), "{err}");
+    if gpu {
+        assert!(err.contains("device: cuda:"), "{err}");
+        assert!(err.contains("bf16"), "{err}");
+    } else {
+        assert!(err.contains("device: cpu"), "{err}");
     }
     let (code, _, err) = run(&["--device", "cpu", "generate", &m, "--prompt", "hi"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("device: cpu\n"), "{err}");
     let (code, out, err) = run(&["--device", "auto", "bench", &m, "--quick", "--json"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("device: cpu"), "{err}");
-    if no_gpu_reason().is_none() {
-        assert!(err.contains("bench is not yet on the GPU"), "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    if gpu {
+        assert!(err.contains("device: cuda:"), "{err}");
+        assert_eq!(report["engine"], "whittle cuda bf16");
+        assert!(
+            report["device"].as_str().unwrap().starts_with("cuda:"),
+            "{report}"
+        );
+    } else {
+        assert!(err.contains("device: cpu"), "{err}");
+        assert_eq!(report["engine"], "whittle cpu f32");
+        assert_eq!(report["device"], "cpu");
     }
+    let (code, out, err) = run(&["--device", "cpu", "bench", &m, "--quick", "--json"]);
+    assert_eq!(code, 0, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["engine"], "whittle cpu f32");
+}
+
+#[test]
+fn bench_forward_stays_on_the_cpu() {
+    let (m, t) = (model(), text());
+    let (code, out, err) = run(&[
+        "--device",
+        "auto",
+        "bench",
+        &m,
+        "--forward",
+        "--text",
+        &t,
+        "--seq",
+        "16",
+        "--windows",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no_head_tok_s"), "{out}");
+    assert!(err.contains("device: cpu"), "{err}");
+    if no_gpu_reason().is_none() {
+        assert!(
+            err.contains("bench --forward is not yet on the GPU"),
+            "{err}"
+        );
+    }
 }

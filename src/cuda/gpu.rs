@@ -256,6 +256,35 @@ impl<T: DeviceRepr + ValidAsZeroBits + Clone + Default> DTensor<T> {
             .map_err(|e| CudaError::driver("cuMemcpyHtoDAsync", e))
     }
 
+    /// Copies elements `src_start..src_start + n` of `src` to `dst_start..dst_start + n` of this
+    /// tensor, on the stream (no host round trip). Both ranges must lie within the shapes.
+    pub fn copy_from_device(
+        &mut self,
+        gpu: &Gpu,
+        dst_start: usize,
+        src: &DTensor<T>,
+        src_start: usize,
+        n: usize,
+    ) -> CudaResult<()> {
+        let (src_end, dst_end) = (src_start.checked_add(n), dst_start.checked_add(n));
+        let fits = |end: Option<usize>, len: usize| matches!(end, Some(e) if e <= len);
+        if !fits(src_end, src.numel()) || !fits(dst_end, self.numel()) {
+            return Err(CudaError::Other(format!(
+                "device copy of {n} elements from [{src_start}..] of a tensor of shape {:?} to \
+                 [{dst_start}..] of a tensor of shape {:?} is out of bounds",
+                src.shape, self.shape
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let from = src.data.slice(src_start..src_start + n);
+        let mut to = self.data.slice_mut(dst_start..dst_start + n);
+        gpu.stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))
+    }
+
     /// Downloads the shape's elements (synchronises the stream).
     pub fn to_host(&self, gpu: &Gpu) -> CudaResult<Vec<T>> {
         let n = self.numel();

@@ -8,6 +8,8 @@
 //! - `gpu`    — `Gpu` (context, stream, module, function cache), `DTensor` device buffers
 //! - `ops`    — one launcher per kernel, with shape and alignment preconditions
 //! - `model`  — `GpuModel`, the forward pass mirroring `crate::model::Model` (and `eval::LogitModel`)
+//! - `decode` — `GpuDecoder`, KV-cache decoding mirroring `crate::decode::Decoder` (and the
+//!   `decode::Engine` that `bench` and `generate` drive)
 //! - `backend` — `CudaBackend`, the calibration `calib::Backend` (`whittle compile --device cuda`)
 //! - `error`  — `CudaError` (maps into `crate::Error::Other`)
 //! - `prof`   — NVTX ranges (feature `nvtx`)
@@ -15,6 +17,7 @@
 //! docs/cuda.md describes the build, the kernels and how to check them on a GPU machine.
 
 pub mod backend;
+pub mod decode;
 pub mod device;
 pub mod error;
 pub mod gpu;
@@ -23,6 +26,7 @@ pub mod ops;
 pub mod prof;
 
 pub use backend::CudaBackend;
+pub use decode::GpuDecoder;
 pub use device::{is_available, probe, select, DeviceChoice, GpuInfo, Selected};
 pub use error::CudaError;
 pub use gpu::{DTensor, Gpu, FATBIN, PTXAS_REPORT};

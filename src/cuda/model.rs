@@ -56,21 +56,25 @@ struct HostLayer {
 }
 
 /// One layer's weights on the device (shapes as in `HostLayer`).
-struct DeviceLayer {
-    input_norm: DTensor<f32>,
-    q: DTensor<bf16>,
-    k: DTensor<bf16>,
-    v: DTensor<bf16>,
-    o: DTensor<bf16>,
-    q_norm: Option<DTensor<f32>>,
-    k_norm: Option<DTensor<f32>>,
-    post_attn_norm: DTensor<f32>,
-    pre_ffn_norm: DTensor<f32>,
-    gate: DTensor<bf16>,
-    up: DTensor<bf16>,
-    down: DTensor<bf16>,
-    post_ffn_norm: DTensor<f32>,
+pub(super) struct DeviceLayer {
+    pub(super) input_norm: DTensor<f32>,
+    pub(super) q: DTensor<bf16>,
+    pub(super) k: DTensor<bf16>,
+    pub(super) v: DTensor<bf16>,
+    pub(super) o: DTensor<bf16>,
+    pub(super) q_norm: Option<DTensor<f32>>,
+    pub(super) k_norm: Option<DTensor<f32>>,
+    pub(super) post_attn_norm: DTensor<f32>,
+    pub(super) pre_ffn_norm: DTensor<f32>,
+    pub(super) gate: DTensor<bf16>,
+    pub(super) up: DTensor<bf16>,
+    pub(super) down: DTensor<bf16>,
+    pub(super) post_ffn_norm: DTensor<f32>,
 }
+
+/// Receives each layer's K and V ([N, nkv·d] each; K after the q/k norm and RoPE, as attention
+/// consumes them) during a forward pass: how `GpuDecoder::prefill` fills its cache.
+pub(super) type KvSink<'a> = dyn FnMut(usize, &DTensor<bf16>, &DTensor<bf16>) -> Result<()> + 'a;
 
 impl DeviceLayer {
     fn alloc(gpu: &Gpu, cfg: &ModelConfig) -> CudaResult<DeviceLayer> {
@@ -395,7 +399,7 @@ impl GpuModel {
         bf16::from_f64((self.cfg.hidden_size as f64).sqrt()).to_f32()
     }
 
-    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+    pub(super) fn check_ids(&self, ids: &[u32]) -> Result<()> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
             return Err(Error::Other(format!(
                 "token id {bad} is outside the model's vocabulary ({}); the tokenizer does not \
@@ -431,6 +435,17 @@ impl GpuModel {
         ids: &[u32],
         batch: Batch,
         obs: &mut Observer<'_>,
+    ) -> Result<DTensor<bf16>> {
+        self.forward_device_kv(ids, batch, obs, None)
+    }
+
+    /// `forward_device`, handing every layer's K and V to `kv` (after RoPE, before attention).
+    pub(super) fn forward_device_kv(
+        &self,
+        ids: &[u32],
+        batch: Batch,
+        obs: &mut Observer<'_>,
+        mut kv: Option<&mut KvSink<'_>>,
     ) -> Result<DTensor<bf16>> {
         if ids.len() != batch.rows() {
             return Err(Error::Other(format!(
@@ -479,12 +494,13 @@ impl GpuModel {
         for l in 0..cfg.num_layers {
             let _r = range(format_args!("layer {l}"));
             let st = stats.as_mut().map(|v| &mut v[l]);
+            let kv = kv.as_deref_mut();
             match &self.layers {
-                Layers::Resident(v) => self.layer(l, &v[l], &mut a, batch, obs, st)?,
+                Layers::Resident(v) => self.layer(l, &v[l], &mut a, batch, obs, st, kv)?,
                 Layers::Streamed { host, stage } => {
                     let mut s = stage.lock().unwrap_or_else(|p| p.into_inner());
                     s.upload(gpu, &host[l])?;
-                    self.layer(l, &s, &mut a, batch, obs, st)?;
+                    self.layer(l, &s, &mut a, batch, obs, st, kv)?;
                 }
             }
         }
@@ -493,6 +509,7 @@ impl GpuModel {
         Ok(a.x)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         l: usize,
@@ -501,6 +518,7 @@ impl GpuModel {
         batch: Batch,
         obs: &mut Observer<'_>,
         stats: Option<&mut DeviceStats>,
+        kv: Option<&mut KvSink<'_>>,
     ) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
@@ -526,6 +544,9 @@ impl GpuModel {
             batch.seq_len,
             cfg.rope(l),
         )?;
+        if let Some(f) = kv {
+            f(l, &a.k, &a.v)?;
+        }
         let p = AttnParams {
             n_seq: batch.n_seq,
             seq_len: batch.seq_len,
@@ -579,8 +600,35 @@ impl GpuModel {
         Ok(())
     }
 
-    fn head(&self) -> &DTensor<bf16> {
+    /// The LM head [V, H] (the embedding when tied).
+    pub(super) fn head(&self) -> &DTensor<bf16> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The embedding table [V, H].
+    pub(super) fn embed_table(&self) -> &DTensor<bf16> {
+        &self.embed
+    }
+
+    /// The final norm's weight [H].
+    pub(super) fn final_norm(&self) -> &DTensor<f32> {
+        &self.final_norm
+    }
+
+    /// Runs `f` on layer `l`'s device weights (uploading them first when streamed).
+    pub(super) fn with_layer<R>(
+        &self,
+        l: usize,
+        f: impl FnOnce(&DeviceLayer) -> Result<R>,
+    ) -> Result<R> {
+        match &self.layers {
+            Layers::Resident(v) => f(&v[l]),
+            Layers::Streamed { host, stage } => {
+                let mut s = stage.lock().unwrap_or_else(|p| p.into_inner());
+                s.upload(&self.gpu, &host[l])?;
+                f(&s)
+            }
+        }
     }
 
     /// Logits [rows, V] (f32, final softcap applied) of device hidden rows [rows, H].
