@@ -61,7 +61,7 @@ impl Default for CompileOptions {
             target_original: false,
             repair: true,
             damp: 0.001,
-            token_weight: TokenWeight::Uniform,
+            token_weight: TokenWeight::Out,
             width: Width::Tier("throughput".into()),
             multiple_of: 128,
             force: false,

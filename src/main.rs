@@ -124,10 +124,10 @@ struct CompileArgs {
     /// Ridge for OBS and repair, as a fraction of the mean activation energy.
     #[arg(long, default_value_t = 0.001)]
     damp: f64,
-    /// How calibration tokens are weighed: `uniform` (the down_proj output error), `out`
-    /// (÷ each token's MLP-output mean square, which the post-FFN RMSNorm divides out) or
-    /// `out-resid` (also ÷ the residual's mean square).
-    #[arg(long, default_value = "uniform", value_parser = ["uniform", "out", "out-resid"])]
+    /// How calibration tokens are weighed: `out` (default: ÷ each token's MLP-output mean
+    /// square, which the post-FFN RMSNorm divides out; measured best), `uniform` (the down_proj
+    /// output error itself) or `out-resid` (also ÷ the residual's mean square).
+    #[arg(long, default_value = "out", value_parser = ["uniform", "out", "out-resid"])]
     token_weight: String,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     #[arg(long, conflicts_with_all = ["keep_ratio", "intermediate_size"])]

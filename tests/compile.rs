@@ -312,6 +312,75 @@ fn repair_and_sequential_reduce_kl() {
     );
 }
 
+/// `--token-weight` changes the statistics (so the re-fit down_proj), and the report records it.
+#[test]
+fn token_weighting_is_applied_and_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-gemma3");
+    let text = fixture("eval-text.txt");
+    let mut downs = Vec::new();
+    for tw in ["uniform", "out", "out-resid"] {
+        let out = d.path().join(tw);
+        let (code, _, err) = run(&[
+            "compile",
+            s(&m),
+            "-o",
+            s(&out),
+            "--keep-ratio",
+            "0.5",
+            "--calib",
+            s(&text),
+            "--seq",
+            "24",
+            "--samples",
+            "8",
+            "--token-weight",
+            tw,
+        ]);
+        assert_eq!(code, 0, "{tw}: {err}");
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("whittle_report.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["token_weight"], tw);
+        let st = WeightStore::open(&out).unwrap();
+        let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
+        downs.push(t.bytes().to_vec());
+    }
+    assert_ne!(
+        downs[0], downs[1],
+        "uniform and out gave the same down_proj"
+    );
+    assert_ne!(
+        downs[1], downs[2],
+        "out and out-resid gave the same down_proj"
+    );
+    // The default is `out`.
+    let out = d.path().join("default");
+    let (code, _, err) = run(&[
+        "compile",
+        s(&m),
+        "-o",
+        s(&out),
+        "--keep-ratio",
+        "0.5",
+        "--calib",
+        s(&text),
+        "--seq",
+        "24",
+        "--samples",
+        "8",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let st = WeightStore::open(&out).unwrap();
+    let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
+    assert_eq!(
+        t.bytes(),
+        &downs[1][..],
+        "the default is not --token-weight out"
+    );
+}
+
 #[test]
 fn bad_width_requests() {
     let d = tempfile::tempdir().unwrap();
