@@ -18,21 +18,33 @@ only=${ONLY:-.}
 mkdir -p "$out"
 
 common=(--calib "$calib" --samples 128 --seq 512 --force)
+# Token weighting (--token-weight) is part of the name: `-tw` = out (the default), `-twr` =
+# out-resid; the rest were measured with uniform weighting.
 configs=(
   "magnitude-1408|--intermediate-size 1408 --method magnitude --no-repair --one-shot"
-  "energy-1408|--intermediate-size 1408 --method energy --no-repair --one-shot"
-  "energy-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential"
-  "energy-repair-1408|--intermediate-size 1408 --method energy --one-shot"
-  "energy-repair-d0.01-1408|--intermediate-size 1408 --method energy --one-shot --damp 0.01"
-  "energy-repair-seq-1408|--intermediate-size 1408 --method energy --sequential"
-  "energy-repair-seqorig-1408|--intermediate-size 1408 --method energy --sequential --refit-target original"
-  "obs-repair-1408|--intermediate-size 1408 --method obs --one-shot"
-  "obs-repair-seq-1408|--intermediate-size 1408 --method obs --sequential"
-  "obs-repair-seqorig-1408|--intermediate-size 1408 --method obs --sequential --refit-target original"
-  "energy-repair-1792|--intermediate-size 1792 --method energy --one-shot"
-  "energy-repair-1024|--intermediate-size 1024 --method energy --one-shot"
-  "obs-repair-seq-1792|--intermediate-size 1792 --method obs --sequential"
-  "obs-repair-seq-1024|--intermediate-size 1024 --method obs --sequential"
+  "energy-1408|--intermediate-size 1408 --method energy --no-repair --one-shot --token-weight uniform"
+  "energy-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential --token-weight uniform"
+  "energy-repair-1408|--intermediate-size 1408 --method energy --one-shot --token-weight uniform"
+  "energy-repair-d0.01-1408|--intermediate-size 1408 --method energy --one-shot --damp 0.01 --token-weight uniform"
+  "energy-repair-seq-1408|--intermediate-size 1408 --method energy --sequential --damp 0.01 --token-weight uniform"
+  "energy-repair-seqorig-1408|--intermediate-size 1408 --method energy --sequential --refit-target original --damp 0.01 --token-weight uniform"
+  "obs-repair-1408|--intermediate-size 1408 --method obs --one-shot --damp 0.01 --token-weight uniform"
+  "obs-repair-seq-1408|--intermediate-size 1408 --method obs --sequential --token-weight uniform"
+  "obs-repair-seqorig-1408|--intermediate-size 1408 --method obs --sequential --refit-target original --damp 0.01 --token-weight uniform"
+  "energy-repair-1792|--intermediate-size 1792 --method energy --one-shot --token-weight uniform"
+  "energy-repair-1024|--intermediate-size 1024 --method energy --one-shot --token-weight uniform"
+  "obs-repair-seq-1792|--intermediate-size 1792 --method obs --sequential --token-weight uniform"
+  "obs-repair-seq-1024|--intermediate-size 1024 --method obs --sequential --token-weight uniform"
+  "obs-repair-tw-seq-1408|--intermediate-size 1408 --method obs --sequential --token-weight out"
+  "obs-repair-tw-seq-d0.01-1408|--intermediate-size 1408 --method obs --sequential --token-weight out --damp 0.01"
+  "obs-repair-twr-seq-1408|--intermediate-size 1408 --method obs --sequential --token-weight out-resid"
+  "obs-repair-tw-1408|--intermediate-size 1408 --method obs --one-shot --token-weight out"
+  "energy-repair-tw-1408|--intermediate-size 1408 --method energy --one-shot --token-weight out"
+  "energy-repair-tw-seq-1408|--intermediate-size 1408 --method energy --sequential --token-weight out"
+  "energy-tw-1408|--intermediate-size 1408 --method energy --no-repair --one-shot --token-weight out"
+  "energy-tw-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential --token-weight out"
+  "obs-repair-tw-seq-1792|--intermediate-size 1792 --method obs --sequential --token-weight out"
+  "obs-repair-tw-seq-1024|--intermediate-size 1024 --method obs --sequential --token-weight out"
 )
 
 if [ ! -f "$out/original.json" ]; then
@@ -67,15 +79,16 @@ for f in sorted(os.listdir(out)):
         seq = "yes"  # no re-fit: the target does not apply
     else:
         seq = "yes (" + r.get("sequential_target", "original") + ")"
-    rows.append((r["intermediate_size_after"], name, r["method"], seq, f'yes ({r["damp"]:g})' if r["repair"] else "no", e["ppl"] / base["ppl"], e["kl"], e["top1_agree"],
+    tw = r.get("token_weight", "uniform") if (r["repair"] or r["method"] != "magnitude") else "–"
+    rows.append((r["intermediate_size_after"], name, r["method"], tw, seq, f'yes ({r["damp"]:g})' if r["repair"] else "no", e["ppl"] / base["ppl"], e["kl"], e["top1_agree"],
                  sum(t.values()), r.get("peak_heap_mib"), r.get("peak_rss_mib")))
-rows.sort(key=lambda x: (-x[0], x[6]))
+rows.sort(key=lambda x: (-x[0], x[7]))
 lines = [f"original PPL {base['ppl']:.4f} on {base['tokens']} tokens ({base['windows']} windows x {base['seq']})", "",
-         "| width | method | sequential (re-fit target) | repair (damp) | PPL ratio | KL | top-1 agree | compile s | peak heap / RSS MiB |",
-         "|---|---|---|---|---|---|---|---|---|"]
-for w, name, m, s, rp, pr, kl, t1, secs, heap, rss in rows:
+         "| width | method | token weight | sequential (re-fit target) | repair (damp) | PPL ratio | KL | top-1 agree | compile s | peak heap / RSS MiB |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+for w, name, m, tw, s, rp, pr, kl, t1, secs, heap, rss in rows:
     mem = (f"{heap:.0f} / " if heap else "– / ") + f"{rss or 0:.0f}"
-    lines.append(f"| {w} | {m} | {s} | {rp} | {pr:.3f} | {kl:.4f} | {t1:.4f} | {secs:.0f} | {mem} |")
+    lines.append(f"| {w} | {m} | {tw} | {s} | {rp} | {pr:.3f} | {kl:.4f} | {t1:.4f} | {secs:.0f} | {mem} |")
 open(f"{out}/quality.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -435,50 +435,114 @@ pub enum Capture {
     Reference,
 }
 
-/// Runs decoder layers over calibration batches and accumulates the MLP statistics. The CPU
-/// implementation is below; the CUDA engine implements the same trait and keeps its statistics
-/// on the device. `h` always holds whole sequences: [n_seq·seq_len, H].
+/// Which hidden-state stream a call works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The model being pruned (layers < l already pruned with `--sequential`).
+    Pruned,
+    /// The original model's stream beside it (`--refit-target original` only).
+    Reference,
+}
+
+/// How the calibration sequences are cut into batches: `sizes[b]` sequences in batch b.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub seq_len: usize,
+    pub sizes: Vec<usize>,
+}
+
+impl Layout {
+    pub fn new(n_seq: usize, seq_len: usize, batch_seqs: usize) -> Layout {
+        let bs = batch_seqs.max(1);
+        Layout {
+            seq_len,
+            sizes: (0..n_seq)
+                .step_by(bs)
+                .map(|s0| bs.min(n_seq - s0))
+                .collect(),
+        }
+    }
+
+    pub fn batch(&self, b: usize) -> Batch {
+        Batch {
+            n_seq: self.sizes[b],
+            seq_len: self.seq_len,
+        }
+    }
+
+    /// The token range of batch `b` in the flat id list.
+    pub fn tokens(&self, b: usize) -> std::ops::Range<usize> {
+        let s0: usize = self.sizes[..b].iter().sum();
+        s0 * self.seq_len..(s0 + self.sizes[b]) * self.seq_len
+    }
+}
+
+/// Runs decoder layers over the calibration tokens and accumulates the MLP statistics. The
+/// backend owns the hidden states between layers (`start` … `finish`), one buffer per batch of
+/// sequences, so a GPU backend keeps them on the device. The CPU implementation is below; the
+/// CUDA engine implements the same trait.
 pub trait Backend {
     fn name(&self) -> String;
 
-    /// The input of layer 0 for calibration `ids`: the scaled embedding rows [rows, H], rounded
-    /// the way this backend's forward pass rounds them (the CPU: f32 `e·sqrt(H)`).
+    /// The input of layer 0 for `ids`: the scaled embedding rows [rows, H], rounded the way this
+    /// backend's forward pass rounds them (the CPU: f32 `e·sqrt(H)`).
     fn embed(&mut self, cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
         embed_from_store(cfg, store, ids)
     }
 
-    /// The attention half of layer `l`, in place on `h`.
+    /// Embeds the calibration `ids` ([n_seq·seq_len], cut as `layout` says) into the pruned
+    /// stream, and into the reference stream too when `reference` is set.
+    fn start(
+        &mut self,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        ids: &[u32],
+        layout: Layout,
+        reference: bool,
+    ) -> Result<()>;
+
+    /// Frees the streams.
+    fn finish(&mut self);
+
+    /// The hidden states of batch `b` of stream `s` as f32 [rows, H] (a copy).
+    fn hidden(&self, s: Stream, b: usize) -> Result<Vec<f32>>;
+
+    /// The attention half of layer `l` on batch `b` of stream `s`, in place.
     fn run_attention(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
-        h: &mut [f32],
-        batch: Batch,
+        s: Stream,
+        b: usize,
     ) -> Result<()>;
 
-    /// The MLP half of layer `l`, in place on `h`, recording what `capture` asks for.
+    /// The MLP half of layer `l` on batch `b` of stream `s`, recording what `capture` asks for;
+    /// the result replaces the batch's hidden states only when `write` is set.
+    #[allow(clippy::too_many_arguments)]
     fn run_mlp(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
-        h: &mut [f32],
+        s: Stream,
+        b: usize,
         capture: Capture,
+        write: bool,
     ) -> Result<()>;
 
-    /// A whole layer.
+    /// A whole layer, in place.
     fn run_layer(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
-        h: &mut [f32],
-        batch: Batch,
+        s: Stream,
+        b: usize,
         capture: Capture,
     ) -> Result<()> {
-        self.run_attention(cfg, l, w, h, batch)?;
-        self.run_mlp(cfg, l, w, h, capture)
+        self.run_attention(cfg, l, w, s, b)?;
+        self.run_mlp(cfg, l, w, s, b, capture, true)
     }
 
     /// Opens empty statistics for the next `Capture::Stats` calls (replacing any open ones).
@@ -486,6 +550,51 @@ pub trait Backend {
 
     /// The statistics accumulated since `begin_stats`, closing them.
     fn take_stats(&mut self) -> Result<MlpStats>;
+}
+
+/// Per-batch hidden states of the two streams, for backends that keep them in some buffer type.
+pub(crate) struct Streams<T> {
+    pub(crate) layout: Layout,
+    pub(crate) pruned: Vec<T>,
+    pub(crate) reference: Vec<T>,
+}
+
+impl<T> Streams<T> {
+    pub(crate) fn get(&self, s: Stream, b: usize) -> Result<&T> {
+        let v = match s {
+            Stream::Pruned => &self.pruned,
+            Stream::Reference => &self.reference,
+        };
+        v.get(b).ok_or_else(|| stream_err(s, b, v.len()))
+    }
+
+    pub(crate) fn get_mut(&mut self, s: Stream, b: usize) -> Result<&mut T> {
+        let v = match s {
+            Stream::Pruned => &mut self.pruned,
+            Stream::Reference => &mut self.reference,
+        };
+        let n = v.len();
+        v.get_mut(b).ok_or_else(|| stream_err(s, b, n))
+    }
+}
+
+fn stream_err(s: Stream, b: usize, n: usize) -> Error {
+    Error::Other(format!(
+        "calibration batch {b} of the {s:?} stream does not exist ({n} batches; call start first)"
+    ))
+}
+
+/// `streams` unwrapped, or the error saying `start` was not called.
+pub(crate) fn started<T>(streams: &Option<Streams<T>>) -> Result<&Streams<T>> {
+    streams
+        .as_ref()
+        .ok_or_else(|| Error::Other("calibration streams used before start".into()))
+}
+
+pub(crate) fn started_mut<T>(streams: &mut Option<Streams<T>>) -> Result<&mut Streams<T>> {
+    streams
+        .as_mut()
+        .ok_or_else(|| Error::Other("calibration streams used before start".into()))
 }
 
 /// The statistics being accumulated, as a backend holds them on the host.
@@ -540,6 +649,7 @@ impl HostCapture {
 pub struct CpuBackend {
     rope: Option<RopeCache>,
     capture: Option<HostCapture>,
+    streams: Option<Streams<Vec<f32>>>, // per batch [rows, H]
 }
 
 impl CpuBackend {
@@ -547,6 +657,7 @@ impl CpuBackend {
         CpuBackend {
             rope: None,
             capture: None,
+            streams: None,
         }
     }
 }
@@ -562,14 +673,51 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn start(
+        &mut self,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        ids: &[u32],
+        layout: Layout,
+        reference: bool,
+    ) -> Result<()> {
+        self.streams = None;
+        let mut pruned = Vec::with_capacity(layout.sizes.len());
+        for b in 0..layout.sizes.len() {
+            pruned.push(self.embed(cfg, store, &ids[layout.tokens(b)])?);
+        }
+        let reference = if reference {
+            pruned.clone()
+        } else {
+            Vec::new()
+        };
+        self.streams = Some(Streams {
+            layout,
+            pruned,
+            reference,
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.streams = None;
+    }
+
+    fn hidden(&self, s: Stream, b: usize) -> Result<Vec<f32>> {
+        Ok(started(&self.streams)?.get(s, b)?.clone())
+    }
+
     fn run_attention(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
-        h: &mut [f32],
-        batch: Batch,
+        s: Stream,
+        b: usize,
     ) -> Result<()> {
+        let st = started_mut(&mut self.streams)?;
+        let batch = st.layout.batch(b);
+        let h = st.get_mut(s, b)?;
         if self.rope.as_ref().map(|r| r.seq_len) != Some(batch.seq_len) {
             self.rope = Some(RopeCache::new(cfg, batch.seq_len));
         }
@@ -582,9 +730,20 @@ impl Backend for CpuBackend {
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
-        h: &mut [f32],
+        s: Stream,
+        b: usize,
         capture: Capture,
+        write: bool,
     ) -> Result<()> {
+        let st = started_mut(&mut self.streams)?;
+        let stored = st.get_mut(s, b)?;
+        let mut copy;
+        let h: &mut [f32] = if write {
+            stored
+        } else {
+            copy = stored.clone();
+            &mut copy
+        };
         if capture == Capture::None {
             mlp_block(cfg, l, w, h, &mut None);
             return Ok(());

@@ -5,10 +5,10 @@
 //! ([n_seq·T, H] f32, twice with `--sequential`); only one layer's weights are widened at a time,
 //! so peak memory is one layer + the activations (+ the [I, I] statistics) whatever the depth.
 
-use crate::calib::{Backend, CalibSet, Capture, MlpStats, StatsSpec, TokenWeight};
+use crate::calib::{Backend, CalibSet, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Batch, LayerWeights};
+use crate::model::LayerWeights;
 use crate::prune::{
     energy_scores, magnitude_scores, obs_select, repair, slice_layer, top_k, Method,
 };
@@ -204,57 +204,54 @@ pub fn compile(
             .map(|t| t.info.dtype)
     };
 
-    // Hidden states of all calibration tokens: the pruned stream, and with --sequential the
-    // original model's stream beside it.
+    // Hidden states of all calibration tokens, held by the backend: the pruned stream, and for
+    // `--refit-target original` the original model's stream beside it.
     let t0 = Instant::now();
-    let mut h = match calib {
-        Some(c) => backend.embed(&cfg, &store, &c.ids)?, // [n_seq·T, H]
-        None => Vec::new(),
-    };
     let cross = opts.sequential && opts.target_original;
-    let mut h_ref = if cross && calib.is_some() {
-        h.clone()
-    } else {
-        Vec::new()
-    }; // [n_seq·T, H]
+    let nb = match calib {
+        Some(c) => {
+            let layout = Layout::new(c.n_seq, c.seq_len, opts.batch_seqs);
+            let nb = layout.sizes.len();
+            backend.start(&cfg, &store, &c.ids, layout, cross)?;
+            nb
+        }
+        None => 0,
+    };
     t.calibrate += t0.elapsed().as_secs_f64();
 
     let mut cuts = Vec::with_capacity(cfg.num_layers);
     let mut layer_reports = Vec::new();
-    let bs = opts.batch_seqs.max(1);
     for l in 0..cfg.num_layers {
         progress("layers", l as u64, cfg.num_layers as u64);
         let w = LayerWeights::load(&store, &cfg, l)?;
         let n = w.width;
         let t0 = Instant::now();
         let stats = match calib {
-            Some(c) => {
+            Some(_) => {
                 backend.begin_stats(StatsSpec {
                     width: n,
                     gram: need_gram,
                     cross: cross && opts.repair,
                     token_weight: opts.token_weight,
                 })?;
-                let seq = c.seq_len;
-                for s0 in (0..c.n_seq).step_by(bs) {
-                    let nb = bs.min(c.n_seq - s0);
-                    let batch = Batch {
-                        n_seq: nb,
-                        seq_len: seq,
-                    };
-                    let range = s0 * seq * hd..(s0 + nb) * seq * hd;
+                for b in 0..nb {
                     if opts.sequential {
                         if cross {
-                            let hr = &mut h_ref[range.clone()];
-                            backend.run_layer(&cfg, l, &w, hr, batch, Capture::Reference)?;
+                            backend.run_layer(
+                                &cfg,
+                                l,
+                                &w,
+                                Stream::Reference,
+                                b,
+                                Capture::Reference,
+                            )?;
                         }
                         // The pruned stream's post-attention residual is kept: once this
                         // layer's neurons are chosen, only its MLP has to run again.
-                        backend.run_attention(&cfg, l, &w, &mut h[range.clone()], batch)?;
-                        let mut x = h[range].to_vec(); // [rows, H]
-                        backend.run_mlp(&cfg, l, &w, &mut x, Capture::Stats)?;
+                        backend.run_attention(&cfg, l, &w, Stream::Pruned, b)?;
+                        backend.run_mlp(&cfg, l, &w, Stream::Pruned, b, Capture::Stats, false)?;
                     } else {
-                        backend.run_layer(&cfg, l, &w, &mut h[range], batch, Capture::Stats)?;
+                        backend.run_layer(&cfg, l, &w, Stream::Pruned, b, Capture::Stats)?;
                     }
                 }
                 backend.take_stats()?
@@ -281,23 +278,13 @@ pub fn compile(
         };
         t.repair += t0.elapsed().as_secs_f64();
 
-        if opts.sequential {
-            if let Some(c) = calib {
-                let t0 = Instant::now();
-                let wp = slice_layer(&w, hd, &kept, down.clone());
-                let seq = c.seq_len;
-                for s0 in (0..c.n_seq).step_by(bs) {
-                    let nb = bs.min(c.n_seq - s0);
-                    backend.run_mlp(
-                        &cfg,
-                        l,
-                        &wp,
-                        &mut h[s0 * seq * hd..(s0 + nb) * seq * hd],
-                        Capture::None,
-                    )?;
-                }
-                t.calibrate += t0.elapsed().as_secs_f64();
+        if opts.sequential && calib.is_some() {
+            let t0 = Instant::now();
+            let wp = slice_layer(&w, hd, &kept, down.clone());
+            for b in 0..nb {
+                backend.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::None, true)?;
             }
+            t.calibrate += t0.elapsed().as_secs_f64();
         }
         let mean_sq = stats.mean_sq();
         let kept_energy: f64 = kept.iter().map(|&j| mean_sq[j]).sum();
@@ -310,7 +297,7 @@ pub fn compile(
         cuts.push(LayerCut { kept, down });
     }
     progress("layers", cfg.num_layers as u64, cfg.num_layers as u64);
-    drop((h, h_ref));
+    backend.finish();
 
     let untied = crate::model::untied_head(&cfg, &store);
     let new_cfg = cfg.with_intermediate_size(k);

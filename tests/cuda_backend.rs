@@ -22,7 +22,7 @@ use gpu_common::{gpu, ids, root};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use whittle::calib::{Backend, Capture, CpuBackend, StatsSpec, TokenWeight};
+use whittle::calib::{Backend, Capture, CpuBackend, Layout, StatsSpec, Stream, TokenWeight};
 use whittle::check::rows_rel_l2;
 use whittle::config::ModelConfig;
 use whittle::cuda::{CudaBackend, GpuModel, Residency};
@@ -86,27 +86,35 @@ fn backend_layers_equal_gpu_model_bitwise() {
         gm.forward_hidden(&ids, batch, Some(&mut obs)).unwrap();
         let gstats = gm.take_mlp_stats().unwrap().unwrap();
 
-        // The backend, layer by layer through host memory, beside the CPU backend.
+        // The backend, layer by layer (states resident in the backend), beside the CPU
+        // backend. The reference stream runs each layer as two halves, the pruned stream as one.
         let mut be = CudaBackend::new(gpu());
         let mut cpu = CpuBackend::new();
         assert!(be.name().ends_with("(bf16)"), "{}", be.name());
-        let mut h = be.embed(&cfg, &store, &ids).unwrap();
-        assert!(same_bits(&h, &embeds), "{name}: embeddings differ");
-        let mut hc = cpu.embed(&cfg, &store, &ids).unwrap();
+        let layout = Layout::new(batch.n_seq, batch.seq_len, batch.n_seq);
+        be.start(&cfg, &store, &ids, layout.clone(), true).unwrap();
+        cpu.start(&cfg, &store, &ids, layout, false).unwrap();
+        assert!(
+            same_bits(&be.hidden(Stream::Pruned, 0).unwrap(), &embeds),
+            "{name}: embeddings differ"
+        );
         let i = cfg.intermediate_size;
         for l in 0..cfg.num_layers {
             let w = LayerWeights::load(&store, &cfg, l).unwrap();
-            // The two halves separately, on a copy, equal the whole layer.
-            let mut h2 = h.clone();
-            be.run_attention(&cfg, l, &w, &mut h2, batch).unwrap();
-            be.run_mlp(&cfg, l, &w, &mut h2, Capture::None).unwrap();
+            be.run_attention(&cfg, l, &w, Stream::Reference, 0).unwrap();
+            be.run_mlp(&cfg, l, &w, Stream::Reference, 0, Capture::None, true)
+                .unwrap();
             be.begin_stats(spec(i, TokenWeight::Uniform, false))
                 .unwrap();
-            be.run_layer(&cfg, l, &w, &mut h, batch, Capture::Stats)
+            be.run_layer(&cfg, l, &w, Stream::Pruned, 0, Capture::Stats)
                 .unwrap();
             let st = be.take_stats().unwrap();
+            let h = be.hidden(Stream::Pruned, 0).unwrap();
             assert!(same_bits(&h, &outs[l]), "{name}: layer {l} output");
-            assert!(same_bits(&h2, &h), "{name}: halves, layer {l}");
+            assert!(
+                same_bits(&be.hidden(Stream::Reference, 0).unwrap(), &h),
+                "{name}: halves, layer {l}"
+            );
             // Same kernels on the same rows: the Gram matrix is bitwise GpuModel's; the column
             // sums go through f64 atomics (order varies).
             let gg: Vec<f64> = gstats[l]
@@ -125,9 +133,10 @@ fn backend_layers_equal_gpu_model_bitwise() {
             // Against the CPU backend (f32 activations): close, not equal.
             cpu.begin_stats(spec(i, TokenWeight::Uniform, false))
                 .unwrap();
-            cpu.run_layer(&cfg, l, &w, &mut hc, batch, Capture::Stats)
+            cpu.run_layer(&cfg, l, &w, Stream::Pruned, 0, Capture::Stats)
                 .unwrap();
             let sc = cpu.take_stats().unwrap();
+            let hc = cpu.hidden(Stream::Pruned, 0).unwrap();
             let e = rows_rel_l2(&format!("{name} layer {l}"), &h, &hc, cfg.hidden_size, 5e-2)
                 .unwrap_or_else(|e| panic!("{e}"));
             let eg = rel_f64(st.gram.as_ref().unwrap(), sc.gram.as_ref().unwrap());
@@ -136,11 +145,14 @@ fn backend_layers_equal_gpu_model_bitwise() {
                 "{name} layer {l}: GPU backend vs CPU backend, worst row {e:.2e}, Gram {eg:.2e}"
             );
         }
+        be.finish();
+        assert!(
+            be.hidden(Stream::Pruned, 0).is_err(),
+            "finish kept the states"
+        );
     }
 }
 
-/// Token-weighted statistics on the device, and the cross matrix (host path), against the CPU
-/// backend fed the same hidden states.
 #[test]
 #[ignore = "needs a GPU"]
 fn weighted_and_cross_statistics_match_cpu() {
@@ -155,8 +167,7 @@ fn weighted_and_cross_statistics_match_cpu() {
         let ids = ids(cfg.vocab_size, batch, cfg.bos_token_id, 4242);
         let mut be = CudaBackend::new(gpu());
         let mut cpu = CpuBackend::new();
-        // The same (bf16-valued) input for both, so only the arithmetic differs.
-        let h0 = be.embed(&cfg, &store, &ids).unwrap();
+        let layout = Layout::new(batch.n_seq, batch.seq_len, 1); // two batches of one sequence
         let i = cfg.intermediate_size;
         for l in [0, cfg.num_layers - 1] {
             let w = LayerWeights::load(&store, &cfg, l).unwrap();
@@ -171,15 +182,28 @@ fn weighted_and_cross_statistics_match_cpu() {
             ] {
                 let mut got = Vec::new();
                 for dev in [&mut be as &mut dyn Backend, &mut cpu as &mut dyn Backend] {
+                    // Both streams start from the embeddings; layer l's MLP runs on them
+                    // directly (the input does not need to be layer l's real input).
+                    dev.start(&cfg, &store, &ids, layout.clone(), true).unwrap();
                     dev.begin_stats(spec(i, tw, cross)).unwrap();
-                    if cross {
-                        let mut hr = h0.clone();
-                        dev.run_mlp(&cfg, l, &w, &mut hr, Capture::Reference)
+                    for b in 0..2 {
+                        if cross {
+                            dev.run_mlp(
+                                &cfg,
+                                l,
+                                &w,
+                                Stream::Reference,
+                                b,
+                                Capture::Reference,
+                                true,
+                            )
+                            .unwrap();
+                        }
+                        dev.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::Stats, false)
                             .unwrap();
                     }
-                    let mut h = h0.clone();
-                    dev.run_mlp(&cfg, l, &wp, &mut h, Capture::Stats).unwrap();
                     got.push(dev.take_stats().unwrap());
+                    dev.finish();
                 }
                 let what = format!("{name} layer {l} {} cross={cross}", tw.name());
                 let eg = rel_f64(got[0].gram.as_ref().unwrap(), got[1].gram.as_ref().unwrap());
@@ -213,16 +237,17 @@ fn backend_cache_notices_new_weights_under_the_same_key() {
     };
     let ids = ids(cfg.vocab_size, batch, cfg.bos_token_id, 99);
     let mut be = CudaBackend::new(gpu());
-    let h0 = be.embed(&cfg, &store, &ids).unwrap();
     let w = LayerWeights::load(&store, &cfg, 1).unwrap();
     let mut w2 = LayerWeights::load(&store, &cfg, 1).unwrap();
     for x in &mut w2.down {
         *x *= -1.0;
     }
+    let layout = Layout::new(1, batch.seq_len, 1);
     let run = |be: &mut CudaBackend, w: &LayerWeights| {
-        let mut h = h0.clone();
-        be.run_mlp(&cfg, 1, w, &mut h, Capture::None).unwrap();
-        h
+        be.start(&cfg, &store, &ids, layout.clone(), false).unwrap();
+        be.run_mlp(&cfg, 1, w, Stream::Pruned, 0, Capture::None, true)
+            .unwrap();
+        be.hidden(Stream::Pruned, 0).unwrap()
     };
     let a = run(&mut be, &w);
     let b = run(&mut be, &w2); // same (layer, width), other down_proj

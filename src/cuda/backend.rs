@@ -3,12 +3,12 @@
 //! (same ops, same order, same shapes), so the hidden states and activations a compile sees are
 //! the GPU model's bf16 values.
 //!
-//! Data flow. This is the correctness-first integration, not the fast path:
-//! - **Hidden states travel per batch.** `h` arrives as host f32 `[rows, H]`, is rounded to bf16
-//!   and uploaded for every call, and comes back as the bf16 results widened to f32. Since what
-//!   comes back is already bf16, the next upload is exact, so running layer by layer through the
-//!   host computes what `GpuModel::forward_hidden` computes on the device in one go.
-//!   (`run_layer` keeps `h` on the device between its two halves.)
+//! Data flow:
+//! - **Hidden states stay on the device.** `start` embeds the calibration ids on the host (the
+//!   checkpoint's rows, rounded as `GpuModel` rounds them) and uploads them once, one bf16
+//!   buffer per batch of sequences (and a second set for the reference stream of
+//!   `--refit-target original`); every layer half then runs in place there. Only `hidden`
+//!   (tests) downloads them.
 //! - **Statistics are accumulated on the device.** `begin_stats` allocates Σa, Σa² (f64) and the
 //!   Gram matrix (f32, upper block triangle, symmetrised by `take_stats`) on the GPU; each
 //!   `Capture::Stats` call adds its batch there (uniform weights: fused into the activation
@@ -16,9 +16,9 @@
 //!   rows), and only `take_stats` downloads, once per layer. The cross matrix of
 //!   `--refit-target original` pairs two streams' activations and is still accumulated on the
 //!   host from downloaded activations (correct, slow; not the default).
-//! - Left for the speed issue: the hidden states still travel per batch (about 3 × rows × H
-//!   × 6 bytes per layer), and the column sums use f64 atomics, so GPU statistics are not
-//!   bitwise repeatable run to run (the Gram matrix is).
+//! - The column sums use f64 atomics, so GPU statistics are not bitwise repeatable run to run
+//!   (the Gram matrix is); the weights are still widened to f32 and uploaded per layer from the
+//!   host (`LayerWeights`), which the speed issue may want to stream as bf16 instead.
 //! - **Weights** come from the `&LayerWeights` argument (f32). They are rounded to bf16
 //!   (nearest-even, as `GpuModel::from_cpu` rounds them; the norm weights stay f32) and uploaded
 //!   once per distinct (layer index, width), then cached. Each half is uploaded when it first
@@ -36,7 +36,10 @@
 use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
 use super::ops::{self, AttnParams};
-use crate::calib::{Backend, Capture, HostCapture, MlpStats, StatsSpec, TokenWeight};
+use crate::calib::{
+    started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
+    Streams, TokenWeight,
+};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{embed_rows_from_store, Batch, LayerWeights};
@@ -164,6 +167,7 @@ pub struct CudaBackend {
     gpu: Arc<Gpu>,
     cache: Vec<Entry>,
     capture: Option<Capturing>,
+    streams: Option<Streams<DTensor<bf16>>>, // per batch [rows, H]
 }
 
 impl CudaBackend {
@@ -172,6 +176,7 @@ impl CudaBackend {
             gpu,
             cache: Vec::new(),
             capture: None,
+            streams: None,
         }
     }
 
@@ -216,39 +221,15 @@ impl CudaBackend {
         Ok(i)
     }
 
-    fn upload_hidden(&self, cfg: &ModelConfig, h: &[f32]) -> Result<DTensor<bf16>> {
-        let hd = cfg.hidden_size;
-        if h.len() % hd != 0 {
-            return Err(Error::Other(format!(
-                "{} hidden values are not rows of {hd}",
-                h.len()
-            )));
-        }
-        Ok(DTensor::from_host(
-            &self.gpu,
-            &to_bf16(h),
-            &[h.len() / hd, hd],
-        )?)
-    }
-
-    fn download_hidden(&self, hd: &DTensor<bf16>, h: &mut [f32]) -> Result<()> {
-        let v = hd.to_host(&self.gpu)?;
-        for (o, x) in h.iter_mut().zip(v) {
-            *o = x.to_f32();
-        }
-        Ok(())
-    }
-
     /// `h += post_attn_norm(o_proj(attn(input_norm(h))))` on the device (`GpuModel::layer`).
     fn attn_device(
-        &self,
+        gpu: &Gpu,
         cfg: &ModelConfig,
         l: usize,
         w: &DevAttn,
         h: &mut DTensor<bf16>,
         batch: Batch,
     ) -> Result<()> {
-        let gpu = &*self.gpu;
         let n = batch.rows();
         if h.rows() != n {
             return Err(Error::Other(format!(
@@ -303,14 +284,17 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)`, recording
-    /// the down_proj input as `capture` asks into `self.capture`.
+    /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)` (only when
+    /// `write`; otherwise `h` is left as it was), recording the down_proj input as `capture`
+    /// asks into `capturing`.
+    #[allow(clippy::too_many_arguments)]
     fn mlp_device(
         gpu: &Gpu,
         cfg: &ModelConfig,
         w: &DevMlp,
         h: &mut DTensor<bf16>,
         capture: Capture,
+        write: bool,
         capturing: Option<&mut Capturing>,
     ) -> Result<()> {
         let eps = cfg.rms_norm_eps;
@@ -345,9 +329,11 @@ impl CudaBackend {
                     ops::gram_accumulate(gpu, &act, g)?;
                 }
                 d.count += n as u64;
-                let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
-                ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
-                ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+                if write {
+                    let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
+                    ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
+                    ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+                }
                 return Ok(());
             }
             (_, capturing) => {
@@ -396,7 +382,9 @@ impl CudaBackend {
                         hc.record(c, &wide(&act)?, &wide(&y)?, resid.as_deref(), hd, eps)?;
                     }
                 }
-                ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+                if write {
+                    ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+                }
             }
         }
         Ok(())
@@ -418,19 +406,61 @@ impl Backend for CudaBackend {
         Ok(rows)
     }
 
+    fn start(
+        &mut self,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        ids: &[u32],
+        layout: Layout,
+        reference: bool,
+    ) -> Result<()> {
+        self.streams = None; // free the previous run's states first
+        let hd = cfg.hidden_size;
+        let mut pruned = Vec::with_capacity(layout.sizes.len());
+        let mut refs = Vec::new();
+        for b in 0..layout.sizes.len() {
+            let rows = self.embed(cfg, store, &ids[layout.tokens(b)])?; // [rows, H], bf16 values
+            let up = to_bf16(&rows);
+            let n = up.len() / hd;
+            pruned.push(DTensor::from_host(&self.gpu, &up, &[n, hd])?);
+            if reference {
+                refs.push(DTensor::from_host(&self.gpu, &up, &[n, hd])?);
+            }
+        }
+        self.streams = Some(Streams {
+            layout,
+            pruned,
+            reference: refs,
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.streams = None;
+    }
+
+    fn hidden(&self, s: Stream, b: usize) -> Result<Vec<f32>> {
+        let h = started(&self.streams)?.get(s, b)?;
+        Ok(h.to_host(&self.gpu)?
+            .into_iter()
+            .map(|x| x.to_f32())
+            .collect())
+    }
+
     fn run_attention(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
-        h: &mut [f32],
-        batch: Batch,
+        s: Stream,
+        b: usize,
     ) -> Result<()> {
         let e = self.ensure_attn(cfg, l, w)?;
-        let mut hd = self.upload_hidden(cfg, h)?;
         let wa = self.cache[e].attn.as_ref().expect("uploaded above");
-        self.attn_device(cfg, l, wa, &mut hd, batch)?;
-        self.download_hidden(&hd, h)
+        let st = started_mut(&mut self.streams)?;
+        let batch = st.layout.batch(b);
+        let h = st.get_mut(s, b)?;
+        Self::attn_device(&self.gpu, cfg, l, wa, h, batch)
     }
 
     fn run_mlp(
@@ -438,38 +468,15 @@ impl Backend for CudaBackend {
         cfg: &ModelConfig,
         l: usize,
         w: &LayerWeights,
-        h: &mut [f32],
+        s: Stream,
+        b: usize,
         capture: Capture,
+        write: bool,
     ) -> Result<()> {
         let e = self.ensure_mlp(cfg, l, w)?;
-        let mut hd = self.upload_hidden(cfg, h)?;
         let wm = self.cache[e].mlp.as_ref().expect("uploaded above");
-        Self::mlp_device(&self.gpu, cfg, wm, &mut hd, capture, self.capture.as_mut())?;
-        self.download_hidden(&hd, h)
-    }
-
-    /// Both halves with `h` kept on the device in between (same values as the default, which
-    /// would round-trip the bf16 hidden states through the host exactly).
-    fn run_layer(
-        &mut self,
-        cfg: &ModelConfig,
-        l: usize,
-        w: &LayerWeights,
-        h: &mut [f32],
-        batch: Batch,
-        capture: Capture,
-    ) -> Result<()> {
-        self.ensure_attn(cfg, l, w)?;
-        let e = self.ensure_mlp(cfg, l, w)?;
-        let mut hd = self.upload_hidden(cfg, h)?;
-        let entry = &self.cache[e];
-        let (wa, wm) = (
-            entry.attn.as_ref().expect("uploaded above"),
-            entry.mlp.as_ref().expect("uploaded above"),
-        );
-        self.attn_device(cfg, l, wa, &mut hd, batch)?;
-        Self::mlp_device(&self.gpu, cfg, wm, &mut hd, capture, self.capture.as_mut())?;
-        self.download_hidden(&hd, h)
+        let h = started_mut(&mut self.streams)?.get_mut(s, b)?;
+        Self::mlp_device(&self.gpu, cfg, wm, h, capture, write, self.capture.as_mut())
     }
 
     fn begin_stats(&mut self, spec: StatsSpec) -> Result<()> {
