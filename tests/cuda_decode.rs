@@ -26,7 +26,7 @@
 
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{gpu, root};
+use gpu_common::{bf, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, root, up_bf16};
 
 use half::bf16;
 use serde_json::Value;
@@ -39,7 +39,7 @@ use whittle::cuda::ops::{
     self, decode_attention_kernel, plan_decode_splits, DecodeAttnParams, DecodeWorkspace,
     DECODE_MAX_SPLITS,
 };
-use whittle::cuda::{DTensor, Gpu, GpuDecoder, GpuModel, Residency};
+use whittle::cuda::{DTensor, GpuDecoder, GpuModel, Residency};
 use whittle::decode::{argmax, layer_slots, slot_of, Decoder, Engine};
 use whittle::model::{Batch, Model};
 
@@ -95,49 +95,8 @@ const F32_TOL: f64 = 1e-5;
 /// GPU decoder vs CPU decoder, and vs the GPU full recompute (see the module docs).
 const DECODE_TOL: f64 = 5e-2;
 
-/// Deterministic values uniform in [-scale, scale), rounded to bf16.
-fn rand_vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(0x2545_F491_4F6C_DD1D);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
-        })
-        .collect()
-}
-
-fn bf(x: &[f32]) -> Vec<bf16> {
-    x.iter().map(|&v| bf16::from_f32(v)).collect()
-}
-
-fn up_bf16(g: &Gpu, x: &[f32], shape: &[usize]) -> DTensor<bf16> {
-    DTensor::from_host(g, &bf(x), shape).unwrap()
-}
-
+/// The NaN `poisoned_bf16` fills with (unwritten cache slots must still hold it).
 const NAN_BF16: u16 = 0x7fc1;
-
-fn poisoned_bf16(g: &Gpu, shape: &[usize]) -> DTensor<bf16> {
-    let n = shape.iter().product();
-    DTensor::from_host(g, &vec![bf16::from_bits(NAN_BF16); n], shape).unwrap()
-}
-
-fn poisoned_f32(g: &Gpu, shape: &[usize]) -> DTensor<f32> {
-    let n = shape.iter().product();
-    DTensor::from_host(g, &vec![f32::from_bits(0x7fc0_0001); n], shape).unwrap()
-}
-
-fn down(g: &Gpu, t: &DTensor<bf16>) -> Vec<f32> {
-    t.to_host(g)
-        .unwrap()
-        .into_iter()
-        .map(|v| v.to_f32())
-        .collect()
-}
 
 /// `rows_rel_l2` or panic; prints the worst row error.
 fn check(what: &str, got: &[f32], want: &[f32], row_len: usize, tol: f64) -> f64 {

@@ -7,6 +7,58 @@ use std::sync::{Arc, OnceLock};
 use whittle::cuda::Gpu;
 use whittle::model::Batch;
 
+use half::bf16;
+use whittle::cuda::DTensor;
+
+/// Deterministic values uniform in [-scale, scale), rounded to bf16 (so the CPU reference sees
+/// exactly what the GPU sees).
+pub fn rand_vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x2545_F491_4F6C_DD1D);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
+        })
+        .collect()
+}
+
+pub fn bf(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+pub fn up_bf16(g: &Gpu, x: &[f32], shape: &[usize]) -> DTensor<bf16> {
+    DTensor::from_host(g, &bf(x), shape).unwrap()
+}
+
+pub fn up_f32(g: &Gpu, x: &[f32], shape: &[usize]) -> DTensor<f32> {
+    DTensor::from_host(g, x, shape).unwrap()
+}
+
+/// A bf16 tensor full of NaN, so an unwritten output element fails its check.
+pub fn poisoned_bf16(g: &Gpu, shape: &[usize]) -> DTensor<bf16> {
+    let n = shape.iter().product();
+    DTensor::from_host(g, &vec![bf16::from_bits(0x7fc1); n], shape).unwrap()
+}
+
+pub fn poisoned_f32(g: &Gpu, shape: &[usize]) -> DTensor<f32> {
+    let n = shape.iter().product();
+    DTensor::from_host(g, &vec![f32::from_bits(0x7fc0_0001); n], shape).unwrap()
+}
+
+/// A bf16 device tensor widened to f32 on the host.
+pub fn down(g: &Gpu, t: &DTensor<bf16>) -> Vec<f32> {
+    t.to_host(g)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.to_f32())
+        .collect()
+}
+
 /// The repository root: `WHITTLE_ROOT` when set (the GPU machine runs prebuilt test binaries
 /// from another checkout path), else the crate root.
 pub fn root() -> PathBuf {
