@@ -1,9 +1,10 @@
 //! `whittle compile`: calibrate layer by layer, score MLP neurons, keep the best `K` per layer,
 //! re-fit down_proj, write a dense checkpoint.
 //!
-//! Layer streaming: the hidden states of every calibration token live in memory between layers
-//! ([n_seq·T, H] f32, twice with `--sequential`); only one layer's weights are widened at a time,
-//! so peak memory is one layer + the activations (+ the [I, I] statistics) whatever the depth.
+//! Layer streaming: the hidden states of every calibration token live in the backend between
+//! layers ([n_seq·T, H]: f32 in RAM on the CPU, bf16 on the GPU; twice with `--refit-target
+//! original`); only one layer's weights are widened at a time, so peak memory is one layer + the
+//! activations (+ the [I, I] statistics) whatever the depth.
 
 use crate::calib::{Backend, CalibSet, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight};
 use crate::config::ModelConfig;

@@ -367,7 +367,9 @@ mod tests {
         let one = run(1);
         for t in [2, 3, 8] {
             assert!(
-                one.iter().zip(run(t)).all(|(x, y)| x.to_bits() == y.to_bits()),
+                one.iter()
+                    .zip(run(t))
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
                 "spd_inverse differs between 1 and {t} threads"
             );
         }
