@@ -21,6 +21,27 @@ pub fn chat_prompt(prompt: &str) -> String {
     format!("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n")
 }
 
+/// Whether the model folder ships a chat template (instruction-tuned checkpoints do): a non-empty
+/// `chat_template` in tokenizer_config.json, or a `chat_template.jinja` / `chat_template.json`
+/// file beside it. An unreadable or malformed tokenizer_config.json counts as no template.
+pub fn has_chat_template(dir: &std::path::Path) -> bool {
+    if ["chat_template.jinja", "chat_template.json"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+    {
+        return true;
+    }
+    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("chat_template").cloned())
+        .is_some_and(|t| match t {
+            serde_json::Value::String(s) => !s.trim().is_empty(),
+            serde_json::Value::Array(a) => !a.is_empty(),
+            _ => false,
+        })
+}
+
 /// BOS + the tokens of `text` (special-token strings such as `<start_of_turn>` are recognised).
 pub fn prompt_ids(tok: &Tokenizer, bos: u32, text: &str) -> Result<Vec<u32>> {
     let mut ids = vec![bos];

@@ -222,8 +222,12 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Wrap the prompt in Gemma's chat turn format (`<start_of_turn>user ... <start_of_turn>model`).
-    #[arg(long)]
+    /// Default: on when the model ships a chat template (instruction-tuned checkpoints).
+    #[arg(long, overrides_with = "no_chat")]
     chat: bool,
+    /// Send the prompt as it is, even when the model has a chat template.
+    #[arg(long, overrides_with = "chat")]
+    no_chat: bool,
     /// Do not stop at EOS / <end_of_turn>: always generate --max-new-tokens tokens.
     #[arg(long)]
     ignore_eos: bool,
@@ -444,7 +448,8 @@ fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Resul
     use std::io::Write;
     use whittle::decode::Sampling;
     use whittle::generate::{
-        chat_prompt, generate, prompt_ids, stop_tokens, GenOptions, StopReason, TextStream,
+        chat_prompt, generate, has_chat_template, prompt_ids, stop_tokens, GenOptions, StopReason,
+        TextStream,
     };
     anyhow::ensure!(
         a.top_p > 0.0 && a.top_p <= 1.0,
@@ -462,7 +467,16 @@ fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Resul
         .pop()
         .context("no model loaded")?;
     let tok = Tokenizer::from_dir(&a.model)?;
-    let text = if a.chat {
+    let chat = if a.chat || a.no_chat {
+        a.chat
+    } else {
+        let auto = has_chat_template(&a.model);
+        if auto {
+            eprintln!("chat template found: wrapping the prompt in Gemma turns (--no-chat to send it as is)");
+        }
+        auto
+    };
+    let text = if chat {
         chat_prompt(&a.prompt)
     } else {
         a.prompt.clone()

@@ -233,6 +233,46 @@ fn chat_flag_wraps_the_prompt_in_gemma_turns() {
     assert_eq!(ids(&got["tokens"]).len(), 3);
 }
 
+/// A model folder with a chat template gets the turn format by default; `--no-chat` turns it off.
+#[test]
+fn chat_template_in_the_model_turns_chat_on_by_default() {
+    let src = fixture("tiny-gemma2");
+    let d = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
+    }
+    let cfg_path = d.path().join("tokenizer_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let prompt = |extra: &[&str]| {
+        let mut c = bin();
+        c.arg("generate")
+            .arg(d.path())
+            .args(["--prompt", "Hello", "--max-new-tokens", "1", "--json"])
+            .args(extra);
+        json_line(&run_ok(&mut c))["prompt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(prompt(&[]), "Hello", "no template: the prompt as given");
+    cfg["chat_template"] =
+        serde_json::json!("{{ bos_token }}{% for m in messages %}...{% endfor %}");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    assert_eq!(
+        prompt(&[]),
+        chat_prompt("Hello"),
+        "template: chat by default"
+    );
+    assert_eq!(prompt(&["--no-chat"]), "Hello");
+    assert_eq!(
+        prompt(&["--no-chat", "--chat"]),
+        chat_prompt("Hello"),
+        "the last flag wins"
+    );
+}
+
 #[test]
 fn sampling_is_reproducible_with_a_seed() {
     let d = fixture("tiny-gemma3");
