@@ -112,7 +112,18 @@ fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
     s
 }
 
+/// Rank-1 OBS updates applied lazily: this many removals are kept as factors and folded into
+/// H⁻¹ and W with two GEMMs, so a removal reads W once instead of rewriting H⁻¹ and W.
+const OBS_BLOCK: usize = 32;
+
 /// Greedy structured OBS: removes `width - k` neurons one at a time; returns the kept indices.
+///
+/// Each removal of q updates H⁻¹ ← H⁻¹ − u·uᵀ/d and W ← W − v·uᵀ/d with u = H⁻¹[:,q],
+/// d = H⁻¹_qq, v = W[:,q]. Applied eagerly that streams all of H⁻¹ ([I, I]) and W per removal.
+/// Here the last ≤ `OBS_BLOCK` updates stay pending as (u, v, d): the current column q of H⁻¹
+/// and W are rebuilt from them, diag(H⁻¹) and the column norms ‖W[:,j]‖² are updated in O(I)
+/// and O(I·H) per removal, and the pending block is folded into H⁻¹ and W by GEMM, after which
+/// the diagonal and norms are recomputed exactly (no drift across blocks).
 pub fn obs_select(
     w: &LayerWeights,
     hidden: usize,
@@ -130,49 +141,107 @@ pub fn obs_select(
         Error::Other(format!(
             "OBS: activation Gram matrix is not positive definite at neuron {p}; raise --damp"
         ))
-    })?; // [I, I]
-         // wt[j] = column j of W_down, as rows for contiguous updates: [I, H].
+    })?; // [I, I], symmetric
+         // wt[j] = column j of W_down, as rows: [I, H].
     let mut wt = vec![0f64; n * hidden];
     for r in 0..hidden {
         for j in 0..n {
             wt[j * hidden + r] = w.down[r * n + j] as f64;
         }
     }
+    let exact = |hinv: &[f64], wt: &[f64]| -> (Vec<f64>, Vec<f64>) {
+        let diag = (0..n).map(|j| hinv[j * n + j]).collect();
+        let norm = wt
+            .par_chunks(hidden)
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
+        (diag, norm)
+    };
+    let (mut diag, mut norm) = exact(&hinv, &wt); // [I] each
     let mut alive = vec![true; n];
-    for _ in 0..n - k {
+    // Pending updates: us[b] [I], vs[b] [H], ds[b].
+    let (mut us, mut vs, mut ds): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let steps = n - k;
+    for step in 0..steps {
         // Cost of removing q (with the others re-fit): ‖W[:,q]‖² / [H⁻¹]_qq.
         let q = (0..n)
             .filter(|&j| alive[j])
-            .map(|j| {
-                let norm: f64 = wt[j * hidden..(j + 1) * hidden].iter().map(|x| x * x).sum();
-                (j, norm / hinv[j * n + j])
-            })
+            .map(|j| (j, norm[j] / diag[j]))
             .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
             .map(|(j, _)| j)
             .expect("at least one neuron alive");
         alive[q] = false;
-        let hqq = hinv[q * n + q];
-        let hq: Vec<f64> = (0..n).map(|j| hinv[q * n + j]).collect(); // row q of H⁻¹
-        let wq: Vec<f64> = wt[q * hidden..(q + 1) * hidden].to_vec();
-        // W ← W − W[:,q]·H⁻¹[q,:] / H⁻¹_qq ; H⁻¹ ← H⁻¹ − H⁻¹[:,q]·H⁻¹[q,:] / H⁻¹_qq
-        wt.par_chunks_mut(hidden).enumerate().for_each(|(j, row)| {
-            let f = hq[j] / hqq;
-            if f != 0.0 {
-                for (x, &y) in row.iter_mut().zip(&wq) {
-                    *x -= f * y;
+        // Current column q of H⁻¹ and of W.
+        let mut u = hinv[q * n..(q + 1) * n].to_vec();
+        let mut v = wt[q * hidden..(q + 1) * hidden].to_vec();
+        for b in 0..ds.len() {
+            let f = us[b][q] / ds[b];
+            u.iter_mut().zip(&us[b]).for_each(|(x, y)| *x -= f * y);
+            v.iter_mut().zip(&vs[b]).for_each(|(x, y)| *x -= f * y);
+        }
+        let d = u[q];
+        // ⟨W[:,j], v⟩ for the current W: base rows minus the pending updates.
+        let vv: f64 = v.iter().map(|x| x * x).sum();
+        let pend: Vec<f64> = vs
+            .iter()
+            .zip(&ds)
+            .map(|(vb, db)| vb.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>() / db)
+            .collect(); // ⟨v_b, v⟩ / d_b
+        let us_ref = &us;
+        let (v_ref, u_ref) = (&v, &u);
+        norm.par_iter_mut()
+            .zip(diag.par_iter_mut())
+            .zip(wt.par_chunks(hidden))
+            .enumerate()
+            .for_each(|(j, ((nj, dj), row))| {
+                let mut g: f64 = row.iter().zip(v_ref).map(|(a, b)| a * b).sum();
+                for (b, p) in pend.iter().enumerate() {
+                    g -= us_ref[b][j] * p;
                 }
-            }
-        });
-        hinv.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            let f = hq[i] / hqq;
-            if f != 0.0 {
-                for (x, &y) in row.iter_mut().zip(&hq) {
-                    *x -= f * y;
-                }
-            }
-        });
+                let f = u_ref[j] / d;
+                *nj += f * (f * vv - 2.0 * g);
+                *dj -= f * u_ref[j];
+            });
+        us.push(u);
+        vs.push(v);
+        ds.push(d);
+        if ds.len() == OBS_BLOCK || step + 1 == steps {
+            fold(&mut hinv, &mut wt, &us, &vs, &ds, n, hidden);
+            (us, vs, ds) = (Vec::new(), Vec::new(), Vec::new());
+            (diag, norm) = exact(&hinv, &wt);
+        }
     }
     Ok((0..n).filter(|&j| alive[j]).collect())
+}
+
+/// H⁻¹ −= Σ_b u_b·u_bᵀ/d_b and W −= Σ_b v_b·u_bᵀ/d_b (wt holds Wᵀ: wt −= Σ_b u_b·v_bᵀ/d_b), as
+/// two GEMMs over the pending block.
+fn fold(
+    hinv: &mut [f64],
+    wt: &mut [f64],
+    us: &[Vec<f64>],
+    vs: &[Vec<f64>],
+    ds: &[f64],
+    n: usize,
+    hidden: usize,
+) {
+    let nb = ds.len();
+    // A = [u_b / d_b] as [I, nb]; Uᵀ as [nb, I]; Vᵀ as [nb, H].
+    let mut a = vec![0f64; n * nb];
+    let mut ut = vec![0f64; nb * n];
+    let mut vt = vec![0f64; nb * hidden];
+    for b in 0..nb {
+        for j in 0..n {
+            a[j * nb + b] = us[b][j] / ds[b];
+            ut[b * n + j] = us[b][j];
+        }
+        vt[b * hidden..(b + 1) * hidden].copy_from_slice(&vs[b]);
+    }
+    let du = matmul(&a, &ut, n, nb, n); // [I, I]
+    hinv.par_iter_mut().zip(&du).for_each(|(x, d)| *x -= d);
+    let dw = matmul(&a, &vt, n, nb, hidden); // [I, H]
+    wt.par_iter_mut().zip(&dw).for_each(|(x, d)| *x -= d);
 }
 
 /// Least-squares re-fit of down_proj over the kept neurons: returns W' as f32 [H, K].
@@ -256,5 +325,120 @@ pub fn slice_layer(
         down,
         post_ffn_norm: w.post_ffn_norm.clone(),
         width: k,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The eager form of `obs_select` (every rank-1 update applied to all of H⁻¹ and W at once):
+    /// the definition the lazy version must reproduce.
+    fn obs_select_eager(down: &[f32], hidden: usize, n: usize, h: &[f64], k: usize) -> Vec<usize> {
+        let mut hinv = spd_inverse(h, n).unwrap();
+        let mut wt = vec![0f64; n * hidden];
+        for r in 0..hidden {
+            for j in 0..n {
+                wt[j * hidden + r] = down[r * n + j] as f64;
+            }
+        }
+        let mut alive = vec![true; n];
+        for _ in 0..n - k {
+            let q = (0..n)
+                .filter(|&j| alive[j])
+                .map(|j| {
+                    let norm: f64 = wt[j * hidden..(j + 1) * hidden].iter().map(|x| x * x).sum();
+                    (j, norm / hinv[j * n + j])
+                })
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+                .unwrap()
+                .0;
+            alive[q] = false;
+            let hqq = hinv[q * n + q];
+            let hq: Vec<f64> = hinv[q * n..(q + 1) * n].to_vec();
+            let wq: Vec<f64> = wt[q * hidden..(q + 1) * hidden].to_vec();
+            for j in 0..n {
+                let f = hq[j] / hqq;
+                for r in 0..hidden {
+                    wt[j * hidden + r] -= f * wq[r];
+                }
+                for i in 0..n {
+                    hinv[j * n + i] -= f * hq[i];
+                }
+            }
+        }
+        (0..n).filter(|&j| alive[j]).collect()
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lazy_obs_selects_what_eager_obs_selects() {
+        // Several folds (OBS_BLOCK = 32) and a ragged last block.
+        for (n, hidden, k, seed) in [(150, 24, 40, 1u64), (97, 13, 10, 2), (64, 40, 32, 3)] {
+            // Correlated activations: a = x·M with a few strong directions.
+            let t = 4 * n;
+            let x = noise(t * n, seed);
+            let m = noise(n * n, seed + 10);
+            let mut gram = vec![0f64; n * n];
+            let mut a = vec![0f64; t * n];
+            for r in 0..t {
+                for j in 0..n {
+                    a[r * n + j] = (0..n).map(|p| x[r * n + p] * m[p * n + j]).sum::<f64>()
+                        + x[r * n + j] * (1.0 + (j % 7) as f64);
+                }
+            }
+            for r in 0..t {
+                for i in 0..n {
+                    for j in 0..n {
+                        gram[i * n + j] += a[r * n + i] * a[r * n + j];
+                    }
+                }
+            }
+            let down: Vec<f32> = noise(hidden * n, seed + 20)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let stats = MlpStats {
+                width: n,
+                count: t as u64,
+                sum: vec![0.0; n],
+                sumsq: (0..n).map(|j| gram[j * n + j]).collect(),
+                gram: Some(gram.clone()),
+                cross: None,
+            };
+            let w = LayerWeights {
+                input_norm: vec![],
+                q: vec![],
+                k: vec![],
+                v: vec![],
+                o: vec![],
+                q_norm: None,
+                k_norm: None,
+                post_attn_norm: vec![],
+                pre_ffn_norm: vec![],
+                gate: vec![],
+                up: vec![],
+                down: down.clone(),
+                post_ffn_norm: vec![],
+                width: n,
+            };
+            let damp = 0.01;
+            let lazy = obs_select(&w, hidden, &stats, k, damp).unwrap();
+            let h = damped(mean_matrix(&gram, t as u64), n, damp);
+            let eager = obs_select_eager(&down, hidden, n, &h, k);
+            assert_eq!(lazy.len(), k);
+            assert_eq!(lazy, eager, "n={n} hidden={hidden} k={k}");
+        }
     }
 }
