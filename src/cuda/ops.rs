@@ -58,6 +58,42 @@ fn expect_len<T>(kernel: &'static str, what: &str, t: &DTensor<T>, n: usize) -> 
     Ok(())
 }
 
+/// Device address of an optional tensor (0, the kernels' "absent", when `None`) after checking
+/// that it holds `n` elements.
+fn opt_ptr<T>(
+    gpu: &Gpu,
+    kernel: &'static str,
+    what: &str,
+    t: Option<&DTensor<T>>,
+    n: usize,
+) -> CudaResult<u64> {
+    match t {
+        Some(t) => {
+            expect_len(kernel, what, t, n)?;
+            Ok(t.ptr(gpu))
+        }
+        None => Ok(0),
+    }
+}
+
+/// `opt_ptr` for a tensor that must have shape [rows, cols].
+fn opt_ptr_shape<T>(
+    gpu: &Gpu,
+    kernel: &'static str,
+    what: &str,
+    t: Option<&DTensor<T>>,
+    rows: usize,
+    cols: usize,
+) -> CudaResult<u64> {
+    match t {
+        Some(t) => {
+            expect_shape(kernel, what, t, rows, cols)?;
+            Ok(t.ptr(gpu))
+        }
+        None => Ok(0),
+    }
+}
+
 fn cfg(grid: (usize, usize, usize), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
@@ -505,13 +541,7 @@ pub fn rope(
             format!("{rows} rows are not whole sequences of {seq_len}"),
         ));
     }
-    let kp = match k {
-        Some(k) => {
-            expect_len(K_NAME, "k", k, rows * n_kv_heads * head_dim)?;
-            k.ptr(gpu)
-        }
-        None => 0,
-    };
+    let kp = opt_ptr(gpu, K_NAME, "k", k.as_deref(), rows * n_kv_heads * head_dim)?;
     let pairs = rows * head_dim / 2;
     if pairs == 0 {
         return Ok(());
@@ -588,13 +618,7 @@ pub fn gelu_mul(
     let (rows, cols) = (gate.rows(), gate.cols());
     expect_shape(K_NAME, "up", up, rows, cols)?;
     expect_shape(K_NAME, "act", act, rows, cols)?;
-    let af = match act_f32 {
-        Some(a) => {
-            expect_shape(K_NAME, "act_f32", a, rows, cols)?;
-            a.ptr(gpu)
-        }
-        None => 0,
-    };
+    let af = opt_ptr_shape(gpu, K_NAME, "act_f32", act_f32.as_deref(), rows, cols)?;
     let (s1, s2) = col_stats_ptrs(gpu, K_NAME, stats, cols)?;
     if rows == 0 || cols == 0 {
         return Ok(());
@@ -627,13 +651,7 @@ pub fn token_weights(
     const K_NAME: &str = "token_weights_bf16";
     let _r = range("token_weights");
     let (rows, cols) = (y.rows(), y.cols());
-    let rp = match resid {
-        Some(x) => {
-            expect_shape(K_NAME, "resid", x, rows, cols)?;
-            x.ptr(gpu)
-        }
-        None => 0,
-    };
+    let rp = opt_ptr_shape(gpu, K_NAME, "resid", resid, rows, cols)?;
     expect_len(K_NAME, "w", w, rows)?;
     if rows == 0 || cols == 0 {
         return Ok(());
@@ -776,13 +794,7 @@ pub fn row_stats(
             ));
         }
     }
-    let tp = match targets {
-        Some(t) => {
-            expect_len(K_NAME, "targets", t, rows)?;
-            t.ptr(gpu)
-        }
-        None => 0,
-    };
+    let tp = opt_ptr(gpu, K_NAME, "targets", targets, rows)?;
     if rows == 0 || v == 0 {
         return Ok(());
     }
