@@ -318,10 +318,10 @@ fn token_weighting_is_applied_and_recorded() {
     let d = tempfile::tempdir().unwrap();
     let m = fixture("tiny-gemma3");
     let text = fixture("eval-text.txt");
-    let mut downs = Vec::new();
-    for tw in ["uniform", "out", "out-resid"] {
-        let out = d.path().join(tw);
-        let (code, _, err) = run(&[
+    // Compiles with `extra` flags into `name`; returns the report and layer 1's down_proj bytes.
+    let compile = |name: &str, extra: &[&str]| -> (Value, Vec<u8>) {
+        let out = d.path().join(name);
+        let mut args = vec![
             "compile",
             s(&m),
             "-o",
@@ -334,18 +334,23 @@ fn token_weighting_is_applied_and_recorded() {
             "24",
             "--samples",
             "8",
-            "--token-weight",
-            tw,
-        ]);
-        assert_eq!(code, 0, "{tw}: {err}");
+        ];
+        args.extend(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{name}: {err}");
         let r: Value = serde_json::from_str(
             &std::fs::read_to_string(out.join("whittle_report.json")).unwrap(),
         )
         .unwrap();
-        assert_eq!(r["token_weight"], tw);
         let st = WeightStore::open(&out).unwrap();
         let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
-        downs.push(t.bytes().to_vec());
+        (r, t.bytes().to_vec())
+    };
+    let mut downs = Vec::new();
+    for tw in ["uniform", "out", "out-resid"] {
+        let (r, down) = compile(tw, &["--token-weight", tw]);
+        assert_eq!(r["token_weight"], tw);
+        downs.push(down);
     }
     assert_ne!(
         downs[0], downs[1],
@@ -355,30 +360,9 @@ fn token_weighting_is_applied_and_recorded() {
         downs[1], downs[2],
         "out and out-resid gave the same down_proj"
     );
-    // The default is `out`.
-    let out = d.path().join("default");
-    let (code, _, err) = run(&[
-        "compile",
-        s(&m),
-        "-o",
-        s(&out),
-        "--keep-ratio",
-        "0.5",
-        "--calib",
-        s(&text),
-        "--seq",
-        "24",
-        "--samples",
-        "8",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let st = WeightStore::open(&out).unwrap();
-    let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
-    assert_eq!(
-        t.bytes(),
-        &downs[1][..],
-        "the default is not --token-weight out"
-    );
+    let (r, down) = compile("default", &[]);
+    assert_eq!(r["token_weight"], "out");
+    assert_eq!(down, downs[1], "the default is not --token-weight out");
 }
 
 #[test]
