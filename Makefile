@@ -9,7 +9,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test lint build nvcc python python-torch fixtures bench-cpu quality clean
+.PHONY: demo test test-emu lint build nvcc python python-torch fixtures bench-cpu quality clean
 
 nvcc:
 	bash scripts/install-nvcc.sh
@@ -49,3 +49,11 @@ quality: build python
 
 clean:
 	$(CARGO) clean
+
+# The GPU tests without a GPU: kernels/*.cu compiled as C++ behind a fake libcuda.so
+# (tests/emu, scripts/build-emu.sh), so launchers, grids and kernel index arithmetic are checked
+# against the CPU oracle on any machine. Real-model checks are left to the device machine.
+EMU_TESTS := --test cuda_kernels --test cuda_linalg --test cuda_model --test cuda_backend --test cuda_decode
+test-emu: nvcc
+	bash scripts/build-emu.sh
+	LD_LIBRARY_PATH=$(CURDIR)/target/emu $(CARGO) test --release $(EMU_TESTS) -- --ignored

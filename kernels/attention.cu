@@ -65,7 +65,7 @@ template <int D>
 __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                         const bf16* __restrict__ v, bf16* __restrict__ o, int T, int nh,
                                         int nkv, float scale, float softcap, int window) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  DYNAMIC_SMEM(smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sK = sQ + BR * D;
   bf16* sV = sK + BC * D;

@@ -18,6 +18,13 @@ typedef __nv_bfloat16 bf16;
 typedef __nv_bfloat162 bf162;
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+// Dynamic shared memory, 128-byte aligned (a macro so the CPU emulator can supply its buffer).
+#ifdef WHITTLE_EMU
+#define DYNAMIC_SMEM(name) EMU_DYNAMIC_SMEM(name)
+#else
+#define DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 #define WARP_SIZE 32
 
 __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
@@ -92,6 +99,7 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+#ifndef WHITTLE_EMU  // tests/emu/emu.h supplies warp-collective CPU versions of these
 // 16-byte global->shared copy that bypasses L1. `src_bytes` < 16 zero-fills the rest
 // (src_bytes == 0: pure zero fill, `src` is not read but must be a valid address expression).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
@@ -132,6 +140,8 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+#endif  // WHITTLE_EMU
 
 // Two f32 -> one register of two bf16 (lo in the low half), as an A fragment register expects.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {

@@ -239,7 +239,7 @@ __device__ __forceinline__ void epilogue(const float (&acc)[MT][NT][4], bf16* __
 template <bool ALIGNED>
 __device__ __forceinline__ void gemm_nt(const bf16* X, const bf16* W, bf16* Yb, float* Yf, int M, int N, int K,
                                         int lda, int ldb, int ldc, int accumulate) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  DYNAMIC_SMEM(smem_raw);
   bf16* smem = reinterpret_cast<bf16*>(smem_raw);
   const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
   float acc[MT][NT][4];
@@ -251,7 +251,7 @@ template <bool ALIGNED>
 __device__ __forceinline__ void gram_tn(const bf16* A, float* G, int T, int I, int lda) {
   // Only tiles on or above the block diagonal; the grid is square, so half the CTAs leave at once.
   if (blockIdx.y < blockIdx.x) return;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  DYNAMIC_SMEM(smem_raw);
   bf16* smem = reinterpret_cast<bf16*>(smem_raw);
   const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
   float acc[MT][NT][4];

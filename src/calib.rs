@@ -484,6 +484,12 @@ impl Layout {
 pub trait Backend {
     fn name(&self) -> String;
 
+    /// Where scoring and repair solve their f64 linear algebra for this backend (the host unless
+    /// the backend has a GPU).
+    fn solver(&self) -> crate::prune::Solver {
+        crate::prune::Solver::Cpu
+    }
+
     /// The input of layer 0 for `ids`: the scaled embedding rows [rows, H], rounded the way this
     /// backend's forward pass rounds them (the CPU: f32 `e·sqrt(H)`).
     fn embed(&mut self, cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {

@@ -220,6 +220,7 @@ pub fn compile(
     };
     t.calibrate += t0.elapsed().as_secs_f64();
 
+    let solver = backend.solver();
     let mut cuts = Vec::with_capacity(cfg.num_layers);
     let mut layer_reports = Vec::new();
     for l in 0..cfg.num_layers {
@@ -265,12 +266,12 @@ pub fn compile(
         let kept = match opts.method {
             Method::Magnitude => top_k(&magnitude_scores(&w, hd), k),
             Method::Energy => top_k(&energy_scores(&w, hd, &stats), k),
-            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp)?,
+            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp, &solver)?,
         };
         t.score += t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let down = if opts.repair {
-            let mut d = repair(&w, hd, &stats, &kept, opts.damp)?;
+            let mut d = repair(&w, hd, &stats, &kept, opts.damp, &solver)?;
             // Continue with exactly what will be written.
             round_to_dtype(&mut d, down_dtype(l)?);
             Some(d)
@@ -361,6 +362,7 @@ pub fn compile(
             })).collect::<Vec<_>>(),
         })),
         "backend": backend.name(),
+        "solver": solver.name(),
         "layers": layer_reports,
     });
     let t0 = Instant::now();

@@ -52,6 +52,37 @@ impl Method {
     }
 }
 
+/// Where the dense f64 linear algebra of OBS scoring and repair runs: the host (the reference)
+/// or the GPU that ran the calibration (src/cuda/linalg.rs; same results up to rounding).
+#[derive(Clone, Default)]
+pub enum Solver {
+    #[default]
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Arc<crate::cuda::Gpu>),
+}
+
+impl Solver {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Solver::Cpu => "cpu",
+            #[cfg(feature = "cuda")]
+            Solver::Cuda(_) => "cuda",
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_err(e: crate::cuda::CudaError) -> Error {
+    e.into()
+}
+
+fn not_pd(what: &str, p: usize) -> Error {
+    Error::Other(format!(
+        "{what} is not positive definite at neuron {p}; raise --damp"
+    ))
+}
+
 fn col_norms_sq(down: &[f32], h: usize, i: usize) -> Vec<f64> {
     let mut n = vec![0f64; i];
     for r in 0..h {
@@ -130,25 +161,41 @@ pub fn obs_select(
     stats: &MlpStats,
     k: usize,
     damp: f64,
+    solver: &Solver,
 ) -> Result<Vec<usize>> {
     let n = w.width;
     let gram = stats
         .gram
         .as_ref()
         .ok_or_else(|| Error::Other("obs needs the Gram matrix".into()))?;
-    let h = damped(mean_matrix(gram, stats.count), n, damp);
-    let mut hinv = spd_inverse(&h, n).map_err(|p| {
-        Error::Other(format!(
-            "OBS: activation Gram matrix is not positive definite at neuron {p}; raise --damp"
-        ))
-    })?; // [I, I], symmetric
-         // wt[j] = column j of W_down, as rows: [I, H].
+    let h = damped(mean_matrix(gram, stats.count), n, damp); // [I, I]
+                                                             // wt[j] = column j of W_down, as rows: [I, H].
     let mut wt = vec![0f64; n * hidden];
     for r in 0..hidden {
         for j in 0..n {
             wt[j * hidden + r] = w.down[r * n + j] as f64;
         }
     }
+    const WHAT: &str = "OBS: the activation Gram matrix";
+    match solver {
+        Solver::Cpu => obs_select_host(&h, wt, n, hidden, k).map_err(|p| not_pd(WHAT, p)),
+        #[cfg(feature = "cuda")]
+        Solver::Cuda(g) => crate::cuda::linalg::obs_select(g, &h, &wt, n, hidden, k)
+            .map_err(gpu_err)?
+            .map_err(|p| not_pd(WHAT, p)),
+    }
+}
+
+/// The host solve of `obs_select`: `h` damped [n, n], `wt` = W_downᵀ [n, hidden]. Err(pivot)
+/// when h is not positive definite.
+fn obs_select_host(
+    h: &[f64],
+    mut wt: Vec<f64>,
+    n: usize,
+    hidden: usize,
+    k: usize,
+) -> std::result::Result<Vec<usize>, usize> {
+    let mut hinv = spd_inverse(h, n)?; // [I, I], symmetric
     let exact = |hinv: &[f64], wt: &[f64]| -> (Vec<f64>, Vec<f64>) {
         let diag = (0..n).map(|j| hinv[j * n + j]).collect();
         let norm = wt
@@ -251,6 +298,7 @@ pub fn repair(
     stats: &MlpStats,
     kept: &[usize],
     damp: f64,
+    solver: &Solver,
 ) -> Result<Vec<f32>> {
     let n = w.width;
     let k = kept.len();
@@ -268,11 +316,6 @@ pub fn repair(
         }
     }
     let m = damped(skk, k, damp);
-    let minv = spd_inverse(&m, k).map_err(|p| {
-        Error::Other(format!(
-            "repair: kept-neuron Gram matrix is not positive definite at {p}; raise --damp"
-        ))
-    })?;
     // C[:,K] [I, K]
     let mut ck = vec![0f64; n * k];
     for i in 0..n {
@@ -281,8 +324,18 @@ pub fn repair(
         }
     }
     let wd: Vec<f64> = w.down.iter().map(|&x| x as f64).collect(); // [H, I]
-    let wc = matmul(&wd, &ck, hidden, n, k); // [H, K]
-    let out = matmul(&wc, &minv, hidden, k, k); // [H, K]
+    const WHAT: &str = "repair: the kept neurons' Gram matrix";
+    let out = match solver {
+        Solver::Cpu => {
+            let minv = spd_inverse(&m, k).map_err(|p| not_pd(WHAT, p))?;
+            let wc = matmul(&wd, &ck, hidden, n, k); // [H, K]
+            matmul(&wc, &minv, hidden, k, k) // [H, K]
+        }
+        #[cfg(feature = "cuda")]
+        Solver::Cuda(g) => crate::cuda::linalg::repair_product(g, &m, &ck, &wd, hidden, n, k)
+            .map_err(gpu_err)?
+            .map_err(|p| not_pd(WHAT, p))?,
+    };
     Ok(out.into_iter().map(|x| x as f32).collect())
 }
 
@@ -434,7 +487,7 @@ mod tests {
                 width: n,
             };
             let damp = 0.01;
-            let lazy = obs_select(&w, hidden, &stats, k, damp).unwrap();
+            let lazy = obs_select(&w, hidden, &stats, k, damp, &Solver::Cpu).unwrap();
             let h = damped(mean_matrix(&gram, t as u64), n, damp);
             let eager = obs_select_eager(&down, hidden, n, &h, k);
             assert_eq!(lazy.len(), k);

@@ -17,7 +17,7 @@
 
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{gpu, ids, root};
+use gpu_common::{gpu, ids, real_model, root};
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -435,8 +435,7 @@ fn eval_on_the_gpu_is_within_one_percent_of_the_cpu() {
     assert!((f(&g, "kl") - f(&c, "kl")).abs() <= 0.5 * f(&c, "kl") + 5e-3);
     assert!((f(&g, "top1_agree") - f(&c, "top1_agree")).abs() <= 0.05);
 
-    let real = root().join("models/gemma-3-270m");
-    if real.join("config.json").exists() {
+    if let Some(real) = real_model() {
         let text = fixture("eval-text.txt");
         let args = |dev: &'static str| {
             vec![

@@ -26,7 +26,9 @@
 
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{bf, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, root, up_bf16};
+use gpu_common::{
+    bf, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, real_model, root, up_bf16,
+};
 
 use half::bf16;
 use serde_json::Value;
@@ -876,8 +878,7 @@ fn greedy_tokens_match_cpu_where_the_margin_is_large() {
         checked += greedy_check(name, &cpu, &gm, 8, 40);
     }
     assert!(checked > 0, "no step had a large margin on the fixtures");
-    let dir = root().join("models/gemma-3-270m");
-    if dir.join("config.json").exists() {
+    if let Some(dir) = real_model() {
         let (cpu, gm) = load_pair(&dir);
         greedy_check("gemma-3-270m", &cpu, &gm, 16, 24);
     }
@@ -886,14 +887,9 @@ fn greedy_tokens_match_cpu_where_the_margin_is_large() {
 #[test]
 #[ignore = "needs a GPU"]
 fn gemma3_270m_gpu_decoder_matches_cpu() {
-    let dir = root().join("models/gemma-3-270m");
-    if !dir.join("config.json").exists() {
-        eprintln!(
-            "skipped: {} is not present (scripts/get-gemma3-270m.sh)",
-            dir.display()
-        );
+    let Some(dir) = real_model() else {
         return;
-    }
+    };
     let (cpu, gm) = load_pair(&dir);
     let cfg = &cpu.cfg;
     let ids = seq_ids(cfg.vocab_size, cfg.bos_token_id, 530, 5);

@@ -11,7 +11,7 @@
 
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{gpu, ids, root};
+use gpu_common::{gpu, ids, real_model, root};
 
 use std::path::Path;
 use whittle::check::rows_rel_l2;
@@ -276,14 +276,9 @@ fn tiny_gemma3_gpu_matches_cpu() {
 #[test]
 #[ignore = "needs a GPU"]
 fn gemma3_270m_gpu_matches_cpu() {
-    let dir = root().join("models/gemma-3-270m");
-    if !dir.join("config.json").exists() {
-        eprintln!(
-            "skipped: {} is not present (scripts/get-gemma3-270m.sh)",
-            dir.display()
-        );
+    let Some(dir) = real_model() else {
         return;
-    }
+    };
     // 18 real layers in bf16 against f32: looser than the tiny fixtures; 600 > the 512 window.
     let tol = Tol {
         hidden: 0.1,

@@ -396,6 +396,10 @@ impl Backend for CudaBackend {
         format!("{} (bf16)", self.gpu.info)
     }
 
+    fn solver(&self) -> crate::prune::Solver {
+        crate::prune::Solver::Cuda(self.gpu.clone())
+    }
+
     fn embed(&mut self, cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
         let mut rows = embed_rows_from_store(cfg, store, ids)?;
         // As GpuModel: the table in bf16, times sqrt(H) rounded to bf16, the product rounded.

@@ -155,6 +155,7 @@ impl Gpu {
                 KArg::Ptr(v) | KArg::U64(v) => b.arg(v),
                 KArg::I32(v) => b.arg(v),
                 KArg::F32(v) => b.arg(v),
+                KArg::F64(v) => b.arg(v),
             };
         }
         // SAFETY: forwarded from this function's contract.
@@ -194,6 +195,7 @@ pub(crate) enum KArg {
     I32(i32),
     U64(u64),
     F32(f32),
+    F64(f64),
 }
 
 /// A device buffer with a logical row-major shape. The allocation may be larger than the shape

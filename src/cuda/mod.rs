@@ -10,6 +10,8 @@
 //! - `model`  — `GpuModel`, the forward pass mirroring `crate::model::Model` (and `eval::LogitModel`)
 //! - `decode` — `GpuDecoder`, KV-cache decoding mirroring `crate::decode::Decoder` (and the
 //!   `decode::Engine` that `bench` and `generate` drive)
+//! - `linalg` — f64 GEMM, SPD inverse, greedy OBS and the repair product on the device (the
+//!   `prune::Solver::Cuda` side of `compile`'s scoring)
 //! - `backend` — `CudaBackend`, the calibration `calib::Backend` (`whittle compile --device cuda`)
 //! - `error`  — `CudaError` (maps into `crate::Error::Other`)
 //! - `prof`   — NVTX ranges (feature `nvtx`)
@@ -21,6 +23,7 @@ pub mod decode;
 pub mod device;
 pub mod error;
 pub mod gpu;
+pub mod linalg;
 pub mod model;
 pub mod ops;
 pub mod prof;

@@ -95,3 +95,27 @@ pub fn ids(vocab: usize, batch: Batch, bos: u32, seed: u64) -> Vec<u32> {
     }
     v
 }
+
+/// True when the "GPU" is tests/emu's CPU emulator (`make test-emu`).
+pub fn emulated() -> bool {
+    gpu().info.name.starts_with("whittle-emu")
+}
+
+/// models/gemma-3-270m when it has been fetched and the tests run on a real GPU. Under the CPU
+/// emulator one forward pass of the real model takes minutes, so those checks are left to the
+/// device machine (scripts/device-check.sh); the tiny fixtures cover the same code there.
+pub fn real_model() -> Option<PathBuf> {
+    let dir = root().join("models/gemma-3-270m");
+    if emulated() {
+        eprintln!("skipped under the CPU emulator: {}", dir.display());
+        return None;
+    }
+    if !dir.join("config.json").exists() {
+        eprintln!(
+            "skipped: {} is not present (scripts/get-gemma3-270m.sh)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(dir)
+}
