@@ -2,7 +2,8 @@
 #   make demo    fetch Gemma 3 270M and Wikipedia text, compile to the throughput tier,
 #                evaluate before and after, print the table
 #   make test    everything CI runs (unit, fixture, CLI and compile tests; transformers
-#                conformance of compiled checkpoints; real-model parity on Gemma 3 270M)
+#                conformance of compiled checkpoints; real-model parity on Gemma 3 270M; the
+#                GPU tests through the CPU emulator, `make test-emu`)
 # Both install what they need into the repo (.cuda for nvcc, .venv for Python).
 
 CARGO ?= cargo
@@ -27,6 +28,7 @@ test: nvcc python-torch
 	$(CARGO) test --release
 	$(PY) scripts/conformance.py target/tmp/conformance
 	bash scripts/real-model-check.sh
+	$(MAKE) test-emu
 
 lint: nvcc
 	$(CARGO) fmt --all -- --check
@@ -50,10 +52,12 @@ quality: build python
 clean:
 	$(CARGO) clean
 
-# The GPU tests without a GPU: kernels/*.cu compiled as C++ behind a fake libcuda.so
-# (tests/emu, scripts/build-emu.sh), so launchers, grids and kernel index arithmetic are checked
-# against the CPU oracle on any machine. Real-model checks are left to the device machine.
+# The GPU tests without a GPU: kernels/*.cu compiled as C++ behind a fake libcuda.so with
+# AddressSanitizer (tests/emu, scripts/build-emu.sh), so launchers, grids, kernel index
+# arithmetic and buffer bounds are checked against the CPU oracle on any machine. Real-model
+# checks are left to the device machine.
 EMU_TESTS := --test cuda_kernels --test cuda_linalg --test cuda_model --test cuda_backend --test cuda_decode
 test-emu: nvcc
-	bash scripts/build-emu.sh
-	LD_LIBRARY_PATH=$(CURDIR)/target/emu $(CARGO) test --release $(EMU_TESTS) -- --ignored
+	EMU_ASAN=1 bash scripts/build-emu.sh
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	  $(CARGO) test --release $(EMU_TESTS) -- --ignored

@@ -130,7 +130,20 @@ pub fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
 /// E[a·aᵀ] (or the cross matrix) normalised by the token count, as f64 [I, I].
 fn mean_matrix(m: &[f64], count: u64) -> Vec<f64> {
     let c = count.max(1) as f64;
-    m.iter().map(|x| x / c).collect()
+    m.par_iter().map(|x| x / c).collect()
+}
+
+/// W_downᵀ in f64: row j is column j of down ([H, I] f32) — [I, H].
+fn down_transposed(down: &[f32], hidden: usize, n: usize) -> Vec<f64> {
+    let mut wt = vec![0f64; n * hidden];
+    wt.par_chunks_mut(hidden.max(1))
+        .enumerate()
+        .for_each(|(j, row)| {
+            for (r, x) in row.iter_mut().enumerate() {
+                *x = down[r * n + j] as f64;
+            }
+        });
+    wt
 }
 
 fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
@@ -169,13 +182,7 @@ pub fn obs_select(
         .as_ref()
         .ok_or_else(|| Error::Other("obs needs the Gram matrix".into()))?;
     let h = damped(mean_matrix(gram, stats.count), n, damp); // [I, I]
-                                                             // wt[j] = column j of W_down, as rows: [I, H].
-    let mut wt = vec![0f64; n * hidden];
-    for r in 0..hidden {
-        for j in 0..n {
-            wt[j * hidden + r] = w.down[r * n + j] as f64;
-        }
-    }
+    let wt = down_transposed(&w.down, hidden, n); // [I, H]
     const WHAT: &str = "OBS: the activation Gram matrix";
     match solver {
         Solver::Cpu => obs_select_host(&h, wt, n, hidden, k).map_err(|p| not_pd(WHAT, p)),
@@ -309,21 +316,26 @@ pub fn repair(
     let cross = stats.cross.as_ref().unwrap_or(gram);
     let cnt = stats.count;
     // Σ[K,K] + λI
+    let c = cnt.max(1) as f64;
     let mut skk = vec![0f64; k * k];
-    for (a, &i) in kept.iter().enumerate() {
-        for (b, &j) in kept.iter().enumerate() {
-            skk[a * k + b] = gram[i * n + j] / cnt as f64;
-        }
-    }
+    skk.par_chunks_mut(k.max(1))
+        .zip(kept)
+        .for_each(|(row, &i)| {
+            for (x, &j) in row.iter_mut().zip(kept) {
+                *x = gram[i * n + j] / c;
+            }
+        });
     let m = damped(skk, k, damp);
     // C[:,K] [I, K]
     let mut ck = vec![0f64; n * k];
-    for i in 0..n {
-        for (b, &j) in kept.iter().enumerate() {
-            ck[i * k + b] = cross[i * n + j] / cnt as f64;
-        }
-    }
-    let wd: Vec<f64> = w.down.iter().map(|&x| x as f64).collect(); // [H, I]
+    ck.par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (x, &j) in row.iter_mut().zip(kept) {
+                *x = cross[i * n + j] / c;
+            }
+        });
+    let wd: Vec<f64> = w.down.par_iter().map(|&x| x as f64).collect(); // [H, I]
     const WHAT: &str = "repair: the kept neurons' Gram matrix";
     let out = match solver {
         Solver::Cpu => {

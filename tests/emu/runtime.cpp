@@ -11,6 +11,14 @@
 #include <stdint.h>
 #include <sys/mman.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -82,6 +90,12 @@ struct Worker {
   std::vector<int> state = std::vector<int>(MAX_THREADS);
   unsigned char* stacks = nullptr;
   int cur = 0, nthreads = 0;
+  // AddressSanitizer's fiber bookkeeping (EMU_ASAN builds): the scheduler's stack and each
+  // fiber's fake-stack handle across switches.
+  const void* sched_bottom = nullptr;
+  size_t sched_size = 0;
+  void* sched_fake = nullptr;
+  std::vector<void*> fake = std::vector<void*>(MAX_THREADS);
   void (*thunk)(void**) = nullptr;
   void** params = nullptr;
   alignas(16) unsigned char slots[MAX_THREADS / 32][SLOTS_PER_WARP][SLOT_BYTES];
@@ -110,9 +124,27 @@ void set_thread_index(int t) {
   threadIdx.z = t / (blockDim.x * blockDim.y);
 }
 
+// Called on a fiber right after it gains control (EMU_ASAN: completes the switch).
+void arrived_on_fiber() {
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(W->fake[W->cur], &W->sched_bottom, &W->sched_size);
+#endif
+}
+
+// Called on a fiber just before it hands control back; `dying`: it will never run again.
+void leaving_fiber(bool dying) {
+#if EMU_ASAN
+  __sanitizer_start_switch_fiber(dying ? nullptr : &W->fake[W->cur], W->sched_bottom, W->sched_size);
+#else
+  (void)dying;
+#endif
+}
+
 [[noreturn]] void fiber_main() {
+  arrived_on_fiber();
   W->thunk(W->params);
   W->state[W->cur] = DONE;
+  leaving_fiber(true);
   void* dead;
   emu_switch(&dead, W->sched);
   __builtin_unreachable();
@@ -121,6 +153,10 @@ void set_thread_index(int t) {
 // A fresh fiber's stack: six zero registers for emu_switch to pop, then fiber_main as the return
 // address, entered with the stack 8 bytes off 16-byte alignment like any called function.
 void* fresh_stack(unsigned char* base) {
+#if EMU_ASAN
+  // The previous fiber on this stack left its frames' redzones poisoned.
+  __asan_unpoison_memory_region(base, STACK_BYTES);
+#endif
   auto* top = reinterpret_cast<uintptr_t*>(base + STACK_BYTES);
   *--top = 0;  // fiber_main's own (never used) return address
   *--top = reinterpret_cast<uintptr_t>(&fiber_main);
@@ -130,7 +166,9 @@ void* fresh_stack(unsigned char* base) {
 
 void yield(State s) {
   W->state[W->cur] = s;
+  leaving_fiber(false);
   emu_switch(&W->sp[W->cur], W->sched);
+  arrived_on_fiber();
 }
 
 const char* state_name(int s) {
@@ -155,7 +193,13 @@ bool run_block(const char* name) {
       if (w->state[t] != RUNNABLE) continue;
       w->cur = t;
       set_thread_index(t);
+#if EMU_ASAN
+      __sanitizer_start_switch_fiber(&w->sched_fake, w->stacks + (size_t)t * STACK_BYTES, STACK_BYTES);
+#endif
       emu_switch(&w->sched, w->sp[t]);
+#if EMU_ASAN
+      __sanitizer_finish_switch_fiber(w->sched_fake, nullptr, nullptr);
+#endif
     }
     bool released = false, live = false;
     for (int w0 = 0; w0 < n; w0 += 32) {
@@ -373,11 +417,13 @@ CUresult CUDAAPI cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
 // --- memory -------------------------------------------------------------------------------------
 
 CUresult CUDAAPI cuMemAlloc(CUdeviceptr* p, size_t n) {
-  const size_t rounded = (n + 255) / 256 * 256;
-  void* m = std::aligned_alloc(256, rounded ? rounded : 256);
-  if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
+  // 256-byte aligned like the driver's. With AddressSanitizer the block is exactly n bytes, so a
+  // kernel reading or writing past its buffer is reported with the kernel's stack.
+  const size_t bytes = EMU_ASAN ? (n ? n : 1) : (n + 255) / 256 * 256 + (n ? 0 : 256);
+  void* m = nullptr;
+  if (posix_memalign(&m, 256, bytes) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
   // Fresh device memory holds garbage: NaN-ish bytes make a read of unwritten memory visible.
-  std::memset(m, 0xff, rounded ? rounded : 256);
+  std::memset(m, 0xff, bytes);
   std::lock_guard<std::mutex> g(mu);
   allocs[reinterpret_cast<uintptr_t>(m)] = n;
   *p = reinterpret_cast<CUdeviceptr>(m);
