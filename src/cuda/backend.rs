@@ -33,9 +33,10 @@
 //!   `embed_bf16` kernel computes for `GpuModel`, computed on the host from the checkpoint rows.
 //!   The CPU backend uses f32 `e · sqrt(H)`.
 
+use super::block::{self, AttnScratch, AttnWeights, MlpWeights};
 use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
-use super::ops::{self, AttnParams};
+use super::ops;
 use crate::calib::{
     started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
     Streams, TokenWeight,
@@ -93,6 +94,19 @@ struct DevAttn {
 }
 
 impl DevAttn {
+    fn weights(&self) -> AttnWeights<'_> {
+        AttnWeights {
+            input_norm: &self.input_norm,
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            o: &self.o,
+            q_norm: self.q_norm.as_ref(),
+            k_norm: self.k_norm.as_ref(),
+            post_attn_norm: &self.post_attn_norm,
+        }
+    }
+
     fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevAttn> {
         let (h, d, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
         let norm = |x: &Option<Vec<f32>>| {
@@ -125,6 +139,16 @@ struct DevMlp {
 }
 
 impl DevMlp {
+    fn weights(&self) -> MlpWeights<'_> {
+        MlpWeights {
+            pre_ffn_norm: &self.pre_ffn_norm,
+            gate: &self.gate,
+            up: &self.up,
+            down: &self.down,
+            post_ffn_norm: &self.post_ffn_norm,
+        }
+    }
+
     fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevMlp> {
         let (h, i) = (cfg.hidden_size, w.width);
         Ok(DevMlp {
@@ -239,49 +263,8 @@ impl CudaBackend {
                 batch.seq_len
             )));
         }
-        let eps = cfg.rms_norm_eps;
-        let (hd, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
-        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let mut x = DTensor::zeros(gpu, &[n, hd])?;
-        let mut q = DTensor::zeros(gpu, &[n, qd])?;
-        let mut k = DTensor::zeros(gpu, &[n, kvd])?;
-        let mut v = DTensor::zeros(gpu, &[n, kvd])?;
-        ops::rms_norm(gpu, h, &w.input_norm, &mut x, eps)?;
-        ops::gemm_nt(gpu, &x, &w.q, Some(&mut q), None, false)?;
-        ops::gemm_nt(gpu, &x, &w.k, Some(&mut k), None, false)?;
-        ops::gemm_nt(gpu, &x, &w.v, Some(&mut v), None, false)?;
-        drop(x);
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-            ops::rms_norm_inplace(gpu, &mut q, qn, eps)?;
-            ops::rms_norm_inplace(gpu, &mut k, kn, eps)?;
-        }
-        ops::rope(
-            gpu,
-            &mut q,
-            Some(&mut k),
-            nh,
-            nkv,
-            d,
-            batch.seq_len,
-            cfg.rope(l),
-        )?;
-        let p = AttnParams {
-            n_seq: batch.n_seq,
-            seq_len: batch.seq_len,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: d,
-            scale: cfg.attn_scale(),
-            softcap: cfg.attn_softcap,
-            window: cfg.window(l),
-        };
-        let mut att = DTensor::zeros(gpu, &[n, qd])?;
-        ops::attention(gpu, &q, &k, &v, &mut att, &p)?;
-        drop((q, k, v));
-        let mut y = DTensor::zeros(gpu, &[n, hd])?;
-        ops::gemm_nt(gpu, &att, &w.o, Some(&mut y), None, false)?;
-        ops::rms_norm_residual(gpu, h, &y, &w.post_attn_norm, eps)?;
-        Ok(())
+        let mut scratch = AttnScratch::new(gpu, cfg, n)?;
+        block::attention(gpu, cfg, l, &w.weights(), h, &mut scratch, batch, None)
     }
 
     /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)` (only when
@@ -299,12 +282,11 @@ impl CudaBackend {
     ) -> Result<()> {
         let eps = cfg.rms_norm_eps;
         let (n, hd, i) = (h.rows(), cfg.hidden_size, w.gate.rows());
+        let mw = w.weights();
         let mut x = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
-        ops::rms_norm(gpu, h, &w.pre_ffn_norm, &mut x, eps)?;
         let mut gate = DTensor::zeros(gpu, &[n, i])?; // [N, I]
         let mut up = DTensor::zeros(gpu, &[n, i])?; // [N, I]
-        ops::gemm_nt(gpu, &x, &w.gate, Some(&mut gate), None, false)?;
-        ops::gemm_nt(gpu, &x, &w.up, Some(&mut up), None, false)?;
+        block::mlp_in(gpu, cfg, &mw, h, &mut x, &mut gate, &mut up)?;
         drop(x);
         let mut act = DTensor::zeros(gpu, &[n, i])?; // [N, I]
                                                      // Uniform weights on the device: the column sums come fused with the activation.
@@ -331,8 +313,8 @@ impl CudaBackend {
                 d.count += n as u64;
                 if write {
                     let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
-                    ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
-                    ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+                    block::mlp_down(gpu, &mw, &act, &mut y)?;
+                    block::mlp_residual(gpu, cfg, &mw, h, &y)?;
                 }
                 return Ok(());
             }
@@ -340,7 +322,7 @@ impl CudaBackend {
                 ops::gelu_mul(gpu, &gate, &up, &mut act, None, None)?;
                 drop((gate, up));
                 let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
-                ops::gemm_nt(gpu, &act, &w.down, Some(&mut y), None, false)?;
+                block::mlp_down(gpu, &mw, &act, &mut y)?;
                 match (capture, capturing) {
                     (Capture::None, _) => {}
                     (_, None) => {
@@ -383,7 +365,7 @@ impl CudaBackend {
                     }
                 }
                 if write {
-                    ops::rms_norm_residual(gpu, h, &y, &w.post_ffn_norm, eps)?;
+                    block::mlp_residual(gpu, cfg, &mw, h, &y)?;
                 }
             }
         }

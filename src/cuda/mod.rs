@@ -19,6 +19,7 @@
 //! docs/cuda.md describes the build, the kernels and how to check them on a GPU machine.
 
 pub mod backend;
+mod block;
 pub mod decode;
 pub mod device;
 pub mod error;

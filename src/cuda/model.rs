@@ -16,9 +16,10 @@
 //! given). For calibration without downloads, `enable_mlp_stats` accumulates Σa and Σa² per neuron
 //! (f64) and optionally the Gram matrix Σ a aᵀ (f32) on the device, read back by `take_mlp_stats`.
 
+use super::block::{self, AttnScratch, AttnWeights, MlpWeights};
 use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
-use super::ops::{self, AttnParams, RowStatsOut};
+use super::ops::{self, RowStatsOut};
 use super::prof::range;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -77,6 +78,29 @@ pub(super) struct DeviceLayer {
 pub(super) type KvSink<'a> = dyn FnMut(usize, &DTensor<bf16>, &DTensor<bf16>) -> Result<()> + 'a;
 
 impl DeviceLayer {
+    pub(super) fn attn(&self) -> AttnWeights<'_> {
+        AttnWeights {
+            input_norm: &self.input_norm,
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            o: &self.o,
+            q_norm: self.q_norm.as_ref(),
+            k_norm: self.k_norm.as_ref(),
+            post_attn_norm: &self.post_attn_norm,
+        }
+    }
+
+    pub(super) fn mlp(&self) -> MlpWeights<'_> {
+        MlpWeights {
+            pre_ffn_norm: &self.pre_ffn_norm,
+            gate: &self.gate,
+            up: &self.up,
+            down: &self.down,
+            post_ffn_norm: &self.post_ffn_norm,
+        }
+    }
+
     fn alloc(gpu: &Gpu, cfg: &ModelConfig) -> CudaResult<DeviceLayer> {
         let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -246,12 +270,7 @@ impl HostLayer {
 /// Scratch activations of one forward call ([N, ·] bf16).
 struct Acts {
     h: DTensor<bf16>,              // [N, H] residual stream
-    x: DTensor<bf16>,              // [N, H] normed input of a block
-    y: DTensor<bf16>,              // [N, H] block output before its post-norm
-    q: DTensor<bf16>,              // [N, nh·d]
-    k: DTensor<bf16>,              // [N, nkv·d]
-    v: DTensor<bf16>,              // [N, nkv·d]
-    att: DTensor<bf16>,            // [N, nh·d]
+    s: AttnScratch,                // x, y [N, H], q, k, v, att
     gate: DTensor<bf16>,           // [N, I]
     up: DTensor<bf16>,             // [N, I]
     act: DTensor<bf16>,            // [N, I]
@@ -459,20 +478,10 @@ impl GpuModel {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
         let n = batch.rows();
-        let (hd, qd, kvd, i) = (
-            cfg.hidden_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.intermediate_size,
-        );
+        let (hd, i) = (cfg.hidden_size, cfg.intermediate_size);
         let mut a = Acts {
             h: DTensor::zeros(gpu, &[n, hd])?,
-            x: DTensor::zeros(gpu, &[n, hd])?,
-            y: DTensor::zeros(gpu, &[n, hd])?,
-            q: DTensor::zeros(gpu, &[n, qd])?,
-            k: DTensor::zeros(gpu, &[n, kvd])?,
-            v: DTensor::zeros(gpu, &[n, kvd])?,
-            att: DTensor::zeros(gpu, &[n, qd])?,
+            s: AttnScratch::new(gpu, cfg, n)?,
             gate: DTensor::zeros(gpu, &[n, i])?,
             up: DTensor::zeros(gpu, &[n, i])?,
             act: DTensor::zeros(gpu, &[n, i])?,
@@ -505,8 +514,8 @@ impl GpuModel {
             }
         }
         drop(stats);
-        ops::rms_norm(gpu, &a.h, &self.final_norm, &mut a.x, cfg.rms_norm_eps)?;
-        Ok(a.x)
+        ops::rms_norm(gpu, &a.h, &self.final_norm, &mut a.s.x, cfg.rms_norm_eps)?;
+        Ok(a.s.x)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -522,49 +531,9 @@ impl GpuModel {
     ) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
-        let eps = cfg.rms_norm_eps;
-        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-
-        // --- attention block
-        ops::rms_norm(gpu, &a.h, &w.input_norm, &mut a.x, eps)?;
-        ops::gemm_nt(gpu, &a.x, &w.q, Some(&mut a.q), None, false)?;
-        ops::gemm_nt(gpu, &a.x, &w.k, Some(&mut a.k), None, false)?;
-        ops::gemm_nt(gpu, &a.x, &w.v, Some(&mut a.v), None, false)?;
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-            ops::rms_norm_inplace(gpu, &mut a.q, qn, eps)?;
-            ops::rms_norm_inplace(gpu, &mut a.k, kn, eps)?;
-        }
-        ops::rope(
-            gpu,
-            &mut a.q,
-            Some(&mut a.k),
-            nh,
-            nkv,
-            d,
-            batch.seq_len,
-            cfg.rope(l),
-        )?;
-        if let Some(f) = kv {
-            f(l, &a.k, &a.v)?;
-        }
-        let p = AttnParams {
-            n_seq: batch.n_seq,
-            seq_len: batch.seq_len,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: d,
-            scale: cfg.attn_scale(),
-            softcap: cfg.attn_softcap,
-            window: cfg.window(l),
-        };
-        ops::attention(gpu, &a.q, &a.k, &a.v, &mut a.att, &p)?;
-        ops::gemm_nt(gpu, &a.att, &w.o, Some(&mut a.y), None, false)?;
-        ops::rms_norm_residual(gpu, &mut a.h, &a.y, &w.post_attn_norm, eps)?;
-
-        // --- MLP block
-        ops::rms_norm(gpu, &a.h, &w.pre_ffn_norm, &mut a.x, eps)?;
-        ops::gemm_nt(gpu, &a.x, &w.gate, Some(&mut a.gate), None, false)?;
-        ops::gemm_nt(gpu, &a.x, &w.up, Some(&mut a.up), None, false)?;
+        block::attention(gpu, cfg, l, &w.attn(), &mut a.h, &mut a.s, batch, kv)?;
+        let mw = w.mlp();
+        block::mlp_in(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
         match stats {
             Some(s) => {
                 ops::gelu_mul(
@@ -582,15 +551,15 @@ impl GpuModel {
             }
             None => ops::gelu_mul(gpu, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?,
         }
-        ops::gemm_nt(gpu, &a.act, &w.down, Some(&mut a.y), None, false)?;
+        block::mlp_down(gpu, &mw, &a.act, &mut a.s.y)?;
         if let (Some(f), Some(af)) = (obs.as_mut(), a.act_f32.as_ref()) {
             f(Event::MlpAct {
                 layer: l,
                 act: &af.to_host(gpu)?,
-                out: &self.download_f32(&a.y)?,
+                out: &self.download_f32(&a.s.y)?,
             });
         }
-        ops::rms_norm_residual(gpu, &mut a.h, &a.y, &w.post_ffn_norm, eps)?;
+        block::mlp_residual(gpu, cfg, &mw, &mut a.h, &a.s.y)?;
         if let Some(f) = obs.as_mut() {
             f(Event::LayerOut {
                 layer: l,
