@@ -15,6 +15,8 @@
 # stop the later ones). Estimated seconds on an H100 in brackets (the whole run: about 7.5 minutes,
 # under 8.5, the compile_2b cap included):
 #   1. kernels   [45] cuda_kernels --ignored: every kernel against the CPU reference ops
+#   1b. linalg   [5]  cuda_linalg --ignored: the f64 GEMM, SPD inverse, OBS selection and repair
+#                of compile's device solver against the host
 #   2. model     [10] cuda_model --ignored: GPU vs CPU forward on the tiny fixtures (and
 #                gemma-3-270m when models/ holds it)
 #   2b. backend  [20] cuda_backend --ignored: CudaBackend vs GpuModel (bitwise), `whittle --device
@@ -39,9 +41,8 @@
 #   5b. calib_hf [20] scripts/device/calib_hf.py run: the same with transformers bf16 eager and
 #                forward hooks on every mlp.down_proj
 #   6. compile_2b [≤120] `whittle --device cuda compile` of that model on those ids (--samples 128
-#                --seq 2048), wall time; capped by WHITTLE_COMPILE_TIMEOUT (default 120 s: the
-#                host-side statistics of today's CudaBackend are expected to need longer, and
-#                then the step records "timed out")
+#                --seq 2048), wall time; capped by WHITTLE_COMPILE_TIMEOUT (default 120 s; scoring
+#                and repair solve on the GPU in f64, `solver: cuda` in the report)
 #   7. ratios    [1]  scripts/device/ratios.py joins 4/4a/5a/5b/6 into $OUT/perf.md (printed in the
 #                summary) and $OUT/perf.json
 #   8. sanitize  (only with WHITTLE_SANITIZE=1) compute-sanitizer memcheck over cuda_kernels
@@ -56,7 +57,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 CARRY="target/device-carry"
-BINS=(cuda_kernels cuda_model cuda_backend cuda_decode cuda_parity cuda_bench whittle)
+BINS=(cuda_kernels cuda_linalg cuda_model cuda_backend cuda_decode cuda_parity cuda_bench whittle)
 PY="${PYTHON:-python3}"
 MODE="${1:-run}"
 
@@ -91,7 +92,7 @@ for line in sys.stdin:
 missing = want - found
 if missing:
     sys.exit("device-check: no test executable for " + ", ".join(sorted(missing)))
- ' "cuda_kernels,cuda_model,cuda_backend,cuda_decode,cuda_parity,cuda_bench" "$CARRY" || exit 1
+ ' "cuda_kernels,cuda_linalg,cuda_model,cuda_backend,cuda_decode,cuda_parity,cuda_bench" "$CARRY" || exit 1
   cp target/release/whittle "$CARRY/whittle"
   # Debug info (profile.release debug = 1) is most of each file; line tables are not needed there.
   for b in "${BINS[@]}"; do
@@ -132,7 +133,7 @@ dry_run() {
     die "dry run: files missing (binaries come from: bash scripts/device-check.sh --prepare)"
   fi
   (cd "$CARRY" && sha256sum --quiet -c MANIFEST.sha256) || die "dry run: $CARRY does not match its manifest"
-  for b in cuda_kernels cuda_model cuda_backend cuda_decode cuda_parity cuda_bench; do
+  for b in cuda_kernels cuda_linalg cuda_model cuda_backend cuda_decode cuda_parity cuda_bench; do
     local n
     n=$("$CARRY/$b" --list --ignored 2>/dev/null | grep -c ': test$')
     echo "device-check: $b lists $n GPU tests"
@@ -216,6 +217,7 @@ run() {
   }
 
   step kernels "all kernels vs CPU ops" "$CARRY/cuda_kernels" --ignored --test-threads=4
+  step linalg "f64 GEMM, SPD inverse, OBS, repair vs host" "$CARRY/cuda_linalg" --ignored --test-threads=1
   step model "GPU vs CPU forward" "$CARRY/cuda_model" --ignored --nocapture --test-threads=1
   step backend "CudaBackend; --device cuda compile/eval" env WHITTLE_BIN="$ROOT/$CARRY/whittle" \
     "$CARRY/cuda_backend" --ignored --nocapture --test-threads=1
