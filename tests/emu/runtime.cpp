@@ -188,8 +188,16 @@ bool run_block(const char* name) {
     w->sp[t] = fresh_stack(w->stacks + (size_t)t * STACK_BYTES);
     w->state[t] = RUNNABLE;
   }
+  // WHITTLE_EMU_ORDER=reverse runs each round's fibers last thread first: a read of shared
+  // memory that a missing barrier leaves unordered sees the other thread's value in one order
+  // and the stale one in the other, so running both orders exposes it in either direction.
+  static const bool reverse = [] {
+    const char* o = std::getenv("WHITTLE_EMU_ORDER");
+    return o && std::strcmp(o, "reverse") == 0;
+  }();
   for (;;) {
-    for (int t = 0; t < n; ++t) {
+    for (int i = 0; i < n; ++i) {
+      const int t = reverse ? n - 1 - i : i;
       if (w->state[t] != RUNNABLE) continue;
       w->cur = t;
       set_thread_index(t);
