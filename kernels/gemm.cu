@@ -3,6 +3,7 @@
 //   gemm_nt_bf16:        Y[M,N] = X[M,K] · W[N,K]ᵀ   (HF Linear: W is [out, in], K-contiguous)
 //   gram_tn_bf16:        G[I,I] += Aᵀ·A, A = [T, I]  (Gram matrix of MLP activations, f32)
 //   gram_symmetrize_f32: copies the computed upper block triangle of G onto the lower one
+//   gemm_nt_bf16_sm90:   gemm_nt_bf16 on Hopper's wgmma (sm_90a; design note at the kernel)
 //
 // Design (sm_80 recipe; runs unchanged on sm_86/89/90):
 // - CTA tile 128x128, BK = 32, 8 warps as 2 (M) x 4 (N), warp tile 64x32 = 4x4 mma tiles of
@@ -193,47 +194,50 @@ __device__ __forceinline__ void mainloop(float (&acc)[MT][NT][4], const bf16* __
   cp_async_wait<0>();
 }
 
-// Writes acc: bf16 to Yb and/or f32 to Yf (accumulating when `accumulate`), skipping the edges.
+// Stores the outputs (row, col) and (row, col+1) of a tile: bf16 to Yb and/or f32 to Yf
+// (accumulating when `accumulate`), skipping what lies past M or N. Pair stores need an even
+// row stride (4-byte alignment; the column is always even).
+__device__ __forceinline__ void store_pair(bf16* __restrict__ Yb, float* __restrict__ Yf, int ldc, int accumulate,
+                                           int row, int col, int M, int N, float v0, float v1) {
+  if (row >= M || col >= N) return;
+  const bool two = col + 1 < N, pair_ok = (ldc & 1) == 0;
+  const size_t o = (size_t)row * ldc + col;
+  if (Yf) {
+    if (accumulate) {
+      Yf[o] += v0;
+      if (two) Yf[o + 1] += v1;
+    } else if (two && pair_ok) {
+      *reinterpret_cast<float2*>(Yf + o) = make_float2(v0, v1);
+    } else {
+      Yf[o] = v0;
+      if (two) Yf[o + 1] = v1;
+    }
+  }
+  if (Yb) {
+    if (two && pair_ok) {
+      *reinterpret_cast<bf162*>(Yb + o) = __floats2bfloat162_rn(v0, v1);
+    } else {
+      Yb[o] = f2bf(v0);
+      if (two) Yb[o + 1] = f2bf(v1);
+    }
+  }
+}
+
+// Writes acc (the mma.sync layout: 2 x 4 warps of 64 x 32) through store_pair.
 __device__ __forceinline__ void epilogue(const float (&acc)[MT][NT][4], bf16* __restrict__ Yb,
                                          float* __restrict__ Yf, int ldc, int accumulate, int m0, int n0,
                                          int M, int N) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wm0 = (warp >> 2) * WM, wn0 = (warp & 3) * WN;
   const int g = lane >> 2, t = lane & 3;
-  // Pair stores need an even column (always) and an even row stride (for 4-byte alignment).
-  const bool pair_ok = (ldc & 1) == 0;
 #pragma unroll
   for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
     for (int ni = 0; ni < NT; ++ni)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = m0 + wm0 + mi * 16 + g + half * 8;
-        const int col = n0 + wn0 + ni * 8 + 2 * t;
-        if (row >= M || col >= N) continue;
-        const float v0 = acc[mi][ni][2 * half], v1 = acc[mi][ni][2 * half + 1];
-        const bool two = col + 1 < N;
-        const size_t o = (size_t)row * ldc + col;
-        if (Yf) {
-          if (accumulate) {
-            Yf[o] += v0;
-            if (two) Yf[o + 1] += v1;
-          } else if (two && pair_ok) {
-            *reinterpret_cast<float2*>(Yf + o) = make_float2(v0, v1);
-          } else {
-            Yf[o] = v0;
-            if (two) Yf[o + 1] = v1;
-          }
-        }
-        if (Yb) {
-          if (two && pair_ok) {
-            *reinterpret_cast<bf162*>(Yb + o) = __floats2bfloat162_rn(v0, v1);
-          } else {
-            Yb[o] = f2bf(v0);
-            if (two) Yb[o + 1] = f2bf(v1);
-          }
-        }
-      }
+      for (int half = 0; half < 2; ++half)
+        store_pair(Yb, Yf, ldc, accumulate, m0 + wm0 + mi * 16 + g + half * 8, n0 + wn0 + ni * 8 + 2 * t, M, N,
+                   acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1]);
 }
 
 template <bool ALIGNED>
@@ -291,6 +295,109 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS, 2)
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 2)
     gram_tn_bf16_unaligned(const bf16* __restrict__ A, float* __restrict__ G, int T, int I, int lda) {
   gemm::gram_tn<false>(A, G, T, I, lda);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemm_nt_bf16_sm90: the same Y = X·Wᵀ contract as gemm_nt_bf16 on Hopper's warpgroup MMA.
+//
+// - CTA tile 128x128, BK = 64, 256 threads = 2 warpgroups, each owning 64 rows x 128 columns:
+//   wgmma.mma_async m64n128k16 (bf16 in, f32 accumulate), A and B straight from shared memory
+//   through matrix descriptors, 64 f32 accumulators per thread.
+// - Tiles are K-major rows of 64 elements (128 B) with the 128-byte swizzle (16-byte chunk c of
+//   row r stored at chunk c ^ (r & 7), 1024-byte aligned 8-row atoms): the layout the descriptor
+//   names, and conflict-free for the cp.async stores. The k16 steps advance the descriptors'
+//   start address by 32 bytes inside the 128-byte rows.
+// - 4-stage cp.async pipeline (32 KB per stage, 129 KB of dynamic shared memory with the
+//   alignment slack); the copies are ordered before the tensor cores' reads by
+//   fence.proxy.async + __syncthreads. The MMAs of a k-tile are waited for before the next
+//   k-tile's barrier, so refilling the stage read one step earlier is safe.
+// - Same preconditions as gemm_nt_bf16 (K % 8 == 0, lda/ldb % 8 == 0, 16-byte aligned bases);
+//   ragged M/N/K are zero-filled by cp.async and skipped by store_pair.
+// - Built as real code only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); the host launches it only on
+//   compute capability 9.0, after a one-time self-check against gemm_nt_bf16 (src/cuda/ops.rs).
+// Not yet: TMA loads, a producer warpgroup with setmaxnreg, MMAs overlapping the next k-tile,
+// persistent tiles (docs/perf-notes.md).
+namespace gemm90 {
+constexpr int BM = 128, BN = 128, BK = 64, STAGES = 4, THREADS = 256;
+constexpr int TILE_BYTES = BM * BK * 2;  // one operand's stage: 16 KB (BM == BN)
+constexpr int SMEM_BYTES = STAGES * 2 * TILE_BYTES + 1024;
+
+// Byte offset of (row r, 16-byte chunk c) in a swizzled [rows][64] tile.
+__device__ __forceinline__ uint32_t sw128(int r, int c) { return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+// Rows [r0, r0+128) x k [k0, k0+64) of a [rows, K] matrix (row stride ld) into the tile at s.
+__device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, int ld, int r0, int rows, int k0, int K,
+                                          int tid) {
+#pragma unroll
+  for (int i = 0; i < (BM * 8) / THREADS; ++i) {
+    const int id = tid + i * THREADS;
+    const int r = id >> 3, c = id & 7;
+    const int k = k0 + c * 8;
+    const bool ok = r0 + r < rows && k < K;  // K % 8 == 0: a chunk is entirely in or out
+    const bf16* src = ok ? g + (size_t)(r0 + r) * ld + k : g;
+    cp_async_16(s + sw128(r, c), src, ok ? 16 : 0);
+  }
+}
+}  // namespace gemm90
+
+// Grid (CEIL_DIV(M,128), CEIL_DIV(N,128)), block 256, dynamic smem gemm90::SMEM_BYTES.
+extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
+    gemm_nt_bf16_sm90(const bf16* __restrict__ X, const bf16* __restrict__ W, bf16* __restrict__ Yb,
+                      float* __restrict__ Yf, int M, int N, int K, int lda, int ldb, int ldc, int accumulate) {
+#if defined(WHITTLE_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace gemm90;
+  DYNAMIC_SMEM(smem_raw);
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+  const int ktiles = CEIL_DIV(K, BK);
+  auto a_tile = [&](int stage) { return base + (uint32_t)(stage * 2 * TILE_BYTES); };
+  auto b_tile = [&](int stage) { return base + (uint32_t)(stage * 2 * TILE_BYTES + TILE_BYTES); };
+  auto load_stage = [&](int stage, int kt) {
+    load_tile(a_tile(stage), X, lda, m0, M, kt * BK, K, tid);
+    load_tile(b_tile(stage), W, ldb, n0, N, kt * BK, K, tid);
+  };
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < ktiles) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    fence_proxy_async();
+    __syncthreads();
+    {
+      const int pf = kt + STAGES - 1;
+      if (pf < ktiles) load_stage(pf % STAGES, pf);
+      cp_async_commit();
+    }
+    // This warpgroup's 64 rows of A: 64 rows x 128 B further in (still 1024-aligned).
+    const uint32_t a = a_tile(kt % STAGES) + (uint32_t)(wg * 64 * 128), b = b_tile(kt % STAGES);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < BK / 16; ++ks)
+      wgmma_m64n128k16(acc, wgmma_desc_sw128(a + ks * 32), wgmma_desc_sw128(b + ks * 32), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+  cp_async_wait<0>();
+
+  const int lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      gemm::store_pair(Yb, Yf, ldc, accumulate, m0 + wg * 64 + w * 16 + g + 8 * h, n0 + 8 * j + 2 * t, M, N,
+                 acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+#else
+  __trap();
+#endif
 }
 
 // For every (r, c) whose 128-block row is below its 128-block column's diagonal

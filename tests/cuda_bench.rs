@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use whittle::cuda::ops::{self, AttnParams, RowStatsOut};
+use whittle::cuda::ops::{self, AttnParams, GemmKernel, RowStatsOut};
 use whittle::cuda::{DTensor, Gpu, GpuModel, Residency};
 use whittle::model::Batch;
 
@@ -311,20 +311,37 @@ fn bench_kernels() {
         let xs = upload(&g, &rand_bf16(mm * k, 1, 1.0), &[mm, k], sets);
         let ws = upload(&g, &rand_bf16(n * k, 2, 0.05), &[n, k], sets);
         let mut ys = zeros::<bf16>(&g, &[mm, n], sets);
-        let t = time_op(&g, &m, sets, |i| {
-            ops::gemm_nt(&g, &xs[i], &ws[i], Some(&mut ys[i]), None, false).unwrap()
-        });
         let flop = 2.0 * (mm * n * k) as f64;
-        r.add(
-            e,
-            "gemm",
-            "gemm_nt_bf16",
-            &t,
-            sets,
-            flop,
-            bytes,
-            "Y = X·Wᵀ, bf16 out",
-        );
+        // What whittle runs (wgmma on Hopper once its self-check passed), and on Hopper also the
+        // mma.sync kernel under the key + " mma.sync" (no torch peer row; in perf.json).
+        let sm90 = ops::sm90_gemm_enabled(&g);
+        let mut kernels = vec![(GemmKernel::Auto, e.clone())];
+        if sm90 {
+            let mut alt = e.clone();
+            alt["key"] = format!("{} mma.sync", e["key"].as_str().unwrap()).into();
+            kernels.push((GemmKernel::MmaSync, alt));
+        }
+        for (kernel, entry) in kernels {
+            let t = time_op(&g, &m, sets, |i| {
+                ops::gemm_nt_with(&g, &xs[i], &ws[i], Some(&mut ys[i]), None, false, kernel)
+                    .unwrap()
+            });
+            let name = if sm90 && kernel == GemmKernel::Auto {
+                "gemm_nt_bf16_sm90"
+            } else {
+                "gemm_nt_bf16"
+            };
+            r.add(
+                &entry,
+                "gemm",
+                name,
+                &t,
+                sets,
+                flop,
+                bytes,
+                "Y = X·Wᵀ, bf16 out",
+            );
+        }
     }
 
     for e in entries(&sh, "gram") {

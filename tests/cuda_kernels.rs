@@ -16,7 +16,7 @@ use whittle::check::rel_l2;
 use whittle::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
 use whittle::cpu::ops as cpu;
-use whittle::cuda::ops::{self, AttnKernel, AttnParams, RowStatsOut};
+use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut};
 use whittle::cuda::{is_available, select, DTensor, DeviceChoice, Gpu, Selected};
 
 // ---------------------------------------------------------------------------------------------
@@ -129,39 +129,40 @@ fn gemm_matches_cpu_linear() {
         (257, 640, 2048),
         (96, 2304, 9216 / 8),
     ];
-    for (i, &(m, n, k)) in shapes.iter().enumerate() {
-        let x = rand_vals(m * k, 10 + i as u64, 1.0);
-        let w = rand_vals(n * k, 100 + i as u64, 0.5);
-        let want = cpu::linear(&x, &w, m, k, n);
-        let xd = up_bf16(&g, &x, &[m, k]);
-        let wd = up_bf16(&g, &w, &[n, k]);
-        // bf16 and f32 outputs in one launch
-        let mut yb = poisoned_bf16(&g, &[m, n]);
-        let mut yf = poisoned_f32(&g, &[m, n]);
-        ops::gemm_nt(&g, &xd, &wd, Some(&mut yb), Some(&mut yf), false).unwrap();
-        check(
-            &format!("gemm bf16 out {m}x{n}x{k}"),
-            &down(&g, &yb),
-            &want,
-            BF16_TOL,
+    // Every kernel this GPU has: mma.sync everywhere, wgmma on compute capability 9.0 (where
+    // `Auto` must also have passed its self-check and chosen it).
+    let mut kernels = vec![GemmKernel::MmaSync];
+    if g.info.compute_capability == (9, 0) {
+        assert!(
+            ops::sm90_gemm_enabled(&g),
+            "the wgmma GEMM failed its self-check against mma.sync (see stderr)"
         );
-        check(
-            &format!("gemm f32 out {m}x{n}x{k}"),
-            &yf.to_host(&g).unwrap(),
-            &want,
-            1e-5,
-        );
-        // accumulate: C += X·Wᵀ
-        let c = rand_vals(m * n, 1000 + i as u64, 2.0);
-        let mut yc = up_f32(&g, &c, &[m, n]);
-        ops::gemm_nt(&g, &xd, &wd, None, Some(&mut yc), true).unwrap();
-        let want_c: Vec<f32> = want.iter().zip(&c).map(|(a, b)| a + b).collect();
-        check(
-            &format!("gemm accumulate {m}x{n}x{k}"),
-            &yc.to_host(&g).unwrap(),
-            &want_c,
-            1e-5,
-        );
+        kernels.push(GemmKernel::Sm90);
+    }
+    for kernel in kernels {
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            if kernel == GemmKernel::Sm90 && k % 8 != 0 {
+                continue; // the gathering variant serves that K on every GPU
+            }
+            let x = rand_vals(m * k, 10 + i as u64, 1.0);
+            let w = rand_vals(n * k, 100 + i as u64, 0.5);
+            let want = cpu::linear(&x, &w, m, k, n);
+            let xd = up_bf16(&g, &x, &[m, k]);
+            let wd = up_bf16(&g, &w, &[n, k]);
+            let what = |s: &str| format!("gemm ({kernel:?}) {s} {m}x{n}x{k}");
+            // bf16 and f32 outputs in one launch
+            let mut yb = poisoned_bf16(&g, &[m, n]);
+            let mut yf = poisoned_f32(&g, &[m, n]);
+            ops::gemm_nt_with(&g, &xd, &wd, Some(&mut yb), Some(&mut yf), false, kernel).unwrap();
+            check(&what("bf16 out"), &down(&g, &yb), &want, BF16_TOL);
+            check(&what("f32 out"), &yf.to_host(&g).unwrap(), &want, 1e-5);
+            // accumulate: C += X·Wᵀ
+            let c = rand_vals(m * n, 1000 + i as u64, 2.0);
+            let mut yc = up_f32(&g, &c, &[m, n]);
+            ops::gemm_nt_with(&g, &xd, &wd, None, Some(&mut yc), true, kernel).unwrap();
+            let want_c: Vec<f32> = want.iter().zip(&c).map(|(a, b)| a + b).collect();
+            check(&what("accumulate"), &yc.to_host(&g).unwrap(), &want_c, 1e-5);
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// kernels/*.cu compiled by build.rs: SASS for sm_80/86/89/90a plus compute_80 PTX.
 pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/whittle.fatbin"));
@@ -34,6 +34,7 @@ fn dynamic_smem(name: &str) -> Option<u32> {
         "gemm_nt_bf16" | "gemm_nt_bf16_unaligned" | "gram_tn_bf16" | "gram_tn_bf16_unaligned" => {
             Some(super::ops::GEMM_SMEM)
         }
+        "gemm_nt_bf16_sm90" => Some(super::ops::GEMM_SM90_SMEM),
         "attention_fwd_d256" => Some(super::ops::attention_smem(256)),
         "attention_fwd_d128" => Some(super::ops::attention_smem(128)),
         "attention_fwd_d64" => Some(super::ops::attention_smem(64)),
@@ -49,6 +50,9 @@ pub struct Gpu {
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     sync: AtomicBool,
+    /// Whether `gemm_nt` uses the sm_90a wgmma kernel: decided once, on first use
+    /// (`ops::gemm_kernel`).
+    pub(crate) sm90_gemm: OnceLock<bool>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -81,6 +85,7 @@ impl Gpu {
             module,
             funcs: Mutex::new(HashMap::new()),
             sync: AtomicBool::new(sync),
+            sm90_gemm: OnceLock::new(),
         })
     }
 

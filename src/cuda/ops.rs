@@ -13,6 +13,9 @@ use half::bf16;
 
 /// Dynamic shared memory of the GEMM kernels: 4 stages × (128 + 128) × 32 bf16.
 pub const GEMM_SMEM: u32 = 4 * (128 + 128) * 32 * 2;
+/// Dynamic shared memory of `gemm_nt_bf16_sm90`: 4 stages × (128 + 128) × 64 bf16 + 1 KB of
+/// alignment slack for the 1024-byte swizzle atoms.
+pub const GEMM_SM90_SMEM: u32 = 4 * (128 + 128) * 64 * 2 + 1024;
 const GEMM_TILE: usize = 128;
 const MAX_GRID_YZ: usize = 65_535;
 
@@ -110,9 +113,86 @@ fn stride_blocks(n: usize) -> usize {
 // ---------------------------------------------------------------------------------------------
 // GEMM
 
+/// Which kernel `gemm_nt_with` runs (for K % 8 == 0; any other K takes the gathering variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// sm_90a wgmma on compute capability 9.0 when its self-check passed, else `MmaSync`.
+    Auto,
+    /// `gemm_nt_bf16`: mma.sync m16n8k16 + ldmatrix + cp.async (sm_80 and newer).
+    MmaSync,
+    /// `gemm_nt_bf16_sm90`: wgmma m64n128k16 (compute capability 9.0 only).
+    Sm90,
+}
+
+/// Does `GemmKernel::Auto` take the wgmma kernel on this GPU? Decided once per `Gpu`: only on
+/// compute capability 9.0 (the only SASS the kernel has real code in), not when
+/// `WHITTLE_GEMM=mma`, and only if it agrees with the mma.sync kernel on a ragged random problem
+/// — a kernel written without a GPU to try it on must not be trusted blindly; a disagreement is
+/// reported once on stderr and the mma.sync kernel is used.
+pub fn sm90_gemm_enabled(gpu: &Gpu) -> bool {
+    *gpu.sm90_gemm.get_or_init(|| {
+        if gpu.info.compute_capability != (9, 0) || std::env::var("WHITTLE_GEMM").as_deref() == Ok("mma") {
+            return false;
+        }
+        match sm90_self_check(gpu) {
+            Ok(None) => true,
+            Ok(Some(why)) => {
+                eprintln!("whittle: the sm_90a wgmma GEMM disagrees with the mma.sync GEMM on {} ({why}); using mma.sync", gpu.info.name);
+                false
+            }
+            Err(e) => {
+                eprintln!("whittle: the sm_90a wgmma GEMM could not be checked ({e}); using mma.sync");
+                false
+            }
+        }
+    })
+}
+
+/// Runs both kernels on a 200 × 320 × 200 problem (ragged in M, N and K, several k-tiles);
+/// `Some(reason)` when they differ by more than f32 summation order allows.
+fn sm90_self_check(gpu: &Gpu) -> CudaResult<Option<String>> {
+    let (m, n, k) = (200usize, 320usize, 200usize);
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut vals = |len: usize| -> Vec<bf16> {
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                bf16::from_f32((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            })
+            .collect()
+    };
+    let x = DTensor::from_host(gpu, &vals(m * k), &[m, k])?;
+    let w = DTensor::from_host(gpu, &vals(n * k), &[n, k])?;
+    let mut want = DTensor::<f32>::zeros(gpu, &[m, n])?;
+    let mut got = DTensor::<f32>::zeros(gpu, &[m, n])?;
+    gemm_nt_with(
+        gpu,
+        &x,
+        &w,
+        None,
+        Some(&mut want),
+        false,
+        GemmKernel::MmaSync,
+    )?;
+    gemm_nt_with(gpu, &x, &w, None, Some(&mut got), false, GemmKernel::Sm90)?;
+    let (want, got) = (want.to_host(gpu)?, got.to_host(gpu)?);
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        // NaN fails too.
+        let close = (a - b).abs() <= 1e-4 * scale + 1e-5;
+        if !close {
+            return Ok(Some(format!("element ({}, {}): {b} vs {a}", i / n, i % n)));
+        }
+    }
+    Ok(None)
+}
+
 /// `Y = X · Wᵀ` (HF Linear, no bias). `x`: [M, K], `w`: [N, K]; writes `y_bf16` [M, N] and/or
-/// `y_f32` [M, N]; with `accumulate`, adds into `y_f32` instead. K % 8 == 0 takes the cp.async
-/// kernel, any other K an element-gathering variant (same tiles and MMAs, slower loads).
+/// `y_f32` [M, N]; with `accumulate`, adds into `y_f32` instead. K % 8 == 0 takes a cp.async
+/// kernel (wgmma on Hopper, else mma.sync: `GemmKernel::Auto`), any other K an
+/// element-gathering variant (same tiles and MMAs as mma.sync, slower loads).
 pub fn gemm_nt(
     gpu: &Gpu,
     x: &DTensor<bf16>,
@@ -120,6 +200,19 @@ pub fn gemm_nt(
     y_bf16: Option<&mut DTensor<bf16>>,
     y_f32: Option<&mut DTensor<f32>>,
     accumulate: bool,
+) -> CudaResult<()> {
+    gemm_nt_with(gpu, x, w, y_bf16, y_f32, accumulate, GemmKernel::Auto)
+}
+
+/// `gemm_nt` with the kernel chosen by the caller (tests and benchmarks compare them).
+pub fn gemm_nt_with(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    w: &DTensor<bf16>,
+    y_bf16: Option<&mut DTensor<bf16>>,
+    y_f32: Option<&mut DTensor<f32>>,
+    accumulate: bool,
+    kernel: GemmKernel,
 ) -> CudaResult<()> {
     const K_NAME: &str = "gemm_nt_bf16";
     let _r = range("gemm");
@@ -162,10 +255,28 @@ pub fn gemm_nt(
         i32_of(K_NAME, "K", k)?,
     );
     // Whole allocations are 256-byte aligned, so rows are 16-byte aligned exactly when K % 8 == 0.
-    let name = if k % 8 == 0 {
-        K_NAME
+    let sm90 = match kernel {
+        GemmKernel::Auto => k % 8 == 0 && sm90_gemm_enabled(gpu),
+        GemmKernel::MmaSync => false,
+        GemmKernel::Sm90 => {
+            if gpu.info.compute_capability != (9, 0) || k % 8 != 0 {
+                return Err(CudaError::pre(
+                    "gemm_nt_bf16_sm90",
+                    format!(
+                        "needs compute capability 9.0 and K % 8 == 0 (have sm_{}{}, K = {k})",
+                        gpu.info.compute_capability.0, gpu.info.compute_capability.1
+                    ),
+                ));
+            }
+            true
+        }
+    };
+    let (name, smem) = if sm90 {
+        ("gemm_nt_bf16_sm90", GEMM_SM90_SMEM)
+    } else if k % 8 == 0 {
+        (K_NAME, GEMM_SMEM)
     } else {
-        "gemm_nt_bf16_unaligned"
+        ("gemm_nt_bf16_unaligned", GEMM_SMEM)
     };
     let yb = y_bf16.map_or(0, |t| t.ptr(gpu));
     let yf = y_f32.map_or(0, |t| t.ptr(gpu));
@@ -182,9 +293,10 @@ pub fn gemm_nt(
         KArg::I32(ni),
         KArg::I32(accumulate as i32),
     ];
-    // SAFETY: x holds M·K, w N·K, each output M·N elements (checked above); the kernel reads and
-    // writes only within those extents (edges are bounds-checked) with lda = ldb = K, ldc = N.
-    unsafe { gpu.launch(name, cfg((gm, gn, 1), (256, 1, 1), GEMM_SMEM), &args) }
+    // SAFETY: x holds M·K, w N·K, each output M·N elements (checked above); all three kernels
+    // read and write only within those extents (edges are bounds-checked) with lda = ldb = K,
+    // ldc = N, on the same 128 × 128 tile grid; the wgmma one only on compute capability 9.0.
+    unsafe { gpu.launch(name, cfg((gm, gn, 1), (256, 1, 1), smem), &args) }
 }
 
 /// `G += Aᵀ·A` for `a` [T, I] into `g` [I, I] (f32), updating only 128×128 blocks on or above

@@ -27,6 +27,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #undef __global__
@@ -232,4 +234,53 @@ inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, u
     d[i] = acc;
   }
   emu_warp_barrier();
+}
+
+// ---------------------------------------------------------------------------------------------
+// wgmma (sm_90a) of common.cuh. A and B come from shared memory, so each thread computes its own
+// accumulator elements straight from the descriptors; the async fences and waits are no-ops.
+
+inline uint64_t wgmma_desc_sw128(uint32_t smem_addr) {
+  return (uint64_t)((smem_addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+         ((uint64_t)1 << 62);
+}
+inline void wgmma_fence() {}
+inline void wgmma_commit() {}
+template <int N>
+inline void wgmma_wait() {}
+inline void fence_proxy_async() {}
+
+// Element (row, k) of a K-major bf16 operand: 8-row atoms `sbo` bytes apart, 128-byte rows, the
+// 128-byte swizzle applied to the absolute shared address (16-byte chunk bits 4-6 XOR row bits 7-9).
+inline float emu_wgmma_elem(uint64_t desc, int row, int k) {
+  if ((desc >> 62) != 1) {
+    std::fprintf(stderr, "whittle-emu: only the 128-byte-swizzle K-major wgmma layout is modelled\n");
+    std::abort();
+  }
+  const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4, sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+  uint32_t addr = start + (uint32_t)(row / 8) * sbo + (uint32_t)(row % 8) * 128 + (uint32_t)k * 2;
+  addr ^= ((addr >> 7) & 7) << 4;
+  uint16_t h;
+  std::memcpy(&h, emu_smem_ptr(addr), 2);
+  const uint32_t bits = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+  const int tid = threadIdx.x % 128, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  float a[2][16];
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 16; ++k) a[h][k] = emu_wgmma_elem(da, 16 * w + g + 8 * h, k);
+  for (int j = 0; j < 16; ++j)
+    for (int e = 0; e < 2; ++e) {
+      float b[16];
+      for (int k = 0; k < 16; ++k) b[k] = emu_wgmma_elem(db, 8 * j + 2 * t + e, k);
+      for (int h = 0; h < 2; ++h) {
+        float acc = scale_d ? d[4 * j + 2 * h + e] : 0.0f;
+        for (int k = 0; k < 16; ++k) acc += a[h][k] * b[k];
+        d[4 * j + 2 * h + e] = acc;
+      }
+    }
 }
