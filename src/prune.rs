@@ -393,6 +393,72 @@ pub fn slice_layer(
     }
 }
 
+/// A synthetic scoring problem for tests (the host unit tests and tests/cuda_linalg.rs): a layer
+/// that has only `down` [hidden, n], and the Gram statistics of `t` = 4n correlated activations
+/// a = x·M + x·diag(1 + j % 7) (x, M uniform noise from `seed`), so a few directions dominate
+/// and the greedy choices are well separated.
+#[doc(hidden)]
+pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (LayerWeights, MlpStats) {
+    let noise = |len: usize, seed: u64| -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect()
+    };
+    let t = 4 * n;
+    let x = noise(t * n, seed);
+    let m = noise(n * n, seed + 10);
+    let mut a = vec![0f64; t * n]; // [t, n]
+    a.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, row)| {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (0..n).map(|p| x[r * n + p] * m[p * n + j]).sum::<f64>()
+                + x[r * n + j] * (1.0 + (j % 7) as f64);
+        }
+    });
+    let mut gram = vec![0f64; n * n]; // [n, n]
+    gram.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (j, g) in row.iter_mut().enumerate() {
+                *g = (0..t).map(|r| a[r * n + i] * a[r * n + j]).sum();
+            }
+        });
+    let down = noise(hidden * n, seed + 20)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let w = LayerWeights {
+        input_norm: vec![],
+        q: vec![],
+        k: vec![],
+        v: vec![],
+        o: vec![],
+        q_norm: None,
+        k_norm: None,
+        post_attn_norm: vec![],
+        pre_ffn_norm: vec![],
+        gate: vec![],
+        up: vec![],
+        down,
+        post_ffn_norm: vec![],
+        width: n,
+    };
+    let stats = MlpStats {
+        width: n,
+        count: t as u64,
+        sum: vec![0.0; n],
+        sumsq: (0..n).map(|j| gram[j * n + j]).collect(),
+        gram: Some(gram),
+        cross: None,
+    };
+    (w, stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,73 +501,16 @@ mod tests {
         (0..n).filter(|&j| alive[j]).collect()
     }
 
-    fn noise(len: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect()
-    }
-
     #[test]
     fn lazy_obs_selects_what_eager_obs_selects() {
         // Several folds (OBS_BLOCK = 32) and a ragged last block.
         for (n, hidden, k, seed) in [(150, 24, 40, 1u64), (97, 13, 10, 2), (64, 40, 32, 3)] {
-            // Correlated activations: a = x·M with a few strong directions.
-            let t = 4 * n;
-            let x = noise(t * n, seed);
-            let m = noise(n * n, seed + 10);
-            let mut gram = vec![0f64; n * n];
-            let mut a = vec![0f64; t * n];
-            for r in 0..t {
-                for j in 0..n {
-                    a[r * n + j] = (0..n).map(|p| x[r * n + p] * m[p * n + j]).sum::<f64>()
-                        + x[r * n + j] * (1.0 + (j % 7) as f64);
-                }
-            }
-            for r in 0..t {
-                for i in 0..n {
-                    for j in 0..n {
-                        gram[i * n + j] += a[r * n + i] * a[r * n + j];
-                    }
-                }
-            }
-            let down: Vec<f32> = noise(hidden * n, seed + 20)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let stats = MlpStats {
-                width: n,
-                count: t as u64,
-                sum: vec![0.0; n],
-                sumsq: (0..n).map(|j| gram[j * n + j]).collect(),
-                gram: Some(gram.clone()),
-                cross: None,
-            };
-            let w = LayerWeights {
-                input_norm: vec![],
-                q: vec![],
-                k: vec![],
-                v: vec![],
-                o: vec![],
-                q_norm: None,
-                k_norm: None,
-                post_attn_norm: vec![],
-                pre_ffn_norm: vec![],
-                gate: vec![],
-                up: vec![],
-                down: down.clone(),
-                post_ffn_norm: vec![],
-                width: n,
-            };
+            let (w, stats) = synthetic_problem(n, hidden, seed);
+            let gram = stats.gram.clone().unwrap();
             let damp = 0.01;
             let lazy = obs_select(&w, hidden, &stats, k, damp, &Solver::Cpu).unwrap();
-            let h = damped(mean_matrix(&gram, t as u64), n, damp);
-            let eager = obs_select_eager(&down, hidden, n, &h, k);
+            let h = damped(mean_matrix(&gram, stats.count), n, damp);
+            let eager = obs_select_eager(&w.down, hidden, n, &h, k);
             assert_eq!(lazy.len(), k);
             assert_eq!(lazy, eager, "n={n} hidden={hidden} k={k}");
         }

@@ -8,11 +8,9 @@
 mod gpu_common;
 
 use gpu_common::gpu;
-use whittle::calib::MlpStats;
 use whittle::cuda::linalg::{dgemm, spd_inverse, View, ViewMut};
 use whittle::cuda::DTensor;
 use whittle::linalg;
-use whittle::model::LayerWeights;
 use whittle::prune::{self, Solver};
 
 fn noise(len: usize, seed: u64) -> Vec<f64> {
@@ -173,58 +171,6 @@ fn spd_inverse_matches_host_and_names_the_failing_pivot() {
     assert_eq!((host, dev), (70, 70));
 }
 
-/// A layer with only down_proj (what OBS and repair read) and the Gram matrix of correlated
-/// activations a = x·M + diag-scaled x over `t` tokens.
-fn problem(n: usize, hidden: usize, seed: u64) -> (LayerWeights, MlpStats) {
-    let t = 3 * n + 11;
-    let x = noise(t * n, seed);
-    let m = noise(n * n, seed + 10);
-    let mut act = vec![0f64; t * n];
-    for r in 0..t {
-        for j in 0..n {
-            act[r * n + j] = (0..n).map(|p| x[r * n + p] * m[p * n + j]).sum::<f64>()
-                + x[r * n + j] * (1.0 + (j % 7) as f64);
-        }
-    }
-    let mut gram = vec![0f64; n * n];
-    for r in 0..t {
-        for i in 0..n {
-            for j in 0..n {
-                gram[i * n + j] += act[r * n + i] * act[r * n + j];
-            }
-        }
-    }
-    let down: Vec<f32> = noise(hidden * n, seed + 20)
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
-    let w = LayerWeights {
-        input_norm: vec![],
-        q: vec![],
-        k: vec![],
-        v: vec![],
-        o: vec![],
-        q_norm: None,
-        k_norm: None,
-        post_attn_norm: vec![],
-        pre_ffn_norm: vec![],
-        gate: vec![],
-        up: vec![],
-        down,
-        post_ffn_norm: vec![],
-        width: n,
-    };
-    let stats = MlpStats {
-        width: n,
-        count: t as u64,
-        sum: vec![0.0; n],
-        sumsq: (0..n).map(|j| gram[j * n + j]).collect(),
-        gram: Some(gram),
-        cross: None,
-    };
-    (w, stats)
-}
-
 #[test]
 #[ignore = "needs a GPU"]
 fn obs_selection_and_repair_match_host() {
@@ -240,7 +186,7 @@ fn obs_selection_and_repair_match_host() {
     .iter()
     .enumerate()
     {
-        let (w, stats) = problem(n, hidden, 500 + i as u64);
+        let (w, stats) = prune::synthetic_problem(n, hidden, 500 + i as u64);
         for damp in [0.001, 0.01] {
             let host = prune::obs_select(&w, hidden, &stats, k, damp, &Solver::Cpu).unwrap();
             let dev = prune::obs_select(&w, hidden, &stats, k, damp, &cuda).unwrap();

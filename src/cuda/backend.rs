@@ -95,16 +95,7 @@ struct DevAttn {
 
 impl DevAttn {
     fn weights(&self) -> AttnWeights<'_> {
-        AttnWeights {
-            input_norm: &self.input_norm,
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            o: &self.o,
-            q_norm: self.q_norm.as_ref(),
-            k_norm: self.k_norm.as_ref(),
-            post_attn_norm: &self.post_attn_norm,
-        }
+        block::attn_weights!(self)
     }
 
     fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevAttn> {
@@ -140,13 +131,7 @@ struct DevMlp {
 
 impl DevMlp {
     fn weights(&self) -> MlpWeights<'_> {
-        MlpWeights {
-            pre_ffn_norm: &self.pre_ffn_norm,
-            gate: &self.gate,
-            up: &self.up,
-            down: &self.down,
-            post_ffn_norm: &self.post_ffn_norm,
-        }
+        block::mlp_weights!(self)
     }
 
     fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevMlp> {

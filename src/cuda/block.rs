@@ -23,6 +23,37 @@ pub(super) struct AttnWeights<'a> {
     pub post_attn_norm: &'a DTensor<f32>, // [H]
 }
 
+/// `AttnWeights` of any struct holding the attention tensors under their usual names.
+macro_rules! attn_weights {
+    ($s:expr) => {
+        $crate::cuda::block::AttnWeights {
+            input_norm: &$s.input_norm,
+            q: &$s.q,
+            k: &$s.k,
+            v: &$s.v,
+            o: &$s.o,
+            q_norm: $s.q_norm.as_ref(),
+            k_norm: $s.k_norm.as_ref(),
+            post_attn_norm: &$s.post_attn_norm,
+        }
+    };
+}
+pub(super) use attn_weights;
+
+/// `MlpWeights` of any struct holding the MLP tensors under their usual names.
+macro_rules! mlp_weights {
+    ($s:expr) => {
+        $crate::cuda::block::MlpWeights {
+            pre_ffn_norm: &$s.pre_ffn_norm,
+            gate: &$s.gate,
+            up: &$s.up,
+            down: &$s.down,
+            post_ffn_norm: &$s.post_ffn_norm,
+        }
+    };
+}
+pub(super) use mlp_weights;
+
 /// One layer's MLP weights on the device.
 pub(super) struct MlpWeights<'a> {
     pub pre_ffn_norm: &'a DTensor<f32>,  // [H]

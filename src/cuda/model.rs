@@ -79,26 +79,11 @@ pub(super) type KvSink<'a> = dyn FnMut(usize, &DTensor<bf16>, &DTensor<bf16>) ->
 
 impl DeviceLayer {
     pub(super) fn attn(&self) -> AttnWeights<'_> {
-        AttnWeights {
-            input_norm: &self.input_norm,
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            o: &self.o,
-            q_norm: self.q_norm.as_ref(),
-            k_norm: self.k_norm.as_ref(),
-            post_attn_norm: &self.post_attn_norm,
-        }
+        block::attn_weights!(self)
     }
 
     pub(super) fn mlp(&self) -> MlpWeights<'_> {
-        MlpWeights {
-            pre_ffn_norm: &self.pre_ffn_norm,
-            gate: &self.gate,
-            up: &self.up,
-            down: &self.down,
-            post_ffn_norm: &self.post_ffn_norm,
-        }
+        block::mlp_weights!(self)
     }
 
     fn alloc(gpu: &Gpu, cfg: &ModelConfig) -> CudaResult<DeviceLayer> {
