@@ -27,6 +27,12 @@ python3 "$root/tests/emu/gen_registry.py" "$out/kernels.ii" "$out/all_kernels.in
 g++ "${flags[@]}" -O2 -g -shared "$out/registry.cpp" "$root/tests/emu/runtime.cpp" -o "$out/libcuda.so.1.tmp"
 mv -f "$out/libcuda.so.1.tmp" "$out/libcuda.so.1"
 ln -sf libcuda.so.1 "$out/libcuda.so"
+# The emulator's own checks (deadlock report, missing barrier, driver-style refusals), both orders.
+g++ "${flags[@]}" -O1 "$root/tests/emu/selftest.cpp" "$root/tests/emu/runtime.cpp" -o "$out/selftest"
+"$out/selftest" 2>/dev/null && "$out/selftest" reverse 2>/dev/null || {
+  echo "build-emu: the emulator's self-test failed" >&2
+  exit 1
+}
 # scripts/emu-run.sh preloads the sanitizer runtime named here.
 if [ "${EMU_ASAN:-0}" = 1 ]; then g++ -print-file-name=libasan.so >"$out/asan"; else rm -f "$out/asan"; fi
 echo "build-emu: $out/libcuda.so.1"
