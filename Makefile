@@ -61,6 +61,9 @@ test-emu: nvcc
 	EMU_ASAN=1 bash scripts/build-emu.sh
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
 	  $(CARGO) test --release $(EMU_TESTS) -- --ignored
+	# The --device CLI tests with a (emulated) GPU present: auto picks it, reports name it.
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	  $(CARGO) test --release --test device
 	# The kernel tests again with every block's threads scheduled last-first (missing barriers).
 	WHITTLE_EMU_ORDER=reverse CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
 	  $(CARGO) test --release --test cuda_kernels --test cuda_linalg -- --ignored

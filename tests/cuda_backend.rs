@@ -352,6 +352,11 @@ fn compile_on_the_gpu_is_close_to_the_cpu_compile() {
         backend.starts_with("cuda:") && backend.ends_with("(bf16)"),
         "{backend}"
     );
+    // Scoring and repair solved where the calibration ran.
+    assert_eq!(
+        (rc["solver"].as_str(), rg["solver"].as_str()),
+        (Some("cpu"), Some("cuda"))
+    );
     assert_eq!(rc["intermediate_size_after"], rg["intermediate_size_after"]);
     let (sc, sg) = (
         WeightStore::open(&d.path().join("cpu")).unwrap(),

@@ -206,6 +206,7 @@ fn compile_reports_the_backend_it_ran_on() {
         Some(_) => {
             assert!(err.contains("device: cpu ("), "{err}");
             assert!(backend.starts_with("cpu ("), "{backend}");
+            assert_eq!(report["solver"], "cpu");
         }
         None => {
             assert!(err.contains("device: cuda:"), "{err}");
@@ -213,6 +214,7 @@ fn compile_reports_the_backend_it_ran_on() {
                 backend.starts_with("cuda:") && backend.ends_with("(bf16)"),
                 "{backend}"
             );
+            assert_eq!(report["solver"], "cuda");
         }
     }
 }
