@@ -3,6 +3,9 @@
 //
 //   dgemm_nn_f64:          C = alpha·A·B + beta·C, row-major with leading dimensions (any shape)
 //   copy_scaled_f64:       dst = scale·src over a [rows, cols] window (strided both sides)
+//   gram_gather_f64:       out = G[rows, cols]/div + diag_add·[row == col] from the f32 Gram
+//                          matrix the calibration left on the device (index lists optional)
+//   gram_diag_f64:         diag(G) as f64 (for the damping's mean)
 //   sweep_block_f64:       in-place inverse of one ≤64×64 diagonal block (one CTA), flags a
 //                          non-positive pivot
 //   obs_pick_f64:          argmin over live neurons of ‖W[:,j]‖²/[H⁻¹]_jj (one CTA)
@@ -104,6 +107,27 @@ extern "C" __global__ void copy_scaled_f64(const double* __restrict__ src, doubl
                                            int cols, int lds, int ldd, double scale) {
   const int c = blockIdx.x * 32 + threadIdx.x, r = blockIdx.y * 8 + threadIdx.y;
   if (r < rows && c < cols) dst[(size_t)r * ldd + c] = scale * src[(size_t)r * lds + c];
+}
+
+// out[r, c] = G[ri, ci]/div + (ri == ci ? diag_add : 0), ri = rows ? rows[r] : r,
+// ci = cols ? cols[c] : c; G [n, n] f32 (row stride ldg), out [R, C] f64 dense. A division, not
+// a reciprocal product, so H equals the host's f64(G)/count bit for bit.
+// Grid (CEIL_DIV(C, 32), CEIL_DIV(R, 8)), block (32, 8).
+extern "C" __global__ void gram_gather_f64(const float* __restrict__ G, int ldg, const int* __restrict__ rows,
+                                           const int* __restrict__ cols, double* __restrict__ out, int R, int C,
+                                           double div, double diag_add) {
+  const int c = blockIdx.x * 32 + threadIdx.x, r = blockIdx.y * 8 + threadIdx.y;
+  if (r >= R || c >= C) return;
+  const int ri = rows ? rows[r] : r, ci = cols ? cols[c] : c;
+  double v = (double)G[(size_t)ri * ldg + ci] / div;
+  if (ri == ci) v += diag_add;
+  out[(size_t)r * C + c] = v;
+}
+
+// d[j] = G[j, j] (f32 -> f64). Grid CEIL_DIV(n, 256), block 256.
+extern "C" __global__ void gram_diag_f64(const float* __restrict__ G, int n, double* __restrict__ d) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j < n) d[j] = (double)G[(size_t)j * n + j];
 }
 
 // out[nb, nb] = inv(a[nb, nb]) (row stride lda; out is dense, distinct) by scalar sweeps.

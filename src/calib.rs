@@ -218,6 +218,19 @@ pub struct MlpStats {
     pub sumsq: Vec<f64>,         // [I]
     pub gram: Option<Vec<f64>>,  // [I, I] Σ a·aᵀ
     pub cross: Option<Vec<f64>>, // [I, I] Σ a_ref·aᵀ (sequential only)
+    /// Σ a·aᵀ left on the GPU by a GPU backend instead of `gram` (the device solver reads it
+    /// there: no [I, I] round trip through the host).
+    pub gram_device: Option<DeviceGram>,
+}
+
+/// A full (symmetric) f32 Gram matrix [I, I] on the GPU, opaque outside the CUDA code.
+#[derive(Clone)]
+pub struct DeviceGram(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for DeviceGram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceGram")
+    }
 }
 
 impl MlpStats {
@@ -229,6 +242,7 @@ impl MlpStats {
             sumsq: vec![0.0; width],
             gram: gram.then(|| vec![0.0; width * width]),
             cross: cross.then(|| vec![0.0; width * width]),
+            gram_device: None,
         }
     }
 
@@ -421,6 +435,9 @@ pub struct StatsSpec {
     /// `Capture::Reference` call on the same rows.
     pub cross: bool,
     pub token_weight: TokenWeight,
+    /// A GPU backend may leave the Gram matrix on its device (`MlpStats::gram_device`, `gram`
+    /// then None) instead of downloading it: for a consumer that solves on that device.
+    pub gram_on_device: bool,
 }
 
 /// What one `run_mlp` call records about its down_proj input.

@@ -235,6 +235,8 @@ pub fn compile(
                     gram: need_gram,
                     cross: cross && opts.repair,
                     token_weight: opts.token_weight,
+                    // The solver runs where the calibration ran (`Backend::solver`).
+                    gram_on_device: true,
                 })?;
                 for b in 0..nb {
                     if opts.sequential {

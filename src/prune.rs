@@ -146,14 +146,46 @@ fn down_transposed(down: &[f32], hidden: usize, n: usize) -> Vec<f64> {
     wt
 }
 
-fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
-    let mean_diag = (0..n).map(|j| s[j * n + j]).sum::<f64>() / n as f64;
+/// The damping λ = damp·mean(diag) added to a Gram matrix's diagonal.
+fn damping(diag: impl Iterator<Item = f64>, n: usize, damp: f64) -> f64 {
+    let mean_diag = diag.sum::<f64>() / n as f64;
     // A dead layer (all activations zero) still needs a positive-definite matrix.
-    let lambda = (damp * mean_diag).max(1e-12);
+    (damp * mean_diag).max(1e-12)
+}
+
+fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
+    let lambda = damping((0..n).map(|j| s[j * n + j]), n, damp);
     for j in 0..n {
         s[j * n + j] += lambda;
     }
     s
+}
+
+/// The f32 Gram matrix inside `MlpStats::gram_device`.
+#[cfg(feature = "cuda")]
+fn gram_on_device(dg: &crate::calib::DeviceGram) -> Result<&crate::cuda::DTensor<f32>> {
+    crate::cuda::linalg::gram_tensor(dg)
+        .ok_or_else(|| Error::Other("the device Gram matrix has an unexpected type".into()))
+}
+
+/// On the GPU, from the Gram matrix the calibration left there: Σ[idx, idx]/count + λI, the
+/// device twin of `damped(mean_matrix(..))` (bit for bit the same values); `idx` None = all.
+#[cfg(feature = "cuda")]
+fn damped_on_device(
+    g: &crate::cuda::Gpu,
+    t: &crate::cuda::DTensor<f32>,
+    count: u64,
+    damp: f64,
+    idx: Option<&[usize]>,
+) -> Result<crate::cuda::DTensor<f64>> {
+    use crate::cuda::linalg;
+    let c = count.max(1) as f64;
+    let diag = linalg::gram_diag(g, t).map_err(gpu_err)?;
+    let lambda = match idx {
+        None => damping(diag.iter().map(|d| d / c), diag.len(), damp),
+        Some(ix) => damping(ix.iter().map(|&j| diag[j] / c), ix.len(), damp),
+    };
+    linalg::gram_gather(g, t, idx, idx, c, lambda).map_err(gpu_err)
 }
 
 /// Rank-1 OBS updates applied lazily: this many removals are kept as factors and folded into
@@ -177,13 +209,20 @@ pub fn obs_select(
     solver: &Solver,
 ) -> Result<Vec<usize>> {
     let n = w.width;
+    let wt = down_transposed(&w.down, hidden, n); // [I, H]
+    const WHAT: &str = "OBS: the activation Gram matrix";
+    #[cfg(feature = "cuda")]
+    if let (Solver::Cuda(g), Some(dg)) = (solver, stats.gram_device.as_ref()) {
+        let h = damped_on_device(g, gram_on_device(dg)?, stats.count, damp, None)?;
+        return crate::cuda::linalg::obs_select_device(g, h, &wt, hidden, k)
+            .map_err(gpu_err)?
+            .map_err(|p| not_pd(WHAT, p));
+    }
     let gram = stats
         .gram
         .as_ref()
         .ok_or_else(|| Error::Other("obs needs the Gram matrix".into()))?;
     let h = damped(mean_matrix(gram, stats.count), n, damp); // [I, I]
-    let wt = down_transposed(&w.down, hidden, n); // [I, H]
-    const WHAT: &str = "OBS: the activation Gram matrix";
     match solver {
         Solver::Cpu => obs_select_host(&h, wt, n, hidden, k).map_err(|p| not_pd(WHAT, p)),
         #[cfg(feature = "cuda")]
@@ -309,6 +348,20 @@ pub fn repair(
 ) -> Result<Vec<f32>> {
     let n = w.width;
     let k = kept.len();
+    const WHAT: &str = "repair: the kept neurons' Gram matrix";
+    #[cfg(feature = "cuda")]
+    if let (Solver::Cuda(g), Some(dg), None) = (solver, stats.gram_device.as_ref(), &stats.cross) {
+        use crate::cuda::linalg;
+        let t = gram_on_device(dg)?;
+        let m = damped_on_device(g, t, stats.count, damp, Some(kept))?; // [K, K]
+        let c = stats.count.max(1) as f64;
+        let ck = linalg::gram_gather(g, t, None, Some(kept), c, 0.0).map_err(gpu_err)?; // [I, K]
+        let wd: Vec<f64> = w.down.par_iter().map(|&x| x as f64).collect(); // [H, I]
+        let out = linalg::repair_product_device(g, m, &ck, &wd, hidden)
+            .map_err(gpu_err)?
+            .map_err(|p| not_pd(WHAT, p))?;
+        return Ok(out.into_iter().map(|x| x as f32).collect());
+    }
     let gram = stats
         .gram
         .as_ref()
@@ -336,7 +389,6 @@ pub fn repair(
             }
         });
     let wd: Vec<f64> = w.down.par_iter().map(|&x| x as f64).collect(); // [H, I]
-    const WHAT: &str = "repair: the kept neurons' Gram matrix";
     let out = match solver {
         Solver::Cpu => {
             let minv = spd_inverse(&m, k).map_err(|p| not_pd(WHAT, p))?;
@@ -455,6 +507,7 @@ pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (LayerWeights, M
         sumsq: (0..n).map(|j| gram[j * n + j]).collect(),
         gram: Some(gram),
         cross: None,
+        gram_device: None,
     };
     (w, stats)
 }

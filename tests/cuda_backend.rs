@@ -57,6 +57,7 @@ fn spec(width: usize, tw: TokenWeight, cross: bool) -> StatsSpec {
         gram: true,
         cross,
         token_weight: tw,
+        gram_on_device: false,
     }
 }
 

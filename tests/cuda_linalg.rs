@@ -8,7 +8,7 @@
 mod gpu_common;
 
 use gpu_common::gpu;
-use whittle::cuda::linalg::{dgemm, spd_inverse, View, ViewMut};
+use whittle::cuda::linalg::{device_gram, dgemm, spd_inverse, View, ViewMut};
 use whittle::cuda::DTensor;
 use whittle::linalg;
 use whittle::prune::{self, Solver};
@@ -197,5 +197,43 @@ fn obs_selection_and_repair_match_host() {
             let d: Vec<f64> = rd.iter().map(|&x| x as f64).collect();
             check(&format!("repair n={n} k={k}"), &d, &h, 1e-6, 1e-5);
         }
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn device_gram_path_matches_host() {
+    let g = gpu();
+    let cuda = Solver::Cuda(g.clone());
+    for (i, &(n, hidden, k)) in [(150usize, 24usize, 40usize), (97, 13, 10)]
+        .iter()
+        .enumerate()
+    {
+        let (w, mut stats) = prune::synthetic_problem(n, hidden, 700 + i as u64);
+        // The backend keeps Σ a·aᵀ in f32 on the device: the host gets the same values.
+        let g32: Vec<f32> = stats
+            .gram
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        stats.gram = Some(g32.iter().map(|&x| x as f64).collect());
+        let mut dev_stats = stats.clone();
+        dev_stats.gram = None;
+        dev_stats.gram_device = Some(device_gram(DTensor::from_host(&g, &g32, &[n, n]).unwrap()));
+        for damp in [0.001, 0.01] {
+            let host = prune::obs_select(&w, hidden, &stats, k, damp, &Solver::Cpu).unwrap();
+            let dev = prune::obs_select(&w, hidden, &dev_stats, k, damp, &cuda).unwrap();
+            assert_eq!(dev, host, "n={n} k={k} damp={damp}");
+            let rh = prune::repair(&w, hidden, &stats, &host, damp, &Solver::Cpu).unwrap();
+            let rd = prune::repair(&w, hidden, &dev_stats, &host, damp, &cuda).unwrap();
+            let h: Vec<f64> = rh.iter().map(|&x| x as f64).collect();
+            let d: Vec<f64> = rd.iter().map(|&x| x as f64).collect();
+            check(&format!("device-Gram repair n={n}"), &d, &h, 1e-6, 1e-5);
+        }
+        // Only a device Gram matrix and the host solver: an error naming what is missing.
+        let e = prune::obs_select(&w, hidden, &dev_stats, k, 0.01, &Solver::Cpu).unwrap_err();
+        assert!(e.to_string().contains("Gram matrix"), "{e}");
     }
 }

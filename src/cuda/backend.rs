@@ -478,13 +478,15 @@ impl Backend for CudaBackend {
             Some(Capturing::Host(hc)) => Ok(hc.stats),
             Some(Capturing::Device(mut d)) => {
                 let gpu = &*self.gpu;
-                let gram = match d.gram.as_mut() {
-                    Some(g) => {
-                        ops::gram_symmetrize(gpu, g)?;
-                        Some(g.to_host(gpu)?.into_iter().map(f64::from).collect())
+                let (mut gram, mut gram_device) = (None, None);
+                if let Some(mut g) = d.gram.take() {
+                    ops::gram_symmetrize(gpu, &mut g)?;
+                    if d.spec.gram_on_device {
+                        gram_device = Some(super::linalg::device_gram(g));
+                    } else {
+                        gram = Some(g.to_host(gpu)?.into_iter().map(f64::from).collect());
                     }
-                    None => None,
-                };
+                }
                 Ok(MlpStats {
                     width: d.spec.width,
                     count: d.count,
@@ -492,6 +494,7 @@ impl Backend for CudaBackend {
                     sumsq: d.sumsq.to_host(gpu)?,
                     gram,
                     cross: None,
+                    gram_device,
                 })
             }
         }

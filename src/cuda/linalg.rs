@@ -6,6 +6,7 @@
 use super::error::{CudaError, CudaResult};
 use super::gpu::{DTensor, Gpu, KArg};
 use super::prof::range;
+use crate::calib::DeviceGram;
 use cudarc::driver::LaunchConfig;
 use std::marker::PhantomData;
 
@@ -299,7 +300,27 @@ pub fn obs_select(
             wt.len()
         )));
     }
-    let mut hinv = DTensor::from_host(gpu, h, &[n, n])?;
+    let hinv = DTensor::from_host(gpu, h, &[n, n])?;
+    obs_select_device(gpu, hinv, wt, hidden, k)
+}
+
+/// `obs_select` with the damped Gram matrix `h` [n, n] already on the device (consumed: it
+/// becomes H⁻¹ in place).
+pub fn obs_select_device(
+    gpu: &Gpu,
+    mut hinv: DTensor<f64>,
+    wt: &[f64],
+    hidden: usize,
+    k: usize,
+) -> CudaResult<Result<Vec<usize>, usize>> {
+    let n = hinv.rows();
+    if k > n || hinv.cols() != n || wt.len() != n * hidden {
+        return Err(CudaError::Other(format!(
+            "obs_select: k = {k}, h {:?}, hidden = {hidden}, wt has {} elements",
+            hinv.shape(),
+            wt.len()
+        )));
+    }
     if let Err(p) = spd_inverse(gpu, &mut hinv)? {
         return Ok(Err(p));
     }
@@ -446,17 +467,38 @@ pub fn repair_product(
     k: usize,
 ) -> CudaResult<Result<Vec<f64>, usize>> {
     let _r = range("repair_f64");
-    let mut minv = DTensor::from_host(gpu, m, &[k, k])?;
+    let minv = DTensor::from_host(gpu, m, &[k, k])?;
+    let ckd = DTensor::from_host(gpu, ck, &[n, k])?;
+    repair_product_device(gpu, minv, &ckd, wd, hidden)
+}
+
+/// `repair_product` with the damped kept-neuron matrix `m` [k, k] (consumed: inverted in place)
+/// and C[:, K] `ckd` [n, k] already on the device.
+pub fn repair_product_device(
+    gpu: &Gpu,
+    mut minv: DTensor<f64>,
+    ckd: &DTensor<f64>,
+    wd: &[f64],
+    hidden: usize,
+) -> CudaResult<Result<Vec<f64>, usize>> {
+    let (n, k) = (ckd.rows(), ckd.cols());
+    if minv.rows() != k || minv.cols() != k || wd.len() != hidden * n {
+        return Err(CudaError::Other(format!(
+            "repair: m {:?}, C[:, K] {:?}, W_down has {} elements for hidden = {hidden}",
+            minv.shape(),
+            ckd.shape(),
+            wd.len()
+        )));
+    }
     if let Err(p) = spd_inverse(gpu, &mut minv)? {
         return Ok(Err(p));
     }
-    let ckd = DTensor::from_host(gpu, ck, &[n, k])?;
     let wdd = DTensor::from_host(gpu, wd, &[hidden, n])?;
     let mut wc = DTensor::<f64>::zeros(gpu, &[hidden, k])?;
     dgemm(
         gpu,
         View::all(gpu, &wdd),
-        View::all(gpu, &ckd),
+        View::all(gpu, ckd),
         ViewMut::all(gpu, &mut wc),
         1.0,
         0.0,
@@ -471,4 +513,99 @@ pub fn repair_product(
         0.0,
     )?;
     Ok(Ok(out.to_host(gpu)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Gram matrix a GPU backend leaves on the device (`MlpStats::gram_device`).
+
+/// Wraps the backend's symmetric f32 Gram matrix [I, I] for `MlpStats::gram_device`.
+pub fn device_gram(g: DTensor<f32>) -> DeviceGram {
+    DeviceGram(std::sync::Arc::new(g))
+}
+
+/// The f32 Gram matrix inside a `DeviceGram` (None if it holds something else).
+pub fn gram_tensor(g: &DeviceGram) -> Option<&DTensor<f32>> {
+    g.0.downcast_ref::<DTensor<f32>>()
+}
+
+/// diag(G) in f64 ([n]), downloaded.
+pub fn gram_diag(gpu: &Gpu, g: &DTensor<f32>) -> CudaResult<Vec<f64>> {
+    let n = g.rows();
+    let d = DTensor::<f64>::zeros(gpu, &[n])?;
+    if n > 0 {
+        let args = [
+            KArg::Ptr(g.ptr(gpu)),
+            KArg::I32(i32_of("gram_diag_f64", "n", n)?),
+            KArg::Ptr(d.ptr(gpu)),
+        ];
+        // SAFETY: g is [n, n] (square: checked by the callers' shapes), d holds n elements.
+        unsafe {
+            gpu.launch(
+                "gram_diag_f64",
+                cfg((n.div_ceil(256), 1, 1), (256, 1, 1)),
+                &args,
+            )?
+        };
+    }
+    d.to_host(gpu)
+}
+
+/// `G[rows, cols]/div + diag_add·[row index == column index]` as a new f64 matrix; `None`
+/// index lists mean all of 0..n.
+pub fn gram_gather(
+    gpu: &Gpu,
+    g: &DTensor<f32>,
+    rows: Option<&[usize]>,
+    cols: Option<&[usize]>,
+    div: f64,
+    diag_add: f64,
+) -> CudaResult<DTensor<f64>> {
+    const K_NAME: &str = "gram_gather_f64";
+    let n = g.rows();
+    if g.cols() != n {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("Gram matrix of shape {:?} is not square", g.shape()),
+        ));
+    }
+    let upload = |ix: Option<&[usize]>| -> CudaResult<Option<DTensor<i32>>> {
+        match ix {
+            None => Ok(None),
+            Some(v) => {
+                if let Some(&bad) = v.iter().find(|&&j| j >= n) {
+                    return Err(CudaError::pre(
+                        K_NAME,
+                        format!("index {bad} outside a {n} × {n} Gram matrix"),
+                    ));
+                }
+                let v: Vec<i32> = v.iter().map(|&j| j as i32).collect();
+                Ok(Some(DTensor::from_host(gpu, &v, &[v.len()])?))
+            }
+        }
+    };
+    let (r, c) = (rows.map_or(n, |v| v.len()), cols.map_or(n, |v| v.len()));
+    let (rd, cd) = (upload(rows)?, upload(cols)?);
+    let out = DTensor::<f64>::zeros(gpu, &[r, c])?;
+    if r > 0 && c > 0 {
+        let args = [
+            KArg::Ptr(g.ptr(gpu)),
+            KArg::I32(i32_of(K_NAME, "n", n)?),
+            KArg::Ptr(rd.as_ref().map_or(0, |t| t.ptr(gpu))),
+            KArg::Ptr(cd.as_ref().map_or(0, |t| t.ptr(gpu))),
+            KArg::Ptr(out.ptr(gpu)),
+            KArg::I32(i32_of(K_NAME, "rows", r)?),
+            KArg::I32(i32_of(K_NAME, "cols", c)?),
+            KArg::F64(div),
+            KArg::F64(diag_add),
+        ];
+        // SAFETY: g is [n, n]; every index is < n (checked); out holds r·c elements.
+        unsafe {
+            gpu.launch(
+                K_NAME,
+                cfg((c.div_ceil(32), r.div_ceil(8), 1), (32, 8, 1)),
+                &args,
+            )?
+        };
+    }
+    Ok(out)
 }
