@@ -99,7 +99,10 @@ struct Worker {
   void (*thunk)(void**) = nullptr;
   void** params = nullptr;
   alignas(16) unsigned char slots[MAX_THREADS / 32][SLOTS_PER_WARP][SLOT_BYTES];
-  alignas(128) unsigned char smem[SMEM_OPTIN];
+  // This launch's dynamic shared memory: exactly the launch's byte count, 1024-byte aligned, a
+  // heap block of its own so AddressSanitizer reports a kernel reading or writing past it.
+  unsigned char* smem = nullptr;
+  unsigned smem_bytes = 0;
 };
 
 thread_local Worker* W = nullptr;
@@ -295,15 +298,17 @@ void* emu_warp_slot(int lane) { return W->slots[W->cur / 32][lane]; }
 unsigned char* emu_dynamic_smem() { return W->smem; }
 unsigned emu_smem_offset(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(W->smem);
-  if (a < b || a >= b + SMEM_OPTIN) {
-    std::fprintf(stderr, "whittle-emu: shared-window address of a pointer outside dynamic shared memory\n");
+  if (!W->smem || a < b || a >= b + W->smem_bytes) {
+    std::fprintf(stderr, "whittle-emu: shared-window address of a pointer outside this launch's %u bytes of "
+                 "dynamic shared memory\n", W->smem_bytes);
     std::abort();
   }
   return static_cast<unsigned>(a - b);
 }
 void* emu_smem_ptr(unsigned off) {
-  if (off >= (unsigned)SMEM_OPTIN) {
-    std::fprintf(stderr, "whittle-emu: shared address %u past the 227 KB window\n", off);
+  if (off >= W->smem_bytes) {
+    std::fprintf(stderr, "whittle-emu: shared address %u past this launch's %u bytes of dynamic shared memory\n",
+                 off, W->smem_bytes);
     std::abort();
   }
   return W->smem + off;
@@ -556,7 +561,19 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, 
   blockDim = dim3(bx, by, bz);
   gridDim = dim3(gx, gy, gz);
   // Shared memory starts as garbage on a GPU too.
-  std::memset(w->smem, 0xa5, sizeof w->smem);
+  void* sm = nullptr;
+  if (posix_memalign(&sm, 1024, smem ? smem : 1) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::memset(sm, 0xa5, smem ? smem : 1);
+  w->smem = static_cast<unsigned char*>(sm);
+  w->smem_bytes = smem;
+  struct Free {
+    Worker* w;
+    ~Free() {
+      std::free(w->smem);
+      w->smem = nullptr;
+      w->smem_bytes = 0;
+    }
+  } free_smem{w};
   for (unsigned z = 0; z < gz; ++z)
     for (unsigned y = 0; y < gy; ++y)
       for (unsigned x = 0; x < gx; ++x) {
