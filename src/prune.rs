@@ -359,7 +359,7 @@ pub fn repair(
         let wd: Vec<f64> = w.down.par_iter().map(|&x| x as f64).collect(); // [H, I]
         let out = linalg::repair_product_device(g, m, &ck, &wd, hidden)
             .map_err(gpu_err)?
-            .map_err(|p| not_pd(WHAT, p))?;
+            .map_err(|p| not_pd(WHAT, kept[p]))?;
         return Ok(out.into_iter().map(|x| x as f32).collect());
     }
     let gram = stats
@@ -391,14 +391,14 @@ pub fn repair(
     let wd: Vec<f64> = w.down.par_iter().map(|&x| x as f64).collect(); // [H, I]
     let out = match solver {
         Solver::Cpu => {
-            let minv = spd_inverse(&m, k).map_err(|p| not_pd(WHAT, p))?;
+            let minv = spd_inverse(&m, k).map_err(|p| not_pd(WHAT, kept[p]))?;
             let wc = matmul(&wd, &ck, hidden, n, k); // [H, K]
             matmul(&wc, &minv, hidden, k, k) // [H, K]
         }
         #[cfg(feature = "cuda")]
         Solver::Cuda(g) => crate::cuda::linalg::repair_product(g, &m, &ck, &wd, hidden, n, k)
             .map_err(gpu_err)?
-            .map_err(|p| not_pd(WHAT, p))?,
+            .map_err(|p| not_pd(WHAT, kept[p]))?,
     };
     Ok(out.into_iter().map(|x| x as f32).collect())
 }
