@@ -4,6 +4,8 @@
 //   gram_tn_bf16:        G[I,I] += Aᵀ·A, A = [T, I]  (Gram matrix of MLP activations, f32)
 //   gram_symmetrize_f32: copies the computed upper block triangle of G onto the lower one
 //   gemm_nt_bf16_sm90:   gemm_nt_bf16 on Hopper's wgmma (sm_90a; design note at the kernel)
+//   gram_nt_bf16_sm90:   the Gram matrix on the same wgmma tiles, from transposed activations
+//   transpose_bf16:      [rows, cols] -> [cols, rows] (for gram_nt_bf16_sm90)
 //
 // Design (sm_80 recipe; runs unchanged on sm_86/89/90):
 // - CTA tile 128x128, BK = 32, 8 warps as 2 (M) x 4 (N), warp tile 64x32 = 4x4 mma tiles of
@@ -340,12 +342,15 @@ __device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, int ld, int
 }
 }  // namespace gemm90
 
-// Grid (CEIL_DIV(M,128), CEIL_DIV(N,128)), block 256, dynamic smem gemm90::SMEM_BYTES.
-extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
-    gemm_nt_bf16_sm90(const bf16* __restrict__ X, const bf16* __restrict__ W, bf16* __restrict__ Yb,
-                      float* __restrict__ Yf, int M, int N, int K, int lda, int ldb, int ldc, int accumulate) {
+namespace gemm90 {
+// The CTA body of both sm90 entry points. TRIANGLE: only tiles on or above the block diagonal
+// (the Gram matrix, X == W).
+template <bool TRIANGLE>
+__device__ __forceinline__ void nt_tile(const bf16* __restrict__ X, const bf16* __restrict__ W,
+                                        bf16* __restrict__ Yb, float* __restrict__ Yf, int M, int N, int K, int lda,
+                                        int ldb, int ldc, int accumulate) {
 #if defined(WHITTLE_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using namespace gemm90;
+  if (TRIANGLE && blockIdx.y < blockIdx.x) return;
   DYNAMIC_SMEM(smem_raw);
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
@@ -398,6 +403,40 @@ extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
 #else
   __trap();
 #endif
+}
+}  // namespace gemm90
+
+// Grid (CEIL_DIV(M,128), CEIL_DIV(N,128)), block 256, dynamic smem gemm90::SMEM_BYTES.
+extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
+    gemm_nt_bf16_sm90(const bf16* __restrict__ X, const bf16* __restrict__ W, bf16* __restrict__ Yb,
+                      float* __restrict__ Yf, int M, int N, int K, int lda, int ldb, int ldc, int accumulate) {
+  gemm90::nt_tile<false>(X, W, Yb, Yf, M, N, K, lda, ldb, ldc, accumulate);
+}
+
+// G[I, I] += At·Atᵀ for At = Aᵀ [I, T] (row stride lda): the Gram matrix Aᵀ·A from the transposed
+// activations (transpose_bf16), K-major as wgmma wants both operands. Only block-upper tiles, as
+// gram_tn_bf16 (gram_symmetrize_f32 mirrors them). Grid (CEIL_DIV(I,128), CEIL_DIV(I,128)),
+// block 256, dynamic smem gemm90::SMEM_BYTES. Requires T % 8 == 0, lda % 8 == 0.
+extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
+    gram_nt_bf16_sm90(const bf16* __restrict__ At, float* __restrict__ G, int I, int T, int lda) {
+  gemm90::nt_tile<true>(At, At, nullptr, G, I, I, T, lda, lda, I, 1);
+}
+
+// out[c, r] = in[r, c] for in [rows, cols] (bf16, row strides = cols and rows). 32×32 tiles
+// through shared memory (padded: no bank conflicts). Grid (CEIL_DIV(cols,32), CEIL_DIV(rows,32)),
+// block (32, 8).
+extern "C" __global__ void transpose_bf16(const bf16* __restrict__ in, bf16* __restrict__ out, int rows, int cols) {
+  __shared__ unsigned short tile[32][33];
+  const int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+  for (int dy = threadIdx.y; dy < 32; dy += 8) {
+    const int r = r0 + dy, c = c0 + threadIdx.x;
+    if (r < rows && c < cols) tile[dy][threadIdx.x] = __bfloat16_as_ushort(in[(size_t)r * cols + c]);
+  }
+  __syncthreads();
+  for (int dy = threadIdx.y; dy < 32; dy += 8) {
+    const int c = c0 + dy, r = r0 + threadIdx.x;  // output row c, column r
+    if (c < cols && r < rows) out[(size_t)c * rows + r] = __ushort_as_bfloat16(tile[threadIdx.x][dy]);
+  }
 }
 
 // For every (r, c) whose 128-block row is below its 128-block column's diagonal

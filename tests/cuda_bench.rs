@@ -353,19 +353,31 @@ fn bench_kernels() {
         let sets = m.sets(bytes);
         let a = upload(&g, &rand_bf16(t_ * i, 3, 1.0), &[t_, i], sets);
         let mut gm = zeros::<f32>(&g, &[i, i], sets);
-        let t = time_op(&g, &m, sets, |s| {
-            ops::gram_accumulate(&g, &a[s], &mut gm[s]).unwrap()
-        });
-        r.add(
-            e,
-            "gram",
-            "gram_tn_bf16",
-            &t,
-            sets,
-            flop,
-            bytes,
-            "upper block triangle only; rate counts the full Gram",
-        );
+        // As for the GEMM: whittle's choice under the key, on Hopper also mma.sync beside it.
+        let sm90 = ops::sm90_gemm_enabled(&g) && t_ % 8 == 0;
+        let mut kernels = vec![(GemmKernel::Auto, e.clone())];
+        if sm90 {
+            let mut alt = e.clone();
+            alt["key"] = format!("{} mma.sync", e["key"].as_str().unwrap()).into();
+            kernels.push((GemmKernel::MmaSync, alt));
+        }
+        for (kernel, entry) in kernels {
+            let t = time_op(&g, &m, sets, |s| {
+                ops::gram_accumulate_with(&g, &a[s], &mut gm[s], kernel).unwrap()
+            });
+            let (name, note) = if sm90 && kernel == GemmKernel::Auto {
+                (
+                    "transpose_bf16 + gram_nt_bf16_sm90",
+                    "Aᵀ copied, then upper block triangle on wgmma; rate counts the full Gram",
+                )
+            } else {
+                (
+                    "gram_tn_bf16",
+                    "upper block triangle only; rate counts the full Gram",
+                )
+            };
+            r.add(&entry, "gram", name, &t, sets, flop, bytes, note);
+        }
     }
 
     for e in entries(&sh, "attention") {

@@ -192,39 +192,66 @@ fn gemm_rejects_bad_shapes() {
 #[ignore = "needs a GPU"]
 fn gram_matches_cpu() {
     let g = gpu();
-    for (i, &(t, n)) in [
-        (1, 8),
-        (45, 136),
-        (300, 200),
-        (77, 100),
-        (513, 384),
-        (64, 1000),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let a = rand_vals(t * n, 7 + i as u64, 1.0);
-        let ad = up_bf16(&g, &a, &[t, n]);
-        let mut gm = DTensor::<f32>::zeros(&g, &[n, n]).unwrap();
-        // twice: the kernel accumulates
-        ops::gram_accumulate(&g, &ad, &mut gm).unwrap();
-        ops::gram_accumulate(&g, &ad, &mut gm).unwrap();
-        ops::gram_symmetrize(&g, &mut gm).unwrap();
-        let mut want = vec![0f32; n * n];
-        for r in 0..n {
-            for c in 0..n {
-                let s: f64 = (0..t)
-                    .map(|k| a[k * n + r] as f64 * a[k * n + c] as f64)
-                    .sum();
-                want[r * n + c] = (2.0 * s) as f32;
+    // mma.sync everywhere; on compute capability 9.0 also the wgmma path over the transposed
+    // activations (T % 8 == 0 only), and a transpose check of its own.
+    let mut kernels = vec![GemmKernel::MmaSync];
+    if g.info.compute_capability == (9, 0) {
+        kernels.push(GemmKernel::Sm90);
+        for (r, c) in [(1, 1), (45, 136), (33, 70)] {
+            let x = rand_vals(r * c, 90 + r as u64, 1.0);
+            let mut out = poisoned_bf16(&g, &[c, r]);
+            ops::transpose(&g, &up_bf16(&g, &x, &[r, c]), &mut out).unwrap();
+            let got = down(&g, &out);
+            for i in 0..r {
+                for j in 0..c {
+                    assert_eq!(
+                        got[j * r + i],
+                        x[i * c + j],
+                        "transpose {r}x{c} at ({i}, {j})"
+                    );
+                }
             }
         }
-        check(
-            &format!("gram T={t} I={n}"),
-            &gm.to_host(&g).unwrap(),
-            &want,
-            1e-5,
-        );
+    }
+    for kernel in kernels {
+        for (i, &(t, n)) in [
+            (1, 8),
+            (45, 136),
+            (300, 200),
+            (77, 100),
+            (513, 384),
+            (64, 1000),
+            (48, 130),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if kernel == GemmKernel::Sm90 && t % 8 != 0 {
+                continue;
+            }
+            let a = rand_vals(t * n, 7 + i as u64, 1.0);
+            let ad = up_bf16(&g, &a, &[t, n]);
+            let mut gm = DTensor::<f32>::zeros(&g, &[n, n]).unwrap();
+            // twice: the kernel accumulates
+            ops::gram_accumulate_with(&g, &ad, &mut gm, kernel).unwrap();
+            ops::gram_accumulate_with(&g, &ad, &mut gm, kernel).unwrap();
+            ops::gram_symmetrize(&g, &mut gm).unwrap();
+            let mut want = vec![0f32; n * n];
+            for r in 0..n {
+                for c in 0..n {
+                    let s: f64 = (0..t)
+                        .map(|k| a[k * n + r] as f64 * a[k * n + c] as f64)
+                        .sum();
+                    want[r * n + c] = (2.0 * s) as f32;
+                }
+            }
+            check(
+                &format!("gram ({kernel:?}) T={t} I={n}"),
+                &gm.to_host(&g).unwrap(),
+                &want,
+                1e-5,
+            );
+        }
     }
 }
 

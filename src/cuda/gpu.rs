@@ -34,7 +34,7 @@ fn dynamic_smem(name: &str) -> Option<u32> {
         "gemm_nt_bf16" | "gemm_nt_bf16_unaligned" | "gram_tn_bf16" | "gram_tn_bf16_unaligned" => {
             Some(super::ops::GEMM_SMEM)
         }
-        "gemm_nt_bf16_sm90" => Some(super::ops::GEMM_SM90_SMEM),
+        "gemm_nt_bf16_sm90" | "gram_nt_bf16_sm90" => Some(super::ops::GEMM_SM90_SMEM),
         "attention_fwd_d256" => Some(super::ops::attention_smem(256)),
         "attention_fwd_d128" => Some(super::ops::attention_smem(128)),
         "attention_fwd_d64" => Some(super::ops::attention_smem(64)),

@@ -302,6 +302,19 @@ pub fn gemm_nt_with(
 /// `G += Aᵀ·A` for `a` [T, I] into `g` [I, I] (f32), updating only 128×128 blocks on or above
 /// the block diagonal; call `gram_symmetrize` once after the last accumulation.
 pub fn gram_accumulate(gpu: &Gpu, a: &DTensor<bf16>, g: &mut DTensor<f32>) -> CudaResult<()> {
+    gram_accumulate_with(gpu, a, g, GemmKernel::Auto)
+}
+
+/// `gram_accumulate` with the kernel chosen by the caller. `Sm90` (and `Auto` where the wgmma
+/// GEMM passed its self-check, with T % 8 == 0) transposes `a` into a scratch [I, T] buffer
+/// and runs `gram_nt_bf16_sm90` on it: both wgmma operands K-major, one extra pass over `a`
+/// (≈ 1/(2·I/8) of the Gram's work) for tensor cores that run the rest.
+pub fn gram_accumulate_with(
+    gpu: &Gpu,
+    a: &DTensor<bf16>,
+    g: &mut DTensor<f32>,
+    kernel: GemmKernel,
+) -> CudaResult<()> {
     const K_NAME: &str = "gram_tn_bf16";
     let _r = range("gram");
     let (t, i) = (a.rows(), a.cols());
@@ -314,6 +327,39 @@ pub fn gram_accumulate(gpu: &Gpu, a: &DTensor<bf16>, g: &mut DTensor<f32>) -> Cu
         return Err(CudaError::pre(K_NAME, format!("I = {i} is too wide")));
     }
     let (ti, ii) = (i32_of(K_NAME, "T", t)?, i32_of(K_NAME, "I", i)?);
+    let sm90 = match kernel {
+        GemmKernel::Auto => t % 8 == 0 && sm90_gemm_enabled(gpu),
+        GemmKernel::MmaSync => false,
+        GemmKernel::Sm90 => {
+            if gpu.info.compute_capability != (9, 0) || t % 8 != 0 {
+                return Err(CudaError::pre(
+                    "gram_nt_bf16_sm90",
+                    format!("needs compute capability 9.0 and T % 8 == 0 (T = {t})"),
+                ));
+            }
+            true
+        }
+    };
+    if sm90 {
+        let mut at = DTensor::<bf16>::zeros(gpu, &[i, t])?; // Aᵀ [I, T]
+        transpose(gpu, a, &mut at)?;
+        let args = [
+            KArg::Ptr(at.ptr(gpu)),
+            KArg::Ptr(g.ptr(gpu)),
+            KArg::I32(ii),
+            KArg::I32(ti),
+            KArg::I32(ti),
+        ];
+        // SAFETY: at holds I·T and g I·I elements; T % 8 == 0 keeps every 16-byte row chunk of
+        // at inside or outside the matrix (cp.async); the grid is the 128-tile square of G.
+        return unsafe {
+            gpu.launch(
+                "gram_nt_bf16_sm90",
+                cfg((gi, gi, 1), (256, 1, 1), GEMM_SM90_SMEM),
+                &args,
+            )
+        };
+    }
     let name = if i % 8 == 0 {
         K_NAME
     } else {
@@ -328,6 +374,32 @@ pub fn gram_accumulate(gpu: &Gpu, a: &DTensor<bf16>, g: &mut DTensor<f32>) -> Cu
     ];
     // SAFETY: a holds T·I and g I·I elements (checked); the kernel stays within them.
     unsafe { gpu.launch(name, cfg((gi, gi, 1), (256, 1, 1), GEMM_SMEM), &args) }
+}
+
+/// `out = inᵀ` for bf16 `input` [rows, cols] into `out` [cols, rows].
+pub fn transpose(gpu: &Gpu, input: &DTensor<bf16>, out: &mut DTensor<bf16>) -> CudaResult<()> {
+    const K_NAME: &str = "transpose_bf16";
+    let (rows, cols) = (input.rows(), input.cols());
+    expect_shape(K_NAME, "out", out, cols, rows)?;
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let grid = (cols.div_ceil(32), rows.div_ceil(32), 1);
+    if grid.1 > MAX_GRID_YZ {
+        return Err(CudaError::pre(
+            K_NAME,
+            format!("{rows} rows exceed the grid"),
+        ));
+    }
+    let args = [
+        KArg::Ptr(input.ptr(gpu)),
+        KArg::Ptr(out.ptr(gpu)),
+        KArg::I32(i32_of(K_NAME, "rows", rows)?),
+        KArg::I32(i32_of(K_NAME, "cols", cols)?),
+    ];
+    // SAFETY: input holds rows·cols and out cols·rows elements (checked); the kernel
+    // bounds-checks both indices.
+    unsafe { gpu.launch(K_NAME, cfg(grid, (32, 8, 1), 0), &args) }
 }
 
 /// Copies the computed upper block triangle of a Gram matrix onto the lower one.
