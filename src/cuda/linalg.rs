@@ -292,14 +292,7 @@ pub fn obs_select(
     hidden: usize,
     k: usize,
 ) -> CudaResult<Result<Vec<usize>, usize>> {
-    let _r = range("obs_select_f64");
-    if k > n || h.len() != n * n || wt.len() != n * hidden {
-        return Err(CudaError::Other(format!(
-            "obs_select: k = {k}, n = {n}, hidden = {hidden}, h has {} and wt {} elements",
-            h.len(),
-            wt.len()
-        )));
-    }
+    // from_host checks h against [n, n]; obs_select_device checks the rest.
     let hinv = DTensor::from_host(gpu, h, &[n, n])?;
     obs_select_device(gpu, hinv, wt, hidden, k)
 }
@@ -313,6 +306,7 @@ pub fn obs_select_device(
     hidden: usize,
     k: usize,
 ) -> CudaResult<Result<Vec<usize>, usize>> {
+    let _r = range("obs_select_f64");
     let n = hinv.rows();
     if k > n || hinv.cols() != n || wt.len() != n * hidden {
         return Err(CudaError::Other(format!(
@@ -466,7 +460,6 @@ pub fn repair_product(
     n: usize,
     k: usize,
 ) -> CudaResult<Result<Vec<f64>, usize>> {
-    let _r = range("repair_f64");
     let minv = DTensor::from_host(gpu, m, &[k, k])?;
     let ckd = DTensor::from_host(gpu, ck, &[n, k])?;
     repair_product_device(gpu, minv, &ckd, wd, hidden)
@@ -481,6 +474,7 @@ pub fn repair_product_device(
     wd: &[f64],
     hidden: usize,
 ) -> CudaResult<Result<Vec<f64>, usize>> {
+    let _r = range("repair_f64");
     let (n, k) = (ckd.rows(), ckd.cols());
     if minv.rows() != k || minv.cols() != k || wd.len() != hidden * n {
         return Err(CudaError::Other(format!(
