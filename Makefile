@@ -61,6 +61,9 @@ test-emu: nvcc
 	EMU_ASAN=1 bash scripts/build-emu.sh
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
 	  $(CARGO) test --release $(EMU_TESTS) -- --ignored
+	# The model on a pre-Hopper GPU (sm_80: mma.sync GEMM and Gram everywhere, no wgmma).
+	WHITTLE_EMU_SM=80 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	  $(CARGO) test --release --test cuda_model -- --ignored
 	# The --device CLI tests with a (emulated) GPU present: auto picks it, reports name it.
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
 	  $(CARGO) test --release --test device
