@@ -41,6 +41,18 @@ fn shapes() -> Value {
     serde_json::from_str(SHAPES).expect("scripts/device/bench_shapes.json is valid JSON")
 }
 
+/// The kernels to time for a GEMM-shaped entry: whittle's choice under the entry's key and, when
+/// that is the wgmma kernel, the mma.sync one under "<key> mma.sync" (no torch row; perf.json).
+fn kernel_variants(e: &Value, sm90: bool) -> Vec<(GemmKernel, Value)> {
+    let mut v = vec![(GemmKernel::Auto, e.clone())];
+    if sm90 {
+        let mut alt = e.clone();
+        alt["key"] = format!("{} mma.sync", s(e, "key")).into();
+        v.push((GemmKernel::MmaSync, alt));
+    }
+    v
+}
+
 fn entries<'a>(s: &'a Value, op: &str) -> &'a [Value] {
     s[op]
         .as_array()
@@ -315,13 +327,7 @@ fn bench_kernels() {
         // What whittle runs (wgmma on Hopper once its self-check passed), and on Hopper also the
         // mma.sync kernel under the key + " mma.sync" (no torch peer row; in perf.json).
         let sm90 = ops::sm90_gemm_enabled(&g);
-        let mut kernels = vec![(GemmKernel::Auto, e.clone())];
-        if sm90 {
-            let mut alt = e.clone();
-            alt["key"] = format!("{} mma.sync", e["key"].as_str().unwrap()).into();
-            kernels.push((GemmKernel::MmaSync, alt));
-        }
-        for (kernel, entry) in kernels {
+        for (kernel, entry) in kernel_variants(e, sm90) {
             let t = time_op(&g, &m, sets, |i| {
                 ops::gemm_nt_with(&g, &xs[i], &ws[i], Some(&mut ys[i]), None, false, kernel)
                     .unwrap()
@@ -355,13 +361,7 @@ fn bench_kernels() {
         let mut gm = zeros::<f32>(&g, &[i, i], sets);
         // As for the GEMM: whittle's choice under the key, on Hopper also mma.sync beside it.
         let sm90 = ops::sm90_gemm_enabled(&g) && t_ % 8 == 0;
-        let mut kernels = vec![(GemmKernel::Auto, e.clone())];
-        if sm90 {
-            let mut alt = e.clone();
-            alt["key"] = format!("{} mma.sync", e["key"].as_str().unwrap()).into();
-            kernels.push((GemmKernel::MmaSync, alt));
-        }
-        for (kernel, entry) in kernels {
+        for (kernel, entry) in kernel_variants(e, sm90) {
             let t = time_op(&g, &m, sets, |s| {
                 ops::gram_accumulate_with(&g, &a[s], &mut gm[s], kernel).unwrap()
             });

@@ -148,6 +148,34 @@ pub fn sm90_gemm_enabled(gpu: &Gpu) -> bool {
     })
 }
 
+/// Whether a GEMM-shaped launch takes the wgmma kernel `name`: `Auto` when the reduction length
+/// `len` (named `what`) is a multiple of 8 and the self-check passed; `Sm90` insists (an error
+/// off compute capability 9.0 or for a ragged `len`).
+fn takes_sm90(
+    gpu: &Gpu,
+    kernel: GemmKernel,
+    name: &'static str,
+    what: &str,
+    len: usize,
+) -> CudaResult<bool> {
+    match kernel {
+        GemmKernel::Auto => Ok(len % 8 == 0 && sm90_gemm_enabled(gpu)),
+        GemmKernel::MmaSync => Ok(false),
+        GemmKernel::Sm90 => {
+            if gpu.info.compute_capability != (9, 0) || len % 8 != 0 {
+                return Err(CudaError::pre(
+                    name,
+                    format!(
+                        "needs compute capability 9.0 and {what} % 8 == 0 (have sm_{}{}, {what} = {len})",
+                        gpu.info.compute_capability.0, gpu.info.compute_capability.1
+                    ),
+                ));
+            }
+            Ok(true)
+        }
+    }
+}
+
 /// Runs both kernels on a 200 × 320 × 200 problem (ragged in M, N and K, several k-tiles);
 /// `Some(reason)` when they differ by more than f32 summation order allows.
 fn sm90_self_check(gpu: &Gpu) -> CudaResult<Option<String>> {
@@ -255,22 +283,7 @@ pub fn gemm_nt_with(
         i32_of(K_NAME, "K", k)?,
     );
     // Whole allocations are 256-byte aligned, so rows are 16-byte aligned exactly when K % 8 == 0.
-    let sm90 = match kernel {
-        GemmKernel::Auto => k % 8 == 0 && sm90_gemm_enabled(gpu),
-        GemmKernel::MmaSync => false,
-        GemmKernel::Sm90 => {
-            if gpu.info.compute_capability != (9, 0) || k % 8 != 0 {
-                return Err(CudaError::pre(
-                    "gemm_nt_bf16_sm90",
-                    format!(
-                        "needs compute capability 9.0 and K % 8 == 0 (have sm_{}{}, K = {k})",
-                        gpu.info.compute_capability.0, gpu.info.compute_capability.1
-                    ),
-                ));
-            }
-            true
-        }
-    };
+    let sm90 = takes_sm90(gpu, kernel, "gemm_nt_bf16_sm90", "K", k)?;
     let (name, smem) = if sm90 {
         ("gemm_nt_bf16_sm90", GEMM_SM90_SMEM)
     } else if k % 8 == 0 {
@@ -327,19 +340,7 @@ pub fn gram_accumulate_with(
         return Err(CudaError::pre(K_NAME, format!("I = {i} is too wide")));
     }
     let (ti, ii) = (i32_of(K_NAME, "T", t)?, i32_of(K_NAME, "I", i)?);
-    let sm90 = match kernel {
-        GemmKernel::Auto => t % 8 == 0 && sm90_gemm_enabled(gpu),
-        GemmKernel::MmaSync => false,
-        GemmKernel::Sm90 => {
-            if gpu.info.compute_capability != (9, 0) || t % 8 != 0 {
-                return Err(CudaError::pre(
-                    "gram_nt_bf16_sm90",
-                    format!("needs compute capability 9.0 and T % 8 == 0 (T = {t})"),
-                ));
-            }
-            true
-        }
-    };
+    let sm90 = takes_sm90(gpu, kernel, "gram_nt_bf16_sm90", "T", t)?;
     if sm90 {
         let mut at = DTensor::<bf16>::zeros(gpu, &[i, t])?; // Aᵀ [I, T]
         transpose(gpu, a, &mut at)?;
