@@ -29,6 +29,7 @@ test: nvcc python-torch
 	$(PY) scripts/conformance.py target/tmp/conformance
 	bash scripts/real-model-check.sh
 	$(MAKE) test-emu
+	bash scripts/emu-parity.sh $(PY)
 
 lint: nvcc
 	$(CARGO) fmt --all -- --check
