@@ -5,27 +5,15 @@
 
 use super::error::{CudaError, CudaResult};
 use super::gpu::{DTensor, Gpu, KArg};
+use super::ops::{cfg, i32_of};
 use super::prof::range;
 use crate::calib::DeviceGram;
-use cudarc::driver::LaunchConfig;
 use std::marker::PhantomData;
 
 /// Block width of the inverse (kernels/linalg.cu `la::SWEEP`).
 const SWEEP: usize = 64;
 /// Pending rank-1 OBS updates before a fold (`la::MAX_PENDING`, src/prune.rs `OBS_BLOCK`).
 const PENDING: usize = 32;
-
-fn cfg(grid: (usize, usize, usize), block: (u32, u32, u32)) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
-        block_dim: block,
-        shared_mem_bytes: 0,
-    }
-}
-
-fn i32_of(kernel: &'static str, what: &str, v: usize) -> CudaResult<i32> {
-    i32::try_from(v).map_err(|_| CudaError::pre(kernel, format!("{what} = {v} exceeds 2^31 - 1")))
-}
 
 /// A [rows, cols] window of a row-major f64 device matrix (leading dimension `ld`), checked to
 /// lie inside its tensor when made.
@@ -160,7 +148,13 @@ pub fn dgemm(gpu: &Gpu, a: View, b: View, c: ViewMut, alpha: f64, beta: f64) -> 
     ];
     // SAFETY: the three views lie inside their tensors (checked when made) and the output view
     // borrows its tensor mutably, so it overlaps neither input; the kernel bounds-checks M, N, K.
-    unsafe { gpu.launch(K_NAME, cfg((n.div_ceil(64), grid_y, 1), (256, 1, 1)), &args) }
+    unsafe {
+        gpu.launch(
+            K_NAME,
+            cfg((n.div_ceil(64), grid_y, 1), (256, 1, 1), 0),
+            &args,
+        )
+    }
 }
 
 /// `dst = scale·src` over equal-shaped windows.
@@ -192,7 +186,7 @@ pub fn copy_scaled(gpu: &Gpu, src: View, dst: ViewMut, scale: f64) -> CudaResult
     unsafe {
         gpu.launch(
             K_NAME,
-            cfg((d.cols.div_ceil(32), d.rows.div_ceil(8), 1), (32, 8, 1)),
+            cfg((d.cols.div_ceil(32), d.rows.div_ceil(8), 1), (32, 8, 1), 0),
             &args,
         )
     }
@@ -232,7 +226,7 @@ pub fn spd_inverse(gpu: &Gpu, a: &mut DTensor<f64>) -> CudaResult<Result<(), usi
                 KArg::Ptr(fail.ptr(gpu)),
             ];
             // SAFETY: the block view is inside `a`, pinv holds nb² elements, fail one i32; one CTA.
-            unsafe { gpu.launch("sweep_block_f64", cfg((1, 1, 1), (256, 1, 1)), &args)? };
+            unsafe { gpu.launch("sweep_block_f64", cfg((1, 1, 1), (256, 1, 1), 0), &args)? };
         }
         copy_scaled(
             gpu,
@@ -330,7 +324,7 @@ pub fn obs_select_device(
     let removed = DTensor::<i32>::zeros(gpu, &[steps.max(1)])?;
     let mut at = DTensor::<f64>::zeros(gpu, &[n, PENDING])?; // [n, nb]
     let (ni, hi) = (i32_of("obs", "n", n)?, i32_of("obs", "hidden", hidden)?);
-    let warps = |rows: usize| cfg((rows.div_ceil(8), 1, 1), (32, 8, 1));
+    let warps = |rows: usize| cfg((rows.div_ceil(8), 1, 1), (32, 8, 1), 0);
     let exact =
         |hinv: &DTensor<f64>, wtd: &DTensor<f64>, diag: &DTensor<f64>, norm: &DTensor<f64>| {
             let args = [
@@ -354,7 +348,7 @@ pub fn obs_select_device(
         unsafe {
             gpu.launch(
                 "obs_pick_f64",
-                cfg((1, 1, 1), (1024, 1, 1)),
+                cfg((1, 1, 1), (1024, 1, 1), 0),
                 &[
                     KArg::Ptr(norm.ptr(gpu)),
                     KArg::Ptr(diag.ptr(gpu)),
@@ -366,7 +360,7 @@ pub fn obs_select_device(
             )?;
             gpu.launch(
                 "obs_column_f64",
-                cfg(((n + hidden).div_ceil(256), 1, 1), (256, 1, 1)),
+                cfg(((n + hidden).div_ceil(256), 1, 1), (256, 1, 1), 0),
                 &[
                     KArg::Ptr(hinv.ptr(gpu)),
                     KArg::Ptr(wtd.ptr(gpu)),
@@ -382,7 +376,7 @@ pub fn obs_select_device(
             )?;
             gpu.launch(
                 "obs_pend_f64",
-                cfg((1, 1, 1), (256, 1, 1)),
+                cfg((1, 1, 1), (256, 1, 1), 0),
                 &[
                     KArg::Ptr(vs.ptr(gpu)),
                     KArg::Ptr(ds.ptr(gpu)),
@@ -415,7 +409,7 @@ pub fn obs_select_device(
             unsafe {
                 gpu.launch(
                     "obs_fold_prep_f64",
-                    cfg((n.div_ceil(256), 1, 1), (256, 1, 1)),
+                    cfg((n.div_ceil(256), 1, 1), (256, 1, 1), 0),
                     &[
                         KArg::Ptr(us.ptr(gpu)),
                         KArg::Ptr(ds.ptr(gpu)),
@@ -536,7 +530,7 @@ pub fn gram_diag(gpu: &Gpu, g: &DTensor<f32>) -> CudaResult<Vec<f64>> {
         unsafe {
             gpu.launch(
                 "gram_diag_f64",
-                cfg((n.div_ceil(256), 1, 1), (256, 1, 1)),
+                cfg((n.div_ceil(256), 1, 1), (256, 1, 1), 0),
                 &args,
             )?
         };
@@ -596,7 +590,7 @@ pub fn gram_gather(
         unsafe {
             gpu.launch(
                 K_NAME,
-                cfg((c.div_ceil(32), r.div_ceil(8), 1), (32, 8, 1)),
+                cfg((c.div_ceil(32), r.div_ceil(8), 1), (32, 8, 1), 0),
                 &args,
             )?
         };

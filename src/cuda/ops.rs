@@ -24,7 +24,7 @@ pub const fn attention_smem(d: usize) -> u32 {
     ((64 + 2 * 64) * d * 2) as u32
 }
 
-fn i32_of(kernel: &'static str, what: &str, v: usize) -> CudaResult<i32> {
+pub(super) fn i32_of(kernel: &'static str, what: &str, v: usize) -> CudaResult<i32> {
     i32::try_from(v).map_err(|_| CudaError::pre(kernel, format!("{what} = {v} exceeds 2^31 - 1")))
 }
 
@@ -97,7 +97,7 @@ fn opt_ptr_shape<T>(
     }
 }
 
-fn cfg(grid: (usize, usize, usize), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
+pub(super) fn cfg(grid: (usize, usize, usize), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
         block_dim: block,
