@@ -5,6 +5,7 @@
 //   gram_symmetrize_f32: copies the computed upper block triangle of G onto the lower one
 //   gemm_nt_bf16_sm90:   gemm_nt_bf16 on Hopper's wgmma (sm_90a; design note at the kernel)
 //   gram_nt_bf16_sm90:   the Gram matrix on the same wgmma tiles, from transposed activations
+//   gemm_nt_bf16_sm90_tma: the same on wgmma fed by TMA copies, warp-specialized and persistent
 //   transpose_bf16:      [rows, cols] -> [cols, rows] (for gram_nt_bf16_sm90)
 //
 // Design (sm_80 recipe; runs unchanged on sm_86/89/90):
@@ -390,6 +391,7 @@ __device__ __forceinline__ void nt_tile(const bf16* __restrict__ X, const bf16* 
       wgmma_m64n128k16(acc, wgmma_desc_sw128(a + ks * 32), wgmma_desc_sw128(b + ks * 32), 1);
     wgmma_commit();
     wgmma_wait<0>();
+    wgmma_fence_acc(acc);
   }
   cp_async_wait<0>();
 
@@ -420,6 +422,116 @@ extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
 extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
     gram_nt_bf16_sm90(const bf16* __restrict__ At, float* __restrict__ G, int I, int T, int lda) {
   gemm90::nt_tile<true>(At, At, nullptr, G, I, I, T, lda, lda, I, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemm_nt_bf16_sm90_tma: Y = X·Wᵀ on Hopper with the copy engine feeding the tensor cores.
+//
+// - Warp-specialized, 384 threads = 3 warpgroups. Warpgroup 0 is the producer: one thread issues
+//   the TMA box copies (X 128 × 64 and W 256 × 64 per k-tile, 128-byte swizzle done by the copy
+//   engine, ragged edges zero-filled by it) and hands its registers to the consumers
+//   (setmaxnreg). Warpgroups 1 and 2 are consumers: each owns 64 rows × 256 columns of the
+//   128 × 256 CTA tile, wgmma m64n256k16 straight from shared memory, 128 f32 accumulators per
+//   thread.
+// - 4 stages of 48 KB (X + W tiles, 1024-byte aligned swizzle atoms), each with two mbarriers:
+//   `full` (1 arrival: the producer's arrive.expect_tx, plus 48 KB of copy transactions) and
+//   `empty` (8 arrivals: lane 0 of each consumer warp once the MMAs that read the stage are
+//   done). Consumers keep one k-tile of MMAs in flight (wgmma.wait_group 1) and release the
+//   stage before it, so the copy engine, the tensor cores and the barrier waits overlap.
+// - Persistent: gridDim.x = min(tiles, SMs) CTAs walk the tiles (M tiles fastest, so concurrent
+//   CTAs share W tiles in L2); the stage ring and its phases run on across tiles, so the producer
+//   loads the next tile's first k-tiles while the consumers store the previous one.
+// - Epilogue straight from registers (store_pair: bf16 and/or f32, accumulate, bounds).
+// - Preconditions (host): compute capability 9.0, K % 8 == 0 and 16-byte aligned bases (TMA
+//   strides are multiples of 16 bytes). The host checks it once against gemm_nt_bf16 before use.
+namespace gemm90t {
+constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, THREADS = 384;
+constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;  // 16 KB, 32 KB
+constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+constexpr int EMPTY_ARRIVALS = 8;  // 2 consumer warpgroups × 4 warps
+// Tiles, alignment slack for the 1024-byte atoms, then 2 × STAGES mbarriers of 8 bytes.
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+}  // namespace gemm90t
+
+// Grid (min(tiles, SMs)), block 384, dynamic smem gemm90t::SMEM_BYTES. tx: X [M, K] as a 2-D map
+// (dims {K, M}, box {64, 128}); tw: W [N, K] (dims {K, N}, box {64, 256}); both bf16, 128B swizzle.
+extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
+    gemm_nt_bf16_sm90_tma(const __grid_constant__ TmaMap tx, const __grid_constant__ TmaMap tw,
+                          bf16* __restrict__ Yb, float* __restrict__ Yf, int M, int N, int K, int ldc,
+                          int accumulate) {
+#if defined(WHITTLE_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace gemm90t;
+  DYNAMIC_SMEM(smem_raw);
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t full0 = base + STAGES * STAGE_BYTES, empty0 = full0 + STAGES * 8;
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const int gm = CEIL_DIV(M, BM), tiles = gm * CEIL_DIV(N, BN), ktiles = CEIL_DIV(K, BK);
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, EMPTY_ARRIVALS);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<40>();
+    if (tid == 0) {
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const int m0 = (tile % gm) * BM, n0 = (tile / gm) * BN;
+        for (int kt = 0; kt < ktiles; ++kt) {
+          mbar_wait(empty0 + 8 * stage, phase ^ 1);  // first pass: a fresh barrier, returns at once
+          const uint32_t full = full0 + 8 * stage, a = base + stage * STAGE_BYTES;
+          mbar_arrive_expect_tx(full, STAGE_BYTES);
+          tma_load_2d(a, &tx, kt * BK, m0, full);
+          tma_load_2d(a + A_BYTES, &tw, kt * BK, n0, full);
+          if (++stage == STAGES) stage = 0, phase ^= 1;
+        }
+      }
+    }
+  } else {  // consumers
+    setmaxnreg_inc<232>();
+    const int c = wg - 1, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+    int stage = 0;
+    uint32_t phase = 0;
+    float acc[128];
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      const int m0 = (tile % gm) * BM, n0 = (tile / gm) * BN;
+#pragma unroll
+      for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+      wgmma_fence_acc(acc);
+      int held = -1;  // the stage whose MMAs may still be reading it
+      for (int kt = 0; kt < ktiles; ++kt) {
+        mbar_wait(full0 + 8 * stage, phase);
+        // This consumer's 64 rows of the X tile: 64 rows × 128 B further in (1024-aligned).
+        const uint32_t a = base + stage * STAGE_BYTES + (uint32_t)(c * 64 * 128), b = base + stage * STAGE_BYTES + A_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks)
+          wgmma_m64n256k16(acc, wgmma_desc_sw128(a + ks * 32), wgmma_desc_sw128(b + ks * 32), 1);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous k-tile's MMAs are done: its stage can be refilled
+        if (held >= 0 && lane == 0) mbar_arrive(empty0 + 8 * held);
+        held = stage;
+        if (++stage == STAGES) stage = 0, phase ^= 1;
+      }
+      wgmma_wait<0>();
+      wgmma_fence_acc(acc);
+      if (held >= 0 && lane == 0) mbar_arrive(empty0 + 8 * held);
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          gemm::store_pair(Yb, Yf, ldc, accumulate, m0 + c * 64 + w * 16 + g + 8 * h, n0 + 8 * j + 2 * t, M, N,
+                           acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+    }
+  }
+#else
+  __trap();
+#endif
 }
 
 // out[c, r] = in[r, c] for in [rows, cols] (bf16, row strides = cols and rows). 32×32 tiles

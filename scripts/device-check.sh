@@ -14,6 +14,8 @@
 # The GPU run, in order (each step's status and time go into the summary; a failing step does not
 # stop the later ones). Estimated seconds on an H100 in brackets (the whole run: about 7.5 minutes,
 # under 8.5, the compile_2b cap included):
+#   0. probe_tma [5]  the TMA + mbarrier GEMM alone under a 90 s cap (a hang or trap there must not
+#                take the later steps with it: on failure they run with WHITTLE_GEMM=wgmma)
 #   1. kernels   [45] cuda_kernels --ignored: every kernel against the CPU reference ops
 #   1b. linalg   [5]  cuda_linalg --ignored: the f64 GEMM, SPD inverse, OBS selection and repair
 #                of compile's device solver against the host
@@ -216,6 +218,16 @@ run() {
     STEPS+=("$name|$([[ $rc == 0 ]] && echo ok || echo "FAIL($rc)")|$secs|$note")
   }
 
+  # The TMA GEMM waits on mbarriers: a protocol bug would hang or trap (a trap poisons the whole
+  # process's context). Probe it alone first, under a timeout; when it fails, every later step
+  # runs with WHITTLE_GEMM=wgmma (the cp.async wgmma kernel, still self-checked) so the rest of
+  # the device time still measures something.
+  step probe_tma "TMA GEMM alone, 90 s cap" timeout --kill-after=5 90 "$CARRY/cuda_kernels" --ignored \
+    --exact gemm_tma_walks_tiles_across_ctas --nocapture
+  if [[ "${STEPS[-1]}" != *"|ok|"* ]]; then
+    export WHITTLE_GEMM=wgmma
+    echo "device-check: the TMA GEMM probe failed; WHITTLE_GEMM=wgmma for the remaining steps" | tee -a "$LOG"
+  fi
   step kernels "all kernels vs CPU ops" "$CARRY/cuda_kernels" --ignored --test-threads=4
   step linalg "f64 GEMM, SPD inverse, OBS, repair vs host" "$CARRY/cuda_linalg" --ignored --test-threads=1
   step model "GPU vs CPU forward" "$CARRY/cuda_model" --ignored --nocapture --test-threads=1

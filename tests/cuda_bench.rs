@@ -41,14 +41,14 @@ fn shapes() -> Value {
     serde_json::from_str(SHAPES).expect("scripts/device/bench_shapes.json is valid JSON")
 }
 
-/// The kernels to time for a GEMM-shaped entry: whittle's choice under the entry's key and, when
-/// that is the wgmma kernel, the mma.sync one under "<key> mma.sync" (no torch row; perf.json).
-fn kernel_variants(e: &Value, sm90: bool) -> Vec<(GemmKernel, Value)> {
+/// The kernels to time for a GEMM-shaped entry: whittle's choice under the entry's key and, on
+/// Hopper, each other kernel under "<key> <kernel>" (no torch row; perf.json keeps them).
+fn kernel_variants(e: &Value, others: &[(GemmKernel, &str)]) -> Vec<(GemmKernel, Value)> {
     let mut v = vec![(GemmKernel::Auto, e.clone())];
-    if sm90 {
+    for &(kernel, label) in others {
         let mut alt = e.clone();
-        alt["key"] = format!("{} mma.sync", s(e, "key")).into();
-        v.push((GemmKernel::MmaSync, alt));
+        alt["key"] = format!("{} {label}", s(e, "key")).into();
+        v.push((kernel, alt));
     }
     v
 }
@@ -324,19 +324,32 @@ fn bench_kernels() {
         let ws = upload(&g, &rand_bf16(n * k, 2, 0.05), &[n, k], sets);
         let mut ys = zeros::<bf16>(&g, &[mm, n], sets);
         let flop = 2.0 * (mm * n * k) as f64;
-        // What whittle runs (wgmma on Hopper once its self-check passed), and on Hopper also the
-        // mma.sync kernel under the key + " mma.sync" (no torch peer row; in perf.json).
-        let sm90 = ops::sm90_gemm_enabled(&g);
-        for (kernel, entry) in kernel_variants(e, sm90) {
+        // What whittle runs (on Hopper the TMA wgmma kernel once its self-check passed), and on
+        // Hopper also every other kernel that passed, under the key + " <kernel>" (no torch peer
+        // row; in perf.json).
+        let chosen = ops::auto_gemm_kernel(&g, k);
+        let others: Vec<(GemmKernel, &str)> = [
+            (GemmKernel::Sm90, "wgmma cp.async"),
+            (GemmKernel::MmaSync, "mma.sync"),
+        ]
+        .into_iter()
+        .filter(|&(kk, _)| {
+            kk != chosen
+                && g.info.compute_capability == (9, 0)
+                && (kk == GemmKernel::MmaSync || ops::sm90_kernel_enabled(&g, kk))
+        })
+        .collect();
+        for (kernel, entry) in kernel_variants(e, &others) {
             let t = time_op(&g, &m, sets, |i| {
                 ops::gemm_nt_with(&g, &xs[i], &ws[i], Some(&mut ys[i]), None, false, kernel)
                     .unwrap()
             });
-            let name = if sm90 && kernel == GemmKernel::Auto {
-                "gemm_nt_bf16_sm90"
+            let run = if kernel == GemmKernel::Auto {
+                chosen
             } else {
-                "gemm_nt_bf16"
+                kernel
             };
+            let name = ops::gemm_kernel_name(run, k);
             r.add(
                 &entry,
                 "gemm",
@@ -361,7 +374,12 @@ fn bench_kernels() {
         let mut gm = zeros::<f32>(&g, &[i, i], sets);
         // As for the GEMM: whittle's choice under the key, on Hopper also mma.sync beside it.
         let sm90 = ops::sm90_gemm_enabled(&g) && t_ % 8 == 0;
-        for (kernel, entry) in kernel_variants(e, sm90) {
+        let others: &[(GemmKernel, &str)] = if sm90 {
+            &[(GemmKernel::MmaSync, "mma.sync")]
+        } else {
+            &[]
+        };
+        for (kernel, entry) in kernel_variants(e, others) {
             let t = time_op(&g, &m, sets, |s| {
                 ops::gram_accumulate_with(&g, &a[s], &mut gm[s], kernel).unwrap()
             });

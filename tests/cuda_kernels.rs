@@ -129,19 +129,21 @@ fn gemm_matches_cpu_linear() {
         (257, 640, 2048),
         (96, 2304, 9216 / 8),
     ];
-    // Every kernel this GPU has: mma.sync everywhere, wgmma on compute capability 9.0 (where
-    // `Auto` must also have passed its self-check and chosen it).
+    // Every kernel this GPU has: mma.sync everywhere, both wgmma kernels on compute capability
+    // 9.0 (where `Auto` must also have passed their self-checks and chosen them).
     let mut kernels = vec![GemmKernel::MmaSync];
     if g.info.compute_capability == (9, 0) {
-        assert!(
-            ops::sm90_gemm_enabled(&g),
-            "the wgmma GEMM failed its self-check against mma.sync (see stderr)"
-        );
-        kernels.push(GemmKernel::Sm90);
+        for kernel in [GemmKernel::Sm90, GemmKernel::Sm90Tma] {
+            assert!(
+                ops::sm90_kernel_enabled(&g, kernel),
+                "the {kernel:?} GEMM failed its self-check against mma.sync (see stderr)"
+            );
+            kernels.push(kernel);
+        }
     }
     for kernel in kernels {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
-            if kernel == GemmKernel::Sm90 && k % 8 != 0 {
+            if kernel != GemmKernel::MmaSync && k % 8 != 0 {
                 continue; // the gathering variant serves that K on every GPU
             }
             let x = rand_vals(m * k, 10 + i as u64, 1.0);
@@ -163,6 +165,44 @@ fn gemm_matches_cpu_linear() {
             let want_c: Vec<f32> = want.iter().zip(&c).map(|(a, b)| a + b).collect();
             check(&what("accumulate"), &yc.to_host(&g).unwrap(), &want_c, 1e-5);
         }
+    }
+}
+
+/// The TMA kernel is persistent: with fewer CTAs than tiles each CTA walks several tiles and
+/// its 4-stage ring wraps across them (phases flip mid-tile when k-tiles % 4 != 0). Real GEMMs
+/// get there only past 132 tiles, so this forces it with 1, 2 and 3 CTAs.
+#[test]
+#[ignore = "needs a GPU"]
+fn gemm_tma_walks_tiles_across_ctas() {
+    let g = gpu();
+    if g.info.compute_capability != (9, 0) {
+        eprintln!("skipped: the TMA GEMM needs compute capability 9.0");
+        return;
+    }
+    for (i, &(m, n, k, ctas)) in [
+        (300, 600, 136, 1),
+        (129, 513, 200, 3),
+        (257, 300, 72, 2),
+        (64, 40, 8, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = rand_vals(m * k, 40 + i as u64, 1.0);
+        let w = rand_vals(n * k, 400 + i as u64, 0.5);
+        let want = cpu::linear(&x, &w, m, k, n);
+        let (xd, wd) = (up_bf16(&g, &x, &[m, k]), up_bf16(&g, &w, &[n, k]));
+        let mut yb = poisoned_bf16(&g, &[m, n]);
+        let mut yf = poisoned_f32(&g, &[m, n]);
+        ops::gemm_nt_tma_ctas(&g, &xd, &wd, Some(&mut yb), Some(&mut yf), false, ctas).unwrap();
+        let what = format!("gemm (TMA, {ctas} CTAs) {m}x{n}x{k}");
+        check(&format!("{what} bf16 out"), &down(&g, &yb), &want, BF16_TOL);
+        check(
+            &format!("{what} f32 out"),
+            &yf.to_host(&g).unwrap(),
+            &want,
+            1e-5,
+        );
     }
 }
 

@@ -35,6 +35,7 @@ fn dynamic_smem(name: &str) -> Option<u32> {
             Some(super::ops::GEMM_SMEM)
         }
         "gemm_nt_bf16_sm90" | "gram_nt_bf16_sm90" => Some(super::ops::GEMM_SM90_SMEM),
+        "gemm_nt_bf16_sm90_tma" => Some(super::ops::GEMM_SM90_TMA_SMEM),
         "attention_fwd_d256" => Some(super::ops::attention_smem(256)),
         "attention_fwd_d128" => Some(super::ops::attention_smem(128)),
         "attention_fwd_d64" => Some(super::ops::attention_smem(64)),
@@ -53,6 +54,8 @@ pub struct Gpu {
     /// Whether `gemm_nt` uses the sm_90a wgmma kernel: decided once, on first use
     /// (`ops::gemm_kernel`).
     pub(crate) sm90_gemm: OnceLock<bool>,
+    /// Whether `gemm_nt` uses the TMA-fed wgmma kernel (same rule, its own self-check).
+    pub(crate) sm90_tma: OnceLock<bool>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -86,6 +89,7 @@ impl Gpu {
             funcs: Mutex::new(HashMap::new()),
             sync: AtomicBool::new(sync),
             sm90_gemm: OnceLock::new(),
+            sm90_tma: OnceLock::new(),
         })
     }
 
@@ -161,6 +165,7 @@ impl Gpu {
                 KArg::I32(v) => b.arg(v),
                 KArg::F32(v) => b.arg(v),
                 KArg::F64(v) => b.arg(v),
+                KArg::Tma(v) => b.arg(v),
             };
         }
         // SAFETY: forwarded from this function's contract.
@@ -201,6 +206,8 @@ pub(crate) enum KArg {
     U64(u64),
     F32(f32),
     F64(f64),
+    /// A TMA tensor map, by value (`const __grid_constant__ TmaMap`).
+    Tma(super::tma::TmaDesc),
 }
 
 /// A device buffer with a logical row-major shape. The allocation may be larger than the shape

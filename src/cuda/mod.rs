@@ -15,6 +15,7 @@
 //! - `backend` — `CudaBackend`, the calibration `calib::Backend` (`whittle compile --device cuda`)
 //! - `error`  — `CudaError` (maps into `crate::Error::Other`)
 //! - `prof`   — NVTX ranges (feature `nvtx`)
+//! - `tma`    — TMA tensor maps (`cuTensorMapEncodeTiled`) for the copy-engine-fed GEMM
 //!
 //! docs/cuda.md describes the build, the kernels and how to check them on a GPU machine.
 
@@ -28,6 +29,7 @@ pub mod linalg;
 pub mod model;
 pub mod ops;
 pub mod prof;
+mod tma;
 
 pub use backend::CudaBackend;
 pub use decode::GpuDecoder;

@@ -16,7 +16,12 @@ pub const GEMM_SMEM: u32 = 4 * (128 + 128) * 32 * 2;
 /// Dynamic shared memory of `gemm_nt_bf16_sm90`: 4 stages × (128 + 128) × 64 bf16 + 1 KB of
 /// alignment slack for the 1024-byte swizzle atoms.
 pub const GEMM_SM90_SMEM: u32 = 4 * (128 + 128) * 64 * 2 + 1024;
+/// Dynamic shared memory of `gemm_nt_bf16_sm90_tma`: 4 stages × (128 + 256) × 64 bf16, 1 KB of
+/// alignment slack, 8 mbarriers of 8 bytes.
+pub const GEMM_SM90_TMA_SMEM: u32 = 4 * (128 + 256) * 64 * 2 + 1024 + 8 * 8;
 const GEMM_TILE: usize = 128;
+/// Column tile of `gemm_nt_bf16_sm90_tma` (its row tile is GEMM_TILE).
+const GEMM_TMA_TILE_N: usize = 256;
 const MAX_GRID_YZ: usize = 65_535;
 
 /// Dynamic shared memory of the attention kernel for head_dim `d`: Q, K and V tiles of 64 × d.
@@ -116,53 +121,95 @@ fn stride_blocks(n: usize) -> usize {
 /// Which kernel `gemm_nt_with` runs (for K % 8 == 0; any other K takes the gathering variant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmKernel {
-    /// sm_90a wgmma on compute capability 9.0 when its self-check passed, else `MmaSync`.
+    /// On compute capability 9.0: the TMA kernel when its self-check passed, else the cp.async
+    /// wgmma kernel when its self-check passed, else `MmaSync`; elsewhere `MmaSync`.
     Auto,
     /// `gemm_nt_bf16`: mma.sync m16n8k16 + ldmatrix + cp.async (sm_80 and newer).
     MmaSync,
-    /// `gemm_nt_bf16_sm90`: wgmma m64n128k16 (compute capability 9.0 only).
+    /// `gemm_nt_bf16_sm90`: wgmma m64n128k16 fed by cp.async (compute capability 9.0 only).
     Sm90,
+    /// `gemm_nt_bf16_sm90_tma`: wgmma m64n256k16 fed by TMA, warp-specialized, persistent
+    /// (compute capability 9.0 only).
+    Sm90Tma,
 }
 
-/// Does `GemmKernel::Auto` take the wgmma kernel on this GPU? Decided once per `Gpu`: only on
-/// compute capability 9.0 (the only SASS the kernel has real code in), not when
-/// `WHITTLE_GEMM=mma`, and only if it agrees with the mma.sync kernel on a ragged random problem
-/// — a kernel written without a GPU to try it on must not be trusted blindly; a disagreement is
-/// reported once on stderr and the mma.sync kernel is used.
-pub fn sm90_gemm_enabled(gpu: &Gpu) -> bool {
-    *gpu.sm90_gemm.get_or_init(|| {
-        if gpu.info.compute_capability != (9, 0) || std::env::var("WHITTLE_GEMM").as_deref() == Ok("mma") {
+/// `WHITTLE_GEMM`: `mma` keeps every GEMM on mma.sync, `wgmma` allows the cp.async wgmma kernel
+/// but not the TMA one (scripts/device-check.sh sets these when a probe of a kernel fails).
+fn gemm_env_allows(kernel: GemmKernel) -> bool {
+    match std::env::var("WHITTLE_GEMM").as_deref() {
+        Ok("mma") => kernel == GemmKernel::MmaSync,
+        Ok("wgmma") => kernel != GemmKernel::Sm90Tma,
+        _ => true,
+    }
+}
+
+/// Does `GemmKernel::Auto` take the wgmma kernel `kernel` (`Sm90` or `Sm90Tma`) on this GPU?
+/// Decided once per `Gpu` and kernel: only on compute capability 9.0 (the only SASS the wgmma
+/// kernels have real code in), only where `WHITTLE_GEMM` allows it, and only if it agrees with
+/// the mma.sync kernel on ragged random problems — a kernel written without a GPU to try it on
+/// must not be trusted blindly; a disagreement is reported once on stderr and the next kernel
+/// in line is used.
+pub fn sm90_kernel_enabled(gpu: &Gpu, kernel: GemmKernel) -> bool {
+    let cell = match kernel {
+        GemmKernel::Sm90 => &gpu.sm90_gemm,
+        GemmKernel::Sm90Tma => &gpu.sm90_tma,
+        GemmKernel::Auto | GemmKernel::MmaSync => return false,
+    };
+    *cell.get_or_init(|| {
+        if gpu.info.compute_capability != (9, 0) || !gemm_env_allows(kernel) {
             return false;
         }
-        match sm90_self_check(gpu) {
+        let what = match kernel {
+            GemmKernel::Sm90Tma => "the sm_90a TMA + wgmma GEMM",
+            _ => "the sm_90a wgmma GEMM",
+        };
+        match sm90_self_check(gpu, kernel) {
             Ok(None) => true,
             Ok(Some(why)) => {
-                eprintln!("whittle: the sm_90a wgmma GEMM disagrees with the mma.sync GEMM on {} ({why}); using mma.sync", gpu.info.name);
+                eprintln!(
+                    "whittle: {what} disagrees with the mma.sync GEMM on {} ({why}); not using it",
+                    gpu.info.name
+                );
                 false
             }
             Err(e) => {
-                eprintln!("whittle: the sm_90a wgmma GEMM could not be checked ({e}); using mma.sync");
+                eprintln!("whittle: {what} could not be checked ({e}); not using it");
                 false
             }
         }
     })
 }
 
-/// Whether a GEMM-shaped launch takes the wgmma kernel `name`: `Auto` when the reduction length
-/// `len` (named `what`) is a multiple of 8 and the self-check passed; `Sm90` insists (an error
-/// off compute capability 9.0 or for a ragged `len`).
-fn takes_sm90(
+/// `sm90_kernel_enabled(gpu, GemmKernel::Sm90)`: whether the Gram matrix and, without the TMA
+/// kernel, the projections run on wgmma.
+pub fn sm90_gemm_enabled(gpu: &Gpu) -> bool {
+    sm90_kernel_enabled(gpu, GemmKernel::Sm90)
+}
+
+/// Which kernel a GEMM-shaped launch takes, for K % 8 == 0 (`len`, the reduction length named
+/// `what`, checked here): `Auto` resolves as documented at `GemmKernel`; the wgmma kernels
+/// insist (an error off compute capability 9.0 or for a ragged `len`). `tma_ok`: whether this
+/// operation has a TMA kernel at all.
+fn resolve_kernel(
     gpu: &Gpu,
     kernel: GemmKernel,
     name: &'static str,
     what: &str,
     len: usize,
-) -> CudaResult<bool> {
+    tma_ok: bool,
+) -> CudaResult<GemmKernel> {
     match kernel {
-        GemmKernel::Auto => Ok(len % 8 == 0 && sm90_gemm_enabled(gpu)),
-        GemmKernel::MmaSync => Ok(false),
-        GemmKernel::Sm90 => {
-            if gpu.info.compute_capability != (9, 0) || len % 8 != 0 {
+        GemmKernel::Auto if len % 8 != 0 => Ok(GemmKernel::MmaSync),
+        GemmKernel::Auto if tma_ok && sm90_kernel_enabled(gpu, GemmKernel::Sm90Tma) => {
+            Ok(GemmKernel::Sm90Tma)
+        }
+        GemmKernel::Auto if sm90_gemm_enabled(gpu) => Ok(GemmKernel::Sm90),
+        GemmKernel::Auto | GemmKernel::MmaSync => Ok(GemmKernel::MmaSync),
+        GemmKernel::Sm90 | GemmKernel::Sm90Tma => {
+            if gpu.info.compute_capability != (9, 0)
+                || len % 8 != 0
+                || (kernel == GemmKernel::Sm90Tma && !tma_ok)
+            {
                 return Err(CudaError::pre(
                     name,
                     format!(
@@ -171,14 +218,32 @@ fn takes_sm90(
                     ),
                 ));
             }
-            Ok(true)
+            Ok(kernel)
         }
     }
 }
 
-/// Runs both kernels on a 200 × 320 × 200 problem (ragged in M, N and K, several k-tiles);
-/// `Some(reason)` when they differ by more than f32 summation order allows.
-fn sm90_self_check(gpu: &Gpu) -> CudaResult<Option<String>> {
+/// The kernel `GemmKernel::Auto` runs for reduction length `k` on this GPU (runs the self-checks
+/// on first use).
+pub fn auto_gemm_kernel(gpu: &Gpu, k: usize) -> GemmKernel {
+    resolve_kernel(gpu, GemmKernel::Auto, "gemm_nt_bf16", "K", k, true)
+        .unwrap_or(GemmKernel::MmaSync)
+}
+
+/// The kernel function a resolved `kernel` launches for reduction length `k` (benchmark records).
+pub fn gemm_kernel_name(kernel: GemmKernel, k: usize) -> &'static str {
+    match kernel {
+        GemmKernel::Sm90Tma => "gemm_nt_bf16_sm90_tma",
+        GemmKernel::Sm90 => "gemm_nt_bf16_sm90",
+        _ if k % 8 != 0 => "gemm_nt_bf16_unaligned",
+        _ => "gemm_nt_bf16",
+    }
+}
+
+/// Runs `kernel` and the mma.sync kernel on a 200 × 320 × 200 problem (ragged in M, N and K,
+/// several k-tiles; the TMA kernel also with a single CTA walking all tiles, so its stage ring
+/// wraps across tiles); `Some(reason)` when they differ by more than f32 summation order allows.
+fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> {
     let (m, n, k) = (200usize, 320usize, 200usize);
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let mut vals = |len: usize| -> Vec<bf16> {
@@ -194,7 +259,6 @@ fn sm90_self_check(gpu: &Gpu) -> CudaResult<Option<String>> {
     let x = DTensor::from_host(gpu, &vals(m * k), &[m, k])?;
     let w = DTensor::from_host(gpu, &vals(n * k), &[n, k])?;
     let mut want = DTensor::<f32>::zeros(gpu, &[m, n])?;
-    let mut got = DTensor::<f32>::zeros(gpu, &[m, n])?;
     gemm_nt_with(
         gpu,
         &x,
@@ -204,14 +268,27 @@ fn sm90_self_check(gpu: &Gpu) -> CudaResult<Option<String>> {
         false,
         GemmKernel::MmaSync,
     )?;
-    gemm_nt_with(gpu, &x, &w, None, Some(&mut got), false, GemmKernel::Sm90)?;
-    let (want, got) = (want.to_host(gpu)?, got.to_host(gpu)?);
+    let want = want.to_host(gpu)?;
     let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-        // NaN fails too.
-        let close = (a - b).abs() <= 1e-4 * scale + 1e-5;
-        if !close {
-            return Ok(Some(format!("element ({}, {}): {b} vs {a}", i / n, i % n)));
+    let grids: &[Option<usize>] = if kernel == GemmKernel::Sm90Tma {
+        &[None, Some(1)]
+    } else {
+        &[None]
+    };
+    for &ctas in grids {
+        let mut got = DTensor::<f32>::zeros(gpu, &[m, n])?;
+        gemm_nt_launch(gpu, &x, &w, None, Some(&mut got), false, kernel, ctas)?;
+        for (i, (a, b)) in want.iter().zip(&got.to_host(gpu)?).enumerate() {
+            // NaN fails too.
+            let close = (a - b).abs() <= 1e-4 * scale + 1e-5;
+            if !close {
+                let grid = ctas.map_or(String::new(), |c| format!(", {c} CTA"));
+                return Ok(Some(format!(
+                    "element ({}, {}): {b} vs {a}{grid}",
+                    i / n,
+                    i % n
+                )));
+            }
         }
     }
     Ok(None)
@@ -241,6 +318,43 @@ pub fn gemm_nt_with(
     y_f32: Option<&mut DTensor<f32>>,
     accumulate: bool,
     kernel: GemmKernel,
+) -> CudaResult<()> {
+    gemm_nt_launch(gpu, x, w, y_bf16, y_f32, accumulate, kernel, None)
+}
+
+/// `gemm_nt_with(.., GemmKernel::Sm90Tma)` on at most `ctas` CTAs (tests: fewer CTAs than
+/// tiles make each one walk several tiles, as large GEMMs do on the device).
+pub fn gemm_nt_tma_ctas(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    w: &DTensor<bf16>,
+    y_bf16: Option<&mut DTensor<bf16>>,
+    y_f32: Option<&mut DTensor<f32>>,
+    accumulate: bool,
+    ctas: usize,
+) -> CudaResult<()> {
+    gemm_nt_launch(
+        gpu,
+        x,
+        w,
+        y_bf16,
+        y_f32,
+        accumulate,
+        GemmKernel::Sm90Tma,
+        Some(ctas.max(1)),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_nt_launch(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    w: &DTensor<bf16>,
+    y_bf16: Option<&mut DTensor<bf16>>,
+    y_f32: Option<&mut DTensor<f32>>,
+    accumulate: bool,
+    kernel: GemmKernel,
+    ctas: Option<usize>,
 ) -> CudaResult<()> {
     const K_NAME: &str = "gemm_nt_bf16";
     let _r = range("gemm");
@@ -282,8 +396,42 @@ pub fn gemm_nt_with(
         i32_of(K_NAME, "N", n)?,
         i32_of(K_NAME, "K", k)?,
     );
+    let yb = y_bf16.map_or(0, |t| t.ptr(gpu));
+    let yf = y_f32.map_or(0, |t| t.ptr(gpu));
     // Whole allocations are 256-byte aligned, so rows are 16-byte aligned exactly when K % 8 == 0.
-    let sm90 = takes_sm90(gpu, kernel, "gemm_nt_bf16_sm90", "K", k)?;
+    const TMA_NAME: &str = "gemm_nt_bf16_sm90_tma";
+    if resolve_kernel(gpu, kernel, TMA_NAME, "K", k, true)? == GemmKernel::Sm90Tma {
+        let tiles = gm * n.div_ceil(GEMM_TMA_TILE_N);
+        i32_of(TMA_NAME, "tiles", tiles)?;
+        let sms = usize::try_from(gpu.info.multiprocessors)
+            .unwrap_or(1)
+            .max(1);
+        let grid = tiles.min(ctas.unwrap_or(sms));
+        let tx = super::tma::bf16_2d(TMA_NAME, x.ptr(gpu), m, k, k, GEMM_TILE, 64)?;
+        let tw = super::tma::bf16_2d(TMA_NAME, w.ptr(gpu), n, k, k, GEMM_TMA_TILE_N, 64)?;
+        let args = [
+            KArg::Tma(tx),
+            KArg::Tma(tw),
+            KArg::Ptr(yb),
+            KArg::Ptr(yf),
+            KArg::I32(mi),
+            KArg::I32(ni),
+            KArg::I32(ki),
+            KArg::I32(ni),
+            KArg::I32(accumulate as i32),
+        ];
+        // SAFETY: the maps describe exactly x [M, K] and w [N, K] (the copy engine zero-fills
+        // outside them); each output holds M·N elements and the epilogue is bounds-checked;
+        // compute capability 9.0 only (resolve_kernel).
+        return unsafe {
+            gpu.launch(
+                TMA_NAME,
+                cfg((grid, 1, 1), (384, 1, 1), GEMM_SM90_TMA_SMEM),
+                &args,
+            )
+        };
+    }
+    let sm90 = resolve_kernel(gpu, kernel, "gemm_nt_bf16_sm90", "K", k, false)? == GemmKernel::Sm90;
     let (name, smem) = if sm90 {
         ("gemm_nt_bf16_sm90", GEMM_SM90_SMEM)
     } else if k % 8 == 0 {
@@ -291,8 +439,6 @@ pub fn gemm_nt_with(
     } else {
         ("gemm_nt_bf16_unaligned", GEMM_SMEM)
     };
-    let yb = y_bf16.map_or(0, |t| t.ptr(gpu));
-    let yf = y_f32.map_or(0, |t| t.ptr(gpu));
     let args = [
         KArg::Ptr(x.ptr(gpu)),
         KArg::Ptr(w.ptr(gpu)),
@@ -340,7 +486,7 @@ pub fn gram_accumulate_with(
         return Err(CudaError::pre(K_NAME, format!("I = {i} is too wide")));
     }
     let (ti, ii) = (i32_of(K_NAME, "T", t)?, i32_of(K_NAME, "I", i)?);
-    let sm90 = takes_sm90(gpu, kernel, "gram_nt_bf16_sm90", "T", t)?;
+    let sm90 = resolve_kernel(gpu, kernel, "gram_nt_bf16_sm90", "T", t, false)? == GemmKernel::Sm90;
     if sm90 {
         let mut at = DTensor::<bf16>::zeros(gpu, &[i, t])?; // Aᵀ [I, T]
         transpose(gpu, a, &mut at)?;

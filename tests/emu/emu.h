@@ -43,6 +43,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static thread_local
+#define __grid_constant__
 
 // Per-thread launch coordinates, set by the scheduler before it resumes a fiber.
 extern thread_local uint3 threadIdx;
@@ -58,6 +59,16 @@ void* emu_warp_slot(int lane);
 unsigned char* emu_dynamic_smem();
 unsigned emu_smem_offset(const void* p);
 void* emu_smem_ptr(unsigned offset);
+// The calling fiber polls something another fiber must change (an mbarrier): run the others.
+void emu_spin();
+// An mbarrier changed state: spinning fibers may get further (deadlock detection).
+void emu_progress();
+}
+
+[[noreturn]] inline void __trap() {
+  std::fprintf(stderr, "whittle-emu: __trap() in block (%u,%u,%u) thread %u\n", blockIdx.x, blockIdx.y, blockIdx.z,
+               threadIdx.x);
+  std::abort();
 }
 
 inline void __syncthreads() { emu_block_barrier(); }
@@ -245,9 +256,6 @@ inline uint64_t wgmma_desc_sw128(uint32_t smem_addr) {
          ((uint64_t)1 << 62);
 }
 inline void wgmma_fence() {}
-inline void wgmma_commit() {}
-template <int N>
-inline void wgmma_wait() {}
 inline void fence_proxy_async() {}
 
 // Element (row, k) of a K-major bf16 operand: 8-row atoms `sbo` bytes apart, 128-byte rows, the
@@ -268,12 +276,14 @@ inline float emu_wgmma_elem(uint64_t desc, int row, int k) {
   return f;
 }
 
-inline void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+// D[64, N] (+)= A[64, 16] · B[N, 16]ᵀ for this thread's accumulators (layout of common.cuh).
+template <int N>
+inline void emu_wgmma(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
   const int tid = threadIdx.x % 128, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   float a[2][16];
   for (int h = 0; h < 2; ++h)
     for (int k = 0; k < 16; ++k) a[h][k] = emu_wgmma_elem(da, 16 * w + g + 8 * h, k);
-  for (int j = 0; j < 16; ++j)
+  for (int j = 0; j < N / 8; ++j)
     for (int e = 0; e < 2; ++e) {
       float b[16];
       for (int k = 0; k < 16; ++k) b[k] = emu_wgmma_elem(db, 8 * j + 2 * t + e, k);
@@ -283,4 +293,164 @@ inline void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db, int scale
         d[4 * j + 2 * h + e] = acc;
       }
     }
+}
+// wgmma is asynchronous: an MMA reads its shared-memory operands at some point before the
+// wgmma.wait_group that retires its group. The emulator runs each MMA at the latest such point —
+// in wgmma_wait, after the warp re-converges (.sync.aligned) — so a kernel that releases a stage
+// to the copy engine before waiting for the MMAs reading it computes with the overwritten tile
+// here, as it could on the hardware. Queues are per CUDA thread (fibers share an OS thread).
+struct EmuWgmma {
+  float* d;
+  int n;  // N of the instruction: 128 or 256
+  uint64_t da, db;
+  int scale_d;
+  int group;  // 0 until committed
+};
+struct EmuWgmmaQueue {
+  EmuWgmma op[64];
+  int len = 0, committed = 0;
+};
+inline EmuWgmmaQueue& emu_wgmma_queue() {
+  static thread_local EmuWgmmaQueue q[1024];
+  return q[threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)];
+}
+inline void emu_wgmma_issue(float* d, int n, uint64_t da, uint64_t db, int scale_d) {
+  EmuWgmmaQueue& q = emu_wgmma_queue();
+  if (q.len == 64) {
+    std::fprintf(stderr, "whittle-emu: more than 64 wgmmas in flight without a wgmma.wait_group\n");
+    std::abort();
+  }
+  q.op[q.len++] = EmuWgmma{d, n, da, db, scale_d, 0};
+}
+inline void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+  emu_wgmma_issue(d, 128, da, db, scale_d);
+}
+inline void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db, int scale_d) {
+  emu_wgmma_issue(d, 256, da, db, scale_d);
+}
+inline void wgmma_commit() {
+  EmuWgmmaQueue& q = emu_wgmma_queue();
+  ++q.committed;
+  for (int i = 0; i < q.len; ++i)
+    if (q.op[i].group == 0) q.op[i].group = q.committed;
+}
+// Retires every committed group but the newest N, oldest first.
+template <int N>
+inline void wgmma_wait() {
+  emu_warp_barrier();
+  EmuWgmmaQueue& q = emu_wgmma_queue();
+  int keep = 0;
+  for (int i = 0; i < q.len; ++i) {
+    EmuWgmma& o = q.op[i];
+    if (o.group != 0 && o.group <= q.committed - N) {
+      if (o.n == 128) emu_wgmma<128>(*reinterpret_cast<float(*)[64]>(o.d), o.da, o.db, o.scale_d);
+      else emu_wgmma<256>(*reinterpret_cast<float(*)[128]>(o.d), o.da, o.db, o.scale_d);
+    } else {
+      q.op[keep++] = o;
+    }
+  }
+  q.len = keep;
+}
+// At a thread's exit (runtime.cpp): wgmmas never waited for wrote registers nobody can read.
+inline bool emu_wgmma_idle_at_exit() {
+  EmuWgmmaQueue& q = emu_wgmma_queue();
+  const bool idle = q.len == 0;
+  q.len = 0;
+  q.committed = 0;
+  return idle;
+}
+
+// ---------------------------------------------------------------------------------------------
+// mbarriers and TMA (common.cuh). An emulated mbarrier is 8 bytes of shared memory: pending
+// arrivals, the arrival count with the phase in bit 15, and the outstanding transaction bytes
+// (signed: a copy may complete before its expect_tx, as on the hardware). A TMA copy runs at
+// issue and then completes its bytes on the barrier. Waits yield to the other fibers; a round in
+// which nothing changes while fibers wait is reported as a deadlock.
+struct EmuMbar {
+  uint16_t pending;
+  uint16_t count_phase;
+  int32_t tx;
+};
+static_assert(sizeof(EmuMbar) == 8, "an mbarrier is 8 bytes");
+
+inline EmuMbar* emu_mbar(uint32_t bar) {
+  if (bar % 8 != 0) {
+    std::fprintf(stderr, "whittle-emu: mbarrier at shared address %u is not 8-byte aligned\n", bar);
+    std::abort();
+  }
+  return static_cast<EmuMbar*>(emu_smem_ptr(bar));
+}
+inline void emu_mbar_maybe_complete(EmuMbar* m) {
+  if (m->pending == 0 && m->tx == 0) {
+    m->count_phase ^= 0x8000;
+    m->pending = m->count_phase & 0x7fff;
+  }
+  emu_progress();
+}
+inline void mbar_init(uint32_t bar, uint32_t count) {
+  if (count == 0 || count > 0x7fff) {
+    std::fprintf(stderr, "whittle-emu: mbarrier count %u outside what the emulator models\n", count);
+    std::abort();
+  }
+  EmuMbar* m = emu_mbar(bar);
+  m->pending = (uint16_t)count;
+  m->count_phase = (uint16_t)count;
+  m->tx = 0;
+}
+inline void fence_mbar_init() {}
+inline void emu_mbar_arrive(uint32_t bar, int32_t tx) {
+  EmuMbar* m = emu_mbar(bar);
+  if (m->pending == 0 || m->pending > (m->count_phase & 0x7fff)) {
+    std::fprintf(stderr, "whittle-emu: arrival on an mbarrier (shared %u) with no arrival pending\n", bar);
+    std::abort();
+  }
+  m->tx += tx;
+  --m->pending;
+  emu_mbar_maybe_complete(m);
+}
+inline void mbar_arrive(uint32_t bar) { emu_mbar_arrive(bar, 0); }
+inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) { emu_mbar_arrive(bar, (int32_t)bytes); }
+inline bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  if (((emu_mbar(bar)->count_phase >> 15) & 1) != (parity & 1)) return true;
+  emu_spin();
+  return false;
+}
+template <int N>
+inline void setmaxnreg_inc() {}
+template <int N>
+inline void setmaxnreg_dec() {}
+
+// The fake driver's cuTensorMapEncodeTiled (runtime.cpp) fills TmaMap::opaque with these.
+enum EmuTmaField { TMA_MAGIC, TMA_ADDR, TMA_DIM0, TMA_DIM1, TMA_STRIDE1, TMA_BOX0, TMA_BOX1, TMA_ESIZE, TMA_SWIZZLE };
+constexpr unsigned long long EMU_TMA_MAGIC = 0x776869746c746d61ull;  // "whitltma"
+
+// A template: TmaMap is declared by common.cuh, which comes after this header.
+template <typename Map>
+inline void tma_load_2d(uint32_t dst, const Map* map, int c0, int c1, uint32_t bar) {
+  const unsigned long long* f = map->opaque;
+  if (f[TMA_MAGIC] != EMU_TMA_MAGIC) {
+    std::fprintf(stderr, "whittle-emu: TMA copy with a map cuTensorMapEncodeTiled did not make\n");
+    std::abort();
+  }
+  if (dst % 128 != 0) {
+    std::fprintf(stderr, "whittle-emu: TMA destination (shared %u) is not 128-byte aligned\n", dst);
+    std::abort();
+  }
+  const long long dim0 = (long long)f[TMA_DIM0], dim1 = (long long)f[TMA_DIM1];
+  const int box0 = (int)f[TMA_BOX0], box1 = (int)f[TMA_BOX1], es = (int)f[TMA_ESIZE];
+  const unsigned char* g = reinterpret_cast<const unsigned char*>(f[TMA_ADDR]);
+  for (int r = 0; r < box1; ++r)
+    for (int e = 0; e < box0; ++e) {
+      const long long x = (long long)c0 + e, y = (long long)c1 + r;
+      uint32_t addr = dst + (uint32_t)((r * box0 + e) * es);
+      if (f[TMA_SWIZZLE] == 128) addr ^= ((addr >> 7) & 7) << 4;
+      unsigned char* d = static_cast<unsigned char*>(emu_smem_ptr(addr));
+      if (x >= 0 && x < dim0 && y >= 0 && y < dim1)
+        std::memcpy(d, g + (size_t)y * f[TMA_STRIDE1] + (size_t)x * es, es);
+      else
+        std::memset(d, 0, es);  // out of bounds: zero fill (FLOAT_OOB_FILL_NONE)
+    }
+  EmuMbar* m = emu_mbar(bar);
+  m->tx -= box0 * box1 * es;
+  emu_mbar_maybe_complete(m);
 }

@@ -81,7 +81,7 @@ constexpr int SMEM_OPTIN = 232448;   // H100: 227 KB per block after opting in
 constexpr int SMEM_DEFAULT = 49152;  // without cuFuncSetAttribute
 constexpr int SLOT_BYTES = 16, SLOTS_PER_WARP = 64;
 
-enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
+enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, SPINNING, DONE };
 
 // One worker (OS thread) running blocks one after another.
 struct Worker {
@@ -90,6 +90,7 @@ struct Worker {
   std::vector<int> state = std::vector<int>(MAX_THREADS);
   unsigned char* stacks = nullptr;
   int cur = 0, nthreads = 0;
+  bool progress = false;  // an mbarrier changed state during this round
   // AddressSanitizer's fiber bookkeeping (EMU_ASAN builds): the scheduler's stack and each
   // fiber's fake-stack handle across switches.
   const void* sched_bottom = nullptr;
@@ -146,6 +147,11 @@ void leaving_fiber(bool dying) {
 [[noreturn]] void fiber_main() {
   arrived_on_fiber();
   W->thunk(W->params);
+  if (!emu_wgmma_idle_at_exit()) {
+    std::fprintf(stderr, "whittle-emu: thread %u of block (%u,%u,%u) exited with wgmmas it never waited for\n",
+                 threadIdx.x, blockIdx.x, blockIdx.y, blockIdx.z);
+    std::abort();
+  }
   W->state[W->cur] = DONE;
   leaving_fiber(true);
   void* dead;
@@ -179,6 +185,7 @@ const char* state_name(int s) {
     case RUNNABLE: return "running";
     case AT_BLOCK_BARRIER: return "__syncthreads";
     case AT_WARP_BARRIER: return "warp collective";
+    case SPINNING: return "mbarrier wait";
     default: return "exited";
   }
 }
@@ -199,6 +206,7 @@ bool run_block(const char* name) {
     return o && std::strcmp(o, "reverse") == 0;
   }();
   for (;;) {
+    w->progress = false;
     for (int i = 0; i < n; ++i) {
       const int t = reverse ? n - 1 - i : i;
       if (w->state[t] != RUNNABLE) continue;
@@ -227,6 +235,14 @@ bool run_block(const char* name) {
         released = true;
       }
       live = live || any;
+    }
+    // Fibers polling an mbarrier run again while anything moved; when nothing did, nothing will.
+    bool spinning = false;
+    for (int t = 0; t < n; ++t) spinning = spinning || w->state[t] == SPINNING;
+    if (spinning && (released || w->progress)) {
+      for (int t = 0; t < n; ++t)
+        if (w->state[t] == SPINNING) w->state[t] = RUNNABLE;
+      continue;
     }
     if (released) continue;
     if (!live) return true;
@@ -294,6 +310,8 @@ extern "C" {
 
 void emu_block_barrier() { yield(AT_BLOCK_BARRIER); }
 void emu_warp_barrier() { yield(AT_WARP_BARRIER); }
+void emu_spin() { yield(SPINNING); }
+void emu_progress() { W->progress = true; }
 void* emu_warp_slot(int lane) { return W->slots[W->cur / 32][lane]; }
 unsigned char* emu_dynamic_smem() { return W->smem; }
 unsigned emu_smem_offset(const void* p) {
@@ -580,6 +598,57 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, 
         blockIdx.x = x, blockIdx.y = y, blockIdx.z = z;
         if (!run_block(name)) return CUDA_ERROR_LAUNCH_FAILED;
       }
+  return CUDA_SUCCESS;
+}
+
+// --- TMA tensor maps -------------------------------------------------------------------------------
+
+// Checks what the driver documents for a tiled map (the subset whittle uses: bf16/f16/f32, rank
+// 2, no interleave) and records the fields tma_load_2d (emu.h) reads.
+CUresult CUDAAPI cuTensorMapEncodeTiled(CUtensorMap* map, CUtensorMapDataType dtype, cuuint32_t rank, void* addr,
+                                        const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
+                                        const cuuint32_t* estrides, CUtensorMapInterleave interleave,
+                                        CUtensorMapSwizzle swizzle, CUtensorMapL2promotion,
+                                        CUtensorMapFloatOOBfill oob) {
+  int es = 0;
+  switch (dtype) {
+    case CU_TENSOR_MAP_DATA_TYPE_BFLOAT16:
+    case CU_TENSOR_MAP_DATA_TYPE_FLOAT16: es = 2; break;
+    case CU_TENSOR_MAP_DATA_TYPE_FLOAT32: es = 4; break;
+    default: return bad("cuTensorMapEncodeTiled: data type not modelled");
+  }
+  if (reinterpret_cast<uintptr_t>(map) % 64 != 0) return bad("cuTensorMapEncodeTiled: map not 64-byte aligned");
+  if (rank != 2) return bad("cuTensorMapEncodeTiled: only rank 2 is modelled");
+  if (interleave != CU_TENSOR_MAP_INTERLEAVE_NONE) return bad("cuTensorMapEncodeTiled: interleave not modelled");
+  if (oob != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) return bad("cuTensorMapEncodeTiled: NaN fill not modelled");
+  if (reinterpret_cast<uintptr_t>(addr) % 16 != 0) return bad("cuTensorMapEncodeTiled: address not 16-byte aligned");
+  for (int i = 0; i < 2; ++i)
+    if (dims[i] == 0 || dims[i] > (1ull << 32)) return bad("cuTensorMapEncodeTiled: dimension outside 1..2^32");
+  if (strides[0] % 16 != 0 || strides[0] >= (1ull << 40) || strides[0] < dims[0] * es)
+    return bad("cuTensorMapEncodeTiled: stride not a multiple of 16 bytes, or shorter than a row");
+  for (int i = 0; i < 2; ++i)
+    if (box[i] == 0 || box[i] > 256 || estrides[i] != 1) return bad("cuTensorMapEncodeTiled: box outside 1..256");
+  if ((box[0] * es) % 16 != 0) return bad("cuTensorMapEncodeTiled: inner box not a multiple of 16 bytes");
+  int sw = 0;
+  switch (swizzle) {
+    case CU_TENSOR_MAP_SWIZZLE_NONE: sw = 0; break;
+    case CU_TENSOR_MAP_SWIZZLE_128B: sw = 128; break;
+    default: return bad("cuTensorMapEncodeTiled: swizzle mode not modelled");
+  }
+  if (sw && box[0] * es > (unsigned)sw) return bad("cuTensorMapEncodeTiled: inner box wider than the swizzle span");
+  if (!in_alloc(reinterpret_cast<uintptr_t>(addr), (size_t)strides[0] * (dims[1] - 1) + dims[0] * es))
+    return bad("cuTensorMapEncodeTiled: the described matrix is not inside one device allocation");
+  unsigned long long* f = reinterpret_cast<unsigned long long*>(map->opaque);
+  std::memset(f, 0, sizeof(CUtensorMap));
+  f[TMA_MAGIC] = EMU_TMA_MAGIC;
+  f[TMA_ADDR] = reinterpret_cast<uintptr_t>(addr);
+  f[TMA_DIM0] = dims[0];
+  f[TMA_DIM1] = dims[1];
+  f[TMA_STRIDE1] = strides[0];
+  f[TMA_BOX0] = box[0];
+  f[TMA_BOX1] = box[1];
+  f[TMA_ESIZE] = (unsigned long long)es;
+  f[TMA_SWIZZLE] = (unsigned long long)sw;
   return CUDA_SUCCESS;
 }
 
