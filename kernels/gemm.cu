@@ -442,6 +442,8 @@ extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
 //   CTAs share W tiles in L2); the stage ring and its phases run on across tiles, so the producer
 //   loads the next tile's first k-tiles while the consumers store the previous one.
 // - Epilogue straight from registers (store_pair: bf16 and/or f32, accumulate, bounds).
+// - `triangle` = 1 makes it the Gram matrix's kernel too: X == W == Aᵀ [I, T] (transpose_bf16),
+//   f32 accumulate, only tiles that touch the block-upper triangle (skip_tile).
 // - Preconditions (host): compute capability 9.0, K % 8 == 0 and 16-byte aligned bases (TMA
 //   strides are multiples of 16 bytes). The host checks it once against gemm_nt_bf16 before use.
 namespace gemm90t {
@@ -451,14 +453,22 @@ constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
 constexpr int EMPTY_ARRIVALS = 8;  // 2 consumer warpgroups × 4 warps
 // Tiles, alignment slack for the 1024-byte atoms, then 2 × STAGES mbarriers of 8 bytes.
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+
+// Gram mode (`triangle`): G is symmetric and gram_symmetrize_f32 mirrors every 128 × 128 block
+// below the diagonal at the end, so a 128 × 256 tile is needed only if one of its two 128-column
+// blocks is on or above the row block's diagonal. Producer and consumers skip the same tiles.
+__device__ __forceinline__ bool skip_tile(int tile, int gm, int triangle) {
+  return triangle && (tile % gm) > 2 * (tile / gm) + 1;
+}
 }  // namespace gemm90t
 
 // Grid (min(tiles, SMs)), block 384, dynamic smem gemm90t::SMEM_BYTES. tx: X [M, K] as a 2-D map
 // (dims {K, M}, box {64, 128}); tw: W [N, K] (dims {K, N}, box {64, 256}); both bf16, 128B swizzle.
+// triangle: 0 for Y = X·Wᵀ; 1 for the Gram matrix (see skip_tile).
 extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
     gemm_nt_bf16_sm90_tma(const __grid_constant__ TmaMap tx, const __grid_constant__ TmaMap tw,
                           bf16* __restrict__ Yb, float* __restrict__ Yf, int M, int N, int K, int ldc,
-                          int accumulate) {
+                          int accumulate, int triangle) {
 #if defined(WHITTLE_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace gemm90t;
   DYNAMIC_SMEM(smem_raw);
@@ -481,6 +491,7 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
       int stage = 0;
       uint32_t phase = 0;
       for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        if (skip_tile(tile, gm, triangle)) continue;
         const int m0 = (tile % gm) * BM, n0 = (tile / gm) * BN;
         for (int kt = 0; kt < ktiles; ++kt) {
           mbar_wait(empty0 + 8 * stage, phase ^ 1);  // first pass: a fresh barrier, returns at once
@@ -499,6 +510,7 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
     uint32_t phase = 0;
     float acc[128];
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      if (skip_tile(tile, gm, triangle)) continue;
       const int m0 = (tile % gm) * BM, n0 = (tile / gm) * BN;
 #pragma unroll
       for (int i = 0; i < 128; ++i) acc[i] = 0.0f;

@@ -372,27 +372,46 @@ fn bench_kernels() {
         let sets = m.sets(bytes);
         let a = upload(&g, &rand_bf16(t_ * i, 3, 1.0), &[t_, i], sets);
         let mut gm = zeros::<f32>(&g, &[i, i], sets);
-        // As for the GEMM: whittle's choice under the key, on Hopper also mma.sync beside it.
-        let sm90 = ops::sm90_gemm_enabled(&g) && t_ % 8 == 0;
-        let others: &[(GemmKernel, &str)] = if sm90 {
-            &[(GemmKernel::MmaSync, "mma.sync")]
+        // As for the GEMM: whittle's choice under the key, on Hopper the other kernels beside it.
+        let chosen = if t_ % 8 == 0 {
+            ops::auto_gemm_kernel(&g, t_)
         } else {
-            &[]
+            GemmKernel::MmaSync
         };
-        for (kernel, entry) in kernel_variants(e, others) {
+        let others: Vec<(GemmKernel, &str)> = [
+            (GemmKernel::Sm90, "wgmma cp.async"),
+            (GemmKernel::MmaSync, "mma.sync"),
+        ]
+        .into_iter()
+        .filter(|&(kk, _)| {
+            kk != chosen
+                && g.info.compute_capability == (9, 0)
+                && t_ % 8 == 0
+                && (kk == GemmKernel::MmaSync || ops::sm90_kernel_enabled(&g, kk))
+        })
+        .collect();
+        for (kernel, entry) in kernel_variants(e, &others) {
             let t = time_op(&g, &m, sets, |s| {
                 ops::gram_accumulate_with(&g, &a[s], &mut gm[s], kernel).unwrap()
             });
-            let (name, note) = if sm90 && kernel == GemmKernel::Auto {
-                (
+            let run = if kernel == GemmKernel::Auto {
+                chosen
+            } else {
+                kernel
+            };
+            let (name, note) = match run {
+                GemmKernel::Sm90Tma => (
+                    "transpose_bf16 + gemm_nt_bf16_sm90_tma (Gram mode)",
+                    "Aᵀ copied, then 128×256 tiles touching the upper block triangle on TMA + wgmma; rate counts the full Gram",
+                ),
+                GemmKernel::Sm90 => (
                     "transpose_bf16 + gram_nt_bf16_sm90",
                     "Aᵀ copied, then upper block triangle on wgmma; rate counts the full Gram",
-                )
-            } else {
-                (
+                ),
+                _ => (
                     "gram_tn_bf16",
                     "upper block triangle only; rate counts the full Gram",
-                )
+                ),
             };
             r.add(&entry, "gram", name, &t, sets, flop, bytes, note);
         }

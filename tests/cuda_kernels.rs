@@ -232,11 +232,12 @@ fn gemm_rejects_bad_shapes() {
 #[ignore = "needs a GPU"]
 fn gram_matches_cpu() {
     let g = gpu();
-    // mma.sync everywhere; on compute capability 9.0 also the wgmma path over the transposed
-    // activations (T % 8 == 0 only), and a transpose check of its own.
+    // mma.sync everywhere; on compute capability 9.0 also both wgmma paths over the transposed
+    // activations (T % 8 == 0 only; the TMA kernel in Gram mode skips tiles below the block
+    // diagonal once I > 384), and a transpose check of its own.
     let mut kernels = vec![GemmKernel::MmaSync];
     if g.info.compute_capability == (9, 0) {
-        kernels.push(GemmKernel::Sm90);
+        kernels.extend([GemmKernel::Sm90, GemmKernel::Sm90Tma]);
         for (r, c) in [(1, 1), (45, 136), (33, 70)] {
             let x = rand_vals(r * c, 90 + r as u64, 1.0);
             let mut out = poisoned_bf16(&g, &[c, r]);
@@ -266,7 +267,7 @@ fn gram_matches_cpu() {
         .iter()
         .enumerate()
         {
-            if kernel == GemmKernel::Sm90 && t % 8 != 0 {
+            if kernel != GemmKernel::MmaSync && t % 8 != 0 {
                 continue;
             }
             let a = rand_vals(t * n, 7 + i as u64, 1.0);

@@ -242,7 +242,28 @@ pub fn gemm_kernel_name(kernel: GemmKernel, k: usize) -> &'static str {
 
 /// Runs `kernel` and the mma.sync kernel on a 200 × 320 × 200 problem (ragged in M, N and K,
 /// several k-tiles; the TMA kernel also with a single CTA walking all tiles, so its stage ring
-/// wraps across tiles); `Some(reason)` when they differ by more than f32 summation order allows.
+/// wraps across tiles, and in Gram mode on a 520 × 520 Gram matrix); `Some(reason)` when they differ by more than f32 summation order allows.
+/// The first element of row-major `got` ([.., cols]) that differs from `want` by more than f32
+/// summation order allows (relative to want's largest magnitude; NaN always differs).
+fn first_mismatch(want: &[f32], got: &[f32], cols: usize) -> Option<String> {
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    want.iter()
+        .zip(got)
+        .position(|(a, b)| {
+            let close = (a - b).abs() <= 1e-4 * scale + 1e-5;
+            !close
+        })
+        .map(|i| {
+            format!(
+                "element ({}, {}): {} vs {}",
+                i / cols,
+                i % cols,
+                got[i],
+                want[i]
+            )
+        })
+}
+
 fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> {
     let (m, n, k) = (200usize, 320usize, 200usize);
     let mut s = 0x2545_F491_4F6C_DD1Du64;
@@ -269,7 +290,6 @@ fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> 
         GemmKernel::MmaSync,
     )?;
     let want = want.to_host(gpu)?;
-    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
     let grids: &[Option<usize>] = if kernel == GemmKernel::Sm90Tma {
         &[None, Some(1)]
     } else {
@@ -278,17 +298,25 @@ fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> 
     for &ctas in grids {
         let mut got = DTensor::<f32>::zeros(gpu, &[m, n])?;
         gemm_nt_launch(gpu, &x, &w, None, Some(&mut got), false, kernel, ctas)?;
-        for (i, (a, b)) in want.iter().zip(&got.to_host(gpu)?).enumerate() {
-            // NaN fails too.
-            let close = (a - b).abs() <= 1e-4 * scale + 1e-5;
-            if !close {
-                let grid = ctas.map_or(String::new(), |c| format!(", {c} CTA"));
-                return Ok(Some(format!(
-                    "element ({}, {}): {b} vs {a}{grid}",
-                    i / n,
-                    i % n
-                )));
-            }
+        if let Some(e) = first_mismatch(&want, &got.to_host(gpu)?, n) {
+            let grid = ctas.map_or(String::new(), |c| format!(", {c} CTA"));
+            return Ok(Some(format!("{e}{grid}")));
+        }
+    }
+    if kernel == GemmKernel::Sm90Tma {
+        // Gram mode: I = 520 spans 5 row blocks and 3 column tiles, so tiles wholly below the
+        // block diagonal are skipped (and mirrored by gram_symmetrize).
+        let (t, i) = (64usize, 520usize);
+        let a = DTensor::from_host(gpu, &vals(t * i), &[t, i])?;
+        let gram = |kern| -> CudaResult<Vec<f32>> {
+            let mut g = DTensor::<f32>::zeros(gpu, &[i, i])?;
+            gram_accumulate_with(gpu, &a, &mut g, kern)?;
+            gram_symmetrize(gpu, &mut g)?;
+            g.to_host(gpu)
+        };
+        let (want, got) = (gram(GemmKernel::MmaSync)?, gram(GemmKernel::Sm90Tma)?);
+        if let Some(e) = first_mismatch(&want, &got, i) {
+            return Ok(Some(format!("Gram {e}")));
         }
     }
     Ok(None)
@@ -345,6 +373,62 @@ pub fn gemm_nt_tma_ctas(
     )
 }
 
+const TMA_NAME: &str = "gemm_nt_bf16_sm90_tma";
+
+/// Where `gemm_nt_bf16_sm90_tma` writes: device addresses of the bf16 and f32 outputs (0: none),
+/// their row stride, whether f32 accumulates, and Gram mode (block-upper tiles only).
+struct TmaOut {
+    yb: u64,
+    yf: u64,
+    ld: usize,
+    accumulate: bool,
+    triangle: bool,
+}
+
+/// Launches `gemm_nt_bf16_sm90_tma` for Y [M, N] = X [M, K] · W [N, K]ᵀ, `x` and `w` given as
+/// (device address, rows) of K-contiguous bf16 matrices; at most `ctas` CTAs (default: one per
+/// SM). The caller has checked the shapes, the outputs' extents and compute capability 9.0.
+fn launch_tma(
+    gpu: &Gpu,
+    x: (u64, usize),
+    w: (u64, usize),
+    k: usize,
+    y: TmaOut,
+    ctas: Option<usize>,
+) -> CudaResult<()> {
+    let ((xp, m), (wp, n)) = (x, w);
+    let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TMA_TILE_N);
+    i32_of(TMA_NAME, "tiles", tiles)?;
+    let sms = usize::try_from(gpu.info.multiprocessors)
+        .unwrap_or(1)
+        .max(1);
+    let grid = tiles.min(ctas.unwrap_or(sms));
+    let tx = super::tma::bf16_2d(TMA_NAME, xp, m, k, k, GEMM_TILE, 64)?;
+    let tw = super::tma::bf16_2d(TMA_NAME, wp, n, k, k, GEMM_TMA_TILE_N, 64)?;
+    let args = [
+        KArg::Tma(tx),
+        KArg::Tma(tw),
+        KArg::Ptr(y.yb),
+        KArg::Ptr(y.yf),
+        KArg::I32(i32_of(TMA_NAME, "M", m)?),
+        KArg::I32(i32_of(TMA_NAME, "N", n)?),
+        KArg::I32(i32_of(TMA_NAME, "K", k)?),
+        KArg::I32(i32_of(TMA_NAME, "ldc", y.ld)?),
+        KArg::I32(y.accumulate as i32),
+        KArg::I32(y.triangle as i32),
+    ];
+    // SAFETY: the maps describe exactly x [M, K] and w [N, K] (the copy engine zero-fills outside
+    // them); the caller guarantees each given output holds M rows of stride ldc ≥ N and the
+    // epilogue is bounds-checked; compute capability 9.0 only (resolve_kernel).
+    unsafe {
+        gpu.launch(
+            TMA_NAME,
+            cfg((grid, 1, 1), (384, 1, 1), GEMM_SM90_TMA_SMEM),
+            &args,
+        )
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_nt_launch(
     gpu: &Gpu,
@@ -399,37 +483,15 @@ fn gemm_nt_launch(
     let yb = y_bf16.map_or(0, |t| t.ptr(gpu));
     let yf = y_f32.map_or(0, |t| t.ptr(gpu));
     // Whole allocations are 256-byte aligned, so rows are 16-byte aligned exactly when K % 8 == 0.
-    const TMA_NAME: &str = "gemm_nt_bf16_sm90_tma";
     if resolve_kernel(gpu, kernel, TMA_NAME, "K", k, true)? == GemmKernel::Sm90Tma {
-        let tiles = gm * n.div_ceil(GEMM_TMA_TILE_N);
-        i32_of(TMA_NAME, "tiles", tiles)?;
-        let sms = usize::try_from(gpu.info.multiprocessors)
-            .unwrap_or(1)
-            .max(1);
-        let grid = tiles.min(ctas.unwrap_or(sms));
-        let tx = super::tma::bf16_2d(TMA_NAME, x.ptr(gpu), m, k, k, GEMM_TILE, 64)?;
-        let tw = super::tma::bf16_2d(TMA_NAME, w.ptr(gpu), n, k, k, GEMM_TMA_TILE_N, 64)?;
-        let args = [
-            KArg::Tma(tx),
-            KArg::Tma(tw),
-            KArg::Ptr(yb),
-            KArg::Ptr(yf),
-            KArg::I32(mi),
-            KArg::I32(ni),
-            KArg::I32(ki),
-            KArg::I32(ni),
-            KArg::I32(accumulate as i32),
-        ];
-        // SAFETY: the maps describe exactly x [M, K] and w [N, K] (the copy engine zero-fills
-        // outside them); each output holds M·N elements and the epilogue is bounds-checked;
-        // compute capability 9.0 only (resolve_kernel).
-        return unsafe {
-            gpu.launch(
-                TMA_NAME,
-                cfg((grid, 1, 1), (384, 1, 1), GEMM_SM90_TMA_SMEM),
-                &args,
-            )
+        let y = TmaOut {
+            yb,
+            yf,
+            ld: n,
+            accumulate,
+            triangle: false,
         };
+        return launch_tma(gpu, (x.ptr(gpu), m), (w.ptr(gpu), n), k, y, ctas);
     }
     let sm90 = resolve_kernel(gpu, kernel, "gemm_nt_bf16_sm90", "K", k, false)? == GemmKernel::Sm90;
     let (name, smem) = if sm90 {
@@ -464,10 +526,11 @@ pub fn gram_accumulate(gpu: &Gpu, a: &DTensor<bf16>, g: &mut DTensor<f32>) -> Cu
     gram_accumulate_with(gpu, a, g, GemmKernel::Auto)
 }
 
-/// `gram_accumulate` with the kernel chosen by the caller. `Sm90` (and `Auto` where the wgmma
-/// GEMM passed its self-check, with T % 8 == 0) transposes `a` into a scratch [I, T] buffer
-/// and runs `gram_nt_bf16_sm90` on it: both wgmma operands K-major, one extra pass over `a`
-/// (≈ 1/(2·I/8) of the Gram's work) for tensor cores that run the rest.
+/// `gram_accumulate` with the kernel chosen by the caller. The wgmma kernels (`Auto` where one
+/// passed its self-check, with T % 8 == 0) transpose `a` into a scratch [I, T] buffer and run
+/// on it (`gemm_nt_bf16_sm90_tma` in Gram mode, or `gram_nt_bf16_sm90`): both wgmma operands
+/// K-major, one extra pass over `a` (≈ 1/(2·I/8) of the Gram's work) for tensor cores that run
+/// the rest.
 pub fn gram_accumulate_with(
     gpu: &Gpu,
     a: &DTensor<bf16>,
@@ -486,8 +549,20 @@ pub fn gram_accumulate_with(
         return Err(CudaError::pre(K_NAME, format!("I = {i} is too wide")));
     }
     let (ti, ii) = (i32_of(K_NAME, "T", t)?, i32_of(K_NAME, "I", i)?);
-    let sm90 = resolve_kernel(gpu, kernel, "gram_nt_bf16_sm90", "T", t, false)? == GemmKernel::Sm90;
-    if sm90 {
+    let chosen = resolve_kernel(gpu, kernel, "gram_nt_bf16_sm90", "T", t, true)?;
+    if chosen == GemmKernel::Sm90Tma {
+        let mut at = DTensor::<bf16>::zeros(gpu, &[i, t])?; // Aᵀ [I, T]
+        transpose(gpu, a, &mut at)?;
+        let y = TmaOut {
+            yb: 0,
+            yf: g.ptr(gpu),
+            ld: i,
+            accumulate: true,
+            triangle: true,
+        };
+        return launch_tma(gpu, (at.ptr(gpu), i), (at.ptr(gpu), i), t, y, None);
+    }
+    if chosen == GemmKernel::Sm90 {
         let mut at = DTensor::<bf16>::zeros(gpu, &[i, t])?; // Aᵀ [I, T]
         transpose(gpu, a, &mut at)?;
         let args = [
