@@ -3,7 +3,8 @@
 #                evaluate before and after, print the table
 #   make test    everything CI runs (unit, fixture, CLI and compile tests; transformers
 #                conformance of compiled checkpoints; real-model parity on Gemma 3 270M; the
-#                GPU tests through the CPU emulator, `make test-emu`)
+#                GPU tests through the CPU emulator, `make test-emu`, and the device check's
+#                parity and benchmark steps on it)
 # Both install what they need into the repo (.cuda for nvcc, .venv for Python).
 
 CARGO ?= cargo
@@ -30,6 +31,7 @@ test: nvcc python-torch
 	bash scripts/real-model-check.sh
 	$(MAKE) test-emu
 	bash scripts/emu-parity.sh $(PY)
+	bash scripts/emu-bench.sh $(PY)
 
 lint: nvcc
 	$(CARGO) fmt --all -- --check

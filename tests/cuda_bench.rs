@@ -37,8 +37,20 @@ use whittle::model::Batch;
 
 const SHAPES: &str = include_str!("../scripts/device/bench_shapes.json");
 
+/// The compiled-in shapes, or the file `WHITTLE_BENCH_SHAPES` names (scripts/emu-bench.sh runs
+/// this benchmark on the CPU emulator with tests/emu/bench_shapes_tiny.json).
 fn shapes() -> Value {
-    serde_json::from_str(SHAPES).expect("scripts/device/bench_shapes.json is valid JSON")
+    match std::env::var_os("WHITTLE_BENCH_SHAPES") {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("WHITTLE_BENCH_SHAPES={}: {e}", p.to_string_lossy()));
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("WHITTLE_BENCH_SHAPES={}: {e}", p.to_string_lossy()))
+        }
+        None => {
+            serde_json::from_str(SHAPES).expect("scripts/device/bench_shapes.json is valid JSON")
+        }
+    }
 }
 
 /// The kernels to time for a GEMM-shaped entry: whittle's choice under the entry's key and, on
@@ -257,10 +269,29 @@ impl Records {
     }
 }
 
-/// Parses, lists unique keys, and every op the two benchmarks know (runs without a GPU).
+/// Parses, lists unique keys, and every op the two benchmarks know (runs without a GPU); the
+/// emulator's tiny shapes too.
 #[test]
 fn bench_shapes_are_well_formed() {
-    let sh = shapes();
+    let tiny: Value = serde_json::from_str(include_str!("emu/bench_shapes_tiny.json"))
+        .expect("tests/emu/bench_shapes_tiny.json is valid JSON");
+    check_shapes(&tiny);
+    let sh: Value = serde_json::from_str(SHAPES).expect("bench_shapes.json is valid JSON");
+    let keys = check_shapes(&sh);
+    // The shapes: both models' seven projections over 4096 tokens, and 8192³.
+    for (h, i, q, kv) in [(2304, 9216, 2048, 1024), (3584, 14336, 4096, 2048)] {
+        for (n, k) in [(q, h), (kv, h), (h, q), (i, h), (h, i)] {
+            let key = format!("gemm M=4096 N={n} K={k}");
+            assert!(keys.contains(&key), "missing {key}");
+        }
+    }
+    assert!(keys.contains("gemm M=8192 N=8192 K=8192"));
+    assert_eq!(attention_pairs(4, Some(2)), 1.0 + 2.0 + 2.0 + 2.0);
+    assert_eq!(attention_pairs(3, None), 6.0);
+}
+
+/// The schema checks of one shapes document; returns its keys.
+fn check_shapes(sh: &Value) -> std::collections::BTreeSet<String> {
     Method::from(&sh["method"]);
     let mut keys = std::collections::BTreeSet::new();
     for op in [
@@ -290,16 +321,7 @@ fn bench_shapes_are_well_formed() {
             format!("gemm M={} N={} K={}", u(e, "m"), u(e, "n"), u(e, "k"))
         );
     }
-    // The shapes: both models' seven projections over 4096 tokens, and 8192³.
-    for (h, i, q, kv) in [(2304, 9216, 2048, 1024), (3584, 14336, 4096, 2048)] {
-        for (n, k) in [(q, h), (kv, h), (h, q), (i, h), (h, i)] {
-            let key = format!("gemm M=4096 N={n} K={k}");
-            assert!(keys.contains(&key), "missing {key}");
-        }
-    }
-    assert!(keys.contains("gemm M=8192 N=8192 K=8192"));
-    assert_eq!(attention_pairs(4, Some(2)), 1.0 + 2.0 + 2.0 + 2.0);
-    assert_eq!(attention_pairs(3, None), 6.0);
+    keys
 }
 
 #[test]
@@ -336,6 +358,7 @@ fn bench_kernels() {
         .filter(|&(kk, _)| {
             kk != chosen
                 && g.info.compute_capability == (9, 0)
+                && k % 8 == 0
                 && (kk == GemmKernel::MmaSync || ops::sm90_kernel_enabled(&g, kk))
         })
         .collect();
