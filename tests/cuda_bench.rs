@@ -304,8 +304,8 @@ fn check_shapes(sh: &Value) -> std::collections::BTreeSet<String> {
         "nll",
         "copy",
     ] {
-        assert!(!entries(&sh, op).is_empty(), "{op}: no shapes");
-        for e in entries(&sh, op) {
+        assert!(!entries(sh, op).is_empty(), "{op}: no shapes");
+        for e in entries(sh, op) {
             let k = s(e, "key");
             assert!(
                 k.starts_with(op.split('_').next().unwrap()),
@@ -315,7 +315,7 @@ fn check_shapes(sh: &Value) -> std::collections::BTreeSet<String> {
             s(e, "label");
         }
     }
-    for e in entries(&sh, "gemm") {
+    for e in entries(sh, "gemm") {
         assert_eq!(
             s(e, "key"),
             format!("gemm M={} N={} K={}", u(e, "m"), u(e, "n"), u(e, "k"))
