@@ -8,10 +8,14 @@
 //   cap > 0) → mask → softmax (f32) → p·v.
 //
 // Design:
-// - One CTA per (64-query tile, query head, sequence); 4 warps, 16 query rows each. head_dim is a
-//   template parameter (32, 64, 128 or 256: attention_fwd_d{32,64,128,256}); shared memory holds
-//   Q (64×d), one K tile and one V tile (64×d each): 96 KB at d = 256 (fits the 99 KB per-block
-//   limit of sm_86/sm_89), 48 KB at 128.
+// - One CTA per (query tile, query head, sequence); 16 query rows per warp. head_dim is a
+//   template parameter (32, 64, 128 or 256: attention_fwd_d{32,64,128,256}), and so is the warp
+//   count: 4 warps (64 query rows) everywhere, or 8 warps (128 rows: `_w8`, d = 128 and 256)
+//   where a block may have 128 KB of shared memory (sm_80, sm_90: the host chooses). Shared
+//   memory holds Q (rows×d), one K tile and one V tile (64×d each): 96 KB at d = 256 with 4 warps
+//   (fits the 99 KB per-block limit of sm_86/sm_89), 128 KB with 8. The 8-warp tile reads each
+//   K/V tile once for twice the queries: half the L2 → shared-memory traffic per FLOP, which at
+//   d = 256 is what the 4-warp tile is short of on an H100 (FA2's d = 256 tile is 128 × 64 too).
 // - Load overlap without double buffers (as FA2): V_t is fetched (cp.async) while S = Q·K_tᵀ is
 //   computed, and K_{t+1} while O += P·V_t is computed.
 // - Both products run on tensor cores (mma.sync m16n8k16 bf16, f32 accumulators). Q and K
@@ -35,7 +39,7 @@
 #include "common.cuh"
 
 namespace attn {
-constexpr int BR = 64, BC = 64, WARPS = 4, THREADS = WARPS * 32;
+constexpr int BC = 64;  // keys per tile; the query tile is 16 rows per warp
 
 template <int D>
 __device__ __forceinline__ int off(int r, int c) {
@@ -47,13 +51,13 @@ __device__ __forceinline__ int off(int r, int c) {
   }
 }
 
-// Rows [r0, r0+64) of a [T, stride] matrix (the head's columns start at `g`) into a swizzled
-// [64][D] tile; rows at or past T are zero-filled.
-template <int D>
+// Rows [r0, r0+ROWS) of a [T, stride] matrix (the head's columns start at `g`) into a swizzled
+// [ROWS][D] tile by THREADS threads; rows at or past T are zero-filled.
+template <int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, size_t stride, int r0, int T, int tid) {
   constexpr int CH = D / 8;
 #pragma unroll 4
-  for (int id = tid; id < 64 * CH; id += THREADS) {
+  for (int id = tid; id < ROWS * CH; id += THREADS) {
     const int r = id / CH, c = id % CH;
     const bool ok = r0 + r < T;
     const bf16* src = ok ? g + (size_t)(r0 + r) * stride + c * 8 : g;
@@ -61,10 +65,11 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, size_t stride,
   }
 }
 
-template <int D>
+template <int D, int WARPS>
 __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                         const bf16* __restrict__ v, bf16* __restrict__ o, int T, int nh,
                                         int nkv, float scale, float softcap, int window) {
+  constexpr int BR = 16 * WARPS, THREADS = 32 * WARPS;
   DYNAMIC_SMEM(smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sK = sQ + BR * D;
@@ -85,8 +90,8 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
   const int j_lo = window > 0 ? max(0, i0 - window + 1) : 0;
   const int t_lo = j_lo / BC, t_hi = CEIL_DIV(j_hi, BC);
 
-  load_tile<D>(sQ, qg, q_stride, i0, T, tid);
-  load_tile<D>(sK, kg, kv_stride, t_lo * BC, T, tid);
+  load_tile<D, BR, THREADS>(sQ, qg, q_stride, i0, T, tid);
+  load_tile<D, BC, THREADS>(sK, kg, kv_stride, t_lo * BC, T, tid);
   cp_async_commit();
 
   float oacc[D / 8][4];
@@ -102,7 +107,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
     // Q and K_tile have landed; every warp is done with V_{tile-1}.
     cp_async_wait<0>();
     __syncthreads();
-    load_tile<D>(sV, vg, kv_stride, tile * BC, T, tid);
+    load_tile<D, BC, THREADS>(sV, vg, kv_stride, tile * BC, T, tid);
     cp_async_commit();
 
     // --- S = Q · K_tileᵀ (16 × 64 per warp)
@@ -174,7 +179,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
     // V_tile has landed; every warp is done reading K_tile, so K_{tile+1} may overwrite it.
     cp_async_wait<0>();
     __syncthreads();
-    if (tile + 1 < t_hi) load_tile<D>(sK, kg, kv_stride, (tile + 1) * BC, T, tid);
+    if (tile + 1 < t_hi) load_tile<D, BC, THREADS>(sK, kg, kv_stride, (tile + 1) * BC, T, tid);
     cp_async_commit();
 
     // --- O += P · V_tile
@@ -219,19 +224,22 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
 }
 }  // namespace attn
 
-// Grid (CEIL_DIV(seq_len, 64), nh, n_seq), block 128, dynamic smem (64 + 2·64)·d·2 bytes.
-// softcap <= 0: off. window <= 0: global attention. Requires nh % nkv == 0, 16-byte aligned q/k/v.
-#define ATTENTION_ENTRY(D)                                                                            \
-  extern "C" __global__ void __launch_bounds__(attn::THREADS, 1)                                      \
-      attention_fwd_d##D(const bf16* __restrict__ q, const bf16* __restrict__ k,                      \
-                         const bf16* __restrict__ v, bf16* __restrict__ o, int seq_len, int nh, int nkv, \
-                         float scale, float softcap, int window) {                                    \
-    attn::forward<D>(q, k, v, o, seq_len, nh, nkv, scale, softcap, window);                           \
+// Grid (CEIL_DIV(seq_len, 16·WARPS), nh, n_seq), block 32·WARPS, dynamic smem
+// (16·WARPS + 2·64)·d·2 bytes. softcap <= 0: off. window <= 0: global attention. Requires
+// nh % nkv == 0, 16-byte aligned q/k/v. `_w8` entries: 8 warps, 128 query rows per CTA.
+#define ATTENTION_ENTRY(D, WARPS, SUFFIX)                                                             \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS, 1)                                         \
+      attention_fwd_d##D##SUFFIX(const bf16* __restrict__ q, const bf16* __restrict__ k,              \
+                                 const bf16* __restrict__ v, bf16* __restrict__ o, int seq_len, int nh, \
+                                 int nkv, float scale, float softcap, int window) {                   \
+    attn::forward<D, WARPS>(q, k, v, o, seq_len, nh, nkv, scale, softcap, window);                    \
   }
-ATTENTION_ENTRY(32)
-ATTENTION_ENTRY(64)
-ATTENTION_ENTRY(128)
-ATTENTION_ENTRY(256)
+ATTENTION_ENTRY(32, 4, )
+ATTENTION_ENTRY(64, 4, )
+ATTENTION_ENTRY(128, 4, )
+ATTENTION_ENTRY(256, 4, )
+ATTENTION_ENTRY(128, 8, _w8)
+ATTENTION_ENTRY(256, 8, _w8)
 
 // Any head_dim d <= 512. Grid (CEIL_DIV(seq_len, 4), nh, n_seq), block 128 (one warp per query).
 extern "C" __global__ void __launch_bounds__(128)

@@ -43,5 +43,7 @@ assert names["gemm M=200 N=320 K=136"] == "whittle gemm_nt_bf16_sm90_tma", names
 assert "gemm M=200 N=320 K=136 wgmma cp.async" in names and "gemm M=200 N=320 K=136 mma.sync" in names, names
 assert names["gemm M=33 N=40 K=13"] == "whittle gemm_nt_bf16_unaligned", names
 assert "sm90_tma" in names["gram T=64 I=520"], names
+att = "attention B=1 T=80 nh=2 nkv=1 d=256 causal W=48 softcap=none"
+assert names[att] == "whittle attention_fwd_d256_w8" and names[att + " 4 warps"] == "whittle attention_fwd_d256", names
 print(f"emu-bench: {len(want)} shapes timed, {len(names)} records; kernel choice as on Hopper")
 PY

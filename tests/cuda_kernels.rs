@@ -363,7 +363,16 @@ fn attention_matches_cpu() {
             up_bf16(&g, &k, &[n, nkv * d]),
             up_bf16(&g, &v, &[n, nkv * d]),
         );
-        for kernel in [AttnKernel::Auto, AttnKernel::Generic] {
+        // Auto, both tensor-core tile heights where instantiated, and the scalar kernel.
+        let mut kernels = vec![AttnKernel::Auto, AttnKernel::Generic];
+        kernels.extend(
+            [4, 8]
+                .into_iter()
+                .filter(|&w| ops::flash_kernel_name(d, w).is_some())
+                .filter(|&w| g.info.max_smem_per_block as u32 >= ops::attention_smem(d, w))
+                .map(AttnKernel::Flash),
+        );
+        for kernel in kernels {
             let mut o = poisoned_bf16(&g, &[n, nh * d]);
             ops::attention_with(&g, &qd, &kd, &vd, &mut o, &p, kernel).unwrap();
             let what = format!("attention {kernel:?} n_seq={n_seq} T={t} nh={nh} nkv={nkv} d={d} cap={softcap:?} W={window:?}");

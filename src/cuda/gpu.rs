@@ -36,10 +36,12 @@ fn dynamic_smem(name: &str) -> Option<u32> {
         }
         "gemm_nt_bf16_sm90" | "gram_nt_bf16_sm90" => Some(super::ops::GEMM_SM90_SMEM),
         "gemm_nt_bf16_sm90_tma" => Some(super::ops::GEMM_SM90_TMA_SMEM),
-        "attention_fwd_d256" => Some(super::ops::attention_smem(256)),
-        "attention_fwd_d128" => Some(super::ops::attention_smem(128)),
-        "attention_fwd_d64" => Some(super::ops::attention_smem(64)),
-        "attention_fwd_d32" => Some(super::ops::attention_smem(32)),
+        "attention_fwd_d256" => Some(super::ops::attention_smem(256, 4)),
+        "attention_fwd_d128" => Some(super::ops::attention_smem(128, 4)),
+        "attention_fwd_d64" => Some(super::ops::attention_smem(64, 4)),
+        "attention_fwd_d32" => Some(super::ops::attention_smem(32, 4)),
+        "attention_fwd_d256_w8" => Some(super::ops::attention_smem(256, 8)),
+        "attention_fwd_d128_w8" => Some(super::ops::attention_smem(128, 8)),
         _ => None,
     }
 }

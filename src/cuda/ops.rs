@@ -24,9 +24,10 @@ const GEMM_TILE: usize = 128;
 const GEMM_TMA_TILE_N: usize = 256;
 const MAX_GRID_YZ: usize = 65_535;
 
-/// Dynamic shared memory of the attention kernel for head_dim `d`: Q, K and V tiles of 64 × d.
-pub const fn attention_smem(d: usize) -> u32 {
-    ((64 + 2 * 64) * d * 2) as u32
+/// Dynamic shared memory of the attention kernel for head_dim `d` with `warps` warps: a Q tile of
+/// 16·warps × d, K and V tiles of 64 × d.
+pub const fn attention_smem(d: usize, warps: usize) -> u32 {
+    ((16 * warps + 2 * 64) * d * 2) as u32
 }
 
 pub(super) fn i32_of(kernel: &'static str, what: &str, v: usize) -> CudaResult<i32> {
@@ -661,20 +662,37 @@ pub struct AttnParams {
 /// Which attention kernel `attention` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnKernel {
-    /// Tensor-core flash kernel when head_dim is 32, 64, 128 or 256, else the generic one.
+    /// The tensor-core flash kernel when head_dim is 32, 64, 128 or 256 — with 8 warps (128 query
+    /// rows per CTA) for d = 128 and 256 where a block may have its 128 KB / 64 KB of shared
+    /// memory (sm_80, sm_90), else 4 — and the generic one for other head dims.
     Auto,
+    /// The tensor-core flash kernel with this many warps: 4 (any of its head dims) or 8 (d = 128
+    /// and 256).
+    Flash(usize),
     /// The scalar one-warp-per-query kernel (any head_dim <= 512).
     Generic,
 }
 
-/// Head dims the tensor-core kernel is instantiated for.
-pub fn flash_kernel_name(head_dim: usize) -> Option<&'static str> {
-    match head_dim {
-        32 => Some("attention_fwd_d32"),
-        64 => Some("attention_fwd_d64"),
-        128 => Some("attention_fwd_d128"),
-        256 => Some("attention_fwd_d256"),
+/// The tensor-core kernel for `head_dim` with `warps` warps, where one is instantiated.
+pub fn flash_kernel_name(head_dim: usize, warps: usize) -> Option<&'static str> {
+    match (head_dim, warps) {
+        (32, 4) => Some("attention_fwd_d32"),
+        (64, 4) => Some("attention_fwd_d64"),
+        (128, 4) => Some("attention_fwd_d128"),
+        (256, 4) => Some("attention_fwd_d256"),
+        (128, 8) => Some("attention_fwd_d128_w8"),
+        (256, 8) => Some("attention_fwd_d256_w8"),
         _ => None,
+    }
+}
+
+/// The warps `AttnKernel::Auto` gives the tensor-core kernel for `head_dim` on this GPU.
+pub fn flash_warps(gpu: &Gpu, head_dim: usize) -> usize {
+    let fits = i64::from(gpu.info.max_smem_per_block) >= i64::from(attention_smem(head_dim, 8));
+    if flash_kernel_name(head_dim, 8).is_some() && fits {
+        8
+    } else {
+        4
     }
 }
 
@@ -702,10 +720,25 @@ pub fn attention_with(
     kernel: AttnKernel,
 ) -> CudaResult<()> {
     let flash = match kernel {
-        AttnKernel::Auto => flash_kernel_name(p.head_dim),
+        AttnKernel::Auto => {
+            let w = flash_warps(gpu, p.head_dim);
+            flash_kernel_name(p.head_dim, w).map(|n| (n, w))
+        }
+        AttnKernel::Flash(w) => match flash_kernel_name(p.head_dim, w) {
+            Some(n) => Some((n, w)),
+            None => {
+                return Err(CudaError::pre(
+                    "attention_fwd",
+                    format!(
+                        "no tensor-core kernel for head_dim {} with {w} warps",
+                        p.head_dim
+                    ),
+                ))
+            }
+        },
         AttnKernel::Generic => None,
     };
-    let name = flash.unwrap_or("attention_fwd_generic");
+    let name = flash.map_or("attention_fwd_generic", |f| f.0);
     if flash.is_none() && (p.head_dim == 0 || p.head_dim > 512) {
         return Err(CudaError::pre(
             name,
@@ -763,7 +796,7 @@ pub fn attention_with(
     let (q_p, k_p, v_p, o_p) = (q.ptr(gpu), k.ptr(gpu), v.ptr(gpu), out.ptr(gpu));
     let seq = i32_of(name, "seq_len", p.seq_len)?;
     let (nh, nkv) = (p.n_heads as i32, p.n_kv_heads as i32);
-    if let Some(name) = flash {
+    if let Some((name, warps)) = flash {
         let args = [
             KArg::Ptr(q_p),
             KArg::Ptr(k_p),
@@ -776,16 +809,12 @@ pub fn attention_with(
             KArg::F32(softcap),
             KArg::I32(window),
         ];
-        let grid = (p.seq_len.div_ceil(64), p.n_heads, p.n_seq);
+        let grid = (p.seq_len.div_ceil(16 * warps), p.n_heads, p.n_seq);
+        let smem = attention_smem(p.head_dim, warps);
         // SAFETY: q/out hold N·nh·d and k/v N·nkv·d elements (checked); the kernel addresses rows
-        // < seq_len of sequence blockIdx.z < n_seq, heads < nh (q) and h/(nh/nkv) < nkv (k, v).
-        unsafe {
-            gpu.launch(
-                name,
-                cfg(grid, (128, 1, 1), attention_smem(p.head_dim)),
-                &args,
-            )
-        }
+        // < seq_len of sequence blockIdx.z < n_seq, heads < nh (q) and h/(nh/nkv) < nkv (k, v);
+        // its query tile is 16·warps rows, as the grid assumes.
+        unsafe { gpu.launch(name, cfg(grid, (32 * warps as u32, 1, 1), smem), &args) }
     } else {
         let args = [
             KArg::Ptr(q_p),

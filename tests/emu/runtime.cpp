@@ -77,7 +77,6 @@ namespace {
 
 constexpr int MAX_THREADS = 1024;
 constexpr size_t STACK_BYTES = 256 * 1024;
-constexpr int SMEM_OPTIN = 232448;   // H100: 227 KB per block after opting in
 constexpr int SMEM_DEFAULT = 49152;  // without cuFuncSetAttribute
 constexpr int SLOT_BYTES = 16, SLOTS_PER_WARP = 64;
 
@@ -304,6 +303,13 @@ int env_int(const char* name, int dflt) {
   return v ? std::atoi(v) : dflt;
 }
 
+// Shared memory a block may opt into, per emulated part (WHITTLE_EMU_SM): 227 KB on sm_90,
+// 163 KB on sm_80, 99 KB on sm_86/sm_89 — so the host's tile choices see the real limits.
+int smem_optin() {
+  const int sm = env_int("WHITTLE_EMU_SM", 90);
+  return sm >= 90 ? 232448 : sm == 80 ? 166912 : 101376;
+}
+
 }  // namespace
 
 extern "C" {
@@ -375,7 +381,7 @@ CUresult CUDAAPI cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = sm / 10; break;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = sm % 10; break;
     case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = 132; break;
-    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: *v = SMEM_OPTIN; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: *v = smem_optin(); break;
     case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: *v = SMEM_DEFAULT; break;
     case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = MAX_THREADS; break;
     case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *v = 32; break;
@@ -539,7 +545,7 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) 
 }
 CUresult CUDAAPI cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v) {
   if (a == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
-    if (v > SMEM_OPTIN) return bad("dynamic shared memory opt-in above the device limit");
+    if (v > smem_optin()) return bad("dynamic shared memory opt-in above the device limit");
     reinterpret_cast<Func*>(f)->max_dynamic_smem = v;
   }
   return CUDA_SUCCESS;
