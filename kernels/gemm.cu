@@ -328,6 +328,20 @@ constexpr int SMEM_BYTES = STAGES * 2 * TILE_BYTES + 1024;
 // Byte offset of (row r, 16-byte chunk c) in a swizzled [rows][64] tile.
 __device__ __forceinline__ uint32_t sw128(int r, int c) { return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4)); }
 
+// Writes a warpgroup's wgmma accumulators (the m64nN layout of common.cuh, N = 2·A) for output
+// rows m0 .. m0+63 and columns n0 .. n0+N-1 through gemm::store_pair (bounds, modes).
+template <int A>
+__device__ __forceinline__ void store_acc(const float (&acc)[A], bf16* __restrict__ Yb, float* __restrict__ Yf,
+                                          int ldc, int accumulate, int m0, int n0, int M, int N) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < A / 4; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      gemm::store_pair(Yb, Yf, ldc, accumulate, m0 + w * 16 + g + 8 * h, n0 + 8 * j + 2 * t, M, N, acc[4 * j + 2 * h],
+                       acc[4 * j + 2 * h + 1]);
+}
+
 // Rows [r0, r0+128) x k [k0, k0+64) of a [rows, K] matrix (row stride ld) into the tile at s.
 __device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, int ld, int r0, int rows, int k0, int K,
                                           int tid) {
@@ -395,13 +409,7 @@ __device__ __forceinline__ void nt_tile(const bf16* __restrict__ X, const bf16* 
   }
   cp_async_wait<0>();
 
-  const int lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      gemm::store_pair(Yb, Yf, ldc, accumulate, m0 + wg * 64 + w * 16 + g + 8 * h, n0 + 8 * j + 2 * t, M, N,
-                 acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+  store_acc(acc, Yb, Yf, ldc, accumulate, m0 + wg * 64, n0, M, N);
 #else
   __trap();
 #endif
@@ -505,7 +513,7 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
     }
   } else {  // consumers
     setmaxnreg_inc<232>();
-    const int c = wg - 1, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+    const int c = wg - 1, lane = tid & 31;
     int stage = 0;
     uint32_t phase = 0;
     float acc[128];
@@ -533,12 +541,7 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
       wgmma_wait<0>();
       wgmma_fence_acc(acc);
       if (held >= 0 && lane == 0) mbar_arrive(empty0 + 8 * held);
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          gemm::store_pair(Yb, Yf, ldc, accumulate, m0 + c * 64 + w * 16 + g + 8 * h, n0 + 8 * j + 2 * t, M, N,
-                           acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      gemm90::store_acc(acc, Yb, Yf, ldc, accumulate, m0 + c * 64, n0, M, N);
     }
   }
 #else

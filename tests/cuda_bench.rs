@@ -65,6 +65,23 @@ fn kernel_variants(e: &Value, others: &[(GemmKernel, &str)]) -> Vec<(GemmKernel,
     v
 }
 
+/// On Hopper, the GEMM kernels other than `chosen` that can run a reduction of length `len`
+/// (self-checks passed), with the label their records get; elsewhere none.
+fn other_kernels(g: &Gpu, chosen: GemmKernel, len: usize) -> Vec<(GemmKernel, &'static str)> {
+    [
+        (GemmKernel::Sm90, "wgmma cp.async"),
+        (GemmKernel::MmaSync, "mma.sync"),
+    ]
+    .into_iter()
+    .filter(|&(k, _)| {
+        k != chosen
+            && g.info.compute_capability == (9, 0)
+            && len % 8 == 0
+            && (k == GemmKernel::MmaSync || ops::sm90_kernel_enabled(g, k))
+    })
+    .collect()
+}
+
 fn entries<'a>(s: &'a Value, op: &str) -> &'a [Value] {
     s[op]
         .as_array()
@@ -350,18 +367,7 @@ fn bench_kernels() {
         // Hopper also every other kernel that passed, under the key + " <kernel>" (no torch peer
         // row; in perf.json).
         let chosen = ops::auto_gemm_kernel(&g, k);
-        let others: Vec<(GemmKernel, &str)> = [
-            (GemmKernel::Sm90, "wgmma cp.async"),
-            (GemmKernel::MmaSync, "mma.sync"),
-        ]
-        .into_iter()
-        .filter(|&(kk, _)| {
-            kk != chosen
-                && g.info.compute_capability == (9, 0)
-                && k % 8 == 0
-                && (kk == GemmKernel::MmaSync || ops::sm90_kernel_enabled(&g, kk))
-        })
-        .collect();
+        let others = other_kernels(&g, chosen, k);
         for (kernel, entry) in kernel_variants(e, &others) {
             let t = time_op(&g, &m, sets, |i| {
                 ops::gemm_nt_with(&g, &xs[i], &ws[i], Some(&mut ys[i]), None, false, kernel)
@@ -401,18 +407,7 @@ fn bench_kernels() {
         } else {
             GemmKernel::MmaSync
         };
-        let others: Vec<(GemmKernel, &str)> = [
-            (GemmKernel::Sm90, "wgmma cp.async"),
-            (GemmKernel::MmaSync, "mma.sync"),
-        ]
-        .into_iter()
-        .filter(|&(kk, _)| {
-            kk != chosen
-                && g.info.compute_capability == (9, 0)
-                && t_ % 8 == 0
-                && (kk == GemmKernel::MmaSync || ops::sm90_kernel_enabled(&g, kk))
-        })
-        .collect();
+        let others = other_kernels(&g, chosen, t_);
         for (kernel, entry) in kernel_variants(e, &others) {
             let t = time_op(&g, &m, sets, |s| {
                 ops::gram_accumulate_with(&g, &a[s], &mut gm[s], kernel).unwrap()
