@@ -194,7 +194,17 @@ fn gemm_tma_walks_tiles_across_ctas() {
         let (xd, wd) = (up_bf16(&g, &x, &[m, k]), up_bf16(&g, &w, &[n, k]));
         let mut yb = poisoned_bf16(&g, &[m, n]);
         let mut yf = poisoned_f32(&g, &[m, n]);
-        ops::gemm_nt_tma_ctas(&g, &xd, &wd, Some(&mut yb), Some(&mut yf), false, ctas).unwrap();
+        ops::gemm_nt_launch(
+            &g,
+            &xd,
+            &wd,
+            Some(&mut yb),
+            Some(&mut yf),
+            false,
+            GemmKernel::Sm90Tma,
+            Some(ctas),
+        )
+        .unwrap();
         let what = format!("gemm (TMA, {ctas} CTAs) {m}x{n}x{k}");
         check(&format!("{what} bf16 out"), &down(&g, &yb), &want, BF16_TOL);
         check(

@@ -351,29 +351,6 @@ pub fn gemm_nt_with(
     gemm_nt_launch(gpu, x, w, y_bf16, y_f32, accumulate, kernel, None)
 }
 
-/// `gemm_nt_with(.., GemmKernel::Sm90Tma)` on at most `ctas` CTAs (tests: fewer CTAs than
-/// tiles make each one walk several tiles, as large GEMMs do on the device).
-pub fn gemm_nt_tma_ctas(
-    gpu: &Gpu,
-    x: &DTensor<bf16>,
-    w: &DTensor<bf16>,
-    y_bf16: Option<&mut DTensor<bf16>>,
-    y_f32: Option<&mut DTensor<f32>>,
-    accumulate: bool,
-    ctas: usize,
-) -> CudaResult<()> {
-    gemm_nt_launch(
-        gpu,
-        x,
-        w,
-        y_bf16,
-        y_f32,
-        accumulate,
-        GemmKernel::Sm90Tma,
-        Some(ctas.max(1)),
-    )
-}
-
 const TMA_NAME: &str = "gemm_nt_bf16_sm90_tma";
 
 /// Where `gemm_nt_bf16_sm90_tma` writes: device addresses of the bf16 and f32 outputs (0: none),
@@ -430,8 +407,10 @@ fn launch_tma(
     }
 }
 
+/// `gemm_nt_with` on at most `ctas` CTAs where the kernel is persistent (the TMA kernel; `None`:
+/// one per SM). Tests use few CTAs so each walks several tiles, as large GEMMs do on the device.
 #[allow(clippy::too_many_arguments)]
-fn gemm_nt_launch(
+pub fn gemm_nt_launch(
     gpu: &Gpu,
     x: &DTensor<bf16>,
     w: &DTensor<bf16>,
