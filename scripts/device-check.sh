@@ -12,8 +12,8 @@
 #   bash scripts/device-check.sh             # on the GPU machine (carry target/device-carry)
 #
 # The GPU run, in order (each step's status and time go into the summary; a failing step does not
-# stop the later ones). Estimated seconds on an H100 in brackets (the whole run: about 7.5 minutes,
-# under 8.5, the compile_2b cap included):
+# stop the later ones). Estimated seconds on an H100 in brackets (the whole run: about 8.5 minutes;
+# past WHITTLE_CHECK_BUDGET = 540 s the remaining steps are skipped and the summary still written):
 #   0. probe_tma [5]  the TMA + mbarrier GEMM alone under a 90 s cap (a hang or trap there must not
 #                take the later steps with it: on failure they run with WHITTLE_GEMM=wgmma)
 #   1. kernels   [45] cuda_kernels --ignored: every kernel against the CPU reference ops
@@ -36,24 +36,28 @@
 #                stats, NLL, copy); CUDA events, rotating inputs > L2, median/p10/p90 → JSON
 #   4a. bench_torch [25] scripts/device/bench_torch.py: torch's peers at the same shapes
 #                (cuBLAS matmul, SDPA, eager RMSNorm/RoPE/gelu/NLL, copy ceiling) → JSON
-#   4b. bench_hf [40] scripts/bench_hf.py --device cuda on the same model (transformers serving)
 #   5. calib_ids [3]  128 × 2048 random token ids (safetensors input_ids, scripts/device/calib_hf.py)
 #   5a. calib_whittle [10] cuda_bench --exact bench_calib: tokens/s through all layers with on-device
 #                Σa, Σa², Gram capture, no LM head
 #   5b. calib_hf [20] scripts/device/calib_hf.py run: the same with transformers bf16 eager and
 #                forward hooks on every mlp.down_proj
 #   6. compile_2b [≤120] `whittle --device cuda compile` of that model on those ids (--samples 128
-#                --seq 2048), wall time; capped by WHITTLE_COMPILE_TIMEOUT (default 120 s; scoring
-#                and repair solve on the GPU in f64, `solver: cuda` in the report)
+#                --seq 2048 --tier throughput), wall time; capped by WHITTLE_COMPILE_TIMEOUT (default
+#                120 s) and the time budget left; scoring and repair solve on the GPU in f64
+#                (`solver: cuda` in the report)
+#   6a. bench_whittle [25] `whittle --device cuda bench` of that model --against its compile
+#                (issue 6's serving table: weights, prefill, TTFT, decode) → bench_whittle.json
+#   6b. bench_hf [60] scripts/bench_hf.py --device cuda on the same two models (transformers bf16
+#                eager, use_cache) → bench_hf.json
 #   7. ratios    [1]  scripts/device/ratios.py joins 4/4a/5a/5b/6 into $OUT/perf.md (printed in the
 #                summary) and $OUT/perf.json
 #   8. sanitize  (only with WHITTLE_SANITIZE=1) compute-sanitizer memcheck over cuda_kernels
 # The calibration model is the 4-layer parity model; WHITTLE_CALIB_LAYERS=26 makes a full-depth
 # one for steps 5-6 instead (about +60 s to make, and the compile cap matters more).
 # Output: the ratio table, then the step table, printed last; in $OUT (at most 8 files come
-# back): summary.json, log.txt (every step's output), parity.json, bench_hf.json, perf.md,
-# perf.json (every record of steps 4-6, joined), and perf-raw.tgz only when the ratios step
-# failed ($OUT defaults to target/device-check-out).
+# back): summary.json, log.txt (every step's output), parity.json, bench_whittle.json,
+# bench_hf.json, perf.md, perf.json (every record of steps 4-6, joined), and perf-raw.tgz only when
+# the ratios step failed ($OUT defaults to target/device-check-out).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -172,13 +176,16 @@ dry_run() {
 # 120); writes WORK/compile_2b.json for ratios.py (rc 124: stopped at the cap).
 compile_2b() {
   local model="$1" ids="$2" work="$3" cap="${WHITTLE_COMPILE_TIMEOUT:-120}"
+  # run()'s budget: leave 90 s for the serving benchmarks and the summary.
+  local left=$((${budget:-100000} - (SECONDS - ${t_start:-0}) - 90))
+  (( left < cap )) && cap=$(( left > 10 ? left : 10 ))
   local out="$3/compiled" t0 t1 rc layers
   layers=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/config.json"))["num_hidden_layers"])' \
     "$model" 2>/dev/null) || layers=null
   rm -rf "$out"
   t0=$(date +%s.%N)
   timeout --kill-after=10 "$cap" "$CARRY/whittle" --device cuda compile "$model" -o "$out" \
-    --calib-ids "$ids" --samples 128 --seq 2048
+    --calib-ids "$ids" --samples 128 --seq 2048 --tier throughput
   rc=$?
   t1=$(date +%s.%N)
   printf '{"rc": %d, "wall_s": %s, "timeout_s": %d, "layers": %s, "tokens": %d, "model": "%s", "output": "%s"}\n' \
@@ -186,6 +193,18 @@ compile_2b() {
     "$model" "$out" > "$work/compile_2b.json"
   if (( rc == 124 || rc == 137 )); then echo "compile_2b: stopped at the ${cap} s cap (WHITTLE_COMPILE_TIMEOUT)"; fi
   return "$rc"
+}
+
+# bench_whittle MODEL [COMPILED]: `whittle --device cuda bench` of MODEL (against COMPILED when
+# given), 10 TTFT runs and 2 repeats like the transformers step; JSON to $OUT/bench_whittle.json,
+# the table to the log.
+bench_whittle() {
+  local against=()
+  [[ $# -gt 1 ]] && against=(--against "$2")
+  local left=$((${budget:-100000} - (SECONDS - ${t_start:-0})))
+  timeout --kill-after=5 "$left" "$CARRY/whittle" --device cuda bench "$1" "${against[@]}" --runs 10 \
+    --repeats 2 --json > "$OUT/bench_whittle.json" || return
+  "$PY" -m json.tool "$OUT/bench_whittle.json" | head -n 60
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -204,13 +223,26 @@ run() {
   done
   { nvidia-smi -L; nvidia-smi --query-gpu=driver_version,memory.total --format=csv; } 2>&1 | tee -a "$LOG"
 
+  # The device call is cut at 600 s; past WHITTLE_CHECK_BUDGET seconds (default 540) the remaining
+  # steps are skipped (and each external command is capped at what is left), so the ratios, the
+  # summary and its JSON are always written.
+  local budget="${WHITTLE_CHECK_BUDGET:-540}" t_start=$SECONDS
   STEPS=()
   step() {  # step NAME NOTE-FILE COMMAND...
     local name="$1" note="$2"; shift 2
-    local t0 t1 rc
+    local t0 t1 rc left=$((budget - (SECONDS - t_start)))
+    if [[ "$name" != ratios ]] && (( left < 15 )); then
+      echo "=== $name: skipped, the ${budget} s budget is spent" | tee -a "$LOG"
+      STEPS+=("$name|skipped|0.0|$note")
+      return
+    fi
     echo "=== $name: $*" | tee -a "$LOG"
     t0=$(date +%s.%N)
-    "$@" 2>&1 | tee -a "$LOG" | tail -n 40
+    if declare -F "$1" >/dev/null || [[ "$name" == ratios ]]; then
+      "$@" 2>&1 | tee -a "$LOG" | tail -n 40
+    else
+      timeout --kill-after=5 "$left" "$@" 2>&1 | tee -a "$LOG" | tail -n 40
+    fi
     rc=${PIPESTATUS[0]}
     t1=$(date +%s.%N)
     local secs
@@ -250,10 +282,6 @@ run() {
   step bench "whittle kernel timings" env WHITTLE_BENCH_OUT="$perf/bench.json" \
     "$CARRY/cuda_bench" --ignored --exact bench_kernels --nocapture --test-threads=1
   step bench_torch "torch peers, same shapes" "$PY" scripts/device/bench_torch.py --json "$perf/bench_torch.json"
-  # The transformers side of `whittle bench` (issue 6) on the same random gemma-2-2b (4 layers,
-  # bf16, eager, use_cache): the baseline a GPU whittle bench will be compared with.
-  step bench_hf "transformers serving figures (bench_hf.json)" "$PY" scripts/bench_hf.py "$g2" \
-    --device cuda --runs 10 --json-out "$OUT/bench_hf.json"
 
   # Calibration throughput and the whole compile, on the same 128 × 2048 ids.
   local cm="$g2" ids="$perf/calib_ids.safetensors"
@@ -269,6 +297,13 @@ run() {
   step calib_hf "transformers + hooks tokens/s" "$PY" scripts/device/calib_hf.py run --model "$cm" \
     --ids "$ids" --json "$perf/calib_hf.json"
   step compile_2b "whittle --device cuda compile, wall time" compile_2b "$cm" "$ids" "$perf"
+  # Serving figures (issue 6) of that model and its throughput-tier compile, whittle on its CUDA
+  # engine and transformers (bf16, eager, use_cache), each interleaving the two models.
+  local served=("$cm")
+  [[ -f "$perf/compiled/config.json" ]] && served+=("$perf/compiled")
+  step bench_whittle "whittle --device cuda bench (bench_whittle.json)" bench_whittle "${served[@]}"
+  step bench_hf "transformers serving figures (bench_hf.json)" "$PY" scripts/bench_hf.py "${served[@]}" \
+    --device cuda --runs 10 --repeats 2 --json-out "$OUT/bench_hf.json"
   step ratios "whittle vs peers (perf.md, perf.json)" "$PY" scripts/device/ratios.py --quiet \
     --whittle "$perf/bench.json" --torch "$perf/bench_torch.json" \
     --calib-whittle "$perf/calib_whittle.json" --calib-hf "$perf/calib_hf.json" \

@@ -10,13 +10,22 @@ Shapes are gemma-2-2b's: H 2304, I 9216, 8 heads of 256, 4 KV heads, vocabulary 
 query_pre_attn_scalar 256, sliding window 4096 on even layers, softcaps 50 / 30. Weights are
 normal(0, std) per tensor kind; q/k projections get a larger std so the attention softcap bites,
 and the norms get random (1 + w) so the Gemma (1 + w) convention is exercised. Everything is
-generated on the GPU when there is one (seconds), else on the CPU.
+generated on the GPU when there is one (seconds), else on the CPU. The tokenizer is the tiny
+Gemma-2 fixture's (for the serving benchmarks, which tokenize a prompt text).
 """
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The serving benchmarks (whittle bench, scripts/bench_hf.py) tokenize a prompt text: the model
+# gets the tiny Gemma-2 fixture's tokenizer (512 ids, all inside the 256000-row embedding).
+# Speed does not depend on which ids a prompt has.
+TOKENIZER_FROM = os.path.join(ROOT, "tests", "fixtures", "tiny-gemma2")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 GEMMA2_2B = dict(
     vocab_size=256000,
@@ -54,16 +63,22 @@ def parse_args(argv):
     p.add_argument("--layers", type=int, default=4, help="decoder layers to keep (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (where weights are generated)")
+    p.add_argument("--tokenizer-from", default=TOKENIZER_FROM,
+                   help="folder whose tokenizer.json / tokenizer_config.json are copied (default: the tiny Gemma-2 fixture)")
     p.add_argument("--dry-run", action="store_true", help="parse arguments, print the plan, exit")
     a = p.parse_args(argv)
     if a.layers < 1:
         p.error("--layers must be at least 1")
+    missing = [f for f in TOKENIZER_FILES if not os.path.isfile(os.path.join(a.tokenizer_from, f))]
+    if missing:
+        p.error(f"--tokenizer-from {a.tokenizer_from}: missing {', '.join(missing)}")
     return a
 
 
 def main(argv=None):
     a = parse_args(argv)
-    plan = {"out": a.out, "layers": a.layers, "seed": a.seed, "config": GEMMA2_2B}
+    plan = {"out": a.out, "layers": a.layers, "seed": a.seed, "tokenizer_from": a.tokenizer_from,
+            "config": GEMMA2_2B}
     if a.dry_run:
         print("make_gemma2_2b (dry run):", json.dumps({k: v for k, v in plan.items() if k != "config"}))
         return 0
@@ -92,6 +107,8 @@ def main(argv=None):
     gc = os.path.join(a.out, "generation_config.json")
     if os.path.exists(gc):
         os.remove(gc)
+    for f in TOKENIZER_FILES:
+        shutil.copy(os.path.join(a.tokenizer_from, f), os.path.join(a.out, f))
     n = sum(p.numel() for p in model.parameters())
     print(f"make_gemma2_2b: {a.out}: {a.layers} layers, {n / 1e6:.0f}M parameters, bf16, "
           f"generated on {dev} in {time.time() - t0:.1f}s")
