@@ -70,6 +70,9 @@ test-emu: nvcc
 	# The --device CLI tests with a (emulated) GPU present: auto picks it, reports name it.
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
 	  $(CARGO) test --release --test device
-	# The kernel tests again with every block's threads scheduled last-first (missing barriers).
+	# The kernel tests again with every block's threads scheduled last-first (missing barriers),
+	# and once in a shuffled order (dependencies neither fixed order exposes).
 	WHITTLE_EMU_ORDER=reverse CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
 	  $(CARGO) test --release --test cuda_kernels --test cuda_linalg -- --ignored
+	WHITTLE_EMU_ORDER=random:1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	  $(CARGO) test --release --test cuda_kernels -- --ignored

@@ -334,9 +334,14 @@ inline void wgmma_commit() {
   for (int i = 0; i < q.len; ++i)
     if (q.op[i].group == 0) q.op[i].group = q.committed;
 }
-// Retires every committed group but the newest N, oldest first.
+// Retires every committed group but the newest N, oldest first. The MMAs of a warp complete
+// together on the hardware: no lane leaves the wait before every lane's retired MMAs have read
+// their operands (a lane that then signals "stage free" speaks for the whole warp).
 template <int N>
 inline void wgmma_wait() {
+  struct Rejoin {
+    ~Rejoin() { emu_warp_barrier(); }
+  } rejoin;
   emu_warp_barrier();
   EmuWgmmaQueue& q = emu_wgmma_queue();
   int keep = 0;

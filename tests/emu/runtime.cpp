@@ -26,6 +26,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "emu.h"
@@ -90,6 +91,7 @@ struct Worker {
   unsigned char* stacks = nullptr;
   int cur = 0, nthreads = 0;
   bool progress = false;  // an mbarrier changed state during this round
+  uint64_t rng = 0;       // WHITTLE_EMU_ORDER=random's shuffle state
   // AddressSanitizer's fiber bookkeeping (EMU_ASAN builds): the scheduler's stack and each
   // fiber's fake-stack handle across switches.
   const void* sched_bottom = nullptr;
@@ -200,14 +202,33 @@ bool run_block(const char* name) {
   // WHITTLE_EMU_ORDER=reverse runs each round's fibers last thread first: a read of shared
   // memory that a missing barrier leaves unordered sees the other thread's value in one order
   // and the stale one in the other, so running both orders exposes it in either direction.
-  static const bool reverse = [] {
+  // WHITTLE_EMU_ORDER=random[:SEED] shuffles every round (a seeded xorshift, so a failure
+  // repeats with the same seed): dependencies among three or more threads, or between two in
+  // the middle of a block, meet orders neither fixed one gives.
+  static const int order = [] {
     const char* o = std::getenv("WHITTLE_EMU_ORDER");
-    return o && std::strcmp(o, "reverse") == 0;
+    if (!o) return 0;
+    if (std::strcmp(o, "reverse") == 0) return 1;
+    return std::strncmp(o, "random", 6) == 0 ? 2 : 0;
   }();
+  if (order == 2 && w->rng == 0) {
+    const char* o = std::getenv("WHITTLE_EMU_ORDER");
+    const char* colon = std::strchr(o, ':');
+    w->rng = colon ? std::strtoull(colon + 1, nullptr, 10) * 0x9E3779B97F4A7C15ull + 1 : 0x2545F4914F6CDD1Dull;
+  }
+  std::vector<int> perm(n);
+  for (int t = 0; t < n; ++t) perm[t] = t;
   for (;;) {
     w->progress = false;
+    if (order == 2)
+      for (int i = n - 1; i > 0; --i) {
+        w->rng ^= w->rng << 13;
+        w->rng ^= w->rng >> 7;
+        w->rng ^= w->rng << 17;
+        std::swap(perm[i], perm[w->rng % (uint64_t)(i + 1)]);
+      }
     for (int i = 0; i < n; ++i) {
-      const int t = reverse ? n - 1 - i : i;
+      const int t = order == 1 ? n - 1 - i : order == 2 ? perm[i] : i;
       if (w->state[t] != RUNNABLE) continue;
       w->cur = t;
       set_thread_index(t);
