@@ -41,6 +41,22 @@ __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
 __device__ __forceinline__ float round_bf(float x) { return bf2f(f2bf(x)); }
 
 // ---------------------------------------------------------------------------------------------
+// The MLP activation (Gemma's gelu_pytorch_tanh), in transformers' bf16 rounding order: gate and
+// up are Linear outputs (bf16), F.gelu of the bf16 gate is rounded to bf16, then the product of
+// two bf16 tensors is rounded. `gate` and `up` are the f32 values before the Linear's rounding
+// (rounding an already-bf16 value again changes nothing). mlp.cu, decode.cu and the fused
+// gate/up GEMM (gemm.cu) all call this one function.
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + tanhf(k0 * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ float gelu_mul_bf16(float gate, float up) {
+  return round_bf(round_bf(gelu_tanh(round_bf(gate))) * round_bf(up));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reductions
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -66,20 +66,12 @@ __device__ __forceinline__ void unpack8(const uint4 u, float (&f)[8]) {
   }
 }
 
-// Same expression as mlp.cu's mlp::gelu_tanh (that file comes later in the translation unit).
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
-  return 0.5f * x * (1.0f + tanhf(k0 * (x + 0.044715f * x * x * x)));
-}
-
 // Stores output (row m, column n) of a GEMV: y/yf [M, N] (either may be null).
 template <bool GELU>
 __device__ __forceinline__ void gemv_store(float a, float b, bf16* __restrict__ y, float* __restrict__ yf,
                                            size_t o, float softcap) {
   if constexpr (GELU) {
-    // gate and up are Linear outputs (rounded to bf16), gelu is rounded, then the product.
-    const float ge = round_bf(gelu_tanh(round_bf(a)));
-    const float v = round_bf(ge * round_bf(b));
+    const float v = gelu_mul_bf16(a, b);
     if (y) y[o] = f2bf(v);
     if (yf) yf[o] = v;
   } else {

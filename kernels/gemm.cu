@@ -450,8 +450,13 @@ extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
 //   CTAs share W tiles in L2); the stage ring and its phases run on across tiles, so the producer
 //   loads the next tile's first k-tiles while the consumers store the previous one.
 // - Epilogue straight from registers (store_pair: bf16 and/or f32, accumulate, bounds).
-// - `triangle` = 1 makes it the Gram matrix's kernel too: X == W == Aᵀ [I, T] (transpose_bf16),
+// - `mode` MODE_GRAM makes it the Gram matrix's kernel too: X == W == Aᵀ [I, T] (transpose_bf16),
 //   f32 accumulate, only tiles that touch the block-upper triangle (skip_tile).
+// - `mode` MODE_GATE_UP fuses the MLP's input side: the W stage is W_gate rows [n0, n0+128) over
+//   W_up rows [n0, n0+128) (two 128-row boxes, maps tw and tw2), so each consumer holds gate and
+//   up for the same 128 output columns (accumulators j < 16 and j + 16) and writes
+//   act = gelu_tanh(gate)·up in bf16 (gelu_mul_bf16: transformers' rounding). Gate and up never
+//   reach memory: the separate path writes and re-reads both [M, I] (4 passes of M·I·2 bytes).
 // - Preconditions (host): compute capability 9.0, K % 8 == 0 and 16-byte aligned bases (TMA
 //   strides are multiples of 16 bytes). The host checks it once against gemm_nt_bf16 before use.
 namespace gemm90t {
@@ -462,28 +467,48 @@ constexpr int EMPTY_ARRIVALS = 8;  // 2 consumer warpgroups × 4 warps
 // Tiles, alignment slack for the 1024-byte atoms, then 2 × STAGES mbarriers of 8 bytes.
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
 
-// Gram mode (`triangle`): G is symmetric and gram_symmetrize_f32 mirrors every 128 × 128 block
-// below the diagonal at the end, so a 128 × 256 tile is needed only if one of its two 128-column
-// blocks is on or above the row block's diagonal. Producer and consumers skip the same tiles.
-__device__ __forceinline__ bool skip_tile(int tile, int gm, int triangle) {
-  return triangle && (tile % gm) > 2 * (tile / gm) + 1;
+constexpr int MODE_PLAIN = 0, MODE_GRAM = 1, MODE_GATE_UP = 2;
+
+// Gram mode: G is symmetric and gram_symmetrize_f32 mirrors every 128 × 128 block below the
+// diagonal at the end, so a 128 × 256 tile is needed only if one of its two 128-column blocks is
+// on or above the row block's diagonal. Producer and consumers skip the same tiles.
+__device__ __forceinline__ bool skip_tile(int tile, int gm, int mode) {
+  return mode == MODE_GRAM && (tile % gm) > 2 * (tile / gm) + 1;
+}
+
+// MODE_GATE_UP's epilogue: accumulator columns j < 16 are gate, j + 16 the up of the same output
+// columns n0 + 8j + 2t + e; act rows m0 + 16w + g (+8).
+__device__ __forceinline__ void store_gate_up(const float (&acc)[128], bf16* __restrict__ act, int ldc, int m0,
+                                              int n0, int M, int N) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = 4 * j + 2 * h;
+      gemm::store_pair(act, nullptr, ldc, 0, m0 + w * 16 + g + 8 * h, n0 + 8 * j + 2 * t, M, N,
+                       gelu_mul_bf16(acc[i], acc[i + 64]), gelu_mul_bf16(acc[i + 1], acc[i + 65]));
+    }
 }
 }  // namespace gemm90t
 
 // Grid (min(tiles, SMs)), block 384, dynamic smem gemm90t::SMEM_BYTES. tx: X [M, K] as a 2-D map
 // (dims {K, M}, box {64, 128}); tw: W [N, K] (dims {K, N}, box {64, 256}); both bf16, 128B swizzle.
-// triangle: 0 for Y = X·Wᵀ; 1 for the Gram matrix (see skip_tile).
+// mode: MODE_PLAIN (Y = X·Wᵀ), MODE_GRAM (see skip_tile), MODE_GATE_UP (tw = W_gate, tw2 = W_up,
+// both [N = I, K] with boxes {64, 128}; Yb = act [M, N]; tw2 is ignored by the other modes).
 extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
     gemm_nt_bf16_sm90_tma(const __grid_constant__ TmaMap tx, const __grid_constant__ TmaMap tw,
-                          bf16* __restrict__ Yb, float* __restrict__ Yf, int M, int N, int K, int ldc,
-                          int accumulate, int triangle) {
+                          const __grid_constant__ TmaMap tw2, bf16* __restrict__ Yb, float* __restrict__ Yf,
+                          int M, int N, int K, int ldc, int accumulate, int mode) {
 #if defined(WHITTLE_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace gemm90t;
   DYNAMIC_SMEM(smem_raw);
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t full0 = base + STAGES * STAGE_BYTES, empty0 = full0 + STAGES * 8;
   const int tid = threadIdx.x, wg = tid >> 7;
-  const int gm = CEIL_DIV(M, BM), tiles = gm * CEIL_DIV(N, BN), ktiles = CEIL_DIV(K, BK);
+  const bool gate_up = mode == MODE_GATE_UP;
+  const int bn = gate_up ? BN / 2 : BN;  // output columns per tile
+  const int gm = CEIL_DIV(M, BM), tiles = gm * CEIL_DIV(N, bn), ktiles = CEIL_DIV(K, BK);
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
@@ -499,14 +524,15 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
       int stage = 0;
       uint32_t phase = 0;
       for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        if (skip_tile(tile, gm, triangle)) continue;
-        const int m0 = (tile % gm) * BM, n0 = (tile / gm) * BN;
+        if (skip_tile(tile, gm, mode)) continue;
+        const int m0 = (tile % gm) * BM, n0 = (tile / gm) * bn;
         for (int kt = 0; kt < ktiles; ++kt) {
           mbar_wait(empty0 + 8 * stage, phase ^ 1);  // first pass: a fresh barrier, returns at once
           const uint32_t full = full0 + 8 * stage, a = base + stage * STAGE_BYTES;
-          mbar_arrive_expect_tx(full, STAGE_BYTES);
+          mbar_arrive_expect_tx(full, STAGE_BYTES);  // gate/up: two 16 KB boxes, the same bytes
           tma_load_2d(a, &tx, kt * BK, m0, full);
           tma_load_2d(a + A_BYTES, &tw, kt * BK, n0, full);
+          if (gate_up) tma_load_2d(a + A_BYTES + B_BYTES / 2, &tw2, kt * BK, n0, full);
           if (++stage == STAGES) stage = 0, phase ^= 1;
         }
       }
@@ -518,8 +544,8 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
     uint32_t phase = 0;
     float acc[128];
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-      if (skip_tile(tile, gm, triangle)) continue;
-      const int m0 = (tile % gm) * BM, n0 = (tile / gm) * BN;
+      if (skip_tile(tile, gm, mode)) continue;
+      const int m0 = (tile % gm) * BM, n0 = (tile / gm) * bn;
 #pragma unroll
       for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
       wgmma_fence_acc(acc);
@@ -541,7 +567,11 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
       wgmma_wait<0>();
       wgmma_fence_acc(acc);
       if (held >= 0 && lane == 0) mbar_arrive(empty0 + 8 * held);
-      gemm90::store_acc(acc, Yb, Yf, ldc, accumulate, m0 + c * 64, n0, M, N);
+      if (gate_up) {
+        store_gate_up(acc, Yb, ldc, m0 + c * 64, n0, M, N);
+      } else {
+        gemm90::store_acc(acc, Yb, Yf, ldc, accumulate, m0 + c * 64, n0, M, N);
+      }
     }
   }
 #else

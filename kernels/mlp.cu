@@ -16,11 +16,6 @@
 namespace mlp {
 constexpr int COLS = 64, ROWS = 128, TY = 8;
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
-  return 0.5f * x * (1.0f + tanhf(k0 * (x + 0.044715f * x * x * x)));
-}
-
 // Adds a block's per-thread partial sums (2 columns per lane, see the design note) into the f64
 // column statistics: the 8 thread-rows combine through shared memory, then one f64 atomicAdd
 // per column and statistic. Called by all threads of the block (it synchronises).
@@ -68,8 +63,7 @@ extern "C" __global__ void gelu_mul_stats_bf16(const bf16* __restrict__ gate, co
       const int c = c0 + e;
       if (c >= cols) continue;
       const size_t o = (size_t)r * cols + c;
-      const float ge = round_bf(mlp::gelu_tanh(bf2f(gate[o])));
-      const float a = round_bf(ge * bf2f(up[o]));
+      const float a = gelu_mul_bf16(bf2f(gate[o]), bf2f(up[o]));
       act[o] = f2bf(a);
       if (act_f32) act_f32[o] = a;
       s1[e] += a;

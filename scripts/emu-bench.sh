@@ -41,6 +41,7 @@ assert not no_peer, f"no torch timing (and no reason) for {no_peer}"
 names = {r["key"]: r["impl"] for r in bench["records"]}
 assert names["gemm M=200 N=320 K=136"] == "whittle gemm_nt_bf16_sm90_tma", names
 assert "gemm M=200 N=320 K=136 wgmma cp.async" in names and "gemm M=200 N=320 K=136 mma.sync" in names, names
+assert "gemm M=200 N=320 K=136 fused gate/up + gelu" in names, names
 assert names["gemm M=33 N=40 K=13"] == "whittle gemm_nt_bf16_unaligned", names
 assert "sm90_tma" in names["gram T=64 I=520"], names
 att = "attention B=1 T=80 nh=2 nkv=1 d=256 causal W=48 softcap=none"

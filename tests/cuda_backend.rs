@@ -112,10 +112,23 @@ fn backend_layers_equal_gpu_model_bitwise() {
             let st = be.take_stats().unwrap();
             let h = be.hidden(Stream::Pruned, 0).unwrap();
             assert!(same_bits(&h, &outs[l]), "{name}: layer {l} output");
-            assert!(
-                same_bits(&be.hidden(Stream::Reference, 0).unwrap(), &h),
-                "{name}: halves, layer {l}"
-            );
+            // The reference half ran its MLP without statistics: on Hopper that is the fused
+            // gate/up GEMM (a different kernel from the statistics path's two GEMMs), so there
+            // it must agree to bf16 rounding; elsewhere it is the same kernels, bit for bit.
+            let r = be.hidden(Stream::Reference, 0).unwrap();
+            if whittle::cuda::ops::gate_up_fused(&gpu(), cfg.hidden_size) {
+                let e = rows_rel_l2(
+                    &format!("{name} halves, layer {l}"),
+                    &r,
+                    &h,
+                    cfg.hidden_size,
+                    1e-2,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                eprintln!("{name} layer {l}: fused gate/up half vs statistics half, worst row {e:.2e} (bitwise: {})", same_bits(&r, &h));
+            } else {
+                assert!(same_bits(&r, &h), "{name}: halves, layer {l}");
+            }
             // Same kernels on the same rows: the Gram matrix is bitwise GpuModel's; the column
             // sums go through f64 atomics (order varies).
             let gg: Vec<f64> = gstats[l]

@@ -390,6 +390,27 @@ fn bench_kernels() {
                 "Y = X·Wᵀ, bf16 out",
             );
         }
+        // The MLP's input side as whittle runs it where the GEMM is fused (gate and up from one
+        // launch, gelu·up in its epilogue; W_gate = W_up here, which changes no timing): twice
+        // this shape's FLOPs, under "<key> fused gate/up + gelu" (perf.json). Its unfused peer
+        // is two of the rows above plus gelu_mul_stats' pass.
+        if s(e, "label").contains("gate_proj") && ops::gate_up_fused(&g, k) {
+            let t = time_op(&g, &m, sets, |i| {
+                ops::gate_up_act(&g, &xs[i], &ws[i], &ws[i], &mut ys[i]).unwrap()
+            });
+            let mut alt = e.clone();
+            alt["key"] = format!("{} fused gate/up + gelu", s(e, "key")).into();
+            r.add(
+                &alt,
+                "gemm",
+                "gemm_nt_bf16_sm90_tma (gate/up mode)",
+                &t,
+                sets,
+                2.0 * flop,
+                2.0 * (mm * k + 2 * n * k + mm * n) as f64,
+                "act = gelu(X·W_gateᵀ)·(X·W_upᵀ), bf16 out; flop counts both GEMMs",
+            );
+        }
     }
 
     for e in entries(&sh, "gram") {

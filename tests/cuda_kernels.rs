@@ -540,6 +540,55 @@ fn gelu_mul_and_stats_match_cpu() {
     }
 }
 
+/// The MLP input side in one op: gelu_tanh(x·W_gateᵀ)·(x·W_upᵀ), against the CPU with each
+/// kernel this GPU has (on Hopper the fused TMA launch, also with few CTAs walking the tiles).
+#[test]
+#[ignore = "needs a GPU"]
+fn gate_up_act_matches_cpu() {
+    let g = gpu();
+    let mut kernels = vec![GemmKernel::MmaSync];
+    if g.info.compute_capability == (9, 0) {
+        kernels.extend([GemmKernel::Sm90, GemmKernel::Sm90Tma]);
+    }
+    for (i, &(m, k, n)) in [
+        (1, 8, 1),
+        (200, 136, 300),
+        (129, 64, 128),
+        (33, 13, 70),
+        (300, 640, 1408),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = rand_vals(m * k, 60 + i as u64, 1.0);
+        let wg = rand_vals(n * k, 70 + i as u64, 0.5);
+        let wu = rand_vals(n * k, 80 + i as u64, 0.5);
+        // Linear outputs are bf16 tensors: round gate and up before the activation.
+        let round =
+            |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect() };
+        let mut want = round(cpu::linear(&x, &wg, m, k, n));
+        cpu::gelu_mul(&mut want, &round(cpu::linear(&x, &wu, m, k, n)));
+        let (xd, gd, ud) = (
+            up_bf16(&g, &x, &[m, k]),
+            up_bf16(&g, &wg, &[n, k]),
+            up_bf16(&g, &wu, &[n, k]),
+        );
+        for &kernel in &kernels {
+            if kernel != GemmKernel::MmaSync && k % 8 != 0 {
+                continue;
+            }
+            let mut act = poisoned_bf16(&g, &[m, n]);
+            ops::gate_up_act_with(&g, &xd, &gd, &ud, &mut act, kernel).unwrap();
+            check(
+                &format!("gate_up_act ({kernel:?}) {m}x{k} -> {n}"),
+                &down(&g, &act),
+                &want,
+                BF16_TOL,
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn token_weights_and_scaled_stats_match_cpu() {

@@ -269,12 +269,9 @@ impl CudaBackend {
         let (n, hd, i) = (h.rows(), cfg.hidden_size, w.gate.rows());
         let mw = w.weights();
         let mut x = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
-        let mut gate = DTensor::zeros(gpu, &[n, i])?; // [N, I]
-        let mut up = DTensor::zeros(gpu, &[n, i])?; // [N, I]
-        block::mlp_in(gpu, cfg, &mw, h, &mut x, &mut gate, &mut up)?;
-        drop(x);
         let mut act = DTensor::zeros(gpu, &[n, i])?; // [N, I]
-                                                     // Uniform weights on the device: the column sums come fused with the activation.
+
+        // Uniform weights on the device: the column sums come fused with the activation.
         let fused = match (capture, capturing.as_deref()) {
             (Capture::Stats, Some(Capturing::Device(d))) => {
                 d.spec.token_weight == TokenWeight::Uniform
@@ -283,6 +280,10 @@ impl CudaBackend {
         };
         match (fused, capturing) {
             (true, Some(Capturing::Device(d))) => {
+                let mut gate = DTensor::zeros(gpu, &[n, i])?; // [N, I]
+                let mut up = DTensor::zeros(gpu, &[n, i])?; // [N, I]
+                block::mlp_in(gpu, cfg, &mw, h, &mut x, &mut gate, &mut up)?;
+                drop(x);
                 ops::gelu_mul(
                     gpu,
                     &gate,
@@ -304,8 +305,8 @@ impl CudaBackend {
                 return Ok(());
             }
             (_, capturing) => {
-                ops::gelu_mul(gpu, &gate, &up, &mut act, None, None)?;
-                drop((gate, up));
+                block::mlp_act(gpu, cfg, &mw, h, &mut x, &mut act, None)?;
+                drop(x);
                 let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
                 block::mlp_down(gpu, &mw, &act, &mut y)?;
                 match (capture, capturing) {

@@ -157,6 +157,41 @@ pub(super) fn mlp_in(
     Ok(())
 }
 
+/// The MLP block up to the down_proj input without statistics: `act = gelu_tanh(x·W_gateᵀ) ·
+/// (x·W_upᵀ)` with `x = pre_ffn_norm(h)`. One fused GEMM where the GPU has it (Hopper, TMA GEMM
+/// self-checked: gate and up never reach memory), else `mlp_in` into `scratch` (gate, up [N, I];
+/// allocated here when `None`) and `gelu_mul`. Same values either way (tests/cuda_kernels.rs).
+pub(super) fn mlp_act(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    w: &MlpWeights,
+    h: &DTensor<bf16>,
+    x: &mut DTensor<bf16>,
+    act: &mut DTensor<bf16>,
+    scratch: Option<(&mut DTensor<bf16>, &mut DTensor<bf16>)>,
+) -> Result<()> {
+    if ops::gate_up_fused(gpu, cfg.hidden_size) {
+        ops::rms_norm(gpu, h, w.pre_ffn_norm, x, cfg.rms_norm_eps)?;
+        ops::gate_up_act(gpu, x, w.gate, w.up, act)?;
+        return Ok(());
+    }
+    let (n, i) = (h.rows(), w.gate.rows());
+    let mut owned = None;
+    let (gate, up) = match scratch {
+        Some(s) => s,
+        None => {
+            let o = owned.insert((
+                DTensor::zeros(gpu, &[n, i])?, // [N, I]
+                DTensor::zeros(gpu, &[n, i])?, // [N, I]
+            ));
+            (&mut o.0, &mut o.1)
+        }
+    };
+    mlp_in(gpu, cfg, w, h, x, gate, up)?;
+    ops::gelu_mul(gpu, gate, up, act, None, None)?;
+    Ok(())
+}
+
 /// `y = act·W_downᵀ` ([N, H], the down_proj output before the post-FFN norm).
 pub(super) fn mlp_down(
     gpu: &Gpu,

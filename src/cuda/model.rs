@@ -518,9 +518,9 @@ impl GpuModel {
         let cfg = &self.cfg;
         block::attention(gpu, cfg, l, &w.attn(), &mut a.h, &mut a.s, batch, kv)?;
         let mw = w.mlp();
-        block::mlp_in(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
         match stats {
             Some(s) => {
+                block::mlp_in(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
                 ops::gelu_mul(
                     gpu,
                     &a.gate,
@@ -534,7 +534,14 @@ impl GpuModel {
                 }
                 s.count += batch.rows() as u64;
             }
-            None => ops::gelu_mul(gpu, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?,
+            None if a.act_f32.is_none() => {
+                let scratch = Some((&mut a.gate, &mut a.up));
+                block::mlp_act(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.act, scratch)?
+            }
+            None => {
+                block::mlp_in(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
+                ops::gelu_mul(gpu, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?
+            }
         }
         block::mlp_down(gpu, &mw, &a.act, &mut a.s.y)?;
         if let (Some(f), Some(af)) = (obs.as_mut(), a.act_f32.as_ref()) {

@@ -243,15 +243,17 @@ pub fn gemm_kernel_name(kernel: GemmKernel, k: usize) -> &'static str {
 
 /// Runs `kernel` and the mma.sync kernel on a 200 × 320 × 200 problem (ragged in M, N and K,
 /// several k-tiles; the TMA kernel also with a single CTA walking all tiles, so its stage ring
-/// wraps across tiles, and in Gram mode on a 520 × 520 Gram matrix); `Some(reason)` when they differ by more than f32 summation order allows.
-/// The first element of row-major `got` ([.., cols]) that differs from `want` by more than f32
-/// summation order allows (relative to want's largest magnitude; NaN always differs).
-fn first_mismatch(want: &[f32], got: &[f32], cols: usize) -> Option<String> {
+/// wraps across tiles, in Gram mode on a 520 × 520 Gram matrix and in gate/up mode); `Some(reason)` when they differ by more than f32 summation order allows.
+/// The first element of row-major `got` ([.., cols]) that differs from `want` by more than
+/// `rel`·|want| + `of_max`·max|want| + 1e-5 (NaN always differs). f32 outputs of two GEMMs differ
+/// by summation order only (rel 0, of_max 1e-4); bf16 outputs may also differ by one rounding
+/// step of an input that landed on the other side of a tie.
+fn first_mismatch(want: &[f32], got: &[f32], cols: usize, rel: f32, of_max: f32) -> Option<String> {
     let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
     want.iter()
         .zip(got)
         .position(|(a, b)| {
-            let close = (a - b).abs() <= 1e-4 * scale + 1e-5;
+            let close = (a - b).abs() <= rel * a.abs() + of_max * scale + 1e-5;
             !close
         })
         .map(|i| {
@@ -299,7 +301,7 @@ fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> 
     for &ctas in grids {
         let mut got = DTensor::<f32>::zeros(gpu, &[m, n])?;
         gemm_nt_launch(gpu, &x, &w, None, Some(&mut got), false, kernel, ctas)?;
-        if let Some(e) = first_mismatch(&want, &got.to_host(gpu)?, n) {
+        if let Some(e) = first_mismatch(&want, &got.to_host(gpu)?, n, 0.0, 1e-4) {
             let grid = ctas.map_or(String::new(), |c| format!(", {c} CTA"));
             return Ok(Some(format!("{e}{grid}")));
         }
@@ -316,8 +318,23 @@ fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> 
             g.to_host(gpu)
         };
         let (want, got) = (gram(GemmKernel::MmaSync)?, gram(GemmKernel::Sm90Tma)?);
-        if let Some(e) = first_mismatch(&want, &got, i) {
+        if let Some(e) = first_mismatch(&want, &got, i, 0.0, 1e-4) {
             return Ok(Some(format!("Gram {e}")));
+        }
+        // Gate/up mode (two W boxes per stage, the gelu epilogue) against gemm + gemm +
+        // gelu_mul on mma.sync: 200 output columns, so the second tile is ragged.
+        let (gate, up) = (
+            DTensor::from_host(gpu, &vals(200 * k), &[200, k])?,
+            DTensor::from_host(gpu, &vals(200 * k), &[200, k])?,
+        );
+        let act = |kern| -> CudaResult<Vec<f32>> {
+            let mut a = DTensor::<bf16>::zeros(gpu, &[m, 200])?;
+            gate_up_act_with(gpu, &x, &gate, &up, &mut a, kern)?;
+            Ok(a.to_host(gpu)?.iter().map(|v| v.to_f32()).collect())
+        };
+        let (want, got) = (act(GemmKernel::MmaSync)?, act(GemmKernel::Sm90Tma)?);
+        if let Some(e) = first_mismatch(&want, &got, 200, 1e-2, 1e-3) {
+            return Ok(Some(format!("gate/up {e}")));
         }
     }
     Ok(None)
@@ -353,14 +370,25 @@ pub fn gemm_nt_with(
 
 const TMA_NAME: &str = "gemm_nt_bf16_sm90_tma";
 
+/// What `gemm_nt_bf16_sm90_tma` computes (its `mode` argument).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TmaMode {
+    /// Y = X·Wᵀ.
+    Plain,
+    /// The Gram matrix: only tiles touching the block-upper triangle.
+    Gram,
+    /// act = gelu_tanh(X·W_gateᵀ)·(X·W_upᵀ), W = W_gate; the device address of W_up [N, K].
+    GateUp(u64),
+}
+
 /// Where `gemm_nt_bf16_sm90_tma` writes: device addresses of the bf16 and f32 outputs (0: none),
-/// their row stride, whether f32 accumulates, and Gram mode (block-upper tiles only).
+/// their row stride, whether f32 accumulates, and the mode.
 struct TmaOut {
     yb: u64,
     yf: u64,
     ld: usize,
     accumulate: bool,
-    triangle: bool,
+    mode: TmaMode,
 }
 
 /// Launches `gemm_nt_bf16_sm90_tma` for Y [M, N] = X [M, K] · W [N, K]ᵀ, `x` and `w` given as
@@ -375,17 +403,28 @@ fn launch_tma(
     ctas: Option<usize>,
 ) -> CudaResult<()> {
     let ((xp, m), (wp, n)) = (x, w);
-    let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TMA_TILE_N);
+    // Gate/up tiles hold 128 gate and 128 up rows: 128 output columns each.
+    let (tile_n, box_n, mode) = match y.mode {
+        TmaMode::Plain => (GEMM_TMA_TILE_N, GEMM_TMA_TILE_N, 0),
+        TmaMode::Gram => (GEMM_TMA_TILE_N, GEMM_TMA_TILE_N, 1),
+        TmaMode::GateUp(_) => (GEMM_TMA_TILE_N / 2, GEMM_TMA_TILE_N / 2, 2),
+    };
+    let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(tile_n);
     i32_of(TMA_NAME, "tiles", tiles)?;
     let sms = usize::try_from(gpu.info.multiprocessors)
         .unwrap_or(1)
         .max(1);
     let grid = tiles.min(ctas.unwrap_or(sms));
     let tx = super::tma::bf16_2d(TMA_NAME, xp, m, k, k, GEMM_TILE, 64)?;
-    let tw = super::tma::bf16_2d(TMA_NAME, wp, n, k, k, GEMM_TMA_TILE_N, 64)?;
+    let tw = super::tma::bf16_2d(TMA_NAME, wp, n, k, k, box_n, 64)?;
+    let tw2 = match y.mode {
+        TmaMode::GateUp(up) => super::tma::bf16_2d(TMA_NAME, up, n, k, k, box_n, 64)?,
+        _ => tw,
+    };
     let args = [
         KArg::Tma(tx),
         KArg::Tma(tw),
+        KArg::Tma(tw2),
         KArg::Ptr(y.yb),
         KArg::Ptr(y.yf),
         KArg::I32(i32_of(TMA_NAME, "M", m)?),
@@ -393,11 +432,11 @@ fn launch_tma(
         KArg::I32(i32_of(TMA_NAME, "K", k)?),
         KArg::I32(i32_of(TMA_NAME, "ldc", y.ld)?),
         KArg::I32(y.accumulate as i32),
-        KArg::I32(y.triangle as i32),
+        KArg::I32(mode),
     ];
-    // SAFETY: the maps describe exactly x [M, K] and w [N, K] (the copy engine zero-fills outside
-    // them); the caller guarantees each given output holds M rows of stride ldc ≥ N and the
-    // epilogue is bounds-checked; compute capability 9.0 only (resolve_kernel).
+    // SAFETY: the maps describe exactly x [M, K] and w (and W_up) [N, K] (the copy engine
+    // zero-fills outside them); the caller guarantees each given output holds M rows of stride
+    // ldc ≥ N and the epilogue is bounds-checked; compute capability 9.0 only (resolve_kernel).
     unsafe {
         gpu.launch(
             TMA_NAME,
@@ -405,6 +444,63 @@ fn launch_tma(
             &args,
         )
     }
+}
+
+/// `act = gelu_tanh(x·W_gateᵀ)·(x·W_upᵀ)` in bf16 with transformers' rounding (each Linear output
+/// rounded, the gelu rounded, the product rounded: exactly `gemm_nt` twice then `gelu_mul`).
+/// `x` [M, K], `gate`, `up` [I, K], `act` [M, I]. On Hopper, once the TMA GEMM passed its
+/// self-check, one fused launch (gate and up never reach memory); elsewhere the three ops, with
+/// scratch for gate and up.
+pub fn gate_up_act(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    gate: &DTensor<bf16>,
+    up: &DTensor<bf16>,
+    act: &mut DTensor<bf16>,
+) -> CudaResult<()> {
+    gate_up_act_with(gpu, x, gate, up, act, GemmKernel::Auto)
+}
+
+/// Whether `gate_up_act` runs as one fused launch for reduction length `k` on this GPU (runs the
+/// self-checks on first use).
+pub fn gate_up_fused(gpu: &Gpu, k: usize) -> bool {
+    auto_gemm_kernel(gpu, k) == GemmKernel::Sm90Tma
+}
+
+/// `gate_up_act` with the kernel chosen by the caller: `Sm90Tma` insists on the fused launch,
+/// any other kernel runs the three separate ops on it.
+pub fn gate_up_act_with(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    gate: &DTensor<bf16>,
+    up: &DTensor<bf16>,
+    act: &mut DTensor<bf16>,
+    kernel: GemmKernel,
+) -> CudaResult<()> {
+    const K_NAME: &str = "gate_up_act";
+    let (m, k, i) = (x.rows(), x.cols(), gate.rows());
+    expect_shape(K_NAME, "gate", gate, i, k)?;
+    expect_shape(K_NAME, "up", up, i, k)?;
+    expect_shape(K_NAME, "act", act, m, i)?;
+    if m == 0 || i == 0 {
+        return Ok(());
+    }
+    if resolve_kernel(gpu, kernel, TMA_NAME, "K", k, true)? == GemmKernel::Sm90Tma {
+        let _r = range("gemm");
+        let y = TmaOut {
+            yb: act.ptr(gpu),
+            yf: 0,
+            ld: i,
+            accumulate: false,
+            mode: TmaMode::GateUp(up.ptr(gpu)),
+        };
+        return launch_tma(gpu, (x.ptr(gpu), m), (gate.ptr(gpu), i), k, y, None);
+    }
+    let mut g = DTensor::<bf16>::zeros(gpu, &[m, i])?; // [M, I]
+    let mut u = DTensor::<bf16>::zeros(gpu, &[m, i])?; // [M, I]
+    gemm_nt_with(gpu, x, gate, Some(&mut g), None, false, kernel)?;
+    gemm_nt_with(gpu, x, up, Some(&mut u), None, false, kernel)?;
+    gelu_mul(gpu, &g, &u, act, None, None)
 }
 
 /// `gemm_nt_with` on at most `ctas` CTAs where the kernel is persistent (the TMA kernel; `None`:
@@ -469,7 +565,7 @@ pub fn gemm_nt_launch(
             yf,
             ld: n,
             accumulate,
-            triangle: false,
+            mode: TmaMode::Plain,
         };
         return launch_tma(gpu, (x.ptr(gpu), m), (w.ptr(gpu), n), k, y, ctas);
     }
@@ -538,7 +634,7 @@ pub fn gram_accumulate_with(
             yf: g.ptr(gpu),
             ld: i,
             accumulate: true,
-            triangle: true,
+            mode: TmaMode::Gram,
         };
         return launch_tma(gpu, (at.ptr(gpu), i), (at.ptr(gpu), i), t, y, None);
     }
