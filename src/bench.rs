@@ -325,13 +325,14 @@ pub fn report_json(subjects: &[Subject], measured: &[Measured], p: &Protocol) ->
         .zip(measured)
         .map(|(s, m)| model_json(s, m))
         .collect();
-    let (engine, device) = subjects
+    let (engine, device, kernels) = subjects
         .first()
-        .map(|s| (s.engine.name(), s.engine.device()))
-        .unwrap_or_else(|| ("whittle cpu f32".into(), "cpu".into()));
+        .map(|s| (s.engine.name(), s.engine.device(), s.engine.kernels()))
+        .unwrap_or_else(|| ("whittle cpu f32".into(), "cpu".into(), None));
     let mut out = json!({
         "engine": engine,
         "device": device,
+        "kernels": kernels,
         "version": env!("CARGO_PKG_VERSION"),
         "threads": rayon::current_num_threads(),
         "protocol": p.to_json(),

@@ -564,6 +564,11 @@ impl Layout {
 pub trait Backend {
     fn name(&self) -> String;
 
+    /// The GPU kernels the hot ops chose (compile report; `None` on the CPU).
+    fn kernels(&self, _cfg: &ModelConfig) -> Option<String> {
+        None
+    }
+
     /// Where scoring and repair solve their f64 linear algebra for this backend (the host unless
     /// the backend has a GPU).
     fn solver(&self) -> crate::prune::Solver {

@@ -364,6 +364,7 @@ pub fn compile(
             })).collect::<Vec<_>>(),
         })),
         "backend": backend.name(),
+        "gpu_kernels": backend.kernels(&cfg),
         "solver": solver.name(),
         "layers": layer_reports,
     });

@@ -563,6 +563,10 @@ pub trait Engine {
     fn name(&self) -> String;
     /// Where it runs: `cpu` or the GPU's description.
     fn device(&self) -> String;
+    /// The GPU kernels the hot ops chose on this device (reports; `None` on the CPU).
+    fn kernels(&self) -> Option<String> {
+        None
+    }
     /// One batched forward pass over `batch` sequences (no cache), the LM head on the last
     /// position of each sequence only, and the greedy pick of each: `[n_seq]` token ids.
     fn last_token_picks(&self, ids: &[u32], batch: Batch) -> Result<Vec<u32>>;

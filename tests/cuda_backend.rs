@@ -366,6 +366,13 @@ fn compile_on_the_gpu_is_close_to_the_cpu_compile() {
         backend.starts_with("cuda:") && backend.ends_with("(bf16)"),
         "{backend}"
     );
+    // The report names the kernels the GPU compile ran on (emulated Hopper: the TMA GEMM).
+    let k = rg["gpu_kernels"].as_str().unwrap_or_default();
+    assert!(
+        k.starts_with("GEMM ") && k.contains("Gram") && k.contains("attention"),
+        "{k}"
+    );
+    assert!(rc["gpu_kernels"].is_null(), "{}", rc["gpu_kernels"]);
     // Scoring and repair solved where the calibration ran.
     assert_eq!(
         (rc["solver"].as_str(), rg["solver"].as_str()),

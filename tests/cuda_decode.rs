@@ -957,6 +957,8 @@ fn cli_generate_and_bench_run_on_the_gpu() {
     let (o, _) = whittle(&["--device", "cuda", "bench", m, "--quick", "--json"]);
     let r: Value = serde_json::from_str(&o).unwrap();
     assert_eq!(r["engine"], "whittle cuda bf16");
+    let k = r["kernels"].as_str().unwrap_or_default();
+    assert!(k.starts_with("GEMM ") && k.contains("attention"), "{k}");
     let fig = &r["models"][0];
     for k in ["prefill_tok_s", "decode_tok_s"] {
         let x = fig[k]["median"].as_f64().unwrap();

@@ -368,6 +368,10 @@ impl Backend for CudaBackend {
         crate::prune::Solver::Cuda(self.gpu.clone())
     }
 
+    fn kernels(&self, cfg: &ModelConfig) -> Option<String> {
+        Some(ops::kernel_summary(&self.gpu, cfg))
+    }
+
     fn embed(&mut self, cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
         let mut rows = embed_rows_from_store(cfg, store, ids)?;
         // As GpuModel: the table in bf16, times sqrt(H) rounded to bf16, the product rounded.

@@ -429,6 +429,9 @@ impl Engine for GpuModel {
     fn device(&self) -> String {
         self.gpu().info.to_string()
     }
+    fn kernels(&self) -> Option<String> {
+        Some(ops::kernel_summary(self.gpu(), &self.cfg))
+    }
     fn last_token_picks(&self, ids: &[u32], batch: Batch) -> Result<Vec<u32>> {
         let gpu = &**self.gpu();
         let (n, t, hd) = (batch.n_seq, batch.seq_len, self.cfg.hidden_size);

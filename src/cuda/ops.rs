@@ -461,6 +461,27 @@ pub fn gate_up_act(
     gate_up_act_with(gpu, x, gate, up, act, GemmKernel::Auto)
 }
 
+/// The kernels the hot ops of `cfg`'s model choose on this GPU, for reports (`whittle_report.json`
+/// `gpu_kernels`, `whittle bench --json` `kernels`): the projections' GEMM, whether gate/up is
+/// fused, the Gram matrix's kernel, attention's. Runs the self-checks on first use.
+pub fn kernel_summary(gpu: &Gpu, cfg: &crate::config::ModelConfig) -> String {
+    let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let gemm = gemm_kernel_name(auto_gemm_kernel(gpu, h), h);
+    let gram = match auto_gemm_kernel(gpu, 8) {
+        GemmKernel::Sm90Tma => "gemm_nt_bf16_sm90_tma (Gram mode)",
+        GemmKernel::Sm90 => "gram_nt_bf16_sm90",
+        _ if i % 8 == 0 => "gram_tn_bf16",
+        _ => "gram_tn_bf16_unaligned",
+    };
+    let attn = flash_kernel_name(d, flash_warps(gpu, d)).unwrap_or("attention_fwd_generic");
+    let fused = if gate_up_fused(gpu, h) {
+        "fused with gelu·up"
+    } else {
+        "separate"
+    };
+    format!("GEMM {gemm} (gate/up {fused}), Gram {gram}, attention {attn}")
+}
+
 /// Whether `gate_up_act` runs as one fused launch for reduction length `k` on this GPU (runs the
 /// self-checks on first use).
 pub fn gate_up_fused(gpu: &Gpu, k: usize) -> bool {
