@@ -27,7 +27,8 @@
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{
-    bf, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, real_model, root, up_bf16,
+    bf, cpu_gate_up_act, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, real_model, root,
+    up_bf16,
 };
 
 use half::bf16;
@@ -202,9 +203,7 @@ fn gemv_gelu_matches_cpu() {
         let x = rand_vals(m * k, 20 + i as u64, 1.0);
         let wg = rand_vals(n * k, 200 + i as u64, 0.5);
         let wu = rand_vals(n * k, 300 + i as u64, 0.5);
-        let mut want = cpu::linear(&x, &wg, m, k, n);
-        let up = cpu::linear(&x, &wu, m, k, n);
-        cpu::gelu_mul(&mut want, &up);
+        let want = cpu_gate_up_act(&x, &wg, &wu, m, k, n);
         let xd = up_bf16(&g, &x, &[m, k]);
         let (gd, ud) = (up_bf16(&g, &wg, &[n, k]), up_bf16(&g, &wu, &[n, k]));
         let mut act = poisoned_bf16(&g, &[m, n]);

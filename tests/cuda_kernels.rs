@@ -9,7 +9,9 @@
 
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{down, gpu, poisoned_bf16, poisoned_f32, rand_vals, up_bf16, up_f32};
+use gpu_common::{
+    cpu_gate_up_act, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, up_bf16, up_f32,
+};
 
 use half::bf16;
 use whittle::check::rel_l2;
@@ -563,11 +565,7 @@ fn gate_up_act_matches_cpu() {
         let x = rand_vals(m * k, 60 + i as u64, 1.0);
         let wg = rand_vals(n * k, 70 + i as u64, 0.5);
         let wu = rand_vals(n * k, 80 + i as u64, 0.5);
-        // Linear outputs are bf16 tensors: round gate and up before the activation.
-        let round =
-            |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect() };
-        let mut want = round(cpu::linear(&x, &wg, m, k, n));
-        cpu::gelu_mul(&mut want, &round(cpu::linear(&x, &wu, m, k, n)));
+        let want = cpu_gate_up_act(&x, &wg, &wu, m, k, n);
         let (xd, gd, ud) = (
             up_bf16(&g, &x, &[m, k]),
             up_bf16(&g, &wg, &[n, k]),

@@ -27,6 +27,24 @@ pub fn rand_vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The CPU reference of the MLP's input side, `gelu_tanh(x·W_gateᵀ)·(x·W_upᵀ)` for x [m, k] and
+/// W_gate, W_up [n, k], with gate and up rounded to bf16 as the Linear outputs they are.
+pub fn cpu_gate_up_act(
+    x: &[f32],
+    wg: &[f32],
+    wu: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    use whittle::cpu::ops::{gelu_mul, linear};
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect() };
+    let mut act = round(linear(x, wg, m, k, n));
+    gelu_mul(&mut act, &round(linear(x, wu, m, k, n)));
+    act
+}
+
 pub fn bf(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()
 }
