@@ -167,7 +167,7 @@ dry_run() {
     || die "ratios.py (synthetic records)"
   [[ -s "$tmp/perf.md" && -s "$tmp/perf.json" ]] || die "ratios.py wrote no table"
   rm -rf "$tmp"
-  echo "device-check: dry run ok (GPU steps skipped: kernels, linalg, model, backend, decode, parity, bench, bench_torch, calib, compile)"
+  echo "device-check: dry run ok (GPU steps skipped: probe_tma, kernels, linalg, model, backend, decode, parity, bench, bench_torch, calib, compile, bench_whittle, bench_hf)"
 }
 
 # ---------------------------------------------------------------------------------------------
