@@ -445,23 +445,28 @@ pub fn slice_layer(
     }
 }
 
+/// `len` deterministic values uniform in [-0.5, 0.5) (xorshift from `seed`): the inputs of
+/// `synthetic_problem` and of the device solver's tests.
+#[doc(hidden)]
+pub fn synthetic_noise(len: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        })
+        .collect()
+}
+
 /// A synthetic scoring problem for tests (the host unit tests and tests/cuda_linalg.rs): a layer
 /// that has only `down` [hidden, n], and the Gram statistics of `t` = 4n correlated activations
 /// a = x·M + x·diag(1 + j % 7) (x, M uniform noise from `seed`), so a few directions dominate
 /// and the greedy choices are well separated.
 #[doc(hidden)]
 pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (LayerWeights, MlpStats) {
-    let noise = |len: usize, seed: u64| -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect()
-    };
+    let noise = synthetic_noise;
     let t = 4 * n;
     let x = noise(t * n, seed);
     let m = noise(n * n, seed + 10);

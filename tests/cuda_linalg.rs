@@ -13,17 +13,7 @@ use whittle::cuda::DTensor;
 use whittle::linalg;
 use whittle::prune::{self, Solver};
 
-fn noise(len: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        })
-        .collect()
-}
+use prune::synthetic_noise as noise;
 
 /// `|got - want| <= atol + rtol·|want|` everywhere; the first failure names index and values.
 fn check(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
