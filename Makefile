@@ -43,6 +43,7 @@ demo: build python
 # Regenerate the committed fixtures with transformers (see tests/fixtures/README.md).
 fixtures: python-torch
 	$(PY) scripts/make_fixtures.py tests/fixtures
+	$(PY) scripts/make_mm_fixture.py tests/fixtures
 
 # CPU forward throughput, whittle vs transformers fp32, on Gemma 3 270M (README table).
 bench-cpu: build python-torch

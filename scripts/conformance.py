@@ -36,9 +36,9 @@ def main(root: str) -> int:
             hf = model(ref["input_ids"]).logits.float()
         ours = ref["logits"]
         err = ((ours - hf).norm(dim=-1) / hf.norm(dim=-1).clamp_min(1e-30)).max().item()
-        width = model.config.intermediate_size
+        width = model.config.get_text_config().intermediate_size  # nested for "gemma3"
         ok = err <= TOL
-        print(f"{'ok  ' if ok else 'FAIL'} {name}: intermediate_size {width}, max per-position "
+        print(f"{'ok  ' if ok else 'FAIL'} {name} ({type(model).__name__}): intermediate_size {width}, max per-position "
               f"||d||/||ref|| = {err:.2e} (tol {TOL:.0e})")
         passed += ok
         failed += not ok

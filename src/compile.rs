@@ -305,15 +305,20 @@ pub fn compile(
 
     let untied = crate::model::untied_head(&cfg, &store);
     let new_cfg = cfg.with_intermediate_size(k);
-    let (p0, p1) = (params(&cfg, untied), params(&new_cfg, untied));
-    let bytes_before: u64 = registry(&cfg, untied)
-        .iter()
-        .map(|s| {
-            store
-                .get(&s.name)
-                .map(|t| (t.info.end - t.info.start) as u64)
-        })
-        .sum::<Result<u64>>()?;
+    let (other_params, other_bytes) = crate::inspect::passthrough(&store, &cfg, untied);
+    let (p0, p1) = (
+        params(&cfg, untied) + other_params,
+        params(&new_cfg, untied) + other_params,
+    );
+    let bytes_before: u64 = other_bytes
+        + registry(&cfg, untied)
+            .iter()
+            .map(|s| {
+                store
+                    .get(&s.name)
+                    .map(|t| (t.info.end - t.info.start) as u64)
+            })
+            .sum::<Result<u64>>()?;
     let mlp_bytes_after: u64 = bytes_before
         - (0..cfg.num_layers)
             .map(|l| {
@@ -331,7 +336,7 @@ pub fn compile(
     let mut report = json!({
         "whittle_version": env!("CARGO_PKG_VERSION"),
         "input": input.display().to_string(),
-        "model_type": cfg.arch.model_type(),
+        "model_type": cfg.model_type(),
         "method": opts.method.name(),
         "sequential": opts.sequential,
         "sequential_target": if !opts.sequential { Value::Null } else if opts.target_original { json!("original") } else { json!("layer") },
@@ -352,6 +357,8 @@ pub fn compile(
         "weight_bytes_after": mlp_bytes_after,
         "weight_gib_before": bytes_before as f64 / gib,
         "weight_gib_after": mlp_bytes_after as f64 / gib,
+        "passthrough_params": other_params,
+        "passthrough_bytes": other_bytes,
         "calibration": calib.map(|c| json!({
             "sequences": c.n_seq,
             "seq_len": c.seq_len,

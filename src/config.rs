@@ -10,7 +10,23 @@ use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-pub const SUPPORTED_MODEL_TYPES: &str = "\"gemma2\", \"gemma3_text\"";
+pub const SUPPORTED_MODEL_TYPES: &str =
+    "\"gemma2\", \"gemma3_text\", \"gemma3\" (the language model of the multimodal checkpoint)";
+
+/// `Gemma3TextConfig`'s defaults for the fields whittle needs that a multimodal Gemma-3
+/// checkpoint's sparse `text_config` leaves out (Gemma 3 4B on the hub gives only hidden_size,
+/// intermediate_size, num_hidden_layers, rope_scaling and sliding_window). Checked against
+/// transformers by tests/config.rs with tests/fixtures/gemma3-hub-config (made by
+/// scripts/make_mm_fixture.py).
+const GEMMA3_TEXT_DEFAULTS: [(&str, u64); 7] = [
+    ("vocab_size", 262_208),
+    ("hidden_size", 2304),
+    ("intermediate_size", 9216),
+    ("num_hidden_layers", 26),
+    ("num_attention_heads", 8),
+    ("num_key_value_heads", 4),
+    ("head_dim", 256),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -78,6 +94,10 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     pub tie_word_embeddings: bool,
     pub bos_token_id: u32,
+    /// `model_type: "gemma3"` (Gemma3ForConditionalGeneration): the fields above describe its
+    /// `text_config`; the vision tower and projector are not modelled and pass through the
+    /// rewriter unchanged.
+    pub multimodal: bool,
     /// The parsed JSON, kept so the rewriter can write it back changing only `intermediate_size`.
     pub raw: Value,
 }
@@ -97,8 +117,18 @@ impl ModelConfig {
         Parser {
             path: path.to_path_buf(),
             v: &raw,
+            scope: "",
         }
         .parse(raw.clone())
+    }
+
+    /// The checkpoint's own `model_type` ("gemma3" for the multimodal wrapper).
+    pub fn model_type(&self) -> &'static str {
+        if self.multimodal {
+            "gemma3"
+        } else {
+            self.arch.model_type()
+        }
     }
 
     pub fn q_dim(&self) -> usize {
@@ -139,7 +169,12 @@ impl ModelConfig {
     pub fn with_intermediate_size(&self, n: usize) -> Self {
         let mut c = self.clone();
         c.intermediate_size = n;
-        if let Value::Object(m) = &mut c.raw {
+        let target = if c.multimodal {
+            c.raw.get_mut("text_config")
+        } else {
+            Some(&mut c.raw)
+        };
+        if let Some(Value::Object(m)) = target {
             m.insert("intermediate_size".into(), Value::from(n));
         }
         c
@@ -149,14 +184,65 @@ impl ModelConfig {
 struct Parser<'a> {
     path: PathBuf,
     v: &'a Value,
+    /// Where `v` sits in the file, for messages ("" at the top level).
+    scope: &'static str,
 }
 
 impl Parser<'_> {
     fn err(&self, msg: impl Into<String>) -> Error {
+        let msg = msg.into();
         Error::Config {
             path: self.path.clone(),
-            msg: msg.into(),
+            msg: if self.scope.is_empty() {
+                msg
+            } else {
+                format!("in \"{}\": {msg}", self.scope)
+            },
         }
+    }
+
+    /// A multimodal Gemma-3 checkpoint: its language model is a `gemma3_text` config nested in
+    /// `text_config`, often sparse (transformers fills the rest from Gemma3TextConfig's defaults).
+    fn parse_multimodal(&self, raw: Value) -> Result<ModelConfig> {
+        let text = match self.get("text_config") {
+            Some(Value::Object(m)) => m,
+            Some(v) => return Err(self.err(format!("\"text_config\" must be an object, got {v}"))),
+            None => {
+                return Err(self.err(
+                    "model_type \"gemma3\" needs a \"text_config\" object (the language model's config)",
+                ))
+            }
+        };
+        let mut merged = serde_json::Map::new();
+        for (k, v) in GEMMA3_TEXT_DEFAULTS {
+            merged.insert(k.into(), Value::from(v));
+        }
+        for k in ["tie_word_embeddings", "bos_token_id"] {
+            if let Some(v) = self.get(k) {
+                merged.insert(k.into(), v.clone());
+            }
+        }
+        for (k, v) in text {
+            merged.insert(k.clone(), v.clone());
+        }
+        match merged.get("model_type").and_then(Value::as_str) {
+            None | Some("gemma3_text") => {}
+            Some(other) => {
+                return Err(self.err(format!(
+                    "text_config.model_type is \"{other}\"; a \"gemma3\" checkpoint's language model must be \"gemma3_text\""
+                )))
+            }
+        }
+        merged.insert("model_type".into(), Value::from("gemma3_text"));
+        let merged = Value::Object(merged);
+        let mut cfg = Parser {
+            path: self.path.clone(),
+            v: &merged,
+            scope: "text_config",
+        }
+        .parse(raw)?;
+        cfg.multimodal = true;
+        Ok(cfg)
     }
 
     /// Present and not null.
@@ -225,6 +311,7 @@ impl Parser<'_> {
         let arch = match model_type {
             "gemma2" => Arch::Gemma2,
             "gemma3_text" => Arch::Gemma3Text,
+            "gemma3" if self.scope.is_empty() => return self.parse_multimodal(raw),
             other => {
                 return Err(Error::UnsupportedModel {
                     path: self.path.clone(),
@@ -313,6 +400,7 @@ impl Parser<'_> {
                         ))
                     })? as u32,
             },
+            multimodal: false,
             raw,
         })
     }

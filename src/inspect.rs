@@ -45,6 +45,11 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
             dtypes.push(dt);
         }
     }
+    let (other_params, other_bytes) = passthrough(&store, &cfg, untied);
+    if other_params > 0 {
+        params.insert(Group::Other, other_params);
+        weight_bytes += other_bytes;
+    }
     let total_params = params.values().sum();
     Ok(Summary {
         cfg,
@@ -56,13 +61,33 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
     })
 }
 
+/// The checkpoint's tensors the registry does not name (a multimodal Gemma-3's vision tower and
+/// projector, or extras such as a tied model's stored `lm_head.weight`): (parameters, bytes).
+/// The rewriter copies them unchanged, so they count in every size before and after.
+pub fn passthrough(store: &WeightStore, cfg: &ModelConfig, untied: bool) -> (u64, u64) {
+    let named: std::collections::HashSet<String> = registry(cfg, untied)
+        .iter()
+        .map(|s| store.naming.file_name(&s.name).into_owned())
+        .collect();
+    let mut out = (0u64, 0u64);
+    for f in &store.files {
+        for (name, t) in &f.tensors {
+            if !named.contains(name) {
+                out.0 += t.shape.iter().product::<usize>() as u64;
+                out.1 += (t.end - t.start) as u64;
+            }
+        }
+    }
+    out
+}
+
 pub const GIB: f64 = (1u64 << 30) as f64;
 
 impl Summary {
     pub fn to_json(&self) -> Value {
         let c = &self.cfg;
         json!({
-            "model_type": c.arch.model_type(),
+            "model_type": c.model_type(),
             "hidden_size": c.hidden_size,
             "intermediate_size": c.intermediate_size,
             "num_layers": c.num_layers,
@@ -91,7 +116,7 @@ impl Summary {
             .filter(|(_, t)| **t == crate::config::LayerType::Full)
             .map(|(i, _)| i.to_string())
             .collect();
-        s += &format!("architecture      {}\n", c.arch.model_type());
+        s += &format!("architecture      {}\n", c.model_type());
         s += &format!(
             "shape             hidden {}  mlp {}  layers {}  heads {}/{} kv  head_dim {}  vocab {}\n",
             c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size

@@ -81,6 +81,9 @@ pub enum Group {
     Mlp,
     Norm,
     LmHead,
+    /// Tensors outside the registry (a multimodal checkpoint's vision tower and projector),
+    /// copied to the output unchanged.
+    Other,
 }
 
 impl Group {
@@ -91,6 +94,7 @@ impl Group {
             Group::Mlp => "mlp",
             Group::Norm => "norms",
             Group::LmHead => "lm_head (untied)",
+            Group::Other => "other (copied)",
         }
     }
 }

@@ -336,6 +336,66 @@ pub struct WeightStore {
     index: HashMap<String, usize>,
     /// Present when the checkpoint is sharded: the parsed `model.safetensors.index.json`.
     pub shard_index: Option<Value>,
+    /// Where the language model's tensors sit in the files (see [`Naming`]).
+    pub naming: Naming,
+}
+
+/// How the checkpoint spells the registry's names (`model.layers.0....`, `lm_head.weight`).
+/// A text checkpoint uses them as they are; a multimodal Gemma-3 checkpoint nests the language
+/// model: `language_model.model.*` + `language_model.lm_head.weight` (what the hub's Gemma 3
+/// 4B/12B/27B and transformers' save_pretrained write) or `model.language_model.*` +
+/// `lm_head.weight` (transformers' in-memory layout, written by some 4.5x versions). Everything
+/// else in such a file (vision tower, projector) is outside the registry and passes through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Naming {
+    /// Replaces the registry's leading `model.`.
+    pub model_prefix: String,
+    pub lm_head: String,
+}
+
+impl Naming {
+    fn text() -> Naming {
+        Naming {
+            model_prefix: "model.".into(),
+            lm_head: "lm_head.weight".into(),
+        }
+    }
+
+    /// The layout whose embedding tensor the checkpoint holds (text layout when none matches,
+    /// so a missing embedding is reported under its usual name).
+    fn detect(index: &HashMap<String, usize>) -> Naming {
+        let layouts = [
+            Naming::text(),
+            Naming {
+                model_prefix: "language_model.model.".into(),
+                lm_head: "language_model.lm_head.weight".into(),
+            },
+            Naming {
+                model_prefix: "model.language_model.".into(),
+                lm_head: "lm_head.weight".into(),
+            },
+        ];
+        layouts
+            .into_iter()
+            .find(|n| index.contains_key(&format!("{}embed_tokens.weight", n.model_prefix)))
+            .unwrap_or_else(Naming::text)
+    }
+
+    /// The file's name for a registry name.
+    pub fn file_name<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if let Some(rest) = name.strip_prefix("model.") {
+            if self.model_prefix != "model." {
+                return format!("{}{rest}", self.model_prefix).into();
+            }
+        } else if name == "lm_head.weight" && self.lm_head != name {
+            return self.lm_head.clone().into();
+        }
+        name.into()
+    }
+
+    pub fn is_nested(&self) -> bool {
+        self.model_prefix != "model."
+    }
 }
 
 impl WeightStore {
@@ -401,23 +461,35 @@ impl WeightStore {
                 }
             }
         }
+        let naming = Naming::detect(&index);
         Ok(WeightStore {
             dir: dir.to_path_buf(),
             files,
             index,
             shard_index,
+            naming,
         })
     }
 
+    /// Is the tensor with this registry name in the checkpoint?
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index
+            .contains_key(self.naming.file_name(name).as_ref())
     }
 
+    /// The names the files use (see [`Naming`] for how they relate to the registry's).
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.index.keys()
     }
 
+    /// A tensor by its registry name (`model.layers.0.mlp.up_proj.weight`), whatever the
+    /// checkpoint calls it.
     pub fn get(&self, name: &str) -> Result<TensorRef<'_>> {
+        self.get_raw(&self.naming.file_name(name))
+    }
+
+    /// A tensor by the name the file uses.
+    pub fn get_raw(&self, name: &str) -> Result<TensorRef<'_>> {
         let (key, &i) = self
             .index
             .get_key_value(name)
@@ -451,7 +523,7 @@ impl WeightStore {
         if t.info.shape != shape {
             return Err(Error::ShapeMismatch {
                 path: t.file.path.clone(),
-                tensor: name.to_string(),
+                tensor: t.name.to_string(),
                 expected: shape.to_vec(),
                 found: t.info.shape.clone(),
             });

@@ -229,7 +229,8 @@ pub fn write_model(
     let mut mlp: HashMap<String, (usize, LayerTensor)> = HashMap::new();
     for l in 0..cfg.num_layers {
         for t in [LayerTensor::Gate, LayerTensor::Up, LayerTensor::Down] {
-            mlp.insert(layer_name(l, t), (l, t));
+            let name = layer_name(l, t);
+            mlp.insert(store.naming.file_name(&name).into_owned(), (l, t));
         }
     }
     let hd = cfg.hidden_size;
@@ -345,7 +346,14 @@ pub fn write_model(
 
     let cfg_path = inp.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let new_cfg = rewrite_config_text(&cfg_text, width).unwrap_or_else(|| {
+    // A multimodal config holds other `intermediate_size`s (the vision tower's): rewrite the
+    // parsed JSON there rather than patch the text.
+    let patched = if cfg.multimodal {
+        None
+    } else {
+        rewrite_config_text(&cfg_text, width)
+    };
+    let new_cfg = patched.unwrap_or_else(|| {
         serde_json::to_string_pretty(&cfg.with_intermediate_size(width).raw).expect("json") + "\n"
     });
     write_small("config.json", new_cfg.as_bytes(), &mut limit)?;

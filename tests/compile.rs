@@ -61,7 +61,7 @@ fn assert_same_tensors(a: &Path, b: &Path) {
     nb.sort();
     assert_eq!(na, nb);
     for n in &na {
-        let (x, y) = (sa.get(n).unwrap(), sb.get(n).unwrap());
+        let (x, y) = (sa.get_raw(n).unwrap(), sb.get_raw(n).unwrap());
         assert_eq!(x.info.dtype, y.info.dtype, "{n}");
         assert_eq!(x.info.shape, y.info.shape, "{n}");
         assert!(x.bytes() == y.bytes(), "{n}: bytes differ");
@@ -683,4 +683,147 @@ fn peak_heap_does_not_grow_with_depth() {
         "peak heap grows with depth: {peaks:?} MiB"
     );
     eprintln!("peak heap 2 vs 8 layers: {peaks:?} MiB");
+}
+
+/// Copies a checkpoint folder, renaming its tensors with `rename` (bytes and order kept).
+fn renamed_copy(src: &Path, dst: &Path, rename: impl Fn(&str) -> String) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap() != "model.safetensors" {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let f = whittle::safetensors::SafeFile::open(&src.join("model.safetensors")).unwrap();
+    let mut order: Vec<_> = f.tensors.iter().collect();
+    order.sort_by_key(|(_, t)| t.start);
+    let entries: Vec<HeaderEntry> = order
+        .iter()
+        .map(|(n, t)| HeaderEntry {
+            name: rename(n),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let mut bytes = encode_header(&entries, None);
+    for (_, t) in &order {
+        bytes.extend_from_slice(f.bytes(t));
+    }
+    std::fs::write(dst.join("model.safetensors"), bytes).unwrap();
+}
+
+/// A multimodal Gemma-3 checkpoint (tiny-gemma3-mm: tiny-gemma3's language model under
+/// `language_model.model.*` plus a vision tower and projector): the language model is pruned
+/// exactly as the text checkpoint is, everything else is copied byte for byte under its own
+/// name, and only `text_config.intermediate_size` changes in config.json. The other spelling
+/// (`model.language_model.*`, transformers' in-memory layout) is read and kept too.
+#[test]
+fn multimodal_gemma3_prunes_the_language_model_and_copies_the_rest() {
+    let d = tempfile::tempdir().unwrap();
+    let calib = fixture("eval-text.txt");
+    let compile = |input: &Path, out: &Path| {
+        let (code, _, err) = run(&[
+            "compile",
+            s(input),
+            "-o",
+            s(out),
+            "--calib",
+            s(&calib),
+            "--samples",
+            "8",
+            "--seq",
+            "24",
+            "--intermediate-size",
+            "64",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(out.join("whittle_report.json")).unwrap())
+                .unwrap();
+        r
+    };
+    let mm_in = fixture("tiny-gemma3-mm");
+    let (mm_out, text_out) = (d.path().join("mm"), d.path().join("text"));
+    let rm = compile(&mm_in, &mm_out);
+    let rt = compile(&fixture("tiny-gemma3"), &text_out);
+    assert_eq!(rm["model_type"], "gemma3");
+    for (a, b) in rm["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(rt["layers"].as_array().unwrap())
+    {
+        assert_eq!(
+            a["kept"], b["kept"],
+            "same language model, same neurons kept"
+        );
+    }
+
+    let (si, so, st) = (
+        WeightStore::open(&mm_in).unwrap(),
+        WeightStore::open(&mm_out).unwrap(),
+        WeightStore::open(&text_out).unwrap(),
+    );
+    let mut names: Vec<_> = si.names().cloned().collect();
+    names.sort();
+    let mut out_names: Vec<_> = so.names().cloned().collect();
+    out_names.sort();
+    assert_eq!(names, out_names, "the output keeps every tensor name");
+    let (mut copied, mut copied_bytes) = (0u64, 0u64);
+    for n in &names {
+        let o = so.get_raw(n).unwrap();
+        match n.strip_prefix("language_model.") {
+            // The language model: what the text compile wrote for the same tensor.
+            Some(rest) => {
+                let t = st.get_raw(rest).unwrap();
+                assert_eq!(o.info.shape, t.info.shape, "{n}");
+                assert!(o.bytes() == t.bytes(), "{n}: differs from the text compile");
+            }
+            None => {
+                let i = si.get_raw(n).unwrap();
+                assert_eq!((o.info.dtype, &o.info.shape), (i.info.dtype, &i.info.shape));
+                assert!(o.bytes() == i.bytes(), "{n}: not copied unchanged");
+                copied += i.info.shape.iter().product::<usize>() as u64;
+                copied_bytes += i.bytes().len() as u64;
+            }
+        }
+    }
+    assert!(copied > 0, "the fixture has a vision tower");
+    assert_eq!(rm["passthrough_params"], json!(copied));
+    assert_eq!(rm["passthrough_bytes"], json!(copied_bytes));
+    assert_eq!(
+        rm["weight_bytes_after"].as_u64().unwrap(),
+        rt["weight_bytes_after"].as_u64().unwrap() + copied_bytes
+    );
+
+    let cfg = |p: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(p.join("config.json")).unwrap()).unwrap()
+    };
+    let (ci, co) = (cfg(&mm_in), cfg(&mm_out));
+    let mut expect = ci.clone();
+    expect["text_config"]["intermediate_size"] = json!(64);
+    assert_eq!(co, expect, "only text_config.intermediate_size changes");
+
+    // transformers' in-memory spelling: model.language_model.* and a top-level lm_head.
+    let alt_in = d.path().join("alt-in");
+    renamed_copy(&mm_in, &alt_in, |n| {
+        match n.strip_prefix("language_model.model.") {
+            Some(rest) => format!("model.language_model.{rest}"),
+            None => format!("model.{n}"),
+        }
+    });
+    let alt_out = d.path().join("alt-out");
+    let ra = compile(&alt_in, &alt_out);
+    assert_eq!(ra["layers"], rm["layers"]);
+    let sa = WeightStore::open(&alt_out).unwrap();
+    for n in &names {
+        let alt = match n.strip_prefix("language_model.model.") {
+            Some(rest) => format!("model.language_model.{rest}"),
+            None => format!("model.{n}"),
+        };
+        assert!(
+            sa.get_raw(&alt).unwrap().bytes() == so.get_raw(n).unwrap().bytes(),
+            "{alt}"
+        );
+    }
 }

@@ -165,10 +165,21 @@ fn errors_name_the_field() {
     v["hidden_activation"] = json!("silu");
     assert!(parse(v).unwrap_err().contains("silu"));
 
-    let mut v = base("gemma3");
-    v["hidden_size"] = json!(64);
-    let e = parse(v).unwrap_err();
-    assert!(e.contains("\"gemma3\"") && e.contains("gemma3_text"), "{e}");
+    let e = parse(base("llama")).unwrap_err();
+    assert!(e.contains("\"llama\"") && e.contains("gemma3_text"), "{e}");
+
+    // Multimodal Gemma-3: the text model's config must be there, and be Gemma-3 text.
+    let e = parse(base("gemma3")).unwrap_err();
+    assert!(e.contains("\"text_config\""), "{e}");
+    let e = parse(json!({"model_type": "gemma3", "text_config": {"model_type": "gemma2"}}))
+        .unwrap_err();
+    assert!(e.contains("gemma2") && e.contains("gemma3_text"), "{e}");
+    let e = parse(json!({"model_type": "gemma3", "text_config": {"num_attention_heads": 0}}))
+        .unwrap_err();
+    assert!(
+        e.contains("in \"text_config\"") && e.contains("num_attention_heads"),
+        "{e}"
+    );
 
     assert!(
         ModelConfig::from_json_str("{not json", Path::new("x/config.json"))
@@ -186,4 +197,67 @@ fn with_intermediate_size_changes_only_that_field() {
     let mut expect = v;
     expect["intermediate_size"] = json!(40);
     assert_eq!(c.raw, expect);
+}
+
+/// The hub's Gemma 3 4B config (sparse `text_config`) parsed as transformers parses it:
+/// tests/fixtures/gemma3-hub-config/expected.json is transformers' reading
+/// (scripts/make_mm_fixture.py).
+#[test]
+fn gemma3_multimodal_sparse_config_gets_transformers_defaults() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-hub-config");
+    let c = ModelConfig::from_dir(&dir).unwrap();
+    let e: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let n = |k: &str| e[k].as_u64().unwrap() as usize;
+    assert!(c.multimodal);
+    assert_eq!(c.arch, Arch::Gemma3Text);
+    assert_eq!(c.model_type(), "gemma3");
+    assert_eq!(c.vocab_size, n("vocab_size"));
+    assert_eq!(c.hidden_size, n("hidden_size"));
+    assert_eq!(c.intermediate_size, n("intermediate_size"));
+    assert_eq!(c.num_layers, n("num_hidden_layers"));
+    assert_eq!(c.num_heads, n("num_attention_heads"));
+    assert_eq!(c.num_kv_heads, n("num_key_value_heads"));
+    assert_eq!(c.head_dim, n("head_dim"));
+    assert_eq!(c.sliding_window, n("sliding_window"));
+    assert_eq!(c.bos_token_id as usize, n("bos_token_id"));
+    assert_eq!(
+        c.query_pre_attn_scalar,
+        e["query_pre_attn_scalar"].as_f64().unwrap()
+    );
+    assert_eq!(c.rms_norm_eps, e["rms_norm_eps"].as_f64().unwrap() as f32);
+    let types: Vec<&str> = c.layer_types.iter().map(|t| t.name()).collect();
+    let want: Vec<&str> = e["layer_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(types, want);
+    let rope = |k: &str| Rope {
+        theta: e[k]["theta"].as_f64().unwrap(),
+        linear_factor: e[k]["linear_factor"].as_f64().unwrap(),
+    };
+    assert_eq!(c.rope_full, rope("rope_full"));
+    assert_eq!(c.rope_sliding, rope("rope_sliding"));
+    assert!(e["attn_logit_softcapping"].is_null() && c.attn_softcap.is_none());
+    assert!(e["final_logit_softcapping"].is_null() && c.final_softcap.is_none());
+    assert_eq!(
+        c.tie_word_embeddings,
+        e["tie_word_embeddings"].as_bool().unwrap()
+    );
+    assert!(c.qk_norm);
+}
+
+#[test]
+fn gemma3_multimodal_with_intermediate_size_changes_the_text_config_only() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-hub-config");
+    let c = ModelConfig::from_dir(&dir).unwrap();
+    let w = c.with_intermediate_size(7296);
+    assert_eq!(w.intermediate_size, 7296);
+    let mut expect = c.raw.clone();
+    expect["text_config"]["intermediate_size"] = json!(7296);
+    assert_eq!(w.raw, expect);
+    assert_eq!(w.raw["vision_config"]["intermediate_size"], json!(4304));
+    assert!(w.raw.get("intermediate_size").is_none());
 }

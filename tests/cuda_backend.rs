@@ -429,7 +429,8 @@ fn compile_on_the_gpu_is_close_to_the_cpu_compile() {
 #[test]
 #[ignore = "needs a GPU"]
 fn eval_on_the_gpu_is_within_one_percent_of_the_cpu() {
-    for name in ["tiny-gemma3", "tiny-gemma2"] {
+    // tiny-gemma3-mm: the GPU loader reads a multimodal checkpoint's language model too.
+    for name in ["tiny-gemma3", "tiny-gemma2", "tiny-gemma3-mm"] {
         let m = fixture(name);
         let (c, g) = (
             eval_json("cpu", &m, None, "64"),

@@ -38,7 +38,7 @@ fn rel(a: &Value, b: &Value) -> f64 {
 
 #[test]
 fn perplexity_matches_transformers() {
-    for m in ["tiny-gemma2", "tiny-gemma3"] {
+    for m in ["tiny-gemma2", "tiny-gemma3", "tiny-gemma3-mm"] {
         let r = reference(m);
         let seq = r["seq"].to_string();
         let w = r["windows"].to_string();

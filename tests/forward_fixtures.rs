@@ -59,9 +59,13 @@ impl Reference {
 }
 
 fn check_fixture(name: &str) {
-    let dir = fixture(name);
-    let model = Model::load(&dir).unwrap();
-    let r = Reference::open(&dir);
+    check_against(name, name);
+}
+
+/// The model in fixture `name` against the references stored with fixture `reference`.
+fn check_against(name: &str, reference: &str) {
+    let model = Model::load(&fixture(name)).unwrap();
+    let r = Reference::open(&fixture(reference));
     let (ids, batch) = r.ids();
     assert!(
         batch.seq_len > model.cfg.sliding_window,
@@ -125,6 +129,18 @@ fn tiny_gemma2_matches_transformers() {
 #[test]
 fn tiny_gemma3_matches_transformers() {
     check_fixture("tiny-gemma3");
+}
+
+/// A multimodal Gemma-3 checkpoint (model_type "gemma3", `text_config`, tensors under
+/// `language_model.model.*`, a vision tower beside them) whose language model is tiny-gemma3's:
+/// scripts/make_mm_fixture.py checks in transformers that its text-only logits equal
+/// tiny-gemma3's, so tiny-gemma3's references are its ground truth too.
+#[test]
+fn tiny_gemma3_multimodal_matches_transformers() {
+    let model = Model::load(&fixture("tiny-gemma3-mm")).unwrap();
+    assert!(model.cfg.multimodal);
+    assert_eq!(model.cfg.model_type(), "gemma3");
+    check_against("tiny-gemma3-mm", "tiny-gemma3");
 }
 
 /// The test above would pass vacuously if the window never cut anything; prove the window

@@ -8,17 +8,28 @@ use whittle::safetensors::WeightStore;
 
 #[test]
 fn counts_match_the_checkpoint() {
-    for name in ["tiny-gemma2", "tiny-gemma3"] {
+    for name in ["tiny-gemma2", "tiny-gemma3", "tiny-gemma3-mm"] {
         let dir = fixture(name);
         let s = whittle::inspect::summarize(&dir).unwrap();
         let store = WeightStore::open(&dir).unwrap();
-        let (mut numel, mut bytes) = (0u64, 0u64);
+        let (mut numel, mut bytes, mut outside_lm) = (0u64, 0u64, 0u64);
         for f in &store.files {
-            for t in f.tensors.values() {
-                numel += t.shape.iter().product::<usize>() as u64;
+            for (n, t) in &f.tensors {
+                let k = t.shape.iter().product::<usize>() as u64;
+                numel += k;
                 bytes += (t.end - t.start) as u64;
+                if !n.starts_with("model.") && !n.starts_with("language_model.") {
+                    outside_lm += k;
+                }
             }
         }
+        // The multimodal fixture's vision tower and projector are counted, as copied tensors.
+        assert_eq!(
+            s.params.get(&Group::Other).copied().unwrap_or(0),
+            outside_lm,
+            "{name}"
+        );
+        assert_eq!(name.ends_with("-mm"), outside_lm > 0);
         assert_eq!(s.total_params, numel, "{name}");
         assert_eq!(s.weight_bytes, bytes, "{name}");
         let c = &s.cfg;
