@@ -319,19 +319,9 @@ pub fn compile(
                     .map(|t| (t.info.end - t.info.start) as u64)
             })
             .sum::<Result<u64>>()?;
-    let mlp_bytes_after: u64 = bytes_before
-        - (0..cfg.num_layers)
-            .map(|l| {
-                [LayerTensor::Gate, LayerTensor::Up, LayerTensor::Down]
-                    .iter()
-                    .map(|&t| {
-                        let r = store.get(&layer_name(l, t)).expect("checked at load");
-                        let es = r.info.dtype.size() as u64;
-                        (cfg.intermediate_size - k) as u64 * hd as u64 * es
-                    })
-                    .sum::<u64>()
-            })
-            .sum::<u64>();
+    let (p_after, mlp_bytes_after) =
+        crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
+    debug_assert_eq!(p_after, p1);
     let gib = crate::inspect::GIB;
     let mut report = json!({
         "whittle_version": env!("CARGO_PKG_VERSION"),

@@ -19,6 +19,42 @@ pub struct Summary {
     pub weight_bytes: u64,
     pub dtypes: Vec<String>,
     pub tied: bool,
+    /// What `compile --tier NAME` (default `--multiple-of`) would write, for every tier.
+    pub tiers: Vec<TierSize>,
+}
+
+/// The size of a compile at one named width.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierSize {
+    pub name: &'static str,
+    pub width: usize,
+    pub params: u64,
+    pub weight_bytes: u64,
+}
+
+/// Parameters and tensor bytes of the checkpoint after cutting its MLPs to `width` neurons:
+/// what `compile` writes (gate/up rows and down columns removed, in each tensor's own dtype;
+/// everything else, copied tensors included, unchanged). `params`/`bytes` are the full sizes.
+pub fn sizes_at_width(
+    store: &WeightStore,
+    cfg: &ModelConfig,
+    params: u64,
+    bytes: u64,
+    width: usize,
+) -> Result<(u64, u64)> {
+    use crate::registry::{layer_name, LayerTensor};
+    let cut = (cfg.intermediate_size - width.min(cfg.intermediate_size)) as u64;
+    let hd = cfg.hidden_size as u64;
+    let mut removed_bytes = 0u64;
+    for l in 0..cfg.num_layers {
+        for t in [LayerTensor::Gate, LayerTensor::Up, LayerTensor::Down] {
+            removed_bytes += cut * hd * store.get(&layer_name(l, t))?.info.dtype.size() as u64;
+        }
+    }
+    Ok((
+        params - 3 * cfg.num_layers as u64 * hd * cut,
+        bytes - removed_bytes,
+    ))
 }
 
 pub fn summarize(dir: &Path) -> Result<Summary> {
@@ -51,6 +87,23 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
         weight_bytes += other_bytes;
     }
     let total_params = params.values().sum();
+    let defaults = crate::compile::CompileOptions::default();
+    let mut tiers = Vec::new();
+    for &(name, _) in crate::compile::TIERS {
+        let w = crate::compile::resolve_width(
+            cfg.intermediate_size,
+            &crate::compile::Width::Tier(name.into()),
+            defaults.multiple_of,
+        )?
+        .width;
+        let (p, b) = sizes_at_width(&store, &cfg, total_params, weight_bytes, w)?;
+        tiers.push(TierSize {
+            name,
+            width: w,
+            params: p,
+            weight_bytes: b,
+        });
+    }
     Ok(Summary {
         cfg,
         params,
@@ -58,6 +111,7 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
         weight_bytes,
         dtypes,
         tied: !untied,
+        tiers,
     })
 }
 
@@ -103,6 +157,13 @@ impl Summary {
             "weight_bytes": self.weight_bytes,
             "weight_gib": self.weight_bytes as f64 / GIB,
             "dtypes": self.dtypes,
+            "tiers": self.tiers.iter().map(|t| json!({
+                "tier": t.name,
+                "intermediate_size": t.width,
+                "params": t.params,
+                "weight_bytes": t.weight_bytes,
+                "weight_gib": t.weight_bytes as f64 / GIB,
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -155,6 +216,17 @@ impl Summary {
             self.weight_bytes,
             self.dtypes.join("/")
         );
+        s += "compile tiers     MLP width, parameters and weights after `compile --tier NAME`\n";
+        for t in &self.tiers {
+            s += &format!(
+                "  {:<16}{:>6}  {:>14}  {:.4} GiB  ({:.1}% smaller)\n",
+                t.name,
+                t.width,
+                t.params,
+                t.weight_bytes as f64 / GIB,
+                100.0 * (1.0 - t.weight_bytes as f64 / self.weight_bytes as f64)
+            );
+        }
         s
     }
 }

@@ -69,3 +69,41 @@ fn cli_inspect_json() {
     assert_eq!(v["dtypes"], serde_json::json!(["BF16"]));
     assert_eq!(v["layer_types"][2], "full_attention");
 }
+
+/// `inspect`'s tier table is what `compile --tier` then writes: width, parameters and the
+/// output's tensor bytes (counted from the written files), for a text and a multimodal
+/// checkpoint.
+#[test]
+fn tier_sizes_are_what_compile_writes() {
+    for name in ["tiny-gemma3", "tiny-gemma3-mm"] {
+        let s = whittle::inspect::summarize(&fixture(name)).unwrap();
+        let names: Vec<&str> = s.tiers.iter().map(|t| t.name).collect();
+        assert_eq!(
+            names,
+            whittle::compile::TIERS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+        );
+        assert!(s.tiers.windows(2).all(|w| w[0].width > w[1].width));
+        let t = s.tiers.iter().find(|t| t.name == "throughput").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let o = cpu_cmd()
+            .args(["compile", fixture(name).to_str().unwrap(), "-o"])
+            .arg(&out)
+            .args(["--tier", "throughput", "--method", "energy", "--one-shot"])
+            .args(["--calib", fixture("eval-text.txt").to_str().unwrap()])
+            .args(["--samples", "4", "--seq", "24"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let written = whittle::inspect::summarize(&out).unwrap();
+        assert_eq!(written.cfg.intermediate_size, t.width, "{name}");
+        assert_eq!(written.total_params, t.params, "{name}");
+        assert_eq!(written.weight_bytes, t.weight_bytes, "{name}");
+        assert!(t.weight_bytes < s.weight_bytes);
+        let text = s.to_text();
+        assert!(text.contains("throughput") && text.contains(&t.params.to_string()));
+    }
+}
