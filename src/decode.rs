@@ -27,12 +27,19 @@
 //! computes the same arithmetic per element, but its dot products are summed in another order
 //! (GEMV lanes instead of GEMM tiles): decoded logits agree with recomputing the whole sequence
 //! to about 1e-6 relative (tests/decode.rs checks 1e-4 per position across the window boundary).
+//!
+//! A step streams every weight once, so it is memory-bound. On a BF16 checkpoint the steps read
+//! bf16 copies of the matrices (`Model::packed`, built on the first decode and only when every
+//! value is exactly a bf16 number) and widen each element to f32 in the dot product: half the
+//! bytes, the same products in the same order, so bit-identical results to the f32 matrices
+//! (tests/decode.rs) at ~1.8× the tokens/s on Gemma 3 270M. It costs half the f32 weights'
+//! memory again while decoding; `WHITTLE_CPU_DECODE=f32` turns it off.
 
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops;
 use crate::error::{Error, Result};
-use crate::model::{embed, mlp_block, Batch, LayerWeights, Model};
+use crate::model::{embed, mlp_block, Batch, LayerWeights, Model, PackedLayer};
 use rayon::prelude::*;
 
 // ----------------------------------------------------------------------------------- GEMV
@@ -42,8 +49,47 @@ fn gemv_rows_per_task(k: usize) -> usize {
     ((32 << 10) / k.max(1)).max(1)
 }
 
+/// A weight element the GEMV can widen to f32 exactly: f32 itself, or bf16 bits (`u16`).
+pub trait WeightElem: Copy + Send + Sync {
+    fn widen(self) -> f32;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl WeightElem for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+}
+
+/// A weight matrix `[n, k]` as a decode step reads it: f32, or the same values as bf16 bits
+/// (`Model::packed`, built only when every value is a bf16 number, so widening is exact). A
+/// step is memory-bound (it streams every weight once per token), so bf16 halves its time; the
+/// products and their summation order are the same, so both give bit-identical results.
+#[derive(Clone, Copy)]
+pub enum Mat<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Mat<'a> {
+    /// `packed` when present, else the f32 matrix.
+    pub fn pick(f: &'a [f32], packed: Option<&'a [u16]>) -> Mat<'a> {
+        match packed {
+            Some(p) => Mat::Bf16(p),
+            None => Mat::F32(f),
+        }
+    }
+}
+
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+fn dot_body<T: WeightElem>(a: &[f32], b: &[T]) -> f32 {
     // 16 independent lanes: LLVM turns the fixed-size accumulator into SIMD registers without
     // needing reassociation of a single running sum.
     const L: usize = 16;
@@ -52,12 +98,12 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
         for i in 0..L {
-            acc[i] += x[i] * y[i];
+            acc[i] += x[i] * y[i].widen();
         }
     }
     let mut tail = 0f32;
     for (x, y) in ar.iter().zip(br) {
-        tail += x * y;
+        tail += x * y.widen();
     }
     let mut s = 0f32;
     for v in acc {
@@ -67,7 +113,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn gemv_rows_body(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+fn gemv_rows_body<T: WeightElem>(x: &[f32], w: &[T], k: usize, y: &mut [f32]) {
     for (o, row) in y.iter_mut().zip(w.chunks_exact(k)) {
         *o = dot_body(x, row);
     }
@@ -75,11 +121,11 @@ fn gemv_rows_body(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn gemv_rows_avx2(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+unsafe fn gemv_rows_avx2<T: WeightElem>(x: &[f32], w: &[T], k: usize, y: &mut [f32]) {
     gemv_rows_body(x, w, k, y)
 }
 
-fn gemv_rows(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+fn gemv_rows<T: WeightElem>(x: &[f32], w: &[T], k: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
@@ -105,6 +151,20 @@ pub fn gemv(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {
 }
 
 pub fn gemv_into(x: &[f32], w: &[f32], k: usize, n: usize, y: &mut [f32]) {
+    gemv_into_t(x, w, k, n, y)
+}
+
+/// [`gemv`] of a [`Mat`].
+pub fn gemv_mat(x: &[f32], w: Mat<'_>, k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n];
+    match w {
+        Mat::F32(w) => gemv_into_t(x, w, k, n, &mut y),
+        Mat::Bf16(w) => gemv_into_t(x, w, k, n, &mut y),
+    }
+    y
+}
+
+fn gemv_into_t<T: WeightElem>(x: &[f32], w: &[T], k: usize, n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), k, "gemv: x is not [k={k}]");
     assert_eq!(w.len(), n * k, "gemv: w is not [n={n}, k={k}]");
     assert_eq!(y.len(), n, "gemv: y is not [n={n}]");
@@ -256,6 +316,9 @@ impl KvCache {
 /// Prefill + step decoding of one sequence over a borrowed model.
 pub struct Decoder<'m> {
     model: &'m Model,
+    /// bf16 matrices for the steps (`Model::packed`; `WHITTLE_CPU_DECODE=f32` turns them off,
+    /// for comparing the two in one run).
+    packed: Option<&'m crate::model::Packed>,
     cache: KvCache,
     /// cos, sin `[max_len, d/2]` for global and sliding layers.
     rope_full: (Vec<f32>, Vec<f32>),
@@ -269,8 +332,14 @@ impl<'m> Decoder<'m> {
         let mk = |r: crate::config::Rope| {
             ops::rope_tables(max_len, cfg.head_dim, r.theta, r.linear_factor)
         };
+        let packed = if std::env::var("WHITTLE_CPU_DECODE").as_deref() == Ok("f32") {
+            None
+        } else {
+            model.packed()
+        };
         Decoder {
             model,
+            packed,
             cache: KvCache::new(model, max_len),
             rope_full: mk(cfg.rope_full),
             rope_sliding: mk(cfg.rope_sliding),
@@ -354,8 +423,9 @@ impl<'m> Decoder<'m> {
         let p = self.cache.len;
         let mut h = embed(cfg, &model.embed, &[id])?;
         for (l, w) in model.layers.iter().enumerate() {
-            self.attn_step(l, w, &mut h, p);
-            mlp_step(cfg, w, &mut h);
+            let pk = self.packed.map(|p| &p.layers[l]);
+            self.attn_step(l, w, pk, &mut h, p);
+            mlp_step(cfg, w, pk, &mut h);
         }
         ops::rms_norm_row(&mut h, &model.final_norm, cfg.rms_norm_eps);
         self.cache.len = p + 1;
@@ -371,7 +441,8 @@ impl<'m> Decoder<'m> {
     /// LM head (GEMV) + final softcap on one normed hidden row.
     pub fn head(&self, h: &[f32]) -> Vec<f32> {
         let cfg = &self.model.cfg;
-        let mut z = gemv(h, self.model.head(), cfg.hidden_size, cfg.vocab_size);
+        let w = Mat::pick(self.model.head(), self.packed.map(|p| &p.head[..]));
+        let mut z = gemv_mat(h, w, cfg.hidden_size, cfg.vocab_size);
         if let Some(cap) = cfg.final_softcap {
             for v in &mut z {
                 *v = (*v / cap).tanh() * cap;
@@ -424,7 +495,14 @@ impl<'m> Decoder<'m> {
     }
 
     /// The attention half of a layer for one token at position `p`, over the cache.
-    fn attn_step(&mut self, l: usize, w: &LayerWeights, h: &mut [f32], p: usize) {
+    fn attn_step(
+        &mut self,
+        l: usize,
+        w: &LayerWeights,
+        pk: Option<&PackedLayer>,
+        h: &mut [f32],
+        p: usize,
+    ) {
         let cfg = &self.model.cfg;
         let (hd, d, nh, nkv) = (
             cfg.hidden_size,
@@ -434,9 +512,9 @@ impl<'m> Decoder<'m> {
         );
         let mut x = h.to_vec(); // [H]
         ops::rms_norm_row(&mut x, &w.input_norm, cfg.rms_norm_eps);
-        let mut q = gemv(&x, &w.q, hd, nh * d); // [nh, d]
-        let mut k = gemv(&x, &w.k, hd, nkv * d); // [nkv, d]
-        let v = gemv(&x, &w.v, hd, nkv * d); // [nkv, d]
+        let mut q = gemv_mat(&x, Mat::pick(&w.q, pk.map(|p| &p.q[..])), hd, nh * d); // [nh, d]
+        let mut k = gemv_mat(&x, Mat::pick(&w.k, pk.map(|p| &p.k[..])), hd, nkv * d); // [nkv, d]
+        let v = gemv_mat(&x, Mat::pick(&w.v, pk.map(|p| &p.v[..])), hd, nkv * d); // [nkv, d]
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
             for row in q.chunks_exact_mut(d) {
                 ops::rms_norm_row(row, qn, cfg.rms_norm_eps);
@@ -466,7 +544,7 @@ impl<'m> Decoder<'m> {
             cfg.attn_scale(),
             cfg.attn_softcap,
         ); // [nh·d]
-        let mut y = gemv(&att, &w.o, nh * d, hd); // [H]
+        let mut y = gemv_mat(&att, Mat::pick(&w.o, pk.map(|p| &p.o[..])), nh * d, hd); // [H]
         ops::rms_norm_row(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
         for (a, b) in h.iter_mut().zip(&y) {
             *a += b;
@@ -535,17 +613,22 @@ fn attend(
 }
 
 /// The MLP half of a layer for one token (GEMVs): `h += post_ffn_norm(down(gelu(gate)·up))`.
-fn mlp_step(cfg: &crate::config::ModelConfig, w: &LayerWeights, h: &mut [f32]) {
+fn mlp_step(
+    cfg: &crate::config::ModelConfig,
+    w: &LayerWeights,
+    pk: Option<&PackedLayer>,
+    h: &mut [f32],
+) {
     let hd = cfg.hidden_size;
     let i = w.width;
     let mut x = h.to_vec();
     ops::rms_norm_row(&mut x, &w.pre_ffn_norm, cfg.rms_norm_eps);
-    let mut a = gemv(&x, &w.gate, hd, i);
-    let up = gemv(&x, &w.up, hd, i);
+    let mut a = gemv_mat(&x, Mat::pick(&w.gate, pk.map(|p| &p.gate[..])), hd, i);
+    let up = gemv_mat(&x, Mat::pick(&w.up, pk.map(|p| &p.up[..])), hd, i);
     for (g, &u) in a.iter_mut().zip(&up) {
         *g = ops::gelu_tanh(*g) * u;
     }
-    let mut y = gemv(&a, &w.down, i, hd);
+    let mut y = gemv_mat(&a, Mat::pick(&w.down, pk.map(|p| &p.down[..])), i, hd);
     ops::rms_norm_row(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
     for (a, b) in h.iter_mut().zip(&y) {
         *a += b;

@@ -326,6 +326,37 @@ pub struct Model {
     pub layers: Vec<LayerWeights>,
     pub final_norm: Vec<f32>,      // [H]
     pub lm_head: Option<Vec<f32>>, // [V, H] when untied
+    /// bf16 copies of the matrices for decode steps, built on first use (`packed`). The weights
+    /// above must not change once a decoder has run.
+    packed: std::sync::OnceLock<Option<Packed>>,
+}
+
+/// A layer's matrices as bf16 bits (same shapes as in [`LayerWeights`]).
+pub struct PackedLayer {
+    pub q: Vec<u16>,
+    pub k: Vec<u16>,
+    pub v: Vec<u16>,
+    pub o: Vec<u16>,
+    pub gate: Vec<u16>,
+    pub up: Vec<u16>,
+    pub down: Vec<u16>,
+}
+
+/// Every matrix a decode step streams, as bf16 bits (`decode::Mat::Bf16`).
+pub struct Packed {
+    pub layers: Vec<PackedLayer>,
+    pub head: Vec<u16>, // [V, H]
+}
+
+/// The bf16 bits of `x` when every value is exactly a bf16 number (low 16 bits zero, as in
+/// every f32 widened from a BF16 checkpoint), else None: packing never rounds.
+pub fn pack_bf16(x: &[f32]) -> Option<Vec<u16>> {
+    use rayon::prelude::*;
+    if x.par_iter().all(|v| v.to_bits() & 0xffff == 0) {
+        Some(x.par_iter().map(|v| (v.to_bits() >> 16) as u16).collect())
+    } else {
+        None
+    }
 }
 
 impl Model {
@@ -354,7 +385,35 @@ impl Model {
             layers,
             final_norm,
             lm_head,
+            packed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The matrices as bf16 bits for memory-bound decode steps, when all of them are exactly
+    /// bf16 numbers (a BF16 checkpoint; not an F32 or F16 one). Built once, on first call: it
+    /// costs half the f32 weights' memory, so only decoding asks for it.
+    pub fn packed(&self) -> Option<&Packed> {
+        self.packed
+            .get_or_init(|| {
+                let head = pack_bf16(self.head())?;
+                let layers = self
+                    .layers
+                    .iter()
+                    .map(|w| {
+                        Some(PackedLayer {
+                            q: pack_bf16(&w.q)?,
+                            k: pack_bf16(&w.k)?,
+                            v: pack_bf16(&w.v)?,
+                            o: pack_bf16(&w.o)?,
+                            gate: pack_bf16(&w.gate)?,
+                            up: pack_bf16(&w.up)?,
+                            down: pack_bf16(&w.down)?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Packed { layers, head })
+            })
+            .as_ref()
     }
 
     /// Runs all layers and the final norm; returns the normed hidden states [N, H].

@@ -292,3 +292,53 @@ fn top_p_sampling_is_seeded_and_follows_the_distribution() {
     let tot = 0.25 + 0.09 + 0.0225 + 0.0025;
     assert!((freq(&d, 0) - 0.25 / tot).abs() < 0.01, "{}", freq(&d, 0));
 }
+
+/// The bf16 GEMV that decode steps use on BF16 checkpoints gives bit-identical results to the
+/// f32 GEMV on the same (bf16-exact) values: same products, same summation order. Odd sizes
+/// (tails of the 16-lane loop) and a matrix big enough for the parallel path.
+#[test]
+fn bf16_gemv_is_bit_identical_to_f32() {
+    use whittle::decode::{gemv_mat, Mat};
+    use whittle::model::pack_bf16;
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    for (n, k) in [(1, 1), (7, 15), (33, 17), (130, 640), (2049, 257)] {
+        let w: Vec<f32> = (0..n * k)
+            .map(|_| half::bf16::from_f32(rnd() * 3.0).to_f32())
+            .collect();
+        let x: Vec<f32> = (0..k).map(|_| rnd()).collect();
+        let packed = pack_bf16(&w).expect("bf16 values pack");
+        let (a, b) = (
+            gemv_mat(&x, Mat::F32(&w), k, n),
+            gemv_mat(&x, Mat::Bf16(&packed), k, n),
+        );
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(p.to_bits(), q.to_bits(), "[{n}x{k}] row {i}: {p} vs {q}");
+        }
+    }
+    // A value that is not a bf16 number is never rounded into one.
+    assert!(pack_bf16(&[1.0, 1.0 + f32::EPSILON]).is_none());
+}
+
+/// Decode steps stream bf16 matrices only where that is exact: the BF16 fixture packs, the F32
+/// one (full-precision random values) does not; decoding matches the recompute either way
+/// (the two tests above).
+#[test]
+fn packed_weights_only_for_bf16_checkpoints() {
+    let g3 = Model::load(&fixture("tiny-gemma3")).unwrap();
+    let p = g3.packed().expect("tiny-gemma3 is a BF16 checkpoint");
+    assert_eq!(p.layers.len(), g3.cfg.num_layers);
+    assert_eq!(p.head.len(), g3.head().len());
+    for (pl, w) in p.layers.iter().zip(&g3.layers) {
+        for (bits, f) in pl.down.iter().zip(&w.down) {
+            assert_eq!(f32::from_bits((*bits as u32) << 16), *f);
+        }
+    }
+    let g2 = Model::load(&fixture("tiny-gemma2")).unwrap();
+    assert!(g2.packed().is_none(), "tiny-gemma2 is F32");
+}
