@@ -15,7 +15,7 @@ use crate::model::{
     attn_block, embed_from_store, mlp_block, Batch, Event, LayerWeights, RopeCache,
 };
 use crate::safetensors::{SafeFile, WeightStore};
-use crate::tokenizer::{read_text, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -119,7 +119,7 @@ impl CalibSet {
         let mut ids = Vec::with_capacity(n_samples * seq_len);
         let mut used = Vec::new();
         for (src, &want) in sources.iter().zip(&share) {
-            let text = read_text(&src.path)?;
+            let text = crate::chat::read_calibration_text(&src.path)?;
             let t = tok.encode(&text)?;
             let avail = t.len() / chunk;
             if avail == 0 {

@@ -17,9 +17,7 @@ use std::time::Instant;
 
 /// Gemma's user → model turn (what the chat template renders for one user message with
 /// `add_generation_prompt`, without the leading `<bos>`, which whittle prepends itself).
-pub fn chat_prompt(prompt: &str) -> String {
-    format!("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n")
-}
+pub use crate::chat::user_turn as chat_prompt;
 
 /// Whether the model folder ships a chat template (instruction-tuned checkpoints do): a non-empty
 /// `chat_template` in tokenizer_config.json, or a `chat_template.jinja` / `chat_template.json`

@@ -90,7 +90,9 @@ struct CompileArgs {
     /// Output folder (written atomically; refused if it exists unless --force).
     #[arg(short, long)]
     output: PathBuf,
-    /// Calibration text, optionally weighted: FILE or FILE:WEIGHT (repeatable).
+    /// Calibration text, optionally weighted: FILE or FILE:WEIGHT (repeatable). A .jsonl file
+    /// holds conversations ({"messages": [{"role", "content"}, ...]}, rendered in Gemma's chat
+    /// format) or {"text": ...} documents, one per line.
     #[arg(long, num_args = 1..)]
     calib: Vec<whittle::calib::CalibSource>,
     /// Pre-tokenized calibration: safetensors with an integer input_ids [n, seq] (BOS included).
