@@ -75,9 +75,11 @@ pub fn render(messages: &[Value]) -> std::result::Result<String, String> {
         let role = match m.get("role").and_then(Value::as_str) {
             Some("user") => "user",
             Some("assistant") | Some("model") => "model",
-            Some(r) => return Err(format!(
+            Some(r) => {
+                return Err(format!(
                 "message {i}: role \"{r}\" (expected user, assistant or model; system only first)"
-            )),
+            ))
+            }
             None => return Err(format!("message {i} has no \"role\" string")),
         };
         let want = if i % 2 == 0 { "user" } else { "model" };
