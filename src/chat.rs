@@ -76,9 +76,8 @@ pub fn render(messages: &[Value]) -> std::result::Result<String, String> {
             Some("user") => "user",
             Some("assistant") | Some("model") => "model",
             Some(r) => {
-                return Err(format!(
-                "message {i}: role \"{r}\" (expected user, assistant or model; system only first)"
-            ))
+                let want = "user, assistant or model; system only first";
+                return Err(format!("message {i}: role \"{r}\" (expected {want})"));
             }
             None => return Err(format!("message {i} has no \"role\" string")),
         };
