@@ -28,12 +28,11 @@
 //! (GEMV lanes instead of GEMM tiles): decoded logits agree with recomputing the whole sequence
 //! to about 1e-6 relative (tests/decode.rs checks 1e-4 per position across the window boundary).
 //!
-//! A step streams every weight once, so it is memory-bound. On a BF16 checkpoint the steps read
-//! bf16 copies of the matrices (`Model::packed`, built on the first decode and only when every
-//! value is exactly a bf16 number) and widen each element to f32 in the dot product: half the
-//! bytes, the same products in the same order, so bit-identical results to the f32 matrices
-//! (tests/decode.rs) at ~1.8× the tokens/s on Gemma 3 270M. It costs half the f32 weights'
-//! memory again while decoding; `WHITTLE_CPU_DECODE=f32` turns it off.
+//! A step streams every weight once, so it is memory-bound. A BF16 checkpoint's matrices are
+//! held as bf16 bits (`Model`); the steps read them directly and widen each element to f32 in
+//! the dot product: half the bytes, the same products in the same order, so bit-identical
+//! results to f32 matrices (tests/decode.rs) at ~1.9× the tokens/s on Gemma 3 270M
+//! (`WHITTLE_CPU_WEIGHTS=f32` holds f32 instead, for comparison).
 
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
@@ -69,7 +68,7 @@ impl WeightElem for u16 {
 }
 
 /// A weight matrix `[n, k]` as a decode step reads it: f32, or the same values as bf16 bits
-/// (`Model::packed`, built only when every value is a bf16 number, so widening is exact). A
+/// (a BF16 checkpoint's matrices as `Model` holds them, so widening is exact). A
 /// step is memory-bound (it streams every weight once per token), so bf16 halves its time; the
 /// products and their summation order are the same, so both give bit-identical results.
 #[derive(Clone, Copy)]
@@ -316,9 +315,6 @@ impl KvCache {
 /// Prefill + step decoding of one sequence over a borrowed model.
 pub struct Decoder<'m> {
     model: &'m Model,
-    /// bf16 matrices for the steps (`Model::packed`; `WHITTLE_CPU_DECODE=f32` turns them off,
-    /// for comparing the two in one run).
-    packed: Option<&'m crate::model::Packed>,
     cache: KvCache,
     /// cos, sin `[max_len, d/2]` for global and sliding layers.
     rope_full: (Vec<f32>, Vec<f32>),
@@ -332,14 +328,8 @@ impl<'m> Decoder<'m> {
         let mk = |r: crate::config::Rope| {
             ops::rope_tables(max_len, cfg.head_dim, r.theta, r.linear_factor)
         };
-        let packed = if std::env::var("WHITTLE_CPU_DECODE").as_deref() == Ok("f32") {
-            None
-        } else {
-            model.packed()
-        };
         Decoder {
             model,
-            packed,
             cache: KvCache::new(model, max_len),
             rope_full: mk(cfg.rope_full),
             rope_sliding: mk(cfg.rope_sliding),
@@ -397,8 +387,10 @@ impl<'m> Decoder<'m> {
         self.check_room(ids.len())?;
         let model = self.model;
         let cfg = &model.cfg;
-        let mut h = embed(cfg, &model.embed, ids)?;
-        for (l, w) in model.layers.iter().enumerate() {
+        let mut h = embed(cfg, model.embed_table(), ids)?;
+        let mut scratch = None;
+        for l in 0..cfg.num_layers {
+            let w = model.layer_in(l, &mut scratch);
             self.attn_prefill(l, w, &mut h, ids.len());
             mlp_block(cfg, l, w, &mut h, &mut None);
         }
@@ -421,9 +413,9 @@ impl<'m> Decoder<'m> {
         let model = self.model;
         let cfg = &model.cfg;
         let p = self.cache.len;
-        let mut h = embed(cfg, &model.embed, &[id])?;
-        for (l, w) in model.layers.iter().enumerate() {
-            let pk = self.packed.map(|p| &p.layers[l]);
+        let mut h = embed(cfg, model.embed_table(), &[id])?;
+        for l in 0..cfg.num_layers {
+            let (w, pk) = model.held_layer(l);
             self.attn_step(l, w, pk, &mut h, p);
             mlp_step(cfg, w, pk, &mut h);
         }
@@ -441,8 +433,7 @@ impl<'m> Decoder<'m> {
     /// LM head (GEMV) + final softcap on one normed hidden row.
     pub fn head(&self, h: &[f32]) -> Vec<f32> {
         let cfg = &self.model.cfg;
-        let w = Mat::pick(self.model.head(), self.packed.map(|p| &p.head[..]));
-        let mut z = gemv_mat(h, w, cfg.hidden_size, cfg.vocab_size);
+        let mut z = gemv_mat(h, self.model.head(), cfg.hidden_size, cfg.vocab_size);
         if let Some(cap) = cfg.final_softcap {
             for v in &mut z {
                 *v = (*v / cap).tanh() * cap;

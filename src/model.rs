@@ -9,12 +9,14 @@
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops;
+use crate::decode::Mat;
 use crate::error::{Error, Result};
 use crate::registry::{self, layer_has, layer_name, layer_shape, LayerTensor};
 use crate::safetensors::WeightStore;
 use std::path::{Path, PathBuf};
 
 /// One decoder layer's weights in f32, HF `[out, in]` layout.
+#[derive(Clone)]
 pub struct LayerWeights {
     pub input_norm: Vec<f32>,     // [H]
     pub q: Vec<f32>,              // [nh·d, H]
@@ -35,7 +37,18 @@ pub struct LayerWeights {
 
 impl LayerWeights {
     pub fn load(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<LayerWeights> {
+        Self::load_with(store, cfg, l, true)
+    }
+
+    /// With `matrices` false the seven matrices are left empty (norms only).
+    fn load_with(
+        store: &WeightStore,
+        cfg: &ModelConfig,
+        l: usize,
+        matrices: bool,
+    ) -> Result<LayerWeights> {
         let get = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
+        let mat = |t: LayerTensor| if matrices { get(t) } else { Ok(Vec::new()) };
         let opt = |t: LayerTensor| -> Result<Option<Vec<f32>>> {
             if layer_has(cfg, t) {
                 get(t).map(Some)
@@ -45,17 +58,17 @@ impl LayerWeights {
         };
         Ok(LayerWeights {
             input_norm: get(LayerTensor::InputNorm)?,
-            q: get(LayerTensor::Q)?,
-            k: get(LayerTensor::K)?,
-            v: get(LayerTensor::V)?,
-            o: get(LayerTensor::O)?,
+            q: mat(LayerTensor::Q)?,
+            k: mat(LayerTensor::K)?,
+            v: mat(LayerTensor::V)?,
+            o: mat(LayerTensor::O)?,
             q_norm: opt(LayerTensor::QNorm)?,
             k_norm: opt(LayerTensor::KNorm)?,
             post_attn_norm: get(LayerTensor::PostAttnNorm)?,
             pre_ffn_norm: get(LayerTensor::PreFfnNorm)?,
-            gate: get(LayerTensor::Gate)?,
-            up: get(LayerTensor::Up)?,
-            down: get(LayerTensor::Down)?,
+            gate: mat(LayerTensor::Gate)?,
+            up: mat(LayerTensor::Up)?,
+            down: mat(LayerTensor::Down)?,
             post_ffn_norm: get(LayerTensor::PostFfnNorm)?,
             width: cfg.intermediate_size,
         })
@@ -242,7 +255,7 @@ pub fn mlp_block(
 }
 
 /// Gather embedding rows and multiply by sqrt(H) (f32, as transformers fp32 does).
-pub fn embed(cfg: &ModelConfig, table: &[f32], ids: &[u32]) -> Result<Vec<f32>> {
+pub fn embed(cfg: &ModelConfig, table: Mat<'_>, ids: &[u32]) -> Result<Vec<f32>> {
     let hd = cfg.hidden_size;
     let scale = cfg.embed_scale_f32();
     let mut out = vec![0f32; ids.len() * hd]; // [N, H]
@@ -255,8 +268,17 @@ pub fn embed(cfg: &ModelConfig, table: &[f32], ids: &[u32]) -> Result<Vec<f32>> 
                 cfg.vocab_size
             )));
         }
-        for (o, &e) in row.iter_mut().zip(&table[id * hd..(id + 1) * hd]) {
-            *o = e * scale;
+        match table {
+            Mat::F32(t) => {
+                for (o, &e) in row.iter_mut().zip(&t[id * hd..(id + 1) * hd]) {
+                    *o = e * scale;
+                }
+            }
+            Mat::Bf16(t) => {
+                for (o, &e) in row.iter_mut().zip(&t[id * hd..(id + 1) * hd]) {
+                    *o = f32::from_bits((e as u32) << 16) * scale;
+                }
+            }
         }
     }
     Ok(out)
@@ -318,17 +340,59 @@ pub fn embed_rows_from_store(
     Ok(out)
 }
 
-/// A whole model held in memory in f32.
+/// A whole model held in memory. Computation is f32; storage is f32, except that a BF16
+/// checkpoint's matrices and embedding table are kept as their bf16 bits (half the memory,
+/// exact): batched passes widen one layer at a time (`layer`) and the head in row blocks, decode
+/// steps read the bits directly (`decode::Mat::Bf16`). `WHITTLE_CPU_WEIGHTS=f32` holds
+/// everything in f32 instead.
 pub struct Model {
     pub dir: PathBuf,
     pub cfg: ModelConfig,
-    pub embed: Vec<f32>, // [V, H]
-    pub layers: Vec<LayerWeights>,
-    pub final_norm: Vec<f32>,      // [H]
-    pub lm_head: Option<Vec<f32>>, // [V, H] when untied
-    /// bf16 copies of the matrices for decode steps, built on first use (`packed`). The weights
-    /// above must not change once a decoder has run.
-    packed: std::sync::OnceLock<Option<Packed>>,
+    embed: Table, // [V, H]
+    layers: Vec<HeldLayer>,
+    pub final_norm: Vec<f32>, // [H]
+    lm_head: Option<Table>,   // [V, H] when untied
+}
+
+/// A matrix as the model holds it.
+pub enum Table {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl Table {
+    fn load(store: &WeightStore, name: &str, shape: &[usize], keep_bf16: bool) -> Result<Table> {
+        if keep_bf16 {
+            if let Some(bits) = store.bf16_checked(name, shape)? {
+                return Ok(Table::Bf16(bits));
+            }
+        }
+        store.f32_checked(name, shape).map(Table::F32)
+    }
+
+    pub fn mat(&self) -> Mat<'_> {
+        match self {
+            Table::F32(x) => Mat::F32(x),
+            Table::Bf16(x) => Mat::Bf16(x),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Table::F32(x) => 4 * x.len(),
+            Table::Bf16(x) => 2 * x.len(),
+        }
+    }
+}
+
+/// One decoder layer: f32 as loaded, or norms in f32 (`base`, matrices empty) beside the
+/// matrices' bf16 bits.
+enum HeldLayer {
+    F32(LayerWeights),
+    Bf16 {
+        base: LayerWeights,
+        mats: PackedLayer,
+    },
 }
 
 /// A layer's matrices as bf16 bits (same shapes as in [`LayerWeights`]).
@@ -342,10 +406,15 @@ pub struct PackedLayer {
     pub down: Vec<u16>,
 }
 
-/// Every matrix a decode step streams, as bf16 bits (`decode::Mat::Bf16`).
-pub struct Packed {
-    pub layers: Vec<PackedLayer>,
-    pub head: Vec<u16>, // [V, H]
+impl PackedLayer {
+    fn bytes(&self) -> usize {
+        2 * [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+        .iter()
+        .map(|m| m.len())
+        .sum::<usize>()
+    }
 }
 
 /// The bf16 bits of `x` when every value is exactly a bf16 number (low 16 bits zero, as in
@@ -359,6 +428,29 @@ pub fn pack_bf16(x: &[f32]) -> Option<Vec<u16>> {
     }
 }
 
+/// bf16 bits → f32 (exact).
+pub fn widen_bf16(x: &[u16]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    widen_bf16_into(x, &mut out);
+    out
+}
+
+pub fn widen_bf16_into(x: &[u16], out: &mut [f32]) {
+    use rayon::prelude::*;
+    assert_eq!(x.len(), out.len());
+    out.par_chunks_mut(1 << 16)
+        .zip(x.par_chunks(1 << 16))
+        .for_each(|(o, b)| {
+            for (o, &b) in o.iter_mut().zip(b) {
+                *o = f32::from_bits((b as u32) << 16);
+            }
+        });
+}
+
+fn f32_bytes(x: &[f32]) -> usize {
+    4 * x.len()
+}
+
 impl Model {
     pub fn load(dir: &Path) -> Result<Model> {
         let cfg = ModelConfig::from_dir(dir)?;
@@ -367,14 +459,15 @@ impl Model {
     }
 
     pub fn load_from(dir: &Path, cfg: ModelConfig, store: &WeightStore) -> Result<Model> {
+        let keep_bf16 = std::env::var("WHITTLE_CPU_WEIGHTS").as_deref() != Ok("f32");
         let vh = [cfg.vocab_size, cfg.hidden_size];
-        let embed = store.f32_checked(registry::EMBED, &vh)?;
+        let embed = Table::load(store, registry::EMBED, &vh, keep_bf16)?;
         let layers = (0..cfg.num_layers)
-            .map(|l| LayerWeights::load(store, &cfg, l))
+            .map(|l| Self::load_layer(store, &cfg, l, keep_bf16))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = store.f32_checked(registry::FINAL_NORM, &[cfg.hidden_size])?;
         let lm_head = if untied_head(&cfg, store) {
-            Some(store.f32_checked(registry::LM_HEAD, &vh)?)
+            Some(Table::load(store, registry::LM_HEAD, &vh, keep_bf16)?)
         } else {
             None
         };
@@ -385,35 +478,157 @@ impl Model {
             layers,
             final_norm,
             lm_head,
-            packed: std::sync::OnceLock::new(),
         })
     }
 
-    /// The matrices as bf16 bits for memory-bound decode steps, when all of them are exactly
-    /// bf16 numbers (a BF16 checkpoint; not an F32 or F16 one). Built once, on first call: it
-    /// costs half the f32 weights' memory, so only decoding asks for it.
-    pub fn packed(&self) -> Option<&Packed> {
-        self.packed
-            .get_or_init(|| {
-                let head = pack_bf16(self.head())?;
-                let layers = self
-                    .layers
-                    .iter()
-                    .map(|w| {
-                        Some(PackedLayer {
-                            q: pack_bf16(&w.q)?,
-                            k: pack_bf16(&w.k)?,
-                            v: pack_bf16(&w.v)?,
-                            o: pack_bf16(&w.o)?,
-                            gate: pack_bf16(&w.gate)?,
-                            up: pack_bf16(&w.up)?,
-                            down: pack_bf16(&w.down)?,
-                        })
-                    })
-                    .collect::<Option<Vec<_>>>()?;
-                Some(Packed { layers, head })
+    /// A layer whose seven matrices are all BF16 keeps them as bits; otherwise all f32.
+    fn load_layer(
+        store: &WeightStore,
+        cfg: &ModelConfig,
+        l: usize,
+        keep_bf16: bool,
+    ) -> Result<HeldLayer> {
+        use LayerTensor as T;
+        if keep_bf16 {
+            let bits = |t: T| store.bf16_checked(&layer_name(l, t), &layer_shape(cfg, t));
+            if let (Some(q), Some(k), Some(v), Some(o), Some(gate), Some(up), Some(down)) = (
+                bits(T::Q)?,
+                bits(T::K)?,
+                bits(T::V)?,
+                bits(T::O)?,
+                bits(T::Gate)?,
+                bits(T::Up)?,
+                bits(T::Down)?,
+            ) {
+                return Ok(HeldLayer::Bf16 {
+                    base: LayerWeights::load_with(store, cfg, l, false)?,
+                    mats: PackedLayer {
+                        q,
+                        k,
+                        v,
+                        o,
+                        gate,
+                        up,
+                        down,
+                    },
+                });
+            }
+        }
+        LayerWeights::load(store, cfg, l).map(HeldLayer::F32)
+    }
+
+    /// Layer `l` with f32 matrices (widened from bf16 when held so: a copy).
+    pub fn layer(&self, l: usize) -> std::borrow::Cow<'_, LayerWeights> {
+        match &self.layers[l] {
+            HeldLayer::F32(w) => std::borrow::Cow::Borrowed(w),
+            HeldLayer::Bf16 { base, mats } => std::borrow::Cow::Owned(LayerWeights {
+                input_norm: base.input_norm.clone(),
+                q: widen_bf16(&mats.q),
+                k: widen_bf16(&mats.k),
+                v: widen_bf16(&mats.v),
+                o: widen_bf16(&mats.o),
+                q_norm: base.q_norm.clone(),
+                k_norm: base.k_norm.clone(),
+                post_attn_norm: base.post_attn_norm.clone(),
+                pre_ffn_norm: base.pre_ffn_norm.clone(),
+                gate: widen_bf16(&mats.gate),
+                up: widen_bf16(&mats.up),
+                down: widen_bf16(&mats.down),
+                post_ffn_norm: base.post_ffn_norm.clone(),
+                width: base.width,
+            }),
+        }
+    }
+
+    /// Layer `l` with f32 matrices, widened into `scratch` when held as bf16: a pass over all
+    /// layers reuses one set of buffers (fresh ones per layer would fault in their pages every
+    /// time).
+    pub fn layer_in<'a>(
+        &'a self,
+        l: usize,
+        scratch: &'a mut Option<LayerWeights>,
+    ) -> &'a LayerWeights {
+        match &self.layers[l] {
+            HeldLayer::F32(w) => w,
+            HeldLayer::Bf16 { base, mats } => {
+                let s = scratch.get_or_insert_with(|| base.clone());
+                let into = |dst: &mut Vec<f32>, src: &[u16]| {
+                    dst.resize(src.len(), 0.0);
+                    widen_bf16_into(src, dst);
+                };
+                into(&mut s.q, &mats.q);
+                into(&mut s.k, &mats.k);
+                into(&mut s.v, &mats.v);
+                into(&mut s.o, &mats.o);
+                into(&mut s.gate, &mats.gate);
+                into(&mut s.up, &mats.up);
+                into(&mut s.down, &mats.down);
+                s.input_norm.clone_from(&base.input_norm);
+                s.q_norm.clone_from(&base.q_norm);
+                s.k_norm.clone_from(&base.k_norm);
+                s.post_attn_norm.clone_from(&base.post_attn_norm);
+                s.pre_ffn_norm.clone_from(&base.pre_ffn_norm);
+                s.post_ffn_norm.clone_from(&base.post_ffn_norm);
+                s.width = base.width;
+                s
+            }
+        }
+    }
+
+    /// Layer `l` as held: its f32 weights (matrices empty when held as bf16) and the bf16
+    /// matrices if any — what a decode step reads without widening.
+    pub fn held_layer(&self, l: usize) -> (&LayerWeights, Option<&PackedLayer>) {
+        match &self.layers[l] {
+            HeldLayer::F32(w) => (w, None),
+            HeldLayer::Bf16 { base, mats } => (base, Some(mats)),
+        }
+    }
+
+    /// The untied LM head [V, H] as held (None when tied to the embedding table).
+    pub fn lm_head_table(&self) -> Option<Mat<'_>> {
+        self.lm_head.as_ref().map(Table::mat)
+    }
+
+    /// The embedding table [V, H] as held.
+    pub fn embed_table(&self) -> Mat<'_> {
+        self.embed.mat()
+    }
+
+    /// Bytes of weights held in memory (f32 and bf16 parts).
+    pub fn held_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|h| {
+                let (w, p) = match h {
+                    HeldLayer::F32(w) => (w, None),
+                    HeldLayer::Bf16 { base, mats } => (base, Some(mats)),
+                };
+                let f: usize = [
+                    &w.input_norm,
+                    &w.q,
+                    &w.k,
+                    &w.v,
+                    &w.o,
+                    &w.post_attn_norm,
+                    &w.pre_ffn_norm,
+                    &w.gate,
+                    &w.up,
+                    &w.down,
+                    &w.post_ffn_norm,
+                ]
+                .iter()
+                .map(|x| f32_bytes(x))
+                .sum::<usize>()
+                    + w.q_norm.as_deref().map_or(0, f32_bytes)
+                    + w.k_norm.as_deref().map_or(0, f32_bytes);
+                f + p.map_or(0, PackedLayer::bytes)
             })
-            .as_ref()
+            .sum();
+        layers
+            + self.embed.bytes()
+            + self.lm_head.as_ref().map_or(0, Table::bytes)
+            + f32_bytes(&self.final_norm)
     }
 
     /// Runs all layers and the final norm; returns the normed hidden states [N, H].
@@ -425,32 +640,44 @@ impl Model {
     ) -> Result<Vec<f32>> {
         assert_eq!(ids.len(), batch.rows(), "ids do not match the batch shape");
         let rope = RopeCache::new(&self.cfg, batch.seq_len);
-        let mut h = embed(&self.cfg, &self.embed, ids)?;
+        let mut h = embed(&self.cfg, self.embed.mat(), ids)?;
         if let Some(f) = obs.as_mut() {
             f(Event::Embeds(&h));
         }
-        for (l, w) in self.layers.iter().enumerate() {
+        let mut scratch = None;
+        for l in 0..self.layers.len() {
+            let w = self.layer_in(l, &mut scratch);
             layer_forward(&self.cfg, l, w, &mut h, batch, &rope, &mut obs);
         }
         ops::rms_norm(&mut h, &self.final_norm, self.cfg.rms_norm_eps);
         Ok(h)
     }
 
-    /// The LM head matrix ([V, H]): the embedding table when tied.
-    pub fn head(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
+    /// The LM head matrix ([V, H]) as held: the embedding table when tied.
+    pub fn head(&self) -> Mat<'_> {
+        self.lm_head.as_ref().unwrap_or(&self.embed).mat()
     }
 
-    /// Logits for normed hidden rows `[rows, H]` → `[rows, V]`, final softcap applied.
+    /// Logits for normed hidden rows `[rows, H]` → `[rows, V]`, final softcap applied. A bf16
+    /// head is widened a block of vocabulary rows at a time (64 MiB of f32), not whole.
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
-        let rows = hidden.len() / self.cfg.hidden_size;
-        let mut z = ops::linear(
-            hidden,
-            self.head(),
-            rows,
-            self.cfg.hidden_size,
-            self.cfg.vocab_size,
-        );
+        let (hd, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let rows = hidden.len() / hd;
+        let mut z = match self.head() {
+            Mat::F32(w) => ops::linear(hidden, w, rows, hd, v),
+            Mat::Bf16(w) => {
+                let block = ((64usize << 20) / (4 * hd)).clamp(1, v);
+                let mut z = vec![0f32; rows * v]; // [rows, V]
+                let mut wf = vec![0f32; block * hd]; // [block, H] one widened block, reused
+                for v0 in (0..v).step_by(block) {
+                    let n = block.min(v - v0);
+                    let wf = &mut wf[..n * hd];
+                    widen_bf16_into(&w[v0 * hd..(v0 + n) * hd], wf);
+                    ops::linear_into_ld(hidden, wf, rows, hd, n, &mut z[v0..], v);
+                }
+                z
+            }
+        };
         if let Some(cap) = self.cfg.final_softcap {
             ops::softcap(&mut z, cap);
         }

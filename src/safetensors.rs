@@ -296,6 +296,17 @@ impl TensorRef<'_> {
         Ok(())
     }
 
+    /// The raw bf16 bits of a BF16 tensor (None for any other dtype).
+    pub fn bf16_bits(&self) -> Option<Vec<u16>> {
+        use rayon::prelude::*;
+        (self.info.dtype == Dtype::BF16).then(|| {
+            self.bytes()
+                .par_chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        })
+    }
+
     /// Integer tensors (token-id fixtures, pre-tokenized calibration files).
     pub fn to_i64(&self) -> Result<Vec<i64>> {
         let b = self.bytes();
@@ -515,6 +526,21 @@ impl WeightStore {
             file,
             info: &file.tensors[name],
         })
+    }
+
+    /// The tensor's bf16 bits when it is stored as BF16 (None otherwise), checked against the
+    /// shape the config implies.
+    pub fn bf16_checked(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
+        let t = self.get(name)?;
+        if t.info.shape != shape {
+            return Err(Error::ShapeMismatch {
+                path: t.file.path.clone(),
+                tensor: t.name.to_string(),
+                expected: shape.to_vec(),
+                found: t.info.shape.clone(),
+            });
+        }
+        Ok(t.bf16_bits())
     }
 
     /// The tensor, checked against the shape the config implies, widened to f32.

@@ -325,20 +325,44 @@ fn bf16_gemv_is_bit_identical_to_f32() {
     assert!(pack_bf16(&[1.0, 1.0 + f32::EPSILON]).is_none());
 }
 
-/// Decode steps stream bf16 matrices only where that is exact: the BF16 fixture packs, the F32
-/// one (full-precision random values) does not; decoding matches the recompute either way
-/// (the two tests above).
+/// A BF16 checkpoint is held as bf16 bits (half the memory; decode steps read them, batched
+/// passes widen them), with exactly the values the f32 loader reads; an F32 checkpoint is held
+/// in f32. Decoding and the forward pass match the references either way (tests above and
+/// forward_fixtures.rs).
 #[test]
-fn packed_weights_only_for_bf16_checkpoints() {
-    let g3 = Model::load(&fixture("tiny-gemma3")).unwrap();
-    let p = g3.packed().expect("tiny-gemma3 is a BF16 checkpoint");
-    assert_eq!(p.layers.len(), g3.cfg.num_layers);
-    assert_eq!(p.head.len(), g3.head().len());
-    for (pl, w) in p.layers.iter().zip(&g3.layers) {
-        for (bits, f) in pl.down.iter().zip(&w.down) {
-            assert_eq!(f32::from_bits((*bits as u32) << 16), *f);
+fn bf16_checkpoints_are_held_as_bf16() {
+    use whittle::decode::Mat;
+    use whittle::model::LayerWeights;
+    use whittle::safetensors::WeightStore;
+    let dir = fixture("tiny-gemma3");
+    let g3 = Model::load(&dir).unwrap();
+    let store = WeightStore::open(&dir).unwrap();
+    let c = &g3.cfg;
+    for l in 0..c.num_layers {
+        let (_, packed) = g3.held_layer(l);
+        assert!(
+            packed.is_some(),
+            "layer {l} of a BF16 checkpoint is held as bf16"
+        );
+        let want = LayerWeights::load(&store, c, l).unwrap();
+        let got = g3.layer(l);
+        for (a, b) in [
+            (&got.q, &want.q),
+            (&got.o, &want.o),
+            (&got.gate, &want.gate),
+            (&got.down, &want.down),
+        ] {
+            assert_eq!(a, b, "layer {l}");
         }
+        assert_eq!(got.input_norm, want.input_norm);
     }
+    assert!(matches!(g3.head(), Mat::Bf16(_)));
+    let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let mats = c.num_layers * (2 * c.q_dim() * h + 2 * c.kv_dim() * h + 3 * i * h) + v * h;
+    let norms = c.num_layers * (4 * h + 2 * c.head_dim) + h;
+    assert_eq!(g3.held_bytes(), 2 * mats + 4 * norms);
+
     let g2 = Model::load(&fixture("tiny-gemma2")).unwrap();
-    assert!(g2.packed().is_none(), "tiny-gemma2 is F32");
+    assert!(g2.held_layer(0).1.is_none(), "tiny-gemma2 is F32");
+    assert!(matches!(g2.head(), Mat::F32(_)));
 }

@@ -20,9 +20,27 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 }
 
 pub fn linear_into(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
+    assert_eq!(y.len(), m * n, "linear: y is not [m={m}, n={n}]");
+    linear_into_ld(x, w, m, k, n, y, n)
+}
+
+/// [`linear_into`] writing row r of the result at `y[r·ld ..][..n]` (a column block of a wider
+/// matrix: pass the slice starting at the block's first column).
+pub fn linear_into_ld(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    ld: usize,
+) {
     assert_eq!(x.len(), m * k, "linear: x is not [m={m}, k={k}]");
     assert_eq!(w.len(), n * k, "linear: w is not [n={n}, k={k}]");
-    assert_eq!(y.len(), m * n, "linear: y is not [m={m}, n={n}]");
+    assert!(
+        ld >= n && (m == 0 || y.len() >= (m - 1) * ld + n),
+        "linear: y cannot hold [m={m}, n={n}] at row stride {ld}"
+    );
     // SAFETY: the three buffers are distinct slices whose lengths were checked above against
     // the strides given; gemm reads x and w and writes only y.
     unsafe {
@@ -32,7 +50,7 @@ pub fn linear_into(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, y: &mut [
             k,
             y.as_mut_ptr(),
             1,
-            n as isize,
+            ld as isize,
             false,
             x.as_ptr(),
             1,

@@ -180,6 +180,14 @@ fn to_bf16(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()
 }
 
+/// A CPU model's matrix in bf16 (bf16 bits as they are).
+fn mat_to_bf16(m: crate::decode::Mat<'_>) -> Vec<bf16> {
+    match m {
+        crate::decode::Mat::F32(x) => to_bf16(x),
+        crate::decode::Mat::Bf16(x) => x.iter().map(|&b| bf16::from_bits(b)).collect(),
+    }
+}
+
 /// A checkpoint tensor in bf16: BF16 bytes are taken as they are, F32/F16 rounded to nearest even.
 fn read_bf16(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
     let t = store.get(name)?;
@@ -292,14 +300,16 @@ impl GpuModel {
 
     /// Uploads an already loaded CPU model (its f32 weights rounded to bf16).
     pub fn from_cpu(model: &Model, gpu: Arc<Gpu>, residency: Residency) -> Result<GpuModel> {
-        let host = model.layers.iter().map(HostLayer::from_cpu).collect();
-        let lm = model.lm_head.as_deref().map(to_bf16);
+        let host = (0..model.cfg.num_layers)
+            .map(|l| HostLayer::from_cpu(&model.layer(l)))
+            .collect();
+        let lm = model.lm_head_table().map(mat_to_bf16);
         Self::build(
             model.dir.clone(),
             model.cfg.clone(),
             gpu,
             residency,
-            &to_bf16(&model.embed),
+            &mat_to_bf16(model.embed_table()),
             lm.as_deref(),
             &model.final_norm,
             host,
