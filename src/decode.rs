@@ -135,25 +135,8 @@ fn gemv_rows<T: WeightElem>(x: &[f32], w: &[T], k: usize, y: &mut [f32]) {
     gemv_rows_body(x, w, k, y)
 }
 
-/// Dot product of two equal-length f32 slices (16-lane accumulation).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    dot_body(a, b)
-}
-
 /// `y[n] = w[n, k] · x[k]`: one row of a HF Linear (weights `[out, in]`), parallel over output
 /// rows. Memory-bound on real models: it streams `w` once.
-pub fn gemv(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {
-    let mut y = vec![0f32; n];
-    gemv_into(x, w, k, n, &mut y);
-    y
-}
-
-pub fn gemv_into(x: &[f32], w: &[f32], k: usize, n: usize, y: &mut [f32]) {
-    gemv_into_t(x, w, k, n, y)
-}
-
-/// [`gemv`] of a [`Mat`].
 pub fn gemv_mat(x: &[f32], w: Mat<'_>, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0f32; n];
     match w {

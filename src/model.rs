@@ -417,24 +417,7 @@ impl PackedLayer {
     }
 }
 
-/// The bf16 bits of `x` when every value is exactly a bf16 number (low 16 bits zero, as in
-/// every f32 widened from a BF16 checkpoint), else None: packing never rounds.
-pub fn pack_bf16(x: &[f32]) -> Option<Vec<u16>> {
-    use rayon::prelude::*;
-    if x.par_iter().all(|v| v.to_bits() & 0xffff == 0) {
-        Some(x.par_iter().map(|v| (v.to_bits() >> 16) as u16).collect())
-    } else {
-        None
-    }
-}
-
 /// bf16 bits → f32 (exact).
-pub fn widen_bf16(x: &[u16]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    widen_bf16_into(x, &mut out);
-    out
-}
-
 pub fn widen_bf16_into(x: &[u16], out: &mut [f32]) {
     use rayon::prelude::*;
     assert_eq!(x.len(), out.len());
@@ -519,25 +502,12 @@ impl Model {
 
     /// Layer `l` with f32 matrices (widened from bf16 when held so: a copy).
     pub fn layer(&self, l: usize) -> std::borrow::Cow<'_, LayerWeights> {
-        match &self.layers[l] {
-            HeldLayer::F32(w) => std::borrow::Cow::Borrowed(w),
-            HeldLayer::Bf16 { base, mats } => std::borrow::Cow::Owned(LayerWeights {
-                input_norm: base.input_norm.clone(),
-                q: widen_bf16(&mats.q),
-                k: widen_bf16(&mats.k),
-                v: widen_bf16(&mats.v),
-                o: widen_bf16(&mats.o),
-                q_norm: base.q_norm.clone(),
-                k_norm: base.k_norm.clone(),
-                post_attn_norm: base.post_attn_norm.clone(),
-                pre_ffn_norm: base.pre_ffn_norm.clone(),
-                gate: widen_bf16(&mats.gate),
-                up: widen_bf16(&mats.up),
-                down: widen_bf16(&mats.down),
-                post_ffn_norm: base.post_ffn_norm.clone(),
-                width: base.width,
-            }),
+        if let HeldLayer::F32(w) = &self.layers[l] {
+            return std::borrow::Cow::Borrowed(w);
         }
+        let mut scratch = None;
+        self.layer_in(l, &mut scratch);
+        std::borrow::Cow::Owned(scratch.expect("layer_in widened into the scratch"))
     }
 
     /// Layer `l` with f32 matrices, widened into `scratch` when held as bf16: a pass over all
@@ -596,14 +566,9 @@ impl Model {
 
     /// Bytes of weights held in memory (f32 and bf16 parts).
     pub fn held_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|h| {
-                let (w, p) = match h {
-                    HeldLayer::F32(w) => (w, None),
-                    HeldLayer::Bf16 { base, mats } => (base, Some(mats)),
-                };
+        let layers: usize = (0..self.layers.len())
+            .map(|l| {
+                let (w, p) = self.held_layer(l);
                 let f: usize = [
                     &w.input_norm,
                     &w.q,

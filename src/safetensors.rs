@@ -403,10 +403,6 @@ impl Naming {
         }
         name.into()
     }
-
-    pub fn is_nested(&self) -> bool {
-        self.model_prefix != "model."
-    }
 }
 
 impl WeightStore {

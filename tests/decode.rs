@@ -299,7 +299,6 @@ fn top_p_sampling_is_seeded_and_follows_the_distribution() {
 #[test]
 fn bf16_gemv_is_bit_identical_to_f32() {
     use whittle::decode::{gemv_mat, Mat};
-    use whittle::model::pack_bf16;
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -312,7 +311,10 @@ fn bf16_gemv_is_bit_identical_to_f32() {
             .map(|_| half::bf16::from_f32(rnd() * 3.0).to_f32())
             .collect();
         let x: Vec<f32> = (0..k).map(|_| rnd()).collect();
-        let packed = pack_bf16(&w).expect("bf16 values pack");
+        let packed: Vec<u16> = w
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
         let (a, b) = (
             gemv_mat(&x, Mat::F32(&w), k, n),
             gemv_mat(&x, Mat::Bf16(&packed), k, n),
@@ -321,8 +323,6 @@ fn bf16_gemv_is_bit_identical_to_f32() {
             assert_eq!(p.to_bits(), q.to_bits(), "[{n}x{k}] row {i}: {p} vs {q}");
         }
     }
-    // A value that is not a bf16 number is never rounded into one.
-    assert!(pack_bf16(&[1.0, 1.0 + f32::EPSILON]).is_none());
 }
 
 /// A BF16 checkpoint is held as bf16 bits (half the memory; decode steps read them, batched
