@@ -65,15 +65,7 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
     let mut weight_bytes = 0u64;
     let mut dtypes: Vec<String> = Vec::new();
     for spec in registry(&cfg, untied) {
-        let t = store.get(&spec.name)?;
-        if t.info.shape != spec.shape {
-            return Err(crate::error::Error::ShapeMismatch {
-                path: t.file.path.clone(),
-                tensor: spec.name.clone(),
-                expected: spec.shape.clone(),
-                found: t.info.shape.clone(),
-            });
-        }
+        let t = store.get_checked(&spec.name, &spec.shape)?;
         *params.entry(spec.group()).or_insert(0u64) += spec.numel() as u64;
         weight_bytes += (t.info.end - t.info.start) as u64;
         let dt = t.info.dtype.name().to_string();

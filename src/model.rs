@@ -301,16 +301,7 @@ pub fn embed_rows_from_store(
     store: &WeightStore,
     ids: &[u32],
 ) -> Result<Vec<f32>> {
-    let t = store.get(registry::EMBED)?;
-    let want = [cfg.vocab_size, cfg.hidden_size];
-    if t.info.shape != want {
-        return Err(Error::ShapeMismatch {
-            path: t.file.path.clone(),
-            tensor: registry::EMBED.into(),
-            expected: want.to_vec(),
-            found: t.info.shape.clone(),
-        });
-    }
+    let t = store.get_checked(registry::EMBED, &[cfg.vocab_size, cfg.hidden_size])?;
     let hd = cfg.hidden_size;
     let es = t.info.dtype.size();
     let mut out = vec![0f32; ids.len() * hd]; // [N, H]

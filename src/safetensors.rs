@@ -524,9 +524,9 @@ impl WeightStore {
         })
     }
 
-    /// The tensor's bf16 bits when it is stored as BF16 (None otherwise), checked against the
-    /// shape the config implies.
-    pub fn bf16_checked(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
+    /// A tensor by registry name, checked against the shape the config implies (the error
+    /// names the file, the tensor as the file calls it, and both shapes).
+    pub fn get_checked(&self, name: &str, shape: &[usize]) -> Result<TensorRef<'_>> {
         let t = self.get(name)?;
         if t.info.shape != shape {
             return Err(Error::ShapeMismatch {
@@ -536,21 +536,17 @@ impl WeightStore {
                 found: t.info.shape.clone(),
             });
         }
-        Ok(t.bf16_bits())
+        Ok(t)
     }
 
-    /// The tensor, checked against the shape the config implies, widened to f32.
+    /// The tensor's bf16 bits when it is stored as BF16 (None otherwise), shape-checked.
+    pub fn bf16_checked(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
+        Ok(self.get_checked(name, shape)?.bf16_bits())
+    }
+
+    /// The tensor, shape-checked, widened to f32.
     pub fn f32_checked(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.get(name)?;
-        if t.info.shape != shape {
-            return Err(Error::ShapeMismatch {
-                path: t.file.path.clone(),
-                tensor: t.name.to_string(),
-                expected: shape.to_vec(),
-                found: t.info.shape.clone(),
-            });
-        }
-        t.to_f32()
+        self.get_checked(name, shape)?.to_f32()
     }
 }
 
