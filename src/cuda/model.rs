@@ -25,7 +25,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{untied_head, Batch, Event, Model, Observer};
 use crate::registry::{self, layer_has, layer_name, layer_shape, LayerTensor};
-use crate::safetensors::{Dtype, WeightStore};
+use crate::safetensors::WeightStore;
 use half::bf16;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -190,23 +190,11 @@ fn mat_to_bf16(m: crate::decode::Mat<'_>) -> Vec<bf16> {
 
 /// A checkpoint tensor in bf16: BF16 bytes are taken as they are, F32/F16 rounded to nearest even.
 fn read_bf16(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
-    let t = store.get(name)?;
-    if t.info.shape != shape {
-        return Err(Error::ShapeMismatch {
-            path: t.file.path.clone(),
-            tensor: name.to_string(),
-            expected: shape.to_vec(),
-            found: t.info.shape.clone(),
-        });
+    let t = store.get_checked(name, shape)?;
+    match t.bf16_bits() {
+        Some(bits) => Ok(bits.into_iter().map(bf16::from_bits).collect()),
+        None => Ok(to_bf16(&t.to_f32()?)),
     }
-    if t.info.dtype == Dtype::BF16 {
-        let b = t.bytes();
-        return Ok(b
-            .chunks_exact(2)
-            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-            .collect());
-    }
-    Ok(to_bf16(&t.to_f32()?))
 }
 
 fn read_f32(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
