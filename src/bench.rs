@@ -333,6 +333,7 @@ pub fn report_json(subjects: &[Subject], measured: &[Measured], p: &Protocol) ->
         "engine": engine,
         "device": device,
         "kernels": kernels,
+        "cpu_gemm": crate::cpu::bf16::describe(),
         "version": env!("CARGO_PKG_VERSION"),
         "threads": rayon::current_num_threads(),
         "protocol": p.to_json(),

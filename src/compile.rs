@@ -362,6 +362,7 @@ pub fn compile(
         })),
         "backend": backend.name(),
         "gpu_kernels": backend.kernels(&cfg),
+        "cpu_gemm": crate::cpu::bf16::describe(),
         "solver": solver.name(),
         "layers": layer_reports,
     });

@@ -33,6 +33,12 @@ struct Cli {
         value_name = "auto|cpu|cuda[:N]"
     )]
     device: whittle::device::DeviceChoice,
+    /// Arithmetic of the CPU engine's projections and LM head: f32 (the reference, equal to
+    /// transformers fp32) or bf16 (inputs rounded to bf16, f32 accumulation, on CPUs with
+    /// AVX-512 BF16; f32 elsewhere). Default: f32 for every command (README, "CPU bf16
+    /// GEMM"). The GPU is always bf16.
+    #[arg(long, global = true, value_name = "f32|bf16")]
+    precision: Option<whittle::cpu::bf16::Precision>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -428,6 +434,7 @@ fn cmd_bench_forward(a: BenchArgs) -> Result<()> {
         "seq": win.seq,
         "windows": windows.len(),
         "threads": rayon::current_num_threads(),
+        "cpu_gemm": whittle::cpu::bf16::describe(),
         "no_head_tok_s": no_head,
         "with_head_tok_s": with_head,
     });
@@ -698,6 +705,11 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .context("setting up the thread pool")?;
     }
+    use whittle::cpu::bf16::{self, Precision};
+    bf16::set_precision(cli.precision.unwrap_or(match cli.cmd {
+        Cmd::Compile(_) => Precision::COMPILE_DEFAULT,
+        _ => Precision::F32,
+    }));
     match cli.cmd {
         Cmd::Eval(a) => cmd_eval(a, cli.device),
         Cmd::Inspect { model, json } => {

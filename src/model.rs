@@ -8,7 +8,7 @@
 
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
-use crate::cpu::ops;
+use crate::cpu::{bf16, ops};
 use crate::decode::Mat;
 use crate::error::{Error, Result};
 use crate::registry::{self, layer_has, layer_name, layer_shape, LayerTensor};
@@ -615,7 +615,8 @@ impl Model {
     }
 
     /// Logits for normed hidden rows `[rows, H]` → `[rows, V]`, final softcap applied. A bf16
-    /// head is widened a block of vocabulary rows at a time (64 MiB of f32), not whole.
+    /// head is widened a block of vocabulary rows at a time (64 MiB of f32), not whole; under
+    /// `--precision bf16` its bits go to the bf16 GEMM as they are.
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
         let (hd, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let rows = hidden.len() / hd;
@@ -627,8 +628,22 @@ impl Model {
                 let mut wf = vec![0f32; block * hd]; // [block, H] one widened block, reused
                 for v0 in (0..v).step_by(block) {
                     let n = block.min(v - v0);
+                    let bits = &w[v0 * hd..(v0 + n) * hd]; // [n, H]
+                    if let Some(kernel) = bf16::active() {
+                        bf16::linear(
+                            kernel,
+                            hidden,
+                            Mat::Bf16(bits),
+                            rows,
+                            hd,
+                            n,
+                            &mut z[v0..],
+                            v,
+                        );
+                        continue;
+                    }
                     let wf = &mut wf[..n * hd];
-                    widen_bf16_into(&w[v0 * hd..(v0 + n) * hd], wf);
+                    widen_bf16_into(bits, wf);
                     ops::linear_into_ld(hidden, wf, rows, hd, n, &mut z[v0..], v);
                 }
                 z

@@ -3,6 +3,7 @@
 //! the order changes the rounding (the `(1+w)` multiply before any downcast, the scale applied
 //! after the dot product, softcap before the mask).
 
+use crate::decode::Mat;
 use rayon::prelude::*;
 
 /// Rows smaller than this are not worth a rayon task each.
@@ -12,7 +13,8 @@ fn rows_per_task(cols: usize) -> usize {
     (ROW_CHUNK_ELEMS / cols.max(1)).max(1)
 }
 
-/// `y[m, n] = x[m, k] · w[n, k]ᵀ` — a HF Linear without bias (weights stored `[out, in]`).
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` — a HF Linear without bias (weights stored `[out, in]`). Under
+/// `--precision bf16` ([`super::bf16::active`]) x and w are rounded to bf16 first.
 pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     linear_into(x, w, m, k, n, &mut y);
@@ -41,6 +43,9 @@ pub fn linear_into_ld(
         ld >= n && (m == 0 || y.len() >= (m - 1) * ld + n),
         "linear: y cannot hold [m={m}, n={n}] at row stride {ld}"
     );
+    if let Some(kernel) = super::bf16::active() {
+        return super::bf16::linear(kernel, x, Mat::F32(w), m, k, n, y, ld);
+    }
     // SAFETY: the three buffers are distinct slices whose lengths were checked above against
     // the strides given; gemm reads x and w and writes only y.
     unsafe {

@@ -1,0 +1,389 @@
+//! bf16-input, f32-accumulate GEMM for the CPU engine's large products (projections, LM head):
+//! `y[m, n] = bf16(x)[m, k] · bf16(w)[n, k]ᵀ`, chosen by `--precision bf16` where the CPU has
+//! AVX-512 BF16; anything else runs the f32 path (`gemm` crate) in `cpu::ops`.
+//!
+//! Rounding points: x is rounded to bf16 round-to-nearest-even exactly as the GPU engine rounds
+//! activations (`half::bf16::from_f32`, the host twin of `__float2bfloat16_rn` in kernels/), so
+//! the CPU and GPU compile paths see the same GEMM inputs; w is rounded the same way (exact for a
+//! BF16 checkpoint). A product of two bf16 is exact in f32. Each output is one f32 accumulator
+//! running over k in order, two k at a time as `vdpbf16ps` does (Intel SDM):
+//! `acc = fma(x[2p+1], w[2p+1], acc); acc = fma(x[2p], w[2p], acc)`, bf16 denormal inputs read as
+//! zero and a denormal result flushed to zero. [`linear_model`] is that arithmetic in scalar
+//! code; every kernel equals it bitwise (tests/cpu_bf16.rs).
+//!
+//! Kernels: AVX-512 BF16 (`vdpbf16ps`: Intel since Cooper Lake, AMD Zen 4/5). AMX (`tdpbf16ps`)
+//! is not implemented.
+//!
+//! Layout: x is packed in blocks of MR rows as `[k/2][MR]` u32 pairs (low half = even k), w in
+//! panels of NR columns as `[k/2][NR]` pairs; k is padded to even, rows to MR and columns to NR
+//! with zeros. The micro-kernel keeps an MR × NR tile in 24 zmm accumulators over the whole k (no
+//! k blocking, so the summation order is the scalar model's at every shape).
+
+
+use crate::decode::Mat;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// Arithmetic of the CPU engine's projections and LM head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 inputs and accumulation (the reference: equal to transformers fp32).
+    F32,
+    /// Inputs rounded to bf16, f32 accumulation (AVX-512 BF16; f32 where the CPU lacks it).
+    Bf16,
+}
+
+impl Precision {
+    /// `compile`'s default: the fastest precision whose compile keeps KL within 1% of the f32
+    /// compile's. Measured on Emerald Rapids (README, "CPU bf16 GEMM"): `vdpbf16ps` retires at
+    /// under half the flop rate of f32 FMA there, so f32 is both exact and faster.
+    pub const COMPILE_DEFAULT: Precision = Precision::F32;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision \"{s}\"; use f32 or bf16")),
+        }
+    }
+}
+
+/// A bf16 GEMM kernel this build can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `vdpbf16ps` on zmm registers (target features avx512f + avx512bf16).
+    Avx512Bf16,
+}
+
+/// Environment variable that hides every bf16 kernel (`off`): the f32 path runs as on a CPU
+/// without BF16 support.
+pub const DISABLE_ENV: &str = "WHITTLE_CPU_BF16";
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Bf16 => "avx512-bf16",
+        }
+    }
+
+    /// Every kernel this CPU supports, best first (tests run each).
+    pub fn supported() -> Vec<Kernel> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
+            v.push(Kernel::Avx512Bf16);
+        }
+        v
+    }
+
+    /// The best supported kernel unless `env` (the value of [`DISABLE_ENV`]) is `off`/`0`.
+    pub fn choose(env: Option<&str>) -> Option<Kernel> {
+        match env {
+            Some("off") | Some("0") => None,
+            _ => Self::supported().first().copied(),
+        }
+    }
+
+    /// [`Kernel::choose`] with this process's environment, decided once.
+    pub fn detect() -> Option<Kernel> {
+        static K: OnceLock<Option<Kernel>> = OnceLock::new();
+        *K.get_or_init(|| Self::choose(std::env::var(DISABLE_ENV).ok().as_deref()))
+    }
+}
+
+// Process-wide like rayon's thread pool: the CLI sets it once from `--precision` before any
+// work starts; the library's default is the f32 reference.
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+pub fn set_precision(p: Precision) {
+    PRECISION.store(p as u8, Ordering::Relaxed);
+}
+
+pub fn precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        0 => Precision::F32,
+        _ => Precision::Bf16,
+    }
+}
+
+/// The kernel the CPU engine's GEMMs use now (`None`: the f32 path).
+pub fn active() -> Option<Kernel> {
+    match precision() {
+        Precision::F32 => None,
+        Precision::Bf16 => Kernel::detect(),
+    }
+}
+
+/// What the CPU engine's GEMMs run, for `bench --json` and whittle_report.json.
+pub fn describe() -> String {
+    match (precision(), active()) {
+        (Precision::F32, _) => "f32 (gemm crate)".into(),
+        (Precision::Bf16, Some(k)) => format!("bf16 {} (f32 accumulate)", k.name()),
+        (Precision::Bf16, None) => format!(
+            "f32 (gemm crate; bf16 requested but this CPU has no AVX-512 BF16 or {DISABLE_ENV}=off)"
+        ),
+    }
+}
+
+/// Rows per packed block of x (the micro-kernel's tile height).
+const MR: usize = 12;
+/// Columns per packed panel of w (two zmm of f32).
+const NR: usize = 32;
+/// Row blocks and column panels per rayon task: a task's x blocks (96 rows) stay in L2 while
+/// its panels stream past them.
+const MB_TASK: usize = 8;
+const NB_TASK: usize = 8;
+
+/// bf16 bits of `v`, round-to-nearest-even (NaN stays NaN), as the GPU engine rounds.
+#[inline]
+pub fn round_bits(v: f32) -> u16 {
+    half::bf16::from_f32(v).to_bits()
+}
+
+/// x [m, k] → blocks of MR rows, each `[kp][MR]` pairs (missing rows and the odd k are zero).
+fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
+    let kp = k.div_ceil(2);
+    let mut out = vec![0u32; m.div_ceil(MR) * kp * MR];
+    if kp == 0 {
+        return out;
+    }
+    out.par_chunks_mut(kp * MR)
+        .enumerate()
+        .for_each(|(b, blk)| {
+            for r in 0..MR.min(m - b * MR) {
+                let row = &x[(b * MR + r) * k..][..k]; // [k]
+                for (p, pair) in row.chunks(2).enumerate() {
+                    let hi = pair.get(1).map_or(0, |&v| round_bits(v) as u32);
+                    blk[p * MR + r] = round_bits(pair[0]) as u32 | hi << 16;
+                }
+            }
+        });
+    out
+}
+
+/// w [n, k] → panels of NR columns, each `[kp][NR]` pairs (missing columns and the odd k zero).
+fn pack_cols(w: Mat<'_>, n: usize, k: usize) -> Vec<u32> {
+    let kp = k.div_ceil(2);
+    let mut out = vec![0u32; n.div_ceil(NR) * kp * NR];
+    if kp == 0 {
+        return out;
+    }
+    out.par_chunks_mut(kp * NR)
+        .enumerate()
+        .for_each(|(j, panel)| {
+            for c in 0..NR.min(n - j * NR) {
+                let col = j * NR + c;
+                let put = |lo: u16, hi: u16| (lo as u32) | (hi as u32) << 16;
+                match w {
+                    Mat::F32(w) => {
+                        for (p, pair) in w[col * k..][..k].chunks(2).enumerate() {
+                            let hi = pair.get(1).map_or(0, |&v| round_bits(v));
+                            panel[p * NR + c] = put(round_bits(pair[0]), hi);
+                        }
+                    }
+                    Mat::Bf16(w) => {
+                        for (p, pair) in w[col * k..][..k].chunks(2).enumerate() {
+                            panel[p * NR + c] = put(pair[0], pair.get(1).copied().unwrap_or(0));
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// The output pointer shared by tasks that write disjoint tiles.
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a distinct set of (row, column) cells of `y` (see `linear`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `y[r·ld + c] = Σₖ bf16(x[r, k]) · bf16(w[c, k])` for r < m, c < n, with `kernel` (one the CPU
+/// supports: [`Kernel::supported`]). Columns of `y` from n to ld are left alone.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    kernel: Kernel,
+    x: &[f32],
+    w: Mat<'_>,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    ld: usize,
+) {
+    let w_len = match w {
+        Mat::F32(w) => w.len(),
+        Mat::Bf16(w) => w.len(),
+    };
+    assert_eq!(x.len(), m * k, "bf16 linear: x is not [m={m}, k={k}]");
+    assert_eq!(w_len, n * k, "bf16 linear: w is not [n={n}, k={k}]");
+    assert!(
+        ld >= n && (m == 0 || y.len() >= (m - 1) * ld + n),
+        "bf16 linear: y cannot hold [m={m}, n={n}] at row stride {ld}"
+    );
+    assert!(
+        Kernel::supported().contains(&kernel),
+        "bf16 linear: this CPU cannot run {}",
+        kernel.name()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kp = k.div_ceil(2);
+    let a = pack_rows(x, m, k); // [mb][kp][MR]
+    let b = pack_cols(w, n, k); // [nb][kp][NR]
+    let (mb, nb) = (m.div_ceil(MR), n.div_ceil(NR));
+    let (tm, tn) = (mb.div_ceil(MB_TASK), nb.div_ceil(NB_TASK));
+    let out = OutPtr(y.as_mut_ptr());
+    (0..tm * tn).into_par_iter().for_each(|t| {
+        let (ti, tj) = (t % tm, t / tm);
+        for j in tj * NB_TASK..nb.min((tj + 1) * NB_TASK) {
+            let panel = &b[j * kp * NR..][..kp * NR];
+            let cols = NR.min(n - j * NR);
+            for i in ti * MB_TASK..mb.min((ti + 1) * MB_TASK) {
+                let block = &a[i * kp * MR..][..kp * MR];
+                let rows = MR.min(m - i * MR);
+                // SAFETY: the tile's cells (i·MR + r)·ld + j·NR + c, r < rows ≤ m − i·MR,
+                // c < cols ≤ n − j·NR, lie inside y (length checked above) and belong to this
+                // (i, j) only, which one task owns; block and panel hold kp·MR and kp·NR pairs.
+                unsafe {
+                    tile(
+                        kernel,
+                        block.as_ptr(),
+                        panel.as_ptr(),
+                        kp,
+                        out.get().add(i * MR * ld + j * NR),
+                        ld,
+                        rows,
+                        cols,
+                    )
+                }
+            }
+        }
+    });
+}
+
+/// One MR × NR tile (`rows` × `cols` of it stored).
+///
+/// # Safety
+/// `a` holds kp·MR pairs, `b` kp·NR, `c` is writable at `r·ldc + col` for r < rows ≤ MR,
+/// col < cols ≤ NR, and the CPU supports `kernel`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    kernel: Kernel,
+    a: *const u32,
+    b: *const u32,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 => tile_avx512bf16(a, b, kp, c, ldc, rows, cols),
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx512Bf16 => unreachable!("Kernel::supported lists no x86 kernel elsewhere"),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512bf16(
+    a: *const u32,
+    b: *const u32,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    use std::mem::transmute;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..kp {
+        let bp = b.add(p * NR) as *const __m512i;
+        let b0: __m512bh = transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp));
+        let b1: __m512bh = transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(1)));
+        let ap = a.add(p * MR);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*ap.add(r) as i32));
+            acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+            acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+        }
+    }
+    if cols == NR {
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            let row = c.add(r * ldc);
+            _mm512_storeu_ps(row, acc[0]);
+            _mm512_storeu_ps(row.add(16), acc[1]);
+        }
+    } else {
+        let mask = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            let row = c.add(r * ldc);
+            _mm512_mask_storeu_ps(row, m0, acc[0]);
+            _mm512_mask_storeu_ps(row.add(16), m1, acc[1]);
+        }
+    }
+}
+
+/// bf16 bits → f32 with denormals read as zero (the instruction's DAZ).
+fn widen_daz(b: u16) -> f32 {
+    let b = if b & 0x7f80 == 0 { b & 0x8000 } else { b };
+    f32::from_bits((b as u32) << 16)
+}
+
+/// A denormal result flushed to a zero of its sign (the instruction's FTZ).
+fn ftz(v: f32) -> f32 {
+    if v.is_subnormal() {
+        0f32.copysign(v)
+    } else {
+        v
+    }
+}
+
+/// The scalar model of every kernel: same rounding, same order, no SIMD. `y` is `[m, n]`.
+pub fn linear_model(x: &[f32], w: Mat<'_>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    let xb: Vec<u16> = x.iter().map(|&v| round_bits(v)).collect(); // [m, k]
+    let wb: Vec<u16> = match w {
+        Mat::F32(w) => w.iter().map(|&v| round_bits(v)).collect(),
+        Mat::Bf16(w) => w.to_vec(),
+    }; // [n, k]
+    let mut y = vec![0f32; m * n]; // [m, n]
+    for r in 0..m {
+        for c in 0..n {
+            let (xr, wc) = (&xb[r * k..][..k], &wb[c * k..][..k]);
+            let mut acc = 0f32;
+            for p in 0..k.div_ceil(2) {
+                let (i0, i1) = (2 * p, 2 * p + 1);
+                if i1 < k {
+                    acc = ftz(widen_daz(xr[i1]).mul_add(widen_daz(wc[i1]), acc));
+                } else {
+                    acc = ftz(0f32.mul_add(0.0, acc));
+                }
+                acc = ftz(widen_daz(xr[i0]).mul_add(widen_daz(wc[i0]), acc));
+            }
+            y[r * n + c] = acc;
+        }
+    }
+    y
+}

@@ -1,0 +1,187 @@
+//! The CPU bf16 GEMM (src/cpu/bf16.rs): every kernel this machine has against the scalar model of
+//! its rounding (bitwise) and against an f64 product of the bf16-rounded inputs (error bound);
+//! the `WHITTLE_CPU_BF16=off` switch leaves the f32 path exactly as `--precision f32`.
+
+mod common;
+
+use whittle::cpu::bf16::{self, Kernel, Precision};
+use whittle::decode::Mat;
+
+/// Deterministic values spread over several binades, with exact zeros and a few tiny ones.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5; // [-0.5, 0.5)
+            match i % 97 {
+                0 => 0.0,
+                1 => u * 1e-30,
+                _ => u * (1 << (s % 5)) as f32,
+            }
+        })
+        .collect()
+}
+
+fn widen(b: u16) -> f64 {
+    f32::from_bits((b as u32) << 16) as f64
+}
+
+/// Shapes with every tail: m and n below, at and past the tile (12 × 32), odd and even k.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 2, 1),
+    (3, 5, 7),
+    (12, 32, 32),
+    (13, 33, 31),
+    (25, 17, 65),
+    (37, 640, 100),
+    (97, 1001, 257),
+    (200, 64, 600),
+];
+
+fn supported_or_skip(test: &str) -> Vec<Kernel> {
+    let ks = Kernel::supported();
+    if ks.is_empty() {
+        eprintln!("{test}: skipped: this CPU has no bf16 GEMM kernel (AVX-512 BF16)");
+    }
+    if !ks.contains(&Kernel::Avx512Bf16) {
+        eprintln!("{test}: avx512-bf16 skipped: the CPU lacks avx512f + avx512bf16");
+    }
+    eprintln!("{test}: amx skipped: not implemented");
+    ks
+}
+
+#[test]
+fn kernels_equal_the_scalar_model_bitwise() {
+    for kernel in supported_or_skip("kernels_equal_the_scalar_model_bitwise") {
+        for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
+            let x = values(m * k, 2 * si as u64 + 1);
+            let w = values(n * k, 2 * si as u64 + 2);
+            let want = bf16::linear_model(&x, Mat::F32(&w), m, k, n);
+            // Written into a wider matrix: columns past n must keep their sentinel.
+            let ld = n + 3;
+            let mut y = vec![f32::NAN; m * ld];
+            bf16::linear(kernel, &x, Mat::F32(&w), m, k, n, &mut y, ld);
+            for r in 0..m {
+                for c in 0..n {
+                    let (got, exp) = (y[r * ld + c], want[r * n + c]);
+                    assert_eq!(
+                        got.to_bits(),
+                        exp.to_bits(),
+                        "{} m={m} k={k} n={n} at [{r}, {c}]: {got:e} vs model {exp:e}",
+                        kernel.name()
+                    );
+                }
+                assert!(y[r * ld + n..r * ld + ld].iter().all(|v| v.is_nan()));
+            }
+            // The same weights as bf16 bits give the same result.
+            let wb: Vec<u16> = w.iter().map(|&v| bf16::round_bits(v)).collect();
+            let mut yb = vec![0f32; m * n];
+            bf16::linear(kernel, &x, Mat::Bf16(&wb), m, k, n, &mut yb, n);
+            assert!(yb
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+}
+
+/// The model against exact arithmetic: |y − Σ x̂·ŵ| ≤ γ_k Σ|x̂·ŵ| with γ_k = k·u/(1 − k·u),
+/// u = 2⁻²⁴ (one rounding per accumulation step, Higham §3.1), plus the flushed denormal products
+/// (each below 2⁻¹²⁶, k of them at most).
+#[test]
+fn scalar_model_is_within_the_summation_bound_of_f64() {
+    for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
+        let x = values(m * k, 7 * si as u64 + 3);
+        let w = values(n * k, 7 * si as u64 + 4);
+        let y = bf16::linear_model(&x, Mat::F32(&w), m, k, n);
+        let xb: Vec<u16> = x.iter().map(|&v| bf16::round_bits(v)).collect();
+        let wb: Vec<u16> = w.iter().map(|&v| bf16::round_bits(v)).collect();
+        let u = (2f64).powi(-24);
+        let gamma = k as f64 * u / (1.0 - k as f64 * u);
+        for r in 0..m {
+            for c in 0..n {
+                let (mut exact, mut abs) = (0f64, 0f64);
+                for i in 0..k {
+                    let p = widen(xb[r * k + i]) * widen(wb[c * k + i]);
+                    exact += p;
+                    abs += p.abs();
+                }
+                let err = (y[r * n + c] as f64 - exact).abs();
+                let bound = gamma * abs + k as f64 * (2f64).powi(-126);
+                assert!(
+                    err <= bound,
+                    "m={m} k={k} n={n} at [{r}, {c}]: {} vs exact {exact:e} (err {err:e} > {bound:e})",
+                    y[r * n + c]
+                );
+            }
+        }
+    }
+}
+
+/// The inputs really are rounded: a value between two bf16 neighbours multiplies as its nearest
+/// (ties to even), the way the GPU engine's `__float2bfloat16_rn` rounds.
+#[test]
+fn inputs_are_rounded_to_nearest_even() {
+    let one_plus = f32::from_bits(0x3f80_8000); // 1 + 2⁻⁸: a tie between 1 and 1 + 2⁻⁷
+    let above = f32::from_bits(0x3f80_8001); // just above the tie
+    let x = [one_plus, above];
+    let w = [1.0f32, 0.0, 0.0, 1.0]; // [2, 2]: y = x
+    let y = bf16::linear_model(&x, Mat::F32(&w), 1, 2, 2);
+    assert_eq!(y, vec![1.0, 1.0 + 1.0 / 128.0]);
+    for kernel in Kernel::supported() {
+        let mut yk = vec![0f32; 2];
+        bf16::linear(kernel, &x, Mat::F32(&w), 1, 2, 2, &mut yk, 2);
+        assert_eq!(yk, y, "{}", kernel.name());
+    }
+}
+
+#[test]
+fn the_switch_hides_every_kernel() {
+    assert_eq!(Kernel::choose(Some("off")), None);
+    assert_eq!(Kernel::choose(Some("0")), None);
+    assert_eq!(Kernel::choose(None), Kernel::supported().first().copied());
+    assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+    assert!("fp16".parse::<Precision>().is_err());
+}
+
+/// `whittle eval --json` on the tiny fixture: (nll, ppl) as printed.
+fn eval_out(precision: &str, env_off: bool) -> (f64, f64) {
+    let model = common::fixture("tiny-gemma3");
+    let text = common::fixture("eval-text.txt");
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args(["--device", "cpu", "--precision", precision, "eval"])
+        .arg(&model)
+        .arg("--text")
+        .arg(&text)
+        .args(["--seq", "32", "--windows", "2", "--json"]);
+    if env_off {
+        cmd.env(bf16::DISABLE_ENV, "off");
+    } else {
+        cmd.env_remove(bf16::DISABLE_ENV);
+    }
+    let out = cmd.output().expect("running whittle eval");
+    assert!(
+        out.status.success(),
+        "whittle eval --precision {precision} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval --json output");
+    let get = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    (get("nll"), get("ppl"))
+}
+
+/// A CPU without BF16 (forced by the switch) runs the f32 path unchanged: `--precision bf16`
+/// then gives what `--precision f32` gives, to the last digit.
+#[test]
+fn bf16_switched_off_is_the_f32_path() {
+    let f32_out = eval_out("f32", false);
+    assert_eq!(eval_out("bf16", true), f32_out);
+    if !Kernel::supported().is_empty() {
+        // And the switch is what made the difference: bf16 proper changes the figures.
+        assert_ne!(eval_out("bf16", false), f32_out);
+    }
+}
