@@ -11,7 +11,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test test-emu lint build nvcc python python-torch fixtures bench-cpu quality clean
+.PHONY: demo test test-emu lint build nvcc python python-torch fixtures bench-cpu bench-cpu-bf16 quality clean
 
 nvcc:
 	bash scripts/install-nvcc.sh
@@ -48,6 +48,10 @@ fixtures: python-torch
 # CPU forward throughput, whittle vs transformers fp32, on Gemma 3 270M (README table).
 bench-cpu: build python-torch
 	bash scripts/bench-cpu-forward.sh
+
+# f32 vs bf16 CPU GEMMs: forward against transformers, compile time and KL (README, CPU bf16 GEMM).
+bench-cpu-bf16: build python-torch
+	bash scripts/bench-cpu-bf16.sh
 
 # Compile-quality table on Gemma 3 270M (README table); needs ../shared/data.
 quality: build python

@@ -616,7 +616,7 @@ fn mlp_step(
 /// written against it, so both engines are measured and driven by the same code.
 pub trait Engine {
     fn cfg(&self) -> &ModelConfig;
-    /// What runs, for reports: `whittle cpu f32` or `whittle cuda bf16`.
+    /// What runs, for reports: `whittle cpu f32`, `whittle cpu bf16` or `whittle cuda bf16`.
     fn name(&self) -> String;
     /// Where it runs: `cpu` or the GPU's description.
     fn device(&self) -> String;
@@ -671,7 +671,7 @@ impl Engine for Model {
         &self.cfg
     }
     fn name(&self) -> String {
-        "whittle cpu f32".into()
+        format!("whittle cpu {}", crate::cpu::bf16::in_use())
     }
     fn device(&self) -> String {
         "cpu".into()

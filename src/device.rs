@@ -200,9 +200,10 @@ impl Device {
                     let t = Instant::now();
                     let m = Model::load(dir).map_err(|e| ctx(dir, e))?;
                     eprintln!(
-                        "loaded {} in {:.1}s (cpu, f32)",
+                        "loaded {} in {:.1}s (cpu, {})",
                         dir.display(),
-                        t.elapsed().as_secs_f64()
+                        t.elapsed().as_secs_f64(),
+                        crate::cpu::bf16::in_use()
                     );
                     Ok(cpu(m))
                 })

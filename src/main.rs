@@ -280,9 +280,10 @@ fn load_model(dir: &std::path::Path) -> Result<Model> {
     let t = Instant::now();
     let m = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
     eprintln!(
-        "loaded {} in {:.1}s (cpu, f32)",
+        "loaded {} in {:.1}s (cpu, {})",
         dir.display(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        whittle::cpu::bf16::in_use()
     );
     Ok(m)
 }

@@ -19,7 +19,6 @@
 //! with zeros. The micro-kernel keeps an MR × NR tile in 24 zmm accumulators over the whole k (no
 //! k blocking, so the summation order is the scalar model's at every shape).
 
-
 use crate::decode::Mat;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -123,6 +122,11 @@ pub fn active() -> Option<Kernel> {
         Precision::F32 => None,
         Precision::Bf16 => Kernel::detect(),
     }
+}
+
+/// The arithmetic in use: `bf16` when a kernel runs it, else `f32` (engine names, log lines).
+pub fn in_use() -> &'static str {
+    active().map_or(Precision::F32, |_| Precision::Bf16).name()
 }
 
 /// What the CPU engine's GEMMs run, for `bench --json` and whittle_report.json.
