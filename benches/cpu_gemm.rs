@@ -20,7 +20,74 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Register-only peak of one core: 30 independent accumulators, no memory traffic. Returns
+/// (vdpbf16ps, vfmadd231ps) in GFLOP/s (a vdpbf16ps zmm is 32 multiply-adds, an FMA zmm 16).
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"] // the AVX-512 BF16 intrinsics (see src/cpu/mod.rs)
+fn peaks() -> Option<(f64, f64)> {
+    use std::arch::x86_64::*;
+    const ACC: usize = 30;
+    const ITERS: usize = 5_000_000;
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dp() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        let pair = std::hint::black_box(0x3f80_3f80); // opaque, so nothing folds
+        let a = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
+        for _ in 0..ITERS {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbf16_ps(*v, a, a);
+            }
+        }
+        _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v)),
+        )
+    }
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        let a = _mm512_set1_ps(std::hint::black_box(1.0001));
+        let b = _mm512_set1_ps(std::hint::black_box(0.9999));
+        for _ in 0..ITERS {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(a, b, *v);
+            }
+        }
+        _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v)),
+        )
+    }
+    if !Kernel::supported().contains(&Kernel::Avx512Bf16) {
+        return None;
+    }
+    let time = |f: &dyn Fn() -> f32| {
+        let t = Instant::now();
+        std::hint::black_box(f());
+        t.elapsed().as_secs_f64()
+    };
+    let (mut tdp, mut tfma) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        // SAFETY: the CPU has avx512f + avx512bf16 (checked above).
+        tdp.push(time(&|| unsafe { dp() }));
+        tfma.push(time(&|| unsafe { fma() }));
+    }
+    let flop = |per: f64| (ITERS * ACC) as f64 * per / 1e9;
+    Some((flop(64.0) / median(tdp), flop(32.0) / median(tfma)))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peaks() -> Option<(f64, f64)> {
+    None
+}
+
 fn main() {
+    if let Some((dp, fma)) = peaks() {
+        println!(
+            "one core, registers only: vdpbf16ps {dp:.1} GFLOP/s, f32 FMA {fma:.1} GFLOP/s ({:.2}×)",
+            dp / fma
+        );
+    }
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
