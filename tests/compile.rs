@@ -7,7 +7,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use whittle::model::{Batch, Model};
-use whittle::safetensors::{encode_header, Dtype, HeaderEntry, WeightStore};
+use whittle::safetensors::{encode_header, HeaderEntry, WeightStore};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = cpu_cmd().args(args).output().unwrap();
