@@ -156,6 +156,18 @@ struct CompileArgs {
     /// The widest MLP (a multiple of --multiple-of) with at most this many parameters.
     #[arg(long)]
     max_params: Option<u64>,
+    /// The narrowest width (a multiple of --multiple-of) whose mean KL to the original, on a
+    /// held-out slice of the calibration text (--holdout sequences, not calibrated on), is at
+    /// most this. Found by binary search, one complete compile per probe (see README).
+    #[arg(long, conflicts_with_all = ["tier", "keep_ratio", "intermediate_size", "widths", "keep_ratios", "max_gib", "max_params", "max_ppl_ratio"])]
+    max_kl: Option<f64>,
+    /// Like --max-kl, with the perplexity ratio (compiled / original) on the held-out slice.
+    #[arg(long, conflicts_with_all = ["tier", "keep_ratio", "intermediate_size", "widths", "keep_ratios", "max_gib", "max_params"])]
+    max_ppl_ratio: Option<f64>,
+    /// With --max-kl / --max-ppl-ratio: calibration sequences held out for the measurement, read
+    /// beyond --samples (default: --samples / 8, at least 1).
+    #[arg(long)]
+    holdout: Option<usize>,
     /// Memory the run may hold (e.g. 16G): a several-width sequential run keeps one calibration
     /// stream per width and is refused up front when the estimate does not fit. Default: what
     /// the machine has available.
@@ -658,6 +670,87 @@ fn compile_targets(
     ))
 }
 
+/// Held-out calibration sequences of a quality-ceiling run (None without a ceiling).
+fn ceiling_holdout(a: &CompileArgs) -> Option<usize> {
+    (a.max_kl.is_some() || a.max_ppl_ratio.is_some())
+        .then(|| a.holdout.unwrap_or((a.samples / 8).max(1)))
+}
+
+/// `compile --max-kl / --max-ppl-ratio`: hold out part of the calibration set, search the width.
+fn compile_to_ceiling(
+    a: &CompileArgs,
+    dev: &whittle::device::Device,
+    ceiling: whittle::ceiling::Ceiling,
+    opts: &whittle::compile::CompileOptions,
+    calib: Option<whittle::calib::CalibSet>,
+) -> Result<()> {
+    let ceiling = ceiling.validate()?;
+    let mut calib = calib.context("a quality ceiling is measured on held-out calibration text: give --calib FILE (or --calib-ids)")?;
+    // A pre-tokenized set is what it is: its default slice is an eighth of it.
+    let n = match (a.holdout, &a.calib_ids) {
+        (Some(h), _) => h,
+        (None, Some(_)) => (calib.n_seq / 8).max(1),
+        (None, None) => ceiling_holdout(a).unwrap_or(1),
+    };
+    let held = whittle::ceiling::hold_out(&mut calib, n)?;
+    eprintln!(
+        "{}: {} calibration sequences, {} held out to measure each probe",
+        ceiling.flag(),
+        calib.n_seq,
+        held.windows.len()
+    );
+    let t = Instant::now();
+    let load = |d: &std::path::Path| -> whittle::error::Result<Box<dyn whittle::eval::LogitModel>> {
+        Ok(dev.load_eval_models(&[d])?.remove(0))
+    };
+    let pb = progress(0, "probe");
+    let found = whittle::ceiling::search(
+        &a.model,
+        &a.output,
+        &calib,
+        &held,
+        opts,
+        ceiling,
+        &mut || dev.backend(),
+        &load,
+        &mut |stage, done, total| {
+            if stage.starts_with("layers") {
+                pb.set_length(total);
+                pb.set_position(done);
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    println!(
+        "| width | KL | PPL ratio | top-1 agree | {} {} |",
+        ceiling.flag(),
+        match ceiling {
+            whittle::ceiling::Ceiling::Kl(x) | whittle::ceiling::Ceiling::PplRatio(x) => x,
+        }
+    );
+    println!("|---:|---:|---:|---:|---|");
+    for p in &found.curve {
+        println!(
+            "| {} | {:.4} | {:.4} | {:.4} | {} |",
+            p.width,
+            p.kl,
+            p.ppl_ratio,
+            p.top1_agree,
+            if p.within { "within" } else { "beyond" }
+        );
+    }
+    let r = &found.outcome.report;
+    println!(
+        "wrote {}: intermediate_size {} → {} ({} probes, {:.1}s)",
+        a.output.display(),
+        r["intermediate_size_before"],
+        r["intermediate_size_after"],
+        found.curve.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     let dev = open_device(device, None)?;
     use whittle::compile::{compile_batch, resolve_targets, streams_needed, CompileOptions};
@@ -701,7 +794,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         Some(whittle::calib::CalibSet::from_texts(
             &tok,
             &a.calib,
-            a.samples,
+            a.samples + ceiling_holdout(&a).unwrap_or(0),
             a.seq,
             cfg.bos_token_id,
         )?)
@@ -714,6 +807,17 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     } else {
         None
     };
+    if let Some(ceiling) = match (a.max_kl, a.max_ppl_ratio) {
+        (Some(x), _) => Some(whittle::ceiling::Ceiling::Kl(x)),
+        (_, Some(r)) => Some(whittle::ceiling::Ceiling::PplRatio(r)),
+        _ => None,
+    } {
+        return compile_to_ceiling(&a, &dev, ceiling, &opts, calib);
+    }
+    anyhow::ensure!(
+        a.holdout.is_none(),
+        "--holdout is for --max-kl / --max-ppl-ratio: without a quality ceiling every sequence calibrates"
+    );
     let n_streams = streams_needed(&opts, targets.len(), calib.is_some());
     let mut backends: Vec<Box<dyn whittle::calib::Backend>> =
         (0..n_streams).map(|_| dev.backend()).collect();

@@ -293,3 +293,102 @@ fn bad_batch_requests_are_refused_up_front() {
     assert!(err.contains("already exists"), "{err}");
     assert!(!out.join("width-20").exists());
 }
+
+#[test]
+fn quality_ceiling_picks_the_narrowest_width_within_it() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("in");
+    write_model(&m, &tiny_config());
+    let ids = d.path().join("calib.safetensors");
+    write_ids(&ids, 12, 12, 64, 7);
+    for (flag, limit) in [("--max-kl", 0.05), ("--max-ppl-ratio", 1.02)] {
+        let out = d.path().join(format!("out{flag}"));
+        let (code, stdout, err) = run(&[
+            "compile",
+            s(&m),
+            "-o",
+            s(&out),
+            "--calib-ids",
+            s(&ids),
+            flag,
+            &limit.to_string(),
+            "--holdout",
+            "4",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let r = report(&out);
+        let c = &r["ceiling"];
+        let chosen = c["chosen"].as_u64().unwrap();
+        assert_eq!(r["intermediate_size_after"].as_u64(), Some(chosen));
+        assert_eq!(c["held_out"]["sequences"], serde_json::json!(4));
+        assert_eq!(r["calibration"]["sequences"], serde_json::json!(8));
+        let key = if flag == "--max-kl" {
+            "kl"
+        } else {
+            "ppl_ratio"
+        };
+        let at = |w: u64| {
+            c["curve"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["width"].as_u64() == Some(w))
+                .map(|p| p[key].as_f64().unwrap())
+        };
+        // The chosen width is within the ceiling, the next narrower one (multiple 2) beyond it.
+        assert!(at(chosen).unwrap() <= limit, "{c}");
+        assert!(chosen > 2, "the ceiling should bind on this model: {c}");
+        assert!(at(chosen - 2).unwrap() > limit, "{c}");
+        assert!(
+            stdout.contains("within") && stdout.contains("beyond"),
+            "{stdout}"
+        );
+        // The measurement is real: the written folder's held-out KL equals the curve's.
+        assert!(c["curve"].as_array().unwrap().len() >= 3, "{c}");
+        // No probe folders left beside OUT.
+        for e in std::fs::read_dir(d.path()).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.contains("whittle-search"), "left behind: {name}");
+        }
+    }
+}
+
+#[test]
+fn bad_quality_ceilings_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, ids) = setup(d.path());
+    let out = d.path().join("out");
+    for (extra, want) in [
+        (
+            vec!["--max-kl", "0"],
+            "not a ceiling any pruned model can meet",
+        ),
+        (vec!["--max-ppl-ratio", "1"], "above 1"),
+        (vec!["--max-kl", "1e-12"], "best achievable"),
+        (
+            vec!["--max-kl", "0.1", "--holdout", "6"],
+            "leave some to calibrate on",
+        ),
+        (vec!["--holdout", "2"], "--holdout is for --max-kl"),
+    ] {
+        let mut args = vec!["compile", s(&m), "-o", s(&out), "--calib-ids", s(&ids)];
+        args.extend(&extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{extra:?} was accepted: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} wrote output");
+    }
+    let (code, _, err) = run(&[
+        "compile",
+        s(&m),
+        "-o",
+        s(&out),
+        "--calib-ids",
+        s(&ids),
+        "--max-kl",
+        "0.1",
+        "--tier",
+        "throughput",
+    ]);
+    assert_eq!(code, 2, "{err}"); // clap: conflicting flags
+}
