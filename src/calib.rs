@@ -569,6 +569,11 @@ pub trait Backend {
         None
     }
 
+    /// Bytes of one hidden-state value in this backend's calibration streams (the CPU holds f32).
+    fn stream_elem_bytes(&self) -> usize {
+        4
+    }
+
     /// Where scoring and repair solve their f64 linear algebra for this backend (the host unless
     /// the backend has a GPU).
     fn solver(&self) -> crate::prune::Solver {

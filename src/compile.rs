@@ -11,13 +11,14 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::LayerWeights;
 use crate::prune::{
-    energy_scores, magnitude_scores, obs_select, repair, slice_layer, top_k, Method,
+    energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_layer, top_k,
+    Method,
 };
 use crate::registry::{layer_name, registry, LayerTensor};
 use crate::safetensors::WeightStore;
 use crate::writer::{round_to_dtype, write_model, LayerCut};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Named widths, as fractions of 72 (on gemma-2-2b's 9216: 7936, 7296, 6528, 4864).
@@ -159,7 +160,14 @@ fn params(cfg: &ModelConfig, untied: bool) -> u64 {
     registry(cfg, untied).iter().map(|s| s.numel() as u64).sum()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One output of a compile run: the width asked for and the folder it is written to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub width: Width,
+    pub output: PathBuf,
+}
+
+/// Compiles `input` to the one width `opts.width`, written to `output`.
 pub fn compile(
     input: &Path,
     output: &Path,
@@ -168,12 +176,241 @@ pub fn compile(
     backend: &mut dyn Backend,
     progress: Progress<'_>,
 ) -> Result<Outcome> {
+    let targets = [Target {
+        width: opts.width.clone(),
+        output: output.to_path_buf(),
+    }];
+    let mut outs = compile_batch(input, &targets, calib, opts, &mut [backend], progress)?;
+    Ok(outs.remove(0))
+}
+
+/// How many calibration streams (and so backends) `compile_batch` needs for `targets`:
+/// `--sequential` keeps one pruned stream per width (each width's layers < l differ), one-shot
+/// calibrates the original model once for all of them.
+pub fn streams_needed(opts: &CompileOptions, targets: usize, has_calib: bool) -> usize {
+    if opts.sequential && has_calib {
+        targets
+    } else {
+        1
+    }
+}
+
+/// Resolves every target's width for an MLP of `n` neurons; two targets that land on the same
+/// width are refused (they would be the same checkpoint twice).
+pub fn resolve_targets(
+    n: usize,
+    targets: &[Target],
+    multiple_of: usize,
+) -> Result<Vec<ResolvedWidth>> {
+    let mut out: Vec<ResolvedWidth> = Vec::with_capacity(targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        let rw = resolve_width(n, &t.width, multiple_of).map_err(|e| match e {
+            Error::Arg { flag, msg } if targets.len() > 1 => Error::Arg {
+                flag: match flag {
+                    "--intermediate-size" => "--widths",
+                    "--keep-ratio" => "--keep-ratios",
+                    f => f,
+                },
+                msg,
+            },
+            e => e,
+        })?;
+        if let Some(j) = out.iter().position(|o| o.width == rw.width) {
+            return Err(Error::Arg {
+                flag: "--widths",
+                msg: format!(
+                    "{} and {} both resolve to width {} (multiple of {}); ask for each width once",
+                    describe_width(&targets[j].width),
+                    describe_width(&targets[i].width),
+                    rw.width,
+                    rw.multiple
+                ),
+            });
+        }
+        out.push(rw);
+    }
+    Ok(out)
+}
+
+/// A width request as the user wrote it (messages).
+pub fn describe_width(w: &Width) -> String {
+    match w {
+        Width::Tier(t) => format!("tier {t}"),
+        Width::KeepRatio(r) => format!("keep ratio {r}"),
+        Width::Size(s) => format!("width {s}"),
+    }
+}
+
+/// What a compile run holds at its peak, in bytes: the calibration hidden states of every
+/// stream (`stream_elem` bytes a value: 4 on the CPU, 2 on the GPU; the original model's stream
+/// beside each with `--refit-target original`), one layer's f64 statistics ([I, I] Gram, and the
+/// cross matrix with it), and one layer's weights widened to f32. The memory-mapped input is not
+/// counted (the kernel pages it in and out).
+pub fn run_memory_bytes(
+    cfg: &ModelConfig,
+    calib_tokens: usize,
+    opts: &CompileOptions,
+    streams: usize,
+    stream_elem: usize,
+) -> u64 {
+    let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let cross = opts.sequential && opts.target_original;
+    let per_stream = calib_tokens as u64 * h * stream_elem as u64 * if cross { 2 } else { 1 };
+    let stats = if opts.method.needs_gram() || opts.repair {
+        8 * i * i * if cross && opts.repair { 2 } else { 1 }
+    } else {
+        8 * i
+    };
+    let attn = (cfg.num_heads + 2 * cfg.num_kv_heads) as u64 * cfg.head_dim as u64 * h
+        + cfg.num_heads as u64 * cfg.head_dim as u64 * h;
+    let layer = 4 * (3 * i * h + attn);
+    streams as u64 * per_stream + stats + layer
+}
+
+/// Parameters and weight bytes of the whole input checkpoint, and of the tensors it only copies.
+struct FullSizes {
+    untied: bool,
+    params: u64,
+    bytes: u64,
+    other_params: u64,
+    other_bytes: u64,
+}
+
+fn full_sizes(store: &WeightStore, cfg: &ModelConfig) -> Result<FullSizes> {
+    let untied = crate::model::untied_head(cfg, store);
+    let (other_params, other_bytes) = crate::inspect::passthrough(store, cfg, untied);
+    let bytes = other_bytes
+        + registry(cfg, untied)
+            .iter()
+            .map(|s| {
+                store
+                    .get(&s.name)
+                    .map(|t| (t.info.end - t.info.start) as u64)
+            })
+            .sum::<Result<u64>>()?;
+    Ok(FullSizes {
+        untied,
+        params: params(cfg, untied) + other_params,
+        bytes,
+        other_params,
+        other_bytes,
+    })
+}
+
+/// The widest MLP — the full width or a multiple of the rounding multiple — whose checkpoint
+/// holds at most `max_bytes` of weights and `max_params` parameters (exact: what `compile`
+/// writes, `inspect::sizes_at_width`).
+pub fn widest_within(
+    store: &WeightStore,
+    cfg: &ModelConfig,
+    max_bytes: Option<u64>,
+    max_params: Option<u64>,
+    multiple_of: usize,
+) -> Result<ResolvedWidth> {
+    let n = cfg.intermediate_size;
+    let m = resolve_width(n, &Width::Size(n), multiple_of)?.multiple;
+    let full = full_sizes(store, cfg)?;
+    let fits = |w: usize| -> Result<(bool, u64, u64)> {
+        let (p, b) = crate::inspect::sizes_at_width(store, cfg, full.params, full.bytes, w)?;
+        Ok((
+            max_bytes.map_or(true, |x| b <= x) && max_params.map_or(true, |x| p <= x),
+            p,
+            b,
+        ))
+    };
+    let candidates = std::iter::once(n).chain((1..=n / m).rev().map(|j| j * m).filter(|&w| w < n));
+    for w in candidates {
+        if fits(w)?.0 {
+            return Ok(ResolvedWidth {
+                width: w,
+                multiple: m,
+            });
+        }
+    }
+    let (_, p_min, b_min) = fits(m)?;
+    let (_, p_zero, b_zero) = fits(0)?;
+    let gib = crate::inspect::GIB;
+    let (flag, msg) = match (max_bytes, max_params) {
+        (Some(x), _) if b_min > x => (
+            "--max-gib",
+            format!(
+                "{:.4} GiB is below the smallest compile: width {m} holds {:.4} GiB, and what pruning \
+                 never touches (embedding, attention, norms) is {:.4} GiB alone",
+                x as f64 / gib,
+                b_min as f64 / gib,
+                b_zero as f64 / gib
+            ),
+        ),
+        (_, Some(x)) => (
+            "--max-params",
+            format!(
+                "{x} is below the smallest compile: width {m} has {p_min} parameters, and what \
+                 pruning never touches (embedding, attention, norms) has {p_zero}"
+            ),
+        ),
+        _ => ("--max-gib", "no width fits".to_string()),
+    };
+    Err(Error::Arg { flag, msg })
+}
+
+/// The kept neurons of one layer at every width in `ks`, each exactly what a single-width run
+/// selects: scores are computed once; OBS runs once, to the narrowest width, and each wider
+/// width keeps what was not yet removed at its step count (`obs_removal_order`).
+fn select_widths(
+    method: Method,
+    w: &LayerWeights,
+    hd: usize,
+    stats: &MlpStats,
+    ks: &[usize],
+    damp: f64,
+    solver: &crate::prune::Solver,
+) -> Result<Vec<Vec<usize>>> {
+    Ok(match method {
+        Method::Magnitude => {
+            let s = magnitude_scores(w, hd);
+            ks.iter().map(|&k| top_k(&s, k)).collect()
+        }
+        Method::Energy => {
+            let s = energy_scores(w, hd, stats);
+            ks.iter().map(|&k| top_k(&s, k)).collect()
+        }
+        Method::Obs => {
+            let kmin = ks.iter().copied().min().unwrap_or(w.width);
+            let order = obs_removal_order(w, hd, stats, kmin, damp, solver)?;
+            ks.iter()
+                .map(|&k| kept_after(w.width, &order[..w.width - k]))
+                .collect()
+        }
+    })
+}
+
+/// Compiles `input` to every width of `targets` in one run, each written to its own folder
+/// (atomically, with its own report), each byte-identical to a single-width compile with the
+/// same options. One-shot: the original model is calibrated once for all widths. Sequential:
+/// `backends[t]` holds width t's pruned stream; each layer's weights are loaded once and run on
+/// every stream. `backends` needs `streams_needed(..)` entries.
+pub fn compile_batch(
+    input: &Path,
+    targets: &[Target],
+    calib: Option<&CalibSet>,
+    opts: &CompileOptions,
+    backends: &mut [&mut dyn Backend],
+    progress: Progress<'_>,
+) -> Result<Vec<Outcome>> {
     let cfg = ModelConfig::from_dir(input)?;
     let store = WeightStore::open(input)?;
+    if targets.is_empty() {
+        return Err(Error::Arg {
+            flag: "--widths",
+            msg: "no width to compile to".into(),
+        });
+    }
     // Fail on the destination before spending minutes calibrating.
-    crate::writer::check_destination(input, output, opts.force)?;
-    let rw = resolve_width(cfg.intermediate_size, &opts.width, opts.multiple_of)?;
-    let k = rw.width;
+    for t in targets {
+        crate::writer::check_destination(input, &t.output, opts.force)?;
+    }
+    let rws = resolve_targets(cfg.intermediate_size, targets, opts.multiple_of)?;
+    let ks: Vec<usize> = rws.iter().map(|r| r.width).collect();
     let hd = cfg.hidden_size;
     let need_calib = opts.method != Method::Magnitude || opts.repair;
     let need_gram = opts.method.needs_gram() || opts.repair;
@@ -198,6 +435,15 @@ pub fn compile(
             });
         }
     }
+    let n_streams = streams_needed(opts, targets.len(), calib.is_some());
+    if backends.len() < n_streams {
+        return Err(Error::Other(format!(
+            "compile_batch: {} widths sequentially need {n_streams} backends, got {}",
+            targets.len(),
+            backends.len()
+        )));
+    }
+    let backends = &mut backends[..n_streams];
     let mut t = Timings::default();
     let down_dtype = |l: usize| {
         store
@@ -205,7 +451,7 @@ pub fn compile(
             .map(|t| t.info.dtype)
     };
 
-    // Hidden states of all calibration tokens, held by the backend: the pruned stream, and for
+    // Hidden states of all calibration tokens, held by each backend: the pruned stream, and for
     // `--refit-target original` the original model's stream beside it.
     let t0 = Instant::now();
     let cross = opts.sequential && opts.target_original;
@@ -213,187 +459,215 @@ pub fn compile(
         Some(c) => {
             let layout = Layout::new(c.n_seq, c.seq_len, opts.batch_seqs);
             let nb = layout.sizes.len();
-            backend.start(&cfg, &store, &c.ids, layout, cross)?;
+            for b in backends.iter_mut() {
+                b.start(&cfg, &store, &c.ids, layout.clone(), cross)?;
+            }
             nb
         }
         None => 0,
     };
     t.calibrate += t0.elapsed().as_secs_f64();
 
-    let solver = backend.solver();
-    let mut cuts = Vec::with_capacity(cfg.num_layers);
-    let mut layer_reports = Vec::new();
-    for l in 0..cfg.num_layers {
-        progress("layers", l as u64, cfg.num_layers as u64);
-        let w = LayerWeights::load(&store, &cfg, l)?;
-        let n = w.width;
-        let t0 = Instant::now();
-        let stats = match calib {
-            Some(_) => {
-                backend.begin_stats(StatsSpec {
-                    width: n,
-                    gram: need_gram,
-                    cross: cross && opts.repair,
-                    token_weight: opts.token_weight,
-                    // The solver runs where the calibration ran (`Backend::solver`).
-                    gram_on_device: true,
-                })?;
-                for b in 0..nb {
-                    if opts.sequential {
-                        if cross {
-                            backend.run_layer(
-                                &cfg,
-                                l,
-                                &w,
-                                Stream::Reference,
-                                b,
-                                Capture::Reference,
-                            )?;
-                        }
-                        // The pruned stream's post-attention residual is kept: once this
-                        // layer's neurons are chosen, only its MLP has to run again.
-                        backend.run_attention(&cfg, l, &w, Stream::Pruned, b)?;
-                        backend.run_mlp(&cfg, l, &w, Stream::Pruned, b, Capture::Stats, false)?;
-                    } else {
-                        backend.run_layer(&cfg, l, &w, Stream::Pruned, b, Capture::Stats)?;
-                    }
+    let solver = backends[0].solver();
+    let spec = |n: usize| StatsSpec {
+        width: n,
+        gram: need_gram,
+        cross: cross && opts.repair,
+        token_weight: opts.token_weight,
+        // The solver runs where the calibration ran (`Backend::solver`).
+        gram_on_device: true,
+    };
+    // This layer's statistics on one backend's stream (sequential: attention, then the MLP,
+    // whose input is kept so only the MLP runs again once the neurons are chosen).
+    let layer_stats = |backend: &mut dyn Backend, l: usize, w: &LayerWeights| -> Result<MlpStats> {
+        backend.begin_stats(spec(w.width))?;
+        for b in 0..nb {
+            if opts.sequential {
+                if cross {
+                    backend.run_layer(&cfg, l, w, Stream::Reference, b, Capture::Reference)?;
                 }
-                backend.take_stats()?
+                backend.run_attention(&cfg, l, w, Stream::Pruned, b)?;
+                backend.run_mlp(&cfg, l, w, Stream::Pruned, b, Capture::Stats, false)?;
+            } else {
+                backend.run_layer(&cfg, l, w, Stream::Pruned, b, Capture::Stats)?;
             }
-            None => MlpStats::new(n, false, false),
-        };
-        t.calibrate += t0.elapsed().as_secs_f64();
-
-        let t0 = Instant::now();
-        let kept = match opts.method {
-            Method::Magnitude => top_k(&magnitude_scores(&w, hd), k),
-            Method::Energy => top_k(&energy_scores(&w, hd, &stats), k),
-            Method::Obs => obs_select(&w, hd, &stats, k, opts.damp, &solver)?,
-        };
-        t.score += t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let down = if opts.repair {
-            let mut d = repair(&w, hd, &stats, &kept, opts.damp, &solver)?;
-            // Continue with exactly what will be written.
-            round_to_dtype(&mut d, down_dtype(l)?);
-            Some(d)
-        } else {
-            None
-        };
-        t.repair += t0.elapsed().as_secs_f64();
-
-        if opts.sequential && calib.is_some() {
-            let t0 = Instant::now();
-            let wp = slice_layer(&w, hd, &kept, down.clone());
-            for b in 0..nb {
-                backend.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::None, true)?;
-            }
-            t.calibrate += t0.elapsed().as_secs_f64();
         }
+        backend.take_stats()
+    };
+    let mut cuts: Vec<Vec<LayerCut>> = (0..targets.len())
+        .map(|_| Vec::with_capacity(cfg.num_layers))
+        .collect();
+    let mut layer_reports: Vec<Vec<Value>> = vec![Vec::new(); targets.len()];
+    let layer_report = |l: usize, kept: &[usize], stats: &MlpStats| {
         let mean_sq = stats.mean_sq();
         let kept_energy: f64 = kept.iter().map(|&j| mean_sq[j]).sum();
         let total_energy: f64 = mean_sq.iter().sum();
-        layer_reports.push(json!({
+        json!({
             "layer": l,
             "kept": kept,
             "kept_activation_energy": if stats.count > 0 && total_energy > 0.0 { json!(kept_energy / total_energy) } else { Value::Null },
-        }));
-        cuts.push(LayerCut { kept, down });
-    }
-    progress("layers", cfg.num_layers as u64, cfg.num_layers as u64);
-    backend.finish();
-
-    let untied = crate::model::untied_head(&cfg, &store);
-    let new_cfg = cfg.with_intermediate_size(k);
-    let (other_params, other_bytes) = crate::inspect::passthrough(&store, &cfg, untied);
-    let (p0, p1) = (
-        params(&cfg, untied) + other_params,
-        params(&new_cfg, untied) + other_params,
-    );
-    let bytes_before: u64 = other_bytes
-        + registry(&cfg, untied)
-            .iter()
-            .map(|s| {
-                store
-                    .get(&s.name)
-                    .map(|t| (t.info.end - t.info.start) as u64)
-            })
-            .sum::<Result<u64>>()?;
-    let (p_after, mlp_bytes_after) =
-        crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
-    debug_assert_eq!(p_after, p1);
-    let gib = crate::inspect::GIB;
-    let mut report = json!({
-        "whittle_version": env!("CARGO_PKG_VERSION"),
-        "input": input.display().to_string(),
-        "model_type": cfg.model_type(),
-        "method": opts.method.name(),
-        "sequential": opts.sequential,
-        "sequential_target": if !opts.sequential { Value::Null } else if opts.target_original { json!("original") } else { json!("layer") },
-        "repair": opts.repair,
-        "damp": opts.damp,
-        "token_weight": opts.token_weight.name(),
-        "width_request": match &opts.width {
-            Width::Tier(t) => json!({"tier": t}),
-            Width::KeepRatio(r) => json!({"keep_ratio": r}),
-            Width::Size(s) => json!({"intermediate_size": s}),
-        },
-        "multiple_of": rw.multiple,
-        "intermediate_size_before": cfg.intermediate_size,
-        "intermediate_size_after": k,
-        "params_before": p0,
-        "params_after": p1,
-        "weight_bytes_before": bytes_before,
-        "weight_bytes_after": mlp_bytes_after,
-        "weight_gib_before": bytes_before as f64 / gib,
-        "weight_gib_after": mlp_bytes_after as f64 / gib,
-        "passthrough_params": other_params,
-        "passthrough_bytes": other_bytes,
-        "calibration": calib.map(|c| json!({
-            "sequences": c.n_seq,
-            "seq_len": c.seq_len,
-            "tokens": c.tokens(),
-            "sources": c.sources.iter().map(|s| json!({
-                "path": s.path.display().to_string(),
-                "weight": s.weight,
-                "sequences": s.sequences,
-                "tokens": s.tokens,
-            })).collect::<Vec<_>>(),
-        })),
-        "backend": backend.name(),
-        "gpu_kernels": backend.kernels(&cfg),
-        "cpu_gemm": crate::cpu::bf16::describe(),
-        "solver": solver.name(),
-        "layers": layer_reports,
-    });
-    let t0 = Instant::now();
-    let total = bytes_before;
-    let finish = |report: &mut Value, t: &mut Timings| {
-        t.write = t0.elapsed().as_secs_f64();
-        report["timings_s"] = json!({
-            "calibrate": t.calibrate, "score": t.score, "repair": t.repair, "write": t.write,
-        });
-        let mib = |b: f64| b / (1u64 << 20) as f64;
-        report["peak_rss_mib"] = json!(crate::mem::peak_rss_bytes().map(|b| mib(b as f64)));
-        report["peak_heap_mib"] = json!(crate::mem::peak_heap_bytes().map(|b| mib(b as f64)));
+        })
     };
-    let ws = write_model(
-        input,
-        &store,
-        &cfg,
-        &cuts,
-        k,
-        output,
-        opts.force,
-        || {
-            let mut r = report.clone();
-            let mut tt = t;
-            finish(&mut r, &mut tt);
-            r
-        },
-        |b| progress("write", b.min(total), total),
-    )?;
-    debug_assert_eq!(ws.weight_bytes, mlp_bytes_after);
-    finish(&mut report, &mut t);
-    Ok(Outcome { report, width: rw })
+    let stage = |s: usize| {
+        if n_streams > 1 {
+            format!("layers (width {})", ks[s])
+        } else {
+            "layers".to_string()
+        }
+    };
+    for l in 0..cfg.num_layers {
+        let w = LayerWeights::load(&store, &cfg, l)?;
+        let n = w.width;
+        // One statistics set per stream; one-shot shares one across every width.
+        for (s, backend) in backends.iter_mut().enumerate() {
+            progress(&stage(s), l as u64, cfg.num_layers as u64);
+            let t0 = Instant::now();
+            let stats = match calib {
+                Some(_) => layer_stats(&mut **backend, l, &w)?,
+                None => MlpStats::new(n, false, false),
+            };
+            t.calibrate += t0.elapsed().as_secs_f64();
+            // The widths this statistics set serves.
+            let mine: Vec<usize> = if n_streams > 1 {
+                vec![s]
+            } else {
+                (0..targets.len()).collect()
+            };
+            let my_ks: Vec<usize> = mine.iter().map(|&i| ks[i]).collect();
+            let t0 = Instant::now();
+            let kept = select_widths(opts.method, &w, hd, &stats, &my_ks, opts.damp, &solver)?;
+            t.score += t0.elapsed().as_secs_f64();
+            for (&i, kept) in mine.iter().zip(kept) {
+                let t0 = Instant::now();
+                let down = if opts.repair {
+                    let mut d = repair(&w, hd, &stats, &kept, opts.damp, &solver)?;
+                    // Continue with exactly what will be written.
+                    round_to_dtype(&mut d, down_dtype(l)?);
+                    Some(d)
+                } else {
+                    None
+                };
+                t.repair += t0.elapsed().as_secs_f64();
+                if opts.sequential && calib.is_some() {
+                    let t0 = Instant::now();
+                    let wp = slice_layer(&w, hd, &kept, down.clone());
+                    for b in 0..nb {
+                        backend.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::None, true)?;
+                    }
+                    t.calibrate += t0.elapsed().as_secs_f64();
+                }
+                layer_reports[i].push(layer_report(l, &kept, &stats));
+                cuts[i].push(LayerCut { kept, down });
+            }
+        }
+    }
+    for s in 0..n_streams {
+        progress(&stage(s), cfg.num_layers as u64, cfg.num_layers as u64);
+    }
+    for b in backends.iter_mut() {
+        b.finish();
+    }
+
+    let FullSizes {
+        untied,
+        params: p0,
+        bytes: bytes_before,
+        other_params,
+        other_bytes,
+    } = full_sizes(&store, &cfg)?;
+    let gib = crate::inspect::GIB;
+    let batch = (targets.len() > 1).then(|| {
+        json!({
+            "widths": ks,
+            "outputs": targets.iter().map(|t| t.output.display().to_string()).collect::<Vec<_>>(),
+            "streams": n_streams,
+            "note": "timings, peak heap and RSS are the whole run's, shared by every width",
+        })
+    });
+    let mut outcomes = Vec::with_capacity(targets.len());
+    for (i, (target, cuts)) in targets.iter().zip(cuts).enumerate() {
+        let (rw, k) = (rws[i], ks[i]);
+        let new_cfg = cfg.with_intermediate_size(k);
+        let p1 = params(&new_cfg, untied) + other_params;
+        let (p_after, mlp_bytes_after) =
+            crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
+        debug_assert_eq!(p_after, p1);
+        let mut report = json!({
+            "whittle_version": env!("CARGO_PKG_VERSION"),
+            "input": input.display().to_string(),
+            "model_type": cfg.model_type(),
+            "method": opts.method.name(),
+            "sequential": opts.sequential,
+            "sequential_target": if !opts.sequential { Value::Null } else if opts.target_original { json!("original") } else { json!("layer") },
+            "repair": opts.repair,
+            "damp": opts.damp,
+            "token_weight": opts.token_weight.name(),
+            "width_request": match &target.width {
+                Width::Tier(t) => json!({"tier": t}),
+                Width::KeepRatio(r) => json!({"keep_ratio": r}),
+                Width::Size(s) => json!({"intermediate_size": s}),
+            },
+            "multiple_of": rw.multiple,
+            "intermediate_size_before": cfg.intermediate_size,
+            "intermediate_size_after": k,
+            "params_before": p0,
+            "params_after": p1,
+            "weight_bytes_before": bytes_before,
+            "weight_bytes_after": mlp_bytes_after,
+            "weight_gib_before": bytes_before as f64 / gib,
+            "weight_gib_after": mlp_bytes_after as f64 / gib,
+            "passthrough_params": other_params,
+            "passthrough_bytes": other_bytes,
+            "calibration": calib.map(|c| json!({
+                "sequences": c.n_seq,
+                "seq_len": c.seq_len,
+                "tokens": c.tokens(),
+                "sources": c.sources.iter().map(|s| json!({
+                    "path": s.path.display().to_string(),
+                    "weight": s.weight,
+                    "sequences": s.sequences,
+                    "tokens": s.tokens,
+                })).collect::<Vec<_>>(),
+            })),
+            "backend": backends[0].name(),
+            "gpu_kernels": backends[0].kernels(&cfg),
+            "cpu_gemm": crate::cpu::bf16::describe(),
+            "solver": solver.name(),
+            "layers": std::mem::take(&mut layer_reports[i]),
+        });
+        if let Some(b) = &batch {
+            report["batch"] = b.clone();
+        }
+        let t0 = Instant::now();
+        let total = bytes_before;
+        let finish = |report: &mut Value, t: &mut Timings| {
+            t.write += t0.elapsed().as_secs_f64();
+            report["timings_s"] = json!({
+                "calibrate": t.calibrate, "score": t.score, "repair": t.repair, "write": t.write,
+            });
+            let mib = |b: f64| b / (1u64 << 20) as f64;
+            report["peak_rss_mib"] = json!(crate::mem::peak_rss_bytes().map(|b| mib(b as f64)));
+            report["peak_heap_mib"] = json!(crate::mem::peak_heap_bytes().map(|b| mib(b as f64)));
+        };
+        let ws = write_model(
+            input,
+            &store,
+            &cfg,
+            &cuts,
+            k,
+            &target.output,
+            opts.force,
+            || {
+                let mut r = report.clone();
+                let mut tt = t;
+                finish(&mut r, &mut tt);
+                r
+            },
+            |b| progress("write", b.min(total), total),
+        )?;
+        debug_assert_eq!(ws.weight_bytes, mlp_bytes_after);
+        finish(&mut report, &mut t);
+        outcomes.push(Outcome { report, width: rw });
+    }
+    Ok(outcomes)
 }

@@ -22,6 +22,7 @@
 
 pub mod bench;
 pub mod calib;
+pub mod ceiling;
 pub mod chat;
 pub mod check;
 pub mod compile;

@@ -138,14 +138,47 @@ struct CompileArgs {
     #[arg(long, default_value = "out", value_parser = ["uniform", "out", "out-resid"])]
     token_weight: String,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
-    #[arg(long, conflicts_with_all = ["keep_ratio", "intermediate_size"])]
+    /// `all` or a comma list (`default,throughput`) compiles several in one run: -o is then a
+    /// folder holding one output folder per tier, named by the tier.
+    #[arg(long, conflicts_with_all = ["keep_ratio", "intermediate_size", "widths", "keep_ratios", "max_gib", "max_params"])]
     tier: Option<String>,
     /// Fraction of MLP neurons to keep, in (0, 1].
-    #[arg(long, conflicts_with = "intermediate_size")]
+    #[arg(long, conflicts_with_all = ["intermediate_size", "widths", "keep_ratios", "max_gib", "max_params"])]
     keep_ratio: Option<f64>,
     /// Exact MLP width to keep.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["widths", "keep_ratios", "max_gib", "max_params"])]
     intermediate_size: Option<usize>,
+    /// Several exact widths in one run (comma list, e.g. 1792,1408,1024): -o is a folder holding
+    /// one output folder per width, named width-N.
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with_all = ["keep_ratios", "max_gib", "max_params"])]
+    widths: Vec<usize>,
+    /// Several keep ratios in one run (comma list): one output folder per ratio, named keep-R.
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with_all = ["max_gib", "max_params"])]
+    keep_ratios: Vec<f64>,
+    /// The widest MLP (a multiple of --multiple-of) whose checkpoint holds at most this many GiB
+    /// of weights (exact, from the tensors' dtypes).
+    #[arg(long)]
+    max_gib: Option<f64>,
+    /// The widest MLP (a multiple of --multiple-of) with at most this many parameters.
+    #[arg(long)]
+    max_params: Option<u64>,
+    /// The narrowest width (a multiple of --multiple-of) whose mean KL to the original, on a
+    /// held-out slice of the calibration text (--holdout sequences, not calibrated on), is at
+    /// most this. Found by binary search, one complete compile per probe (see README).
+    #[arg(long, conflicts_with_all = ["tier", "keep_ratio", "intermediate_size", "widths", "keep_ratios", "max_gib", "max_params", "max_ppl_ratio"])]
+    max_kl: Option<f64>,
+    /// Like --max-kl, with the perplexity ratio (compiled / original) on the held-out slice.
+    #[arg(long, conflicts_with_all = ["tier", "keep_ratio", "intermediate_size", "widths", "keep_ratios", "max_gib", "max_params"])]
+    max_ppl_ratio: Option<f64>,
+    /// With --max-kl / --max-ppl-ratio: calibration sequences held out for the measurement, read
+    /// beyond --samples (default: --samples / 8, at least 1).
+    #[arg(long)]
+    holdout: Option<usize>,
+    /// Memory the run may hold (e.g. 16G): a several-width sequential run keeps one calibration
+    /// stream per width and is refused up front when the estimate does not fit. Default: what
+    /// the machine has available.
+    #[arg(long, value_name = "BYTES")]
+    max_memory: Option<String>,
     /// Round the width to a multiple of this (clamped for small models).
     #[arg(long, default_value_t = 128)]
     multiple_of: usize,
@@ -555,15 +588,182 @@ fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Resul
     Ok(())
 }
 
+/// The compile targets the width flags ask for, and whether -o is a folder of several outputs.
+fn compile_targets(
+    a: &CompileArgs,
+    cfg: &whittle::config::ModelConfig,
+) -> Result<(Vec<whittle::compile::Target>, bool)> {
+    use whittle::compile::{Target, Width, TIERS};
+    let under = |name: String| a.output.join(name);
+    if let Some(t) = &a.tier {
+        let names: Vec<String> = if t.trim() == "all" {
+            TIERS.iter().map(|(n, _)| n.to_string()).collect()
+        } else {
+            t.split(',').map(|s| s.trim().to_string()).collect()
+        };
+        anyhow::ensure!(
+            names.iter().all(|n| !n.is_empty()),
+            "--tier {t:?}: an empty name in the list; write tiers as default,throughput or all"
+        );
+        if names.len() > 1 || t.trim() == "all" {
+            return Ok((
+                names
+                    .into_iter()
+                    .map(|n| Target {
+                        output: under(n.clone()),
+                        width: Width::Tier(n),
+                    })
+                    .collect(),
+                true,
+            ));
+        }
+        let one = Target {
+            width: Width::Tier(names[0].clone()),
+            output: a.output.clone(),
+        };
+        return Ok((vec![one], false));
+    }
+    if !a.widths.is_empty() {
+        return Ok((
+            a.widths
+                .iter()
+                .map(|&w| Target {
+                    width: Width::Size(w),
+                    output: under(format!("width-{w}")),
+                })
+                .collect(),
+            true,
+        ));
+    }
+    if !a.keep_ratios.is_empty() {
+        return Ok((
+            a.keep_ratios
+                .iter()
+                .map(|&r| Target {
+                    width: Width::KeepRatio(r),
+                    output: under(format!("keep-{r}")),
+                })
+                .collect(),
+            true,
+        ));
+    }
+    let width = if a.max_gib.is_some() || a.max_params.is_some() {
+        let store = whittle::safetensors::WeightStore::open(&a.model)?;
+        let max_bytes = match a.max_gib {
+            Some(g) => {
+                anyhow::ensure!(
+                    g.is_finite() && g > 0.0,
+                    "--max-gib {g}: give a positive number of GiB"
+                );
+                Some((g * whittle::inspect::GIB) as u64)
+            }
+            None => None,
+        };
+        let rw =
+            whittle::compile::widest_within(&store, cfg, max_bytes, a.max_params, a.multiple_of)?;
+        Width::Size(rw.width)
+    } else {
+        match (a.keep_ratio, a.intermediate_size) {
+            (Some(r), _) => Width::KeepRatio(r),
+            (_, Some(n)) => Width::Size(n),
+            _ => Width::Tier("throughput".into()),
+        }
+    };
+    Ok((
+        vec![Target {
+            width,
+            output: a.output.clone(),
+        }],
+        false,
+    ))
+}
+
+/// Held-out calibration sequences of a quality-ceiling run (None without a ceiling).
+fn ceiling_holdout(a: &CompileArgs) -> Option<usize> {
+    (a.max_kl.is_some() || a.max_ppl_ratio.is_some())
+        .then(|| a.holdout.unwrap_or((a.samples / 8).max(1)))
+}
+
+/// `compile --max-kl / --max-ppl-ratio`: hold out part of the calibration set, search the width.
+fn compile_to_ceiling(
+    a: &CompileArgs,
+    dev: &whittle::device::Device,
+    ceiling: whittle::ceiling::Ceiling,
+    opts: &whittle::compile::CompileOptions,
+    calib: Option<whittle::calib::CalibSet>,
+) -> Result<()> {
+    let ceiling = ceiling.validate()?;
+    let mut calib = calib.context("a quality ceiling is measured on held-out calibration text: give --calib FILE (or --calib-ids)")?;
+    // A pre-tokenized set is what it is: its default slice is an eighth of it.
+    let n = match (a.holdout, &a.calib_ids) {
+        (Some(h), _) => h,
+        (None, Some(_)) => (calib.n_seq / 8).max(1),
+        (None, None) => ceiling_holdout(a).unwrap_or(1),
+    };
+    let held = whittle::ceiling::hold_out(&mut calib, n)?;
+    eprintln!(
+        "{}: {} calibration sequences, {} held out to measure each probe",
+        ceiling.flag(),
+        calib.n_seq,
+        held.windows.len()
+    );
+    let t = Instant::now();
+    let load = |d: &std::path::Path| -> whittle::error::Result<Box<dyn whittle::eval::LogitModel>> {
+        Ok(dev.load_eval_models(&[d])?.remove(0))
+    };
+    let pb = progress(0, "probe");
+    let found = whittle::ceiling::search(
+        &a.model,
+        &a.output,
+        &calib,
+        &held,
+        opts,
+        ceiling,
+        &mut || dev.backend(),
+        &load,
+        &mut |stage, done, total| {
+            if stage.starts_with("layers") {
+                pb.set_length(total);
+                pb.set_position(done);
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    println!(
+        "| width | KL | PPL ratio | top-1 agree | {} {} |",
+        ceiling.flag(),
+        match ceiling {
+            whittle::ceiling::Ceiling::Kl(x) | whittle::ceiling::Ceiling::PplRatio(x) => x,
+        }
+    );
+    println!("|---:|---:|---:|---:|---|");
+    for p in &found.curve {
+        println!(
+            "| {} | {:.4} | {:.4} | {:.4} | {} |",
+            p.width,
+            p.kl,
+            p.ppl_ratio,
+            p.top1_agree,
+            if p.within { "within" } else { "beyond" }
+        );
+    }
+    let r = &found.outcome.report;
+    println!(
+        "wrote {}: intermediate_size {} → {} ({} probes, {:.1}s)",
+        a.output.display(),
+        r["intermediate_size_before"],
+        r["intermediate_size_after"],
+        found.curve.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     let dev = open_device(device, None)?;
-    use whittle::compile::{compile, CompileOptions, Width};
-    let width = match (&a.tier, a.keep_ratio, a.intermediate_size) {
-        (Some(t), _, _) => Width::Tier(t.clone()),
-        (_, Some(r), _) => Width::KeepRatio(r),
-        (_, _, Some(n)) => Width::Size(n),
-        _ => Width::Tier("throughput".into()),
-    };
+    use whittle::compile::{compile_batch, resolve_targets, streams_needed, CompileOptions};
+    let cfg = whittle::config::ModelConfig::from_dir(&a.model)?;
+    let (targets, several) = compile_targets(&a, &cfg)?;
     let opts = CompileOptions {
         method: whittle::prune::Method::parse(&a.method)?,
         sequential: !a.one_shot,
@@ -571,7 +771,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         repair: !a.no_repair,
         damp: a.damp,
         token_weight: whittle::calib::TokenWeight::parse(&a.token_weight)?,
-        width,
+        width: targets[0].width.clone(),
         multiple_of: a.multiple_of,
         force: a.force,
         batch_seqs: a.batch,
@@ -580,10 +780,20 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         a.damp > 0.0 && a.damp.is_finite(),
         "--damp must be a positive number"
     );
-    let cfg = whittle::config::ModelConfig::from_dir(&a.model)?;
-    // Validate width and destination before reading any calibration text.
-    let rw = whittle::compile::resolve_width(cfg.intermediate_size, &opts.width, opts.multiple_of)?;
-    whittle::writer::check_destination(&a.model, &a.output, a.force)?;
+    // Validate widths and destinations before reading any calibration text.
+    let rws = resolve_targets(cfg.intermediate_size, &targets, opts.multiple_of)?;
+    if several {
+        anyhow::ensure!(
+            !a.output.exists() || a.output.is_dir(),
+            "-o {}: with several widths -o is a folder to hold one output folder per width, and this is a file",
+            a.output.display()
+        );
+        std::fs::create_dir_all(&a.output)
+            .with_context(|| format!("creating the output folder {}", a.output.display()))?;
+    }
+    for t in &targets {
+        whittle::writer::check_destination(&a.model, &t.output, a.force)?;
+    }
     let needs_calib = opts.method != whittle::prune::Method::Magnitude || opts.repair;
     let calib = if let Some(p) = &a.calib_ids {
         Some(whittle::calib::CalibSet::from_ids_file(p, cfg.vocab_size)?)
@@ -592,7 +802,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         Some(whittle::calib::CalibSet::from_texts(
             &tok,
             &a.calib,
-            a.samples,
+            a.samples + ceiling_holdout(&a).unwrap_or(0),
             a.seq,
             cfg.bos_token_id,
         )?)
@@ -605,13 +815,58 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     } else {
         None
     };
+    if let Some(ceiling) = match (a.max_kl, a.max_ppl_ratio) {
+        (Some(x), _) => Some(whittle::ceiling::Ceiling::Kl(x)),
+        (_, Some(r)) => Some(whittle::ceiling::Ceiling::PplRatio(r)),
+        _ => None,
+    } {
+        return compile_to_ceiling(&a, &dev, ceiling, &opts, calib);
+    }
+    anyhow::ensure!(
+        a.holdout.is_none(),
+        "--holdout is for --max-kl / --max-ppl-ratio: without a quality ceiling every sequence calibrates"
+    );
+    let n_streams = streams_needed(&opts, targets.len(), calib.is_some());
+    let mut backends: Vec<Box<dyn whittle::calib::Backend>> =
+        (0..n_streams).map(|_| dev.backend()).collect();
+    let tokens = calib.as_ref().map_or(0, |c| c.tokens());
+    let need = whittle::compile::run_memory_bytes(
+        &cfg,
+        tokens,
+        &opts,
+        n_streams,
+        backends[0].stream_elem_bytes(),
+    );
+    let budget = match &a.max_memory {
+        Some(m) => Some((
+            whittle::mem::parse_bytes(m).with_context(|| {
+                format!("--max-memory {m:?}: give a size such as 16G, 512M or a byte count")
+            })?,
+            "--max-memory",
+        )),
+        None if !dev.is_gpu() => whittle::mem::available_bytes().map(|b| (b, "available memory")),
+        None => None,
+    };
+    if let Some((b, what)) = budget {
+        let gib = |x: u64| x as f64 / whittle::inspect::GIB;
+        anyhow::ensure!(
+            need <= b,
+            "this run needs about {:.2} GiB ({n_streams} calibration stream(s) of {tokens} tokens × hidden {}{}), more than the {} ({:.2} GiB); compile fewer widths per run, use --one-shot (one stream for all widths), fewer --samples, or raise --max-memory",
+            gib(need),
+            cfg.hidden_size,
+            if n_streams > 1 { ", one per width with --sequential" } else { "" },
+            what,
+            gib(b)
+        );
+    }
+    let widths: Vec<String> = rws.iter().map(|r| r.width.to_string()).collect();
     eprintln!(
-        "compiling {} → {}: MLP {} → {} (multiple of {}), method {}{}{}, calibration {} tokens",
+        "compiling {} → {}: MLP {} → {} (multiple of {}), method {}{}{}, calibration {} tokens{}",
         a.model.display(),
         a.output.display(),
         cfg.intermediate_size,
-        rw.width,
-        rw.multiple,
+        widths.join(", "),
+        rws[0].multiple,
         opts.method.name(),
         if opts.sequential {
             ", sequential"
@@ -619,20 +874,36 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
             ", one-shot"
         },
         if opts.repair { ", repair" } else { "" },
-        calib.as_ref().map_or(0, |c| c.tokens())
+        tokens,
+        if several {
+            format!(
+                "; {} width(s), {n_streams} stream(s), ~{:.2} GiB",
+                targets.len(),
+                need as f64 / whittle::inspect::GIB
+            )
+        } else {
+            String::new()
+        }
     );
-    let mut backend = dev.backend();
     let layers_pb = progress(cfg.num_layers, "layers");
     let mut write_pb: Option<ProgressBar> = None;
     let t = Instant::now();
-    let out = compile(
+    // The trait objects' 'static bound shortened to the borrow's, as the library's slice takes.
+    fn borrow<'a>(
+        b: &'a mut Box<dyn whittle::calib::Backend>,
+    ) -> &'a mut (dyn whittle::calib::Backend + 'a) {
+        &mut **b
+    }
+    let mut refs: Vec<&mut dyn whittle::calib::Backend> = backends.iter_mut().map(borrow).collect();
+    let outs = compile_batch(
         &a.model,
-        &a.output,
+        &targets,
         calib.as_ref(),
         &opts,
-        &mut *backend,
+        &mut refs,
         &mut |stage, done, total| {
-            if stage == "layers" {
+            if stage.starts_with("layers") {
+                layers_pb.set_message(stage.to_string());
                 layers_pb.set_position(done);
             } else {
                 let pb = write_pb.get_or_insert_with(|| {
@@ -648,6 +919,9 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
                     pb.set_message("write");
                     pb
                 });
+                if done == 0 {
+                    pb.reset();
+                }
                 pb.set_position(done);
             }
         },
@@ -656,21 +930,23 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     if let Some(pb) = write_pb {
         pb.finish_and_clear();
     }
-    let r = &out.report;
-    println!(
-        "wrote {}: intermediate_size {} → {}, parameters {} → {} ({:.1}% fewer), weights {:.3} → {:.3} GiB in {:.1}s, peak heap {:.0} MiB (RSS {:.0} MiB)",
-        a.output.display(),
-        r["intermediate_size_before"],
-        r["intermediate_size_after"],
-        r["params_before"],
-        r["params_after"],
-        100.0 * (1.0 - r["params_after"].as_f64().unwrap_or(0.0) / r["params_before"].as_f64().unwrap_or(1.0)),
-        r["weight_gib_before"].as_f64().unwrap_or(0.0),
-        r["weight_gib_after"].as_f64().unwrap_or(0.0),
-        t.elapsed().as_secs_f64(),
-        r["peak_heap_mib"].as_f64().unwrap_or(f64::NAN),
-        r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-    );
+    for (target, out) in targets.iter().zip(&outs) {
+        let r = &out.report;
+        println!(
+            "wrote {}: intermediate_size {} → {}, parameters {} → {} ({:.1}% fewer), weights {:.3} → {:.3} GiB in {:.1}s, peak heap {:.0} MiB (RSS {:.0} MiB)",
+            target.output.display(),
+            r["intermediate_size_before"],
+            r["intermediate_size_after"],
+            r["params_before"],
+            r["params_after"],
+            100.0 * (1.0 - r["params_after"].as_f64().unwrap_or(0.0) / r["params_before"].as_f64().unwrap_or(1.0)),
+            r["weight_gib_before"].as_f64().unwrap_or(0.0),
+            r["weight_gib_after"].as_f64().unwrap_or(0.0),
+            t.elapsed().as_secs_f64(),
+            r["peak_heap_mib"].as_f64().unwrap_or(f64::NAN),
+            r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     Ok(())
 }
 

@@ -192,7 +192,8 @@ fn damped_on_device(
 /// H⁻¹ and W with two GEMMs, so a removal reads W once instead of rewriting H⁻¹ and W.
 const OBS_BLOCK: usize = 32;
 
-/// Greedy structured OBS: removes `width - k` neurons one at a time; returns the kept indices.
+/// Greedy structured OBS: removes `width - k` neurons one at a time; returns the kept indices
+/// (ascending). `obs_removal_order` gives the order in which they went.
 ///
 /// Each removal of q updates H⁻¹ ← H⁻¹ − u·uᵀ/d and W ← W − v·uᵀ/d with u = H⁻¹[:,q],
 /// d = H⁻¹_qq, v = W[:,q]. Applied eagerly that streams all of H⁻¹ ([I, I]) and W per removal.
@@ -208,13 +209,28 @@ pub fn obs_select(
     damp: f64,
     solver: &Solver,
 ) -> Result<Vec<usize>> {
+    let order = obs_removal_order(w, hidden, stats, k, damp, solver)?;
+    Ok(kept_after(w.width, &order))
+}
+
+/// The neurons `obs_select` removes, in the order it removes them (`width - k` entries). Every
+/// pick depends only on the picks before it, so the first `width - k'` entries are exactly what
+/// a run to any `k' ≥ k` removes: one run to the narrowest width selects every wider one.
+pub fn obs_removal_order(
+    w: &LayerWeights,
+    hidden: usize,
+    stats: &MlpStats,
+    k: usize,
+    damp: f64,
+    solver: &Solver,
+) -> Result<Vec<usize>> {
     let n = w.width;
     let wt = down_transposed(&w.down, hidden, n); // [I, H]
     const WHAT: &str = "OBS: the activation Gram matrix";
     #[cfg(feature = "cuda")]
     if let (Solver::Cuda(g), Some(dg)) = (solver, stats.gram_device.as_ref()) {
         let h = damped_on_device(g, gram_on_device(dg)?, stats.count, damp, None)?;
-        return crate::cuda::linalg::obs_select_device(g, h, &wt, hidden, k)
+        return crate::cuda::linalg::obs_order_device(g, h, &wt, hidden, k)
             .map_err(gpu_err)?
             .map_err(|p| not_pd(WHAT, p));
     }
@@ -224,17 +240,24 @@ pub fn obs_select(
         .ok_or_else(|| Error::Other("obs needs the Gram matrix".into()))?;
     let h = damped(mean_matrix(gram, stats.count), n, damp); // [I, I]
     match solver {
-        Solver::Cpu => obs_select_host(&h, wt, n, hidden, k).map_err(|p| not_pd(WHAT, p)),
+        Solver::Cpu => obs_order_host(&h, wt, n, hidden, k).map_err(|p| not_pd(WHAT, p)),
         #[cfg(feature = "cuda")]
-        Solver::Cuda(g) => crate::cuda::linalg::obs_select(g, &h, &wt, n, hidden, k)
+        Solver::Cuda(g) => crate::cuda::linalg::obs_order(g, &h, &wt, n, hidden, k)
             .map_err(gpu_err)?
             .map_err(|p| not_pd(WHAT, p)),
     }
 }
 
-/// The host solve of `obs_select`: `h` damped [n, n], `wt` = W_downᵀ [n, hidden]. Err(pivot)
-/// when h is not positive definite.
-fn obs_select_host(
+/// The neurons of a width-`n` layer left after removing `removed`, ascending.
+pub fn kept_after(n: usize, removed: &[usize]) -> Vec<usize> {
+    let mut alive = vec![true; n];
+    removed.iter().for_each(|&j| alive[j] = false);
+    (0..n).filter(|&j| alive[j]).collect()
+}
+
+/// The host solve of `obs_removal_order`: `h` damped [n, n], `wt` = W_downᵀ [n, hidden].
+/// Err(pivot) when h is not positive definite.
+fn obs_order_host(
     h: &[f64],
     mut wt: Vec<f64>,
     n: usize,
@@ -252,6 +275,7 @@ fn obs_select_host(
     };
     let (mut diag, mut norm) = exact(&hinv, &wt); // [I] each
     let mut alive = vec![true; n];
+    let mut order = Vec::with_capacity(n - k);
     // Pending updates: us[b] [I], vs[b] [H], ds[b].
     let (mut us, mut vs, mut ds): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) =
         (Vec::new(), Vec::new(), Vec::new());
@@ -265,6 +289,7 @@ fn obs_select_host(
             .map(|(j, _)| j)
             .expect("at least one neuron alive");
         alive[q] = false;
+        order.push(q);
         // Current column q of H⁻¹ and of W.
         let mut u = hinv[q * n..(q + 1) * n].to_vec();
         let mut v = wt[q * hidden..(q + 1) * hidden].to_vec();
@@ -305,7 +330,7 @@ fn obs_select_host(
             (diag, norm) = exact(&hinv, &wt);
         }
     }
-    Ok((0..n).filter(|&j| alive[j]).collect())
+    Ok(order)
 }
 
 /// H⁻¹ −= Σ_b u_b·u_bᵀ/d_b and W −= Σ_b v_b·u_bᵀ/d_b (wt holds Wᵀ: wt −= Σ_b u_b·v_bᵀ/d_b), as

@@ -385,20 +385,39 @@ pub fn write_model(
     let rep = serde_json::to_string_pretty(&report()).expect("json") + "\n";
     write_small("whittle_report.json", rep.as_bytes(), &mut limit)?;
 
-    // Into place: an existing output (allowed by --force) is moved aside first, then removed.
     let mut tmp = tmp;
-    if abs.exists() {
-        let old = parent.join(format!(".{name}.whittle-old-{}", std::process::id()));
-        std::fs::rename(&abs, &old).map_err(|e| Error::io(&abs, e))?;
-        std::fs::rename(&tmp.path, &abs).map_err(|e| Error::io(&abs, e))?;
-        tmp.armed = false;
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    } else {
-        std::fs::rename(&tmp.path, &abs).map_err(|e| Error::io(&abs, e))?;
-        tmp.armed = false;
-    }
+    install_folder(&tmp.path, &abs, force)?;
+    tmp.armed = false;
     Ok(WriteStats {
         bytes_written: written,
         weight_bytes,
     })
+}
+
+/// Moves the complete folder `src` (beside `out`, so on the same filesystem) into place at `out`:
+/// an existing output (allowed by `force`) is moved aside first, then removed.
+pub fn install_folder(src: &Path, out: &Path, force: bool) -> Result<()> {
+    if out.exists() {
+        if !force {
+            return Err(Error::Arg {
+                flag: "--output",
+                msg: format!(
+                    "{} appeared while compiling; left as it is (pass --force to replace it)",
+                    out.display()
+                ),
+            });
+        }
+        let parent = out.parent().unwrap_or(Path::new("."));
+        let name = out
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let old = parent.join(format!(".{name}.whittle-old-{}", std::process::id()));
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        std::fs::rename(src, out).map_err(|e| Error::io(out, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    } else {
+        std::fs::rename(src, out).map_err(|e| Error::io(out, e))?;
+    }
+    Ok(())
 }

@@ -7,35 +7,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use whittle::model::{Batch, Model};
-use whittle::safetensors::{encode_header, Dtype, HeaderEntry, WeightStore};
-
-/// A pre-tokenized calibration file: `n` sequences of `seq` ids, BOS first.
-fn write_ids(path: &Path, n: usize, seq: usize, vocab: usize, seed: u64) {
-    let noise = noise(n * seq, seed);
-    let ids: Vec<i64> = noise
-        .iter()
-        .enumerate()
-        .map(|(i, x)| {
-            if i % seq == 0 {
-                2
-            } else {
-                4 + ((x + 0.5) * (vocab - 4) as f32) as i64 % (vocab as i64 - 4)
-            }
-        })
-        .collect();
-    let mut bytes = encode_header(
-        &[HeaderEntry {
-            name: "input_ids".into(),
-            dtype: Dtype::I64,
-            shape: vec![n, seq],
-        }],
-        None,
-    );
-    for i in ids {
-        bytes.extend_from_slice(&i.to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
-}
+use whittle::safetensors::{encode_header, HeaderEntry, WeightStore};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = cpu_cmd().args(args).output().unwrap();

@@ -364,6 +364,10 @@ impl Backend for CudaBackend {
         format!("{} (bf16)", self.gpu.info)
     }
 
+    fn stream_elem_bytes(&self) -> usize {
+        2 // bf16 hidden states on the device
+    }
+
     fn solver(&self) -> crate::prune::Solver {
         crate::prune::Solver::Cuda(self.gpu.clone())
     }

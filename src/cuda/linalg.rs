@@ -276,9 +276,9 @@ pub fn spd_inverse(gpu: &Gpu, a: &mut DTensor<f64>) -> CudaResult<Result<(), usi
 }
 
 /// Greedy structured OBS on the device: `h` the damped Gram matrix [n, n] (host, f64), `wt` the
-/// transposed down_proj [n, hidden]; removes n − k neurons and returns the kept indices
-/// ascending. `Ok(Err(p))`: h is not positive definite (pivot p).
-pub fn obs_select(
+/// transposed down_proj [n, hidden]; removes n − k neurons and returns them in the order they
+/// were removed (`prune::obs_removal_order`). `Ok(Err(p))`: h is not positive definite (pivot p).
+pub fn obs_order(
     gpu: &Gpu,
     h: &[f64],
     wt: &[f64],
@@ -286,14 +286,14 @@ pub fn obs_select(
     hidden: usize,
     k: usize,
 ) -> CudaResult<Result<Vec<usize>, usize>> {
-    // from_host checks h against [n, n]; obs_select_device checks the rest.
+    // from_host checks h against [n, n]; obs_order_device checks the rest.
     let hinv = DTensor::from_host(gpu, h, &[n, n])?;
-    obs_select_device(gpu, hinv, wt, hidden, k)
+    obs_order_device(gpu, hinv, wt, hidden, k)
 }
 
-/// `obs_select` with the damped Gram matrix `h` [n, n] already on the device (consumed: it
+/// `obs_order` with the damped Gram matrix `h` [n, n] already on the device (consumed: it
 /// becomes H⁻¹ in place).
-pub fn obs_select_device(
+pub fn obs_order_device(
     gpu: &Gpu,
     mut hinv: DTensor<f64>,
     wt: &[f64],
@@ -439,8 +439,11 @@ pub fn obs_select_device(
             exact(&hinv, &wtd, &diag, &norm)?;
         }
     }
-    let alive = alive.to_host(gpu)?;
-    Ok(Ok((0..n).filter(|&j| alive[j] != 0).collect()))
+    if steps == 0 {
+        return Ok(Ok(Vec::new()));
+    }
+    let removed = removed.to_host(gpu)?;
+    Ok(Ok(removed.iter().map(|&j| j as usize).collect()))
 }
 
 /// The repair product on the device: `wd` [hidden, n] · `ck` [n, k] · inv(`m`) ([k, k], SPD),

@@ -100,3 +100,31 @@ pub fn write_model(dir: &Path, cfg: &Value) {
     .unwrap();
     write_safetensors(&dir.join("model.safetensors"), &synthetic_tensors(cfg));
 }
+
+/// A pre-tokenized calibration file: `n` sequences of `seq` ids, BOS first.
+pub fn write_ids(path: &Path, n: usize, seq: usize, vocab: usize, seed: u64) {
+    let noise = noise(n * seq, seed);
+    let ids: Vec<i64> = noise
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            if i % seq == 0 {
+                2
+            } else {
+                4 + ((x + 0.5) * (vocab - 4) as f32) as i64 % (vocab as i64 - 4)
+            }
+        })
+        .collect();
+    let mut bytes = encode_header(
+        &[HeaderEntry {
+            name: "input_ids".into(),
+            dtype: Dtype::I64,
+            shape: vec![n, seq],
+        }],
+        None,
+    );
+    for i in ids {
+        bytes.extend_from_slice(&i.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
