@@ -2,7 +2,8 @@
 #   make demo    fetch Gemma 3 270M and Wikipedia text, compile to the throughput tier,
 #                evaluate before and after, print the table
 #   make test    everything CI runs (unit, fixture, CLI and compile tests; transformers
-#                conformance of compiled checkpoints; real-model parity on Gemma 3 270M; the
+#                conformance of compiled checkpoints; real-model parity on Gemma 3 270M;
+#                llama.cpp conformance (convert_hf_to_gguf + llama-server, same greedy tokens); the
 #                GPU tests through the CPU emulator, `make test-emu`, and the device check's
 #                parity and benchmark steps on it)
 # Both install what they need into the repo (.cuda for nvcc, .venv for Python).
@@ -29,6 +30,7 @@ test: nvcc python-torch
 	$(CARGO) test --release
 	$(PY) scripts/conformance.py target/tmp/conformance
 	bash scripts/real-model-check.sh
+	bash scripts/llamacpp-check.sh
 	$(MAKE) test-emu
 	bash scripts/emu-parity.sh $(PY)
 	bash scripts/emu-bench.sh $(PY)

@@ -108,6 +108,12 @@ pub fn read_calibration_text(path: &Path) -> Result<String> {
     if !is_jsonl {
         return Ok(text);
     }
+    jsonl_calibration_text(path, &text)
+}
+
+/// The documents of a calibration JSONL file's text (`path` names the file in errors); split from
+/// [`read_calibration_text`] so the parser can be fuzzed in memory (tests/fuzz.rs).
+pub fn jsonl_calibration_text(path: &Path, text: &str) -> Result<String> {
     let err = |line: usize, msg: String| Error::Text {
         path: path.to_path_buf(),
         msg: format!("line {line}: {msg}"),

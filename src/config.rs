@@ -28,6 +28,10 @@ const GEMMA3_TEXT_DEFAULTS: [(&str, u64); 7] = [
     ("head_dim", 256),
 ];
 
+/// The deepest Gemma has 62 layers (Gemma 3 27B). The bound only keeps a corrupt count (1e9,
+/// 2^62) from sizing per-layer tables before the tensors are checked against it.
+pub const MAX_LAYERS: usize = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Gemma2,
@@ -324,6 +328,12 @@ impl Parser<'_> {
         let hidden_size = self.usize_req("hidden_size")?;
         let intermediate_size = self.usize_req("intermediate_size")?;
         let num_layers = self.usize_req("num_hidden_layers")?;
+        if num_layers > MAX_LAYERS {
+            return Err(self.err(format!(
+                "\"num_hidden_layers\" {num_layers} is implausible (at most {MAX_LAYERS}; the \
+                 deepest Gemma has 62)"
+            )));
+        }
         let num_heads = self.usize_req("num_attention_heads")?;
         let num_kv_heads = self.usize_or("num_key_value_heads", num_heads)?;
         let head_dim = self.usize_or("head_dim", 256)?;
@@ -523,6 +533,11 @@ impl Parser<'_> {
         let theta = self.f64_or("rope_theta", default_global)?;
         let mut global = Value::Object(Default::default());
         if let Some(s) = self.get("rope_scaling") {
+            if !s.is_object() {
+                return Err(self.err(format!(
+                    "\"rope_scaling\" must be an object or null, got {s}"
+                )));
+            }
             global = s.clone();
         }
         global["rope_theta"] = Value::from(theta);

@@ -596,3 +596,12 @@ pub fn encode_header(entries: &[HeaderEntry], metadata: Option<&Value>) -> Vec<u
     out.extend_from_slice(json.as_bytes());
     out
 }
+
+/// The header check of [`SafeFile::open`] on a file's bytes in memory (`path` names it in
+/// errors): where the data section starts, and the tensors. For the fuzz harness (tests/fuzz.rs).
+pub fn parse_header_bytes(
+    path: &Path,
+    buf: &[u8],
+) -> Result<(usize, BTreeMap<String, TensorInfo>)> {
+    parse_header(path, buf).map(|(start, tensors, _)| (start, tensors))
+}
