@@ -139,6 +139,38 @@ pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<Resolved
     Ok(ResolvedWidth { width, multiple: m })
 }
 
+/// `--damp` must lie in [1e-9, 1]. The ridge it sets is damp × the mean activation energy of
+/// the kept neurons: at 1 it already equals that energy, so the re-fit is shrunk about halfway
+/// to zero for an average neuron (measured best: 1e-3, see README); far above, the output is
+/// silently much worse (1e300: KL 0.49 vs 0.18 on the tiny model). Below 1e-9 the ridge is
+/// under f64 rounding of a Gram matrix's diagonal and no longer regularises anything.
+pub fn check_damp(damp: f64) -> Result<()> {
+    if !(1e-9..=1.0).contains(&damp) {
+        return Err(Error::Arg {
+            flag: "--damp",
+            msg: format!("{damp:?} is outside [1e-9, 1] (a fraction of the mean activation energy; 0.001 is the default)"),
+        });
+    }
+    Ok(())
+}
+
+/// NaN / Inf activations (from a corrupt weight or an overflow) would otherwise surface as a
+/// misleading "not positive definite" or as NaN written into OUT.
+fn check_stats(layer: usize, st: &MlpStats) -> Result<()> {
+    let bad = |v: &[f64]| v.iter().any(|x| !x.is_finite());
+    if bad(&st.sum)
+        || bad(&st.sumsq)
+        || st.gram.as_deref().is_some_and(bad)
+        || st.cross.as_deref().is_some_and(bad)
+    {
+        return Err(Error::Other(format!(
+            "layer {layer}: the calibration statistics of the MLP are not finite (NaN or Inf): \
+             the activations overflowed or an input weight is corrupt"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
     pub calibrate: f64,
@@ -170,9 +202,11 @@ pub fn compile(
 ) -> Result<Outcome> {
     let cfg = ModelConfig::from_dir(input)?;
     let store = WeightStore::open(input)?;
+    store.check_layers(cfg.num_layers)?;
     // Fail on the destination before spending minutes calibrating.
-    crate::writer::check_destination(input, output, opts.force)?;
+    let dest = crate::writer::check_destination(input, output, opts.force)?;
     let rw = resolve_width(cfg.intermediate_size, &opts.width, opts.multiple_of)?;
+    check_damp(opts.damp)?;
     let k = rw.width;
     let hd = cfg.hidden_size;
     let need_calib = opts.method != Method::Magnitude || opts.repair;
@@ -198,6 +232,27 @@ pub fn compile(
             });
         }
     }
+    let untied = crate::model::untied_head(&cfg, &store)?;
+    let new_cfg = cfg.with_intermediate_size(k);
+    let (other_params, other_bytes) = crate::inspect::passthrough(&store, &cfg, untied);
+    let (p0, p1) = (
+        params(&cfg, untied) + other_params,
+        params(&new_cfg, untied) + other_params,
+    );
+    let bytes_before: u64 = other_bytes
+        + registry(&cfg, untied)
+            .iter()
+            .map(|s| {
+                store
+                    .get(&s.name)
+                    .map(|t| (t.info.end - t.info.start) as u64)
+            })
+            .sum::<Result<u64>>()?;
+    let (p_after, mlp_bytes_after) =
+        crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
+    debug_assert_eq!(p_after, p1);
+    crate::writer::check_room(&dest, mlp_bytes_after)?;
+
     let mut t = Timings::default();
     let down_dtype = |l: usize| {
         store
@@ -262,6 +317,7 @@ pub fn compile(
             }
             None => MlpStats::new(n, false, false),
         };
+        check_stats(l, &stats)?;
         t.calibrate += t0.elapsed().as_secs_f64();
 
         let t0 = Instant::now();
@@ -274,6 +330,12 @@ pub fn compile(
         let t0 = Instant::now();
         let down = if opts.repair {
             let mut d = repair(&w, hd, &stats, &kept, opts.damp, &solver)?;
+            if d.iter().any(|x| !x.is_finite()) {
+                return Err(Error::Other(format!(
+                    "layer {l}: the re-fit down_proj holds non-finite values (NaN or Inf); raise \
+                     --damp or pass --no-repair"
+                )));
+            }
             // Continue with exactly what will be written.
             round_to_dtype(&mut d, down_dtype(l)?);
             Some(d)
@@ -303,25 +365,6 @@ pub fn compile(
     progress("layers", cfg.num_layers as u64, cfg.num_layers as u64);
     backend.finish();
 
-    let untied = crate::model::untied_head(&cfg, &store);
-    let new_cfg = cfg.with_intermediate_size(k);
-    let (other_params, other_bytes) = crate::inspect::passthrough(&store, &cfg, untied);
-    let (p0, p1) = (
-        params(&cfg, untied) + other_params,
-        params(&new_cfg, untied) + other_params,
-    );
-    let bytes_before: u64 = other_bytes
-        + registry(&cfg, untied)
-            .iter()
-            .map(|s| {
-                store
-                    .get(&s.name)
-                    .map(|t| (t.info.end - t.info.start) as u64)
-            })
-            .sum::<Result<u64>>()?;
-    let (p_after, mlp_bytes_after) =
-        crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
-    debug_assert_eq!(p_after, p1);
     let gib = crate::inspect::GIB;
     let mut report = json!({
         "whittle_version": env!("CARGO_PKG_VERSION"),
@@ -377,13 +420,11 @@ pub fn compile(
         report["peak_heap_mib"] = json!(crate::mem::peak_heap_bytes().map(|b| mib(b as f64)));
     };
     let ws = write_model(
-        input,
+        &dest,
         &store,
         &cfg,
         &cuts,
         k,
-        output,
-        opts.force,
         || {
             let mut r = report.clone();
             let mut tt = t;
