@@ -740,3 +740,17 @@ fn os_error_once() {
     let err = fails_with(&["inspect", "/nonexistent/model"], &["os error 2"]);
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
+
+// "Also": a broken JSON file other than config.json is not called "not a valid config.json".
+#[test]
+fn json_errors_name_their_file() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("m");
+    copy_dir(&fixture("tiny-gemma3"), &m);
+    std::fs::write(m.join("generation_config.json"), "{broken").unwrap();
+    let err = fails_with(
+        &["generate", s(&m), "--prompt", "hi", "--max-new-tokens", "2"],
+        &["generation_config.json", "not valid JSON"],
+    );
+    assert!(!err.contains("not a valid config.json"), "{err}");
+}
