@@ -115,8 +115,20 @@ impl CalibSet {
         for &i in order.iter().take(missing) {
             share[i] += 1;
         }
+        if let Some((src, _)) = sources.iter().zip(&share).find(|(_, &n)| n == 0) {
+            return Err(Error::Arg {
+                flag: "--calib",
+                msg: format!(
+                    "{}:{} gets none of the {n_samples} sequences at that weight; raise its \
+                     weight or --samples, or leave it out",
+                    src.path.display(),
+                    src.weight
+                ),
+            });
+        }
         let chunk = seq_len - 1;
-        let mut ids = Vec::with_capacity(n_samples * seq_len);
+        // Grown as the texts are cut, not sized from --samples (which may be far beyond them).
+        let mut ids = Vec::new();
         let mut used = Vec::new();
         for (src, &want) in sources.iter().zip(&share) {
             let text = crate::chat::read_calibration_text(&src.path)?;

@@ -155,7 +155,7 @@ pub fn search(
 ) -> Result<Found> {
     let ceiling = ceiling.validate()?;
     let cfg = ModelConfig::from_dir(input)?;
-    crate::writer::check_destination(input, out, opts.force)?;
+    let dest = crate::writer::check_destination(input, out, opts.force)?;
     let n = cfg.intermediate_size;
     let m = resolve_width(n, &Width::Size(n), opts.multiple_of)?.multiple;
     let candidates: Vec<usize> = (1..=n / m).map(|j| j * m).filter(|&w| w < n).collect();
@@ -266,7 +266,7 @@ pub fn search(
     let text =
         serde_json::to_string_pretty(&outcome.report).map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(&rp, text).map_err(|e| Error::io(&rp, e))?;
-    crate::writer::install_folder(&dir, out, opts.force)?;
+    crate::writer::install(&dir, &dest)?;
     Ok(Found { outcome, curve })
 }
 

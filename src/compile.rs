@@ -140,6 +140,38 @@ pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<Resolved
     Ok(ResolvedWidth { width, multiple: m })
 }
 
+/// `--damp` must lie in [1e-9, 1]. The ridge it sets is damp × the mean activation energy of
+/// the kept neurons: at 1 it already equals that energy, so the re-fit is shrunk about halfway
+/// to zero for an average neuron (measured best: 1e-3, see README); far above, the output is
+/// silently much worse (1e300: KL 0.49 vs 0.18 on the tiny model). Below 1e-9 the ridge is
+/// under f64 rounding of a Gram matrix's diagonal and no longer regularises anything.
+pub fn check_damp(damp: f64) -> Result<()> {
+    if !(1e-9..=1.0).contains(&damp) {
+        return Err(Error::Arg {
+            flag: "--damp",
+            msg: format!("{damp:?} is outside [1e-9, 1] (a fraction of the mean activation energy; 0.001 is the default)"),
+        });
+    }
+    Ok(())
+}
+
+/// NaN / Inf activations (from a corrupt weight or an overflow) would otherwise surface as a
+/// misleading "not positive definite" or as NaN written into OUT.
+fn check_stats(layer: usize, st: &MlpStats) -> Result<()> {
+    let bad = |v: &[f64]| v.iter().any(|x| !x.is_finite());
+    if bad(&st.sum)
+        || bad(&st.sumsq)
+        || st.gram.as_deref().is_some_and(bad)
+        || st.cross.as_deref().is_some_and(bad)
+    {
+        return Err(Error::Other(format!(
+            "layer {layer}: the calibration statistics of the MLP are not finite (NaN or Inf): \
+             the activations overflowed or an input weight is corrupt"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
     pub calibrate: f64,
@@ -277,7 +309,7 @@ struct FullSizes {
 }
 
 fn full_sizes(store: &WeightStore, cfg: &ModelConfig) -> Result<FullSizes> {
-    let untied = crate::model::untied_head(cfg, store);
+    let untied = crate::model::untied_head(cfg, store)?;
     let (other_params, other_bytes) = crate::inspect::passthrough(store, cfg, untied);
     let bytes = other_bytes
         + registry(cfg, untied)
@@ -405,11 +437,14 @@ pub fn compile_batch(
             msg: "no width to compile to".into(),
         });
     }
+    store.check_layers(cfg.num_layers)?;
     // Fail on the destination before spending minutes calibrating.
-    for t in targets {
-        crate::writer::check_destination(input, &t.output, opts.force)?;
-    }
+    let dests = targets
+        .iter()
+        .map(|t| crate::writer::check_destination(input, &t.output, opts.force))
+        .collect::<Result<Vec<_>>>()?;
     let rws = resolve_targets(cfg.intermediate_size, targets, opts.multiple_of)?;
+    check_damp(opts.damp)?;
     let ks: Vec<usize> = rws.iter().map(|r| r.width).collect();
     let hd = cfg.hidden_size;
     let need_calib = opts.method != Method::Magnitude || opts.repair;
@@ -444,6 +479,19 @@ pub fn compile_batch(
         )));
     }
     let backends = &mut backends[..n_streams];
+    let FullSizes {
+        untied,
+        params: p0,
+        bytes: bytes_before,
+        other_params,
+        other_bytes,
+    } = full_sizes(&store, &cfg)?;
+    // Every output goes beside the others: room for all of them, checked before calibrating.
+    let mut room = 0u64;
+    for (dest, &k) in dests.iter().zip(&ks) {
+        room += crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?.1;
+        crate::writer::check_room(dest, room)?;
+    }
     let mut t = Timings::default();
     let down_dtype = |l: usize| {
         store
@@ -526,6 +574,7 @@ pub fn compile_batch(
                 Some(_) => layer_stats(&mut **backend, l, &w)?,
                 None => MlpStats::new(n, false, false),
             };
+            check_stats(l, &stats)?;
             t.calibrate += t0.elapsed().as_secs_f64();
             // The widths this statistics set serves.
             let mine: Vec<usize> = if n_streams > 1 {
@@ -541,6 +590,12 @@ pub fn compile_batch(
                 let t0 = Instant::now();
                 let down = if opts.repair {
                     let mut d = repair(&w, hd, &stats, &kept, opts.damp, &solver)?;
+                    if d.iter().any(|x| !x.is_finite()) {
+                        return Err(Error::Other(format!(
+                            "layer {l}: the re-fit down_proj holds non-finite values (NaN or \
+                             Inf); raise --damp or pass --no-repair"
+                        )));
+                    }
                     // Continue with exactly what will be written.
                     round_to_dtype(&mut d, down_dtype(l)?);
                     Some(d)
@@ -568,13 +623,6 @@ pub fn compile_batch(
         b.finish();
     }
 
-    let FullSizes {
-        untied,
-        params: p0,
-        bytes: bytes_before,
-        other_params,
-        other_bytes,
-    } = full_sizes(&store, &cfg)?;
     let gib = crate::inspect::GIB;
     let batch = (targets.len() > 1).then(|| {
         json!({
@@ -650,13 +698,11 @@ pub fn compile_batch(
             report["peak_heap_mib"] = json!(crate::mem::peak_heap_bytes().map(|b| mib(b as f64)));
         };
         let ws = write_model(
-            input,
+            &dests[i],
             &store,
             &cfg,
             &cuts,
             k,
-            &target.output,
-            opts.force,
             || {
                 let mut r = report.clone();
                 let mut tt = t;

@@ -109,6 +109,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
+        crate::safetensors::check_input_file(dir, &path)?;
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         Self::from_json_str(&text, &path)
     }
@@ -167,6 +168,24 @@ impl ModelConfig {
     /// engine must round it to bf16 (25.25 for H=640) as transformers does in bf16.
     pub fn embed_scale_f32(&self) -> f32 {
         (self.hidden_size as f32).sqrt()
+    }
+
+    /// The most positions (prompt + generated tokens) the model was trained for:
+    /// `max_position_embeddings`, or transformers' default for the architecture.
+    pub fn max_positions(&self) -> usize {
+        let v = if self.multimodal {
+            self.raw.get("text_config").unwrap_or(&self.raw)
+        } else {
+            &self.raw
+        };
+        v.get("max_position_embeddings")
+            .and_then(Value::as_u64)
+            .filter(|&n| n > 0)
+            .map(|n| n as usize)
+            .unwrap_or(match self.arch {
+                Arch::Gemma2 => 8192,
+                Arch::Gemma3Text => 131_072,
+            })
     }
 
     /// The same config with another MLP width (what the rewriter writes).
@@ -287,9 +306,9 @@ impl Parser<'_> {
             None => Ok(default),
             Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
-                Some(x) if x > 0.0 => Ok(Some(x as f32)),
+                Some(x) if x > 0.0 && x <= 1e6 => Ok(Some(x as f32)),
                 _ => Err(self.err(format!(
-                    "\"{key}\" must be a positive number or null, got {v}"
+                    "\"{key}\" must be a positive number up to 1e6 or null, got {v}"
                 ))),
             },
         }
@@ -371,15 +390,27 @@ impl Parser<'_> {
             Arch::Gemma2 => (256.0, 4096, Some(50.0), Some(30.0)),
             Arch::Gemma3Text => (256.0, 4096, None, None),
         };
+        // Gemma sets it to head_dim or hidden_size / num_heads (144 to 256); the scale
+        // 1/sqrt(x) leaves f32's useful range far outside [1, 1e6].
         let query_pre_attn_scalar = self.f64_or("query_pre_attn_scalar", default_qpas)?;
-        if query_pre_attn_scalar <= 0.0 {
-            return Err(self.err("\"query_pre_attn_scalar\" must be positive"));
+        if !(1.0..=1e6).contains(&query_pre_attn_scalar) {
+            return Err(self.err(format!(
+                "\"query_pre_attn_scalar\" {query_pre_attn_scalar:?} is outside [1, 1e6] (Gemma uses \
+                 the head size, e.g. 256)"
+            )));
         }
         let sliding_window = self.usize_or("sliding_window", default_window)?;
         let layer_types = self.layer_types(arch, num_layers)?;
         let (rope_full, rope_sliding) = self.ropes(arch)?;
 
+        // Gemma uses 1e-6. eps only keeps 1/sqrt(mean(x²) + eps) finite: it must be a positive
+        // normal f32 and small beside the activations' mean square (≥ 1 for Gemma's embeddings).
         let eps = self.f64_or("rms_norm_eps", 1e-6)?;
+        if !(1e-30..=0.1).contains(&eps) {
+            return Err(self.err(format!(
+                "\"rms_norm_eps\" {eps:?} is outside [1e-30, 0.1] (Gemma uses 1e-6)"
+            )));
+        }
         Ok(ModelConfig {
             arch,
             hidden_size,
@@ -462,8 +493,12 @@ impl Parser<'_> {
             None => default_theta,
             Some(v) => v
                 .as_f64()
-                .filter(|&t| t > 0.0)
-                .ok_or_else(|| self.err(format!("{what}.rope_theta must be a positive number")))?,
+                .filter(|&t| t > 0.0 && t <= 1e12)
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "{what}.rope_theta must be a positive number up to 1e12"
+                    ))
+                })?,
         };
         let rope_type = obj
             .get("rope_type")
@@ -475,9 +510,11 @@ impl Parser<'_> {
             "linear" => obj
                 .get("factor")
                 .and_then(Value::as_f64)
-                .filter(|&f| f > 0.0)
+                .filter(|&f| f > 0.0 && f <= 1e6)
                 .ok_or_else(|| {
-                    self.err(format!("{what}: linear rope needs a positive \"factor\""))
+                    self.err(format!(
+                        "{what}: linear rope needs a positive \"factor\" up to 1e6"
+                    ))
                 })?,
             other => {
                 return Err(self.err(format!(

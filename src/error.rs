@@ -25,6 +25,9 @@ pub enum Error {
         supported: &'static str,
     },
 
+    #[error("{path}: not a valid safetensors index: {msg}")]
+    Index { path: PathBuf, msg: String },
+
     #[error("{path}: not a valid safetensors file: {msg}")]
     SafetensorsHeader { path: PathBuf, msg: String },
 

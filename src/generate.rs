@@ -63,12 +63,13 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
+    crate::safetensors::check_regular(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| Error::Config {
+        .map_err(|e| Error::Text {
             path: path.to_path_buf(),
-            msg: e.to_string(),
+            msg: format!("not valid JSON: {e}"),
         })
 }
 

@@ -60,7 +60,8 @@ pub fn sizes_at_width(
 pub fn summarize(dir: &Path) -> Result<Summary> {
     let cfg = ModelConfig::from_dir(dir)?;
     let store = WeightStore::open(dir)?;
-    let untied = untied_head(&cfg, &store);
+    store.check_layers(cfg.num_layers)?;
+    let untied = untied_head(&cfg, &store)?;
     let mut params = BTreeMap::new();
     let mut weight_bytes = 0u64;
     let mut dtypes: Vec<String> = Vec::new();

@@ -104,11 +104,12 @@ struct CompileArgs {
     /// Pre-tokenized calibration: safetensors with an integer input_ids [n, seq] (BOS included).
     #[arg(long, conflicts_with = "calib")]
     calib_ids: Option<PathBuf>,
-    /// Calibration sequences.
-    #[arg(long, default_value_t = 128)]
-    samples: usize,
+    /// Calibration sequences (default 128, or as many as the text holds if fewer; a number given
+    /// here must fit in the text).
+    #[arg(long, conflicts_with = "calib_ids")]
+    samples: Option<usize>,
     /// Calibration sequence length, BOS included.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, conflicts_with = "calib_ids")]
     seq: usize,
     /// Neuron score: obs, energy or magnitude (obs + sequential measured best on Gemma 3 270M,
     /// see README).
@@ -116,15 +117,16 @@ struct CompileArgs {
     method: String,
     /// Calibrate layer l on the already-pruned layers < l and re-fit against that stream (the
     /// default).
-    #[arg(long, overrides_with = "one_shot")]
+    #[arg(long, conflicts_with = "one_shot")]
     sequential: bool,
     /// Calibrate every layer on the original model (faster, slightly lower quality).
-    #[arg(long, overrides_with = "sequential")]
+    #[arg(long)]
     one_shot: bool,
     /// With --sequential, what each pruned MLP is re-fit to reproduce: `layer` (the full-width
     /// layer on the pruned model's own activations) or `original` (the original model's layer
     /// output, through the cross-covariance of both models' activations).
-    #[arg(long, default_value = "layer", value_parser = ["layer", "original"])]
+    #[arg(long, default_value = "layer", value_parser = ["layer", "original"],
+          conflicts_with_all = ["one_shot", "no_repair"])]
     refit_target: String,
     /// Keep the surviving down_proj columns as they are (no least-squares re-fit).
     #[arg(long)]
@@ -234,7 +236,7 @@ struct BenchArgs {
     #[arg(long, requires = "text")]
     forward: bool,
     /// --forward: UTF-8 text cut into windows.
-    #[arg(long)]
+    #[arg(long, requires = "forward")]
     text: Option<PathBuf>,
     /// --forward: window length in tokens, BOS included.
     #[arg(long, default_value_t = 512)]
@@ -292,8 +294,23 @@ fn progress(n: usize, what: &str) -> ProgressBar {
 
 fn load_windows(model_dir: &std::path::Path, win: &WindowArgs, bos: u32) -> Result<Vec<Vec<u32>>> {
     let tok = Tokenizer::from_dir(model_dir)?;
-    let text = read_text(&win.text)?;
-    let ids = tok.encode(&text)?;
+    let ids = match win.windows {
+        None => tok.encode(&read_text(&win.text)?)?,
+        // Only what N windows need: a token is rarely longer than 16 bytes, so start there
+        // and read more (cut at a line end) until enough tokens lie well before the cut.
+        Some(n) => {
+            let need = n.saturating_mul(win.seq.saturating_sub(1));
+            let mut bytes = need.saturating_mul(16).max(1 << 16);
+            loop {
+                let (text, whole) = whittle::tokenizer::read_text_prefix(&win.text, bytes)?;
+                let ids = tok.encode(&text)?;
+                if whole || ids.len() >= need.saturating_add(64) {
+                    break ids;
+                }
+                bytes = bytes.saturating_mul(4);
+            }
+        }
+    };
     let windows = make_windows(&ids, win.seq, win.windows, bos, &win.text)?;
     if let Some(n) = win.windows {
         if windows.len() < n {
@@ -350,6 +367,17 @@ fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
         pb.set_position(i as u64)
     })?;
     pb.finish_and_clear();
+    anyhow::ensure!(
+        st.mean_nll().is_finite() && (a.base.is_none() || st.mean_kl().is_finite()),
+        "{}: the model's logits are not finite (NaN or Inf){}; a weight is corrupt or the \
+         activations overflow",
+        a.model.display(),
+        if a.base.is_some() {
+            " or the base model's are not"
+        } else {
+            ""
+        }
+    );
     let secs = t.elapsed().as_secs_f64();
     let mut out = json!({
         "model": a.model.display().to_string(),
@@ -427,6 +455,21 @@ fn cmd_bench(a: BenchArgs, device: whittle::device::DeviceChoice) -> Result<()> 
         .collect();
     let mut subjects = Vec::new();
     for (dir, engine) in dirs.iter().zip(dev.load_engines(&dirs)?) {
+        let max = engine.cfg().max_positions();
+        for (flag, len) in [
+            ("--prefill-len", p.prefill_len),
+            ("--rag-len", p.rag_len),
+            (
+                "--decode-prompt + --decode-tokens",
+                p.decode_prompt.saturating_add(p.decode_tokens),
+            ),
+        ] {
+            anyhow::ensure!(
+                len <= max,
+                "{flag}: {len} positions, but {} holds at most {max} (max_position_embeddings)",
+                dir.display()
+            );
+        }
         subjects.push(Subject::new(dir, engine, &text)?);
     }
     if subjects.len() == 2 && subjects[0].label == subjects[1].label {
@@ -525,6 +568,17 @@ fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Resul
         a.prompt.clone()
     };
     let ids = prompt_ids(&tok, engine.cfg().bos_token_id, &text)?;
+    let max = engine.cfg().max_positions();
+    anyhow::ensure!(
+        ids.len().saturating_add(a.max_new_tokens) <= max,
+        "--max-new-tokens {} with a {}-token prompt needs {} positions, but {} holds at most {max} \
+         (max_position_embeddings); ask for at most {}",
+        a.max_new_tokens,
+        ids.len(),
+        ids.len().saturating_add(a.max_new_tokens),
+        a.model.display(),
+        max.saturating_sub(ids.len())
+    );
     let stop = if a.ignore_eos {
         Vec::new()
     } else {
@@ -681,7 +735,7 @@ fn compile_targets(
 /// Held-out calibration sequences of a quality-ceiling run (None without a ceiling).
 fn ceiling_holdout(a: &CompileArgs) -> Option<usize> {
     (a.max_kl.is_some() || a.max_ppl_ratio.is_some())
-        .then(|| a.holdout.unwrap_or((a.samples / 8).max(1)))
+        .then(|| a.holdout.unwrap_or((a.samples.unwrap_or(128) / 8).max(1)))
 }
 
 /// `compile --max-kl / --max-ppl-ratio`: hold out part of the calibration set, search the width.
@@ -776,10 +830,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         force: a.force,
         batch_seqs: a.batch,
     };
-    anyhow::ensure!(
-        a.damp > 0.0 && a.damp.is_finite(),
-        "--damp must be a positive number"
-    );
+    whittle::compile::check_damp(a.damp)?;
     // Validate widths and destinations before reading any calibration text.
     let rws = resolve_targets(cfg.intermediate_size, &targets, opts.multiple_of)?;
     if several {
@@ -799,13 +850,25 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         Some(whittle::calib::CalibSet::from_ids_file(p, cfg.vocab_size)?)
     } else if !a.calib.is_empty() {
         let tok = Tokenizer::from_dir(&a.model)?;
-        Some(whittle::calib::CalibSet::from_texts(
+        let c = whittle::calib::CalibSet::from_texts(
             &tok,
             &a.calib,
-            a.samples + ceiling_holdout(&a).unwrap_or(0),
+            a.samples.unwrap_or(128) + ceiling_holdout(&a).unwrap_or(0),
             a.seq,
             cfg.bos_token_id,
-        )?)
+        )?;
+        if let Some(n) = a.samples {
+            let n = n + ceiling_holdout(&a).unwrap_or(0);
+            anyhow::ensure!(
+                c.n_seq == n,
+                "--samples {n}: the calibration text holds only {} sequences of {} tokens; ask \
+                 for at most {}, or give more text",
+                c.n_seq,
+                a.seq,
+                c.n_seq
+            );
+        }
+        Some(c)
     } else if needs_calib {
         anyhow::bail!(
             "--calib FILE (or --calib-ids) is required for --method {}{}; only --method magnitude --no-repair runs without calibration",
@@ -950,12 +1013,29 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     Ok(())
 }
 
+/// The causes joined by ": ", each said once: a library error already prints its source (the
+/// OS error after the path), which anyhow's chain would repeat.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if out.ends_with(&c) {
+            continue;
+        }
+        if !out.is_empty() {
+            out += ": ";
+        }
+        out += &c;
+    }
+    out
+}
+
 /// Errors go to stderr as one line per cause (no backtrace, whatever RUST_BACKTRACE says), exit 1.
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -973,10 +1053,26 @@ fn tune_allocator() {
     }
 }
 
+/// Threads beyond 4× the cores only add switching (rayon starts them all up front and each
+/// holds a stack): 10,000 threads hang a run. The floor of 64 keeps scripts that pin a count
+/// working on small machines.
+fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).max(64)
+}
+
 fn run(cli: Cli) -> Result<()> {
     tune_allocator();
+    whittle::mem::install_sigbus_handler();
     if let Some(n) = cli.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
+        anyhow::ensure!(
+            n <= max_threads(),
+            "--threads {n} is more than {} (4 × the {} cores, at least 64); more threads than \
+             cores only slow a run down",
+            max_threads(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()

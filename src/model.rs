@@ -433,6 +433,7 @@ impl Model {
     }
 
     pub fn load_from(dir: &Path, cfg: ModelConfig, store: &WeightStore) -> Result<Model> {
+        store.check_layers(cfg.num_layers)?;
         let keep_bf16 = std::env::var("WHITTLE_CPU_WEIGHTS").as_deref() != Ok("f32");
         let vh = [cfg.vocab_size, cfg.hidden_size];
         let embed = Table::load(store, registry::EMBED, &vh, keep_bf16)?;
@@ -440,7 +441,7 @@ impl Model {
             .map(|l| Self::load_layer(store, &cfg, l, keep_bf16))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = store.f32_checked(registry::FINAL_NORM, &[cfg.hidden_size])?;
-        let lm_head = if untied_head(&cfg, store) {
+        let lm_head = if untied_head(&cfg, store)? {
             Some(Table::load(store, registry::LM_HEAD, &vh, keep_bf16)?)
         } else {
             None
@@ -661,8 +662,21 @@ impl Model {
     }
 }
 
-/// transformers ties the head whenever `tie_word_embeddings` is set; an absent `lm_head.weight`
-/// also means tied.
-pub fn untied_head(cfg: &ModelConfig, store: &WeightStore) -> bool {
-    !cfg.tie_word_embeddings && store.contains(registry::LM_HEAD)
+/// transformers ties the head whenever `tie_word_embeddings` is set. With it false the head
+/// must be in the checkpoint (transformers would start from random weights without one).
+pub fn untied_head(cfg: &ModelConfig, store: &WeightStore) -> Result<bool> {
+    if cfg.tie_word_embeddings {
+        return Ok(false);
+    }
+    if !store.contains(registry::LM_HEAD) {
+        return Err(Error::Config {
+            path: store.dir.join("config.json"),
+            msg: format!(
+                "\"tie_word_embeddings\": false but the checkpoint has no {}; set it to true if \
+                 the head is the embedding, or add the head's weights",
+                store.naming.file_name(registry::LM_HEAD)
+            ),
+        });
+    }
+    Ok(true)
 }

@@ -83,9 +83,84 @@ pub struct TensorInfo {
     pub end: usize,
 }
 
+/// Refuses anything but a regular file (after following links): opening a FIFO blocks forever
+/// and a device such as /dev/zero never ends, so neither may stand in for a model or text file.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        let ft = md.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "a folder"
+        } else if ft.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("is {kind}; whittle reads regular files only"),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where a symbolic link inside the input folder may point: inside that folder, or, for a Hugging
+/// Face cache snapshot (`<repo>/snapshots/<rev>/x` → `../../blobs/<hash>`), inside that
+/// repository's blob store. Anything else (a link to a private key, say) is refused, because the
+/// file's contents would be copied into OUT as a regular file and published with it.
+pub fn check_link(dir: &Path, path: &Path) -> Result<()> {
+    let md = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    if !md.file_type().is_symlink() {
+        return Ok(());
+    }
+    let target = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    if target.starts_with(&root) {
+        return Ok(());
+    }
+    let blobs = root
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .map(|repo| repo.join("blobs"));
+    if blobs.is_some_and(|b| target.starts_with(b)) {
+        return Ok(());
+    }
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "is a symbolic link to {}, outside the model folder {}; whittle follows links \
+                 only inside the model folder or its Hugging Face cache blob store (copy the file \
+                 in if it belongs to the model)",
+                target.display(),
+                root.display()
+            ),
+        ),
+    ))
+}
+
+/// A file of the model folder that whittle reads: a regular file, and a link only where
+/// [`check_link`] allows it.
+pub fn check_input_file(dir: &Path, path: &Path) -> Result<()> {
+    check_link(dir, path)?;
+    check_regular(path)
+}
+
 /// One mapped safetensors file with its validated header.
 pub struct SafeFile {
     pub path: PathBuf,
+    /// Kept open so [`SafeFile::check_unchanged`] can fstat the very inode that is mapped.
+    file: File,
     mmap: Mmap,
     data_start: usize,
     pub tensors: BTreeMap<String, TensorInfo>,
@@ -94,14 +169,17 @@ pub struct SafeFile {
 
 impl SafeFile {
     pub fn open(path: &Path) -> Result<SafeFile> {
+        check_regular(path)?;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and private to this process. Like every mmap reader we
         // assume no other process truncates or rewrites the checkpoint while whittle runs; the
         // input model is never written by whittle itself.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        crate::mem::register_mapping(path, &mmap);
         let (data_start, tensors, metadata) = parse_header(path, &mmap)?;
         Ok(SafeFile {
             path: path.to_path_buf(),
+            file,
             mmap,
             data_start,
             tensors,
@@ -112,6 +190,27 @@ impl SafeFile {
     /// The raw little-endian bytes of one tensor (bounds were checked when the header was read).
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[self.data_start + info.start..self.data_start + info.end]
+    }
+
+    /// Fails if the mapped file no longer has the length its header was checked against (another
+    /// process truncated or rewrote it): reading a page past the new end would raise SIGBUS.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        if len != self.mmap.len() as u64 {
+            return Err(header_err(
+                &self.path,
+                format!(
+                    "the file changed while whittle was reading it (was {} bytes, now {len}); \
+                     another process truncated or rewrote it — rerun on a stable copy",
+                    self.mmap.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Bytes in the data section (everything after the header).
@@ -128,6 +227,32 @@ fn header_err(path: &Path, msg: impl Into<String>) -> Error {
 }
 
 type Header = (usize, BTreeMap<String, TensorInfo>, Option<Value>);
+
+/// A JSON object's entries in file order, duplicates kept (so they can be reported).
+pub struct Pairs(pub Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Pairs, A::Error> {
+                let mut v = Vec::new();
+                while let Some(kv) = m.next_entry::<String, Value>()? {
+                    v.push(kv);
+                }
+                Ok(Pairs(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     if buf.len() < 8 {
@@ -156,15 +281,25 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
             ),
         ));
     }
-    let json: Value = serde_json::from_slice(&buf[8..8 + n])
-        .map_err(|e| header_err(path, format!("header is not valid JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| header_err(path, "header is not a JSON object"))?;
+    // Parsed as a list of pairs, not a map: a map keeps the last of two equal keys silently.
+    let pairs: Pairs = serde_json::from_slice(&buf[8..8 + n]).map_err(|e| {
+        if e.is_data() {
+            header_err(path, "header is not a JSON object")
+        } else {
+            header_err(path, format!("header is not valid JSON: {e}"))
+        }
+    })?;
     let data_len = buf.len() - 8 - n;
     let mut tensors = BTreeMap::new();
     let mut metadata = None;
-    for (name, v) in obj {
+    let mut seen = std::collections::HashSet::new();
+    for (name, v) in &pairs.0 {
+        if !seen.insert(name.as_str()) {
+            return Err(header_err(
+                path,
+                format!("the header names \"{name}\" twice; the file is corrupt"),
+            ));
+        }
         if name == "__metadata__" {
             metadata = Some(v.clone());
             continue;
@@ -279,7 +414,7 @@ impl TensorRef<'_> {
                 b.len()
             )));
         }
-        match self.info.dtype {
+        let finite = match self.info.dtype {
             Dtype::F32 => widen(b, out, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             Dtype::BF16 => widen(b, out, |c| {
                 f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)
@@ -292,8 +427,20 @@ impl TensorRef<'_> {
                     dtype: d.name().to_string(),
                 })
             }
+        };
+        if !finite {
+            return Err(self.non_finite_err());
         }
         Ok(())
+    }
+
+    fn non_finite_err(&self) -> Error {
+        let at = first_non_finite(self.bytes(), self.info.dtype).unwrap_or(0);
+        self.err(format!(
+            "holds a non-finite value (NaN or Inf) at element {at} of shape {:?}; the checkpoint \
+             is corrupt or overflowed when it was saved",
+            self.info.shape
+        ))
     }
 
     /// The raw bf16 bits of a BF16 tensor (None for any other dtype).
@@ -324,20 +471,45 @@ impl TensorRef<'_> {
     }
 }
 
-fn widen(src: &[u8], out: &mut [f32], f: impl Fn(&[u8]) -> f32 + Sync + Send) {
+/// Widens `src` into `out`; false if any value is NaN or ±Inf (checked in the same pass, so a
+/// corrupt weight is caught where it is read at no extra memory traffic).
+fn widen(src: &[u8], out: &mut [f32], f: impl Fn(&[u8]) -> f32 + Sync + Send) -> bool {
     use rayon::prelude::*;
     if out.is_empty() {
-        return;
+        return true;
     }
     let sz = src.len() / out.len();
     const CHUNK: usize = 1 << 16;
     out.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK * sz))
-        .for_each(|(o, s)| {
+        .map(|(o, s)| {
             for (x, c) in o.iter_mut().zip(s.chunks_exact(sz)) {
                 *x = f(c);
             }
-        });
+            o.iter().all(|x| x.is_finite())
+        })
+        .reduce(|| true, |a, b| a && b)
+}
+
+/// The index of the first NaN / ±Inf element of little-endian float bytes (None for integer
+/// dtypes or when every value is finite). A float is non-finite iff its exponent bits are all ones.
+pub fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).position(|c| {
+            u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00),
+        Dtype::Other("F64") => bytes.chunks_exact(8).position(|c| {
+            u64::from_le_bytes(c.try_into().expect("8")) & 0x7ff0_0000_0000_0000
+                == 0x7ff0_0000_0000_0000
+        }),
+        _ => None,
+    }
 }
 
 /// All safetensors files of a model folder, with a name → file index.
@@ -410,27 +582,37 @@ impl WeightStore {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let (files, shard_index) = if index_path.exists() {
+            check_input_file(dir, &index_path)?;
             let text =
                 std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let idx: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            let ierr = |msg: String| Error::Index {
                 path: index_path.clone(),
-                msg: format!("not valid JSON: {e}"),
-            })?;
+                msg,
+            };
+            let idx: Value =
+                serde_json::from_str(&text).map_err(|e| ierr(format!("not valid JSON: {e}")))?;
             let map = idx
                 .get("weight_map")
                 .and_then(Value::as_object)
-                .ok_or_else(|| Error::Config {
-                    path: index_path.clone(),
-                    msg: "no \"weight_map\" object".into(),
-                })?;
+                .ok_or_else(|| ierr("no \"weight_map\" object".into()))?;
+            // The map above keeps one of two equal keys; look for duplicates in the text itself.
+            #[derive(serde::Deserialize)]
+            struct RawIndex {
+                weight_map: Pairs,
+            }
+            if let Ok(raw) = serde_json::from_str::<RawIndex>(&text) {
+                let mut seen = std::collections::HashSet::new();
+                if let Some((t, _)) = raw.weight_map.0.iter().find(|(t, _)| !seen.insert(t)) {
+                    return Err(ierr(format!("weight_map names \"{t}\" twice")));
+                }
+            }
             let mut names: Vec<String> = Vec::new();
             for (t, f) in map {
-                let f = f.as_str().ok_or_else(|| Error::Config {
-                    path: index_path.clone(),
-                    msg: format!("weight_map[\"{t}\"] is not a file name"),
-                })?;
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| ierr(format!("weight_map[\"{t}\"] is not a file name")))?;
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(Error::Config {
+                    return Err(Error::Index {
                         path: index_path.clone(),
                         msg: format!(
                             "weight_map[\"{t}\"] = \"{f}\" must be a file name in the model folder"
@@ -444,10 +626,15 @@ impl WeightStore {
             names.sort();
             let files = names
                 .iter()
-                .map(|n| SafeFile::open(&dir.join(n)))
+                .map(|n| {
+                    let p = dir.join(n);
+                    check_link(dir, &p)?;
+                    SafeFile::open(&p)
+                })
                 .collect::<Result<Vec<_>>>()?;
             (files, Some(idx))
         } else if single.exists() {
+            check_link(dir, &single)?;
             (vec![SafeFile::open(&single)?], None)
         } else {
             return Err(Error::Other(format!(
@@ -464,6 +651,31 @@ impl WeightStore {
                         path: f.path.clone(),
                         tensor: name.clone(),
                         msg: format!("also present in {}", files[prev].path.display()),
+                    });
+                }
+            }
+        }
+        // Every index entry must name a tensor that its shard holds: a phantom entry would be
+        // copied into OUT's index and break whatever loads it.
+        if let Some(map) = shard_index
+            .as_ref()
+            .and_then(|i| i.get("weight_map"))
+            .and_then(Value::as_object)
+        {
+            for (t, f) in map {
+                let holder = index.get(t).map(|&i| &files[i].path);
+                if holder.and_then(|p| p.file_name()).and_then(|n| n.to_str()) != f.as_str() {
+                    return Err(Error::Index {
+                        path: index_path.clone(),
+                        msg: match holder {
+                            None => format!(
+                                "weight_map names tensor \"{t}\" in {f}, but no shard holds it"
+                            ),
+                            Some(p) => format!(
+                                "weight_map puts tensor \"{t}\" in {f}, but it is in {}",
+                                p.display()
+                            ),
+                        },
                     });
                 }
             }
@@ -541,7 +753,45 @@ impl WeightStore {
 
     /// The tensor's bf16 bits when it is stored as BF16 (None otherwise), shape-checked.
     pub fn bf16_checked(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
-        Ok(self.get_checked(name, shape)?.bf16_bits())
+        let t = self.get_checked(name, shape)?;
+        let bits = t.bf16_bits();
+        if bits
+            .as_ref()
+            .is_some_and(|b| b.iter().any(|&x| x & 0x7f80 == 0x7f80))
+        {
+            return Err(t.non_finite_err());
+        }
+        Ok(bits)
+    }
+
+    /// The checkpoint must hold layers 0..n and no more (checked before anything is sized by n).
+    pub fn check_layers(&self, n: usize) -> Result<()> {
+        let prefix = self.naming.file_name("model.layers.").into_owned();
+        let present = self
+            .index
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix(&prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |m| m + 1);
+        if present != n {
+            return Err(Error::Other(format!(
+                "{}: config.json says num_hidden_layers {n} but the checkpoint holds {present} \
+                 layers; the config does not match the weights",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails if any file changed length since it was opened (see [`SafeFile::check_unchanged`]).
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.files.iter().try_for_each(SafeFile::check_unchanged)
     }
 
     /// The tensor, shape-checked, widened to f32.

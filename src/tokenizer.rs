@@ -21,6 +21,7 @@ impl Tokenizer {
                         .into(),
             });
         }
+        crate::safetensors::check_input_file(dir, &path)?;
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
             path: path.clone(),
             msg: format!("cannot load: {e}"),
@@ -58,7 +59,41 @@ impl Tokenizer {
 
 /// Reads a text file, with clear errors for missing, non-UTF-8 and empty files.
 pub fn read_text(path: &Path) -> Result<String> {
+    crate::safetensors::check_regular(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    text_from_bytes(path, bytes)
+}
+
+/// The first `max_bytes` of a text file, cut after its last complete line (so no word or
+/// character is split), and whether that is the whole file.
+pub fn read_text_prefix(path: &Path, max_bytes: usize) -> Result<(String, bool)> {
+    use std::io::Read;
+    crate::safetensors::check_regular(path)?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.take(max_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    let whole = bytes.len() <= max_bytes;
+    if !whole {
+        bytes.truncate(max_bytes);
+        match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(i) => bytes.truncate(i + 1),
+            // One line longer than the cap: cut at a character boundary instead.
+            None => {
+                let ok = match std::str::from_utf8(&bytes) {
+                    Ok(_) => bytes.len(),
+                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                    Err(_) => bytes.len(),
+                };
+                bytes.truncate(ok);
+            }
+        }
+    }
+    Ok((text_from_bytes(path, bytes)?, whole))
+}
+
+fn text_from_bytes(path: &Path, bytes: Vec<u8>) -> Result<String> {
     let text = String::from_utf8(bytes).map_err(|e| Error::Text {
         path: path.to_path_buf(),
         msg: format!(

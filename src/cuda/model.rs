@@ -263,9 +263,10 @@ impl GpuModel {
     pub fn load(dir: &Path, gpu: Arc<Gpu>, residency: Residency) -> Result<GpuModel> {
         let cfg = ModelConfig::from_dir(dir)?;
         let store = WeightStore::open(dir)?;
+        store.check_layers(cfg.num_layers)?;
         let vh = [cfg.vocab_size, cfg.hidden_size];
         let embed = read_bf16(&store, registry::EMBED, &vh)?;
-        let lm_head = if untied_head(&cfg, &store) {
+        let lm_head = if untied_head(&cfg, &store)? {
             Some(read_bf16(&store, registry::LM_HEAD, &vh)?)
         } else {
             None
