@@ -11,7 +11,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test test-emu lint build nvcc python python-torch fixtures bench-cpu quality clean
+.PHONY: demo test test-emu lint build nvcc python python-torch fixtures bench-cpu quality tasks-data clean
 
 nvcc:
 	bash scripts/install-nvcc.sh
@@ -44,10 +44,17 @@ demo: build python
 fixtures: python-torch
 	$(PY) scripts/make_fixtures.py tests/fixtures
 	$(PY) scripts/make_mm_fixture.py tests/fixtures
+	$(PY) scripts/hf_tasks.py tests/fixtures/tiny-gemma3 --tasks arc_easy,arc_challenge,hellaswag,piqa,lambada \
+	  --tasks-dir tests/fixtures/tasks --items-out tests/fixtures/tasks/reference-tiny-gemma3.jsonl --json --threads 1 > /dev/null
 
 # CPU forward throughput, whittle vs transformers fp32, on Gemma 3 270M (README table).
 bench-cpu: build python-torch
 	bash scripts/bench-cpu-forward.sh
+
+# Zero-shot task data (evaluation only) and es/fr Wikipedia text for `whittle eval --tasks/--text`.
+tasks-data: python
+	$(PY) scripts/get-tasks.py data/tasks
+	$(PY) scripts/get-wiki-text.py data en es fr
 
 # Compile-quality table on Gemma 3 270M (README table); needs ../shared/data.
 quality: build python
