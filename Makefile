@@ -45,7 +45,8 @@ fixtures: python-torch
 	$(PY) scripts/make_fixtures.py tests/fixtures
 	$(PY) scripts/make_mm_fixture.py tests/fixtures
 	$(PY) scripts/hf_tasks.py tests/fixtures/tiny-gemma3 --tasks arc_easy,arc_challenge,hellaswag,piqa,lambada \
-	  --tasks-dir tests/fixtures/tasks --items-out tests/fixtures/tasks/reference-tiny-gemma3.jsonl --json --threads 1 > /dev/null
+	  --tasks-dir tests/fixtures/tasks --items-out tests/fixtures/tasks/reference-tiny-gemma3.jsonl \
+	  --metrics-out tests/fixtures/tasks/reference-tiny-gemma3.json --threads 1
 
 # CPU forward throughput, whittle vs transformers fp32, on Gemma 3 270M (README table).
 bench-cpu: build python-torch

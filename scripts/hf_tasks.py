@@ -2,7 +2,7 @@
 """Zero-shot task scores in transformers fp32 eager: the ground truth for `whittle eval --tasks`.
 
 usage: hf_tasks.py MODEL --tasks arc_easy,... [--tasks-dir data/tasks] [--limit N]
-                   [--items-out FILE.jsonl] [--json] [--threads N]
+                   [--items-out FILE.jsonl] [--metrics-out FILE.json] [--json] [--threads N]
 
 Builds every prompt itself from the raw documents that scripts/get-tasks.py wrote (an
 implementation independent of whittle's src/tasks.rs), with lm-eval-harness's conventions:
@@ -98,6 +98,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--items-out", default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--metrics-out", default=None,
+                    help="also write the metrics without timings (the committed fixture reference)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
@@ -152,6 +154,13 @@ def main() -> int:
             print(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in r.items() if k != "items") + f"  ({len(items)} items)")
     if dump:
         dump.close()
+    if args.metrics_out:
+        ref = {k: v for k, v in out.items() if k != "threads"}
+        ref["tasks"] = {t: {k: v for k, v in r.items() if k not in ("seconds", "items_per_s")}
+                        for t, r in out["tasks"].items()}
+        ref["command"] = "scripts/hf_tasks.py " + " ".join(sys.argv[1:])
+        with open(args.metrics_out, "w") as f:
+            json.dump(ref, f, indent=1)
     if args.json:
         print(json.dumps(out))
     return 0
