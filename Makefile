@@ -12,7 +12,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test test-emu lint build nvcc python python-torch fixtures bench-cpu bench-cpu-bf16 quality clean
+.PHONY: demo test test-emu lint build nvcc python python-torch fixtures bench-cpu bench-cpu-bf16 quality tasks-data clean
 
 nvcc:
 	bash scripts/install-nvcc.sh
@@ -46,6 +46,9 @@ demo: build python
 fixtures: python-torch
 	$(PY) scripts/make_fixtures.py tests/fixtures
 	$(PY) scripts/make_mm_fixture.py tests/fixtures
+	$(PY) scripts/hf_tasks.py tests/fixtures/tiny-gemma3 --tasks arc_easy,arc_challenge,hellaswag,piqa,lambada \
+	  --tasks-dir tests/fixtures/tasks --items-out tests/fixtures/tasks/reference-tiny-gemma3.jsonl \
+	  --metrics-out tests/fixtures/tasks/reference-tiny-gemma3.json --threads 1
 
 # CPU forward throughput, whittle vs transformers fp32, on Gemma 3 270M (README table).
 bench-cpu: build python-torch
@@ -54,6 +57,11 @@ bench-cpu: build python-torch
 # f32 vs bf16 CPU GEMMs: forward against transformers, compile time and KL (README, CPU bf16 GEMM).
 bench-cpu-bf16: build python-torch
 	bash scripts/bench-cpu-bf16.sh
+
+# Zero-shot task data (evaluation only) and es/fr Wikipedia text for `whittle eval --tasks/--text`.
+tasks-data: python
+	$(PY) scripts/get-tasks.py data/tasks
+	$(PY) scripts/get-wiki-text.py data en es fr
 
 # Compile-quality table on Gemma 3 270M (README table); needs ../shared/data.
 quality: build python

@@ -96,6 +96,8 @@ pub fn make_windows(
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EvalStats {
     pub nll_sum: f64,
+    /// The base model's NLL over the same positions (with a base; for the PPL ratio).
+    pub base_nll_sum: f64,
     pub kl_sum: f64,
     pub top1_agree: u64,
     pub tokens: u64,
@@ -108,6 +110,9 @@ impl EvalStats {
     pub fn mean_nll(&self) -> f64 {
         self.nll_sum / self.tokens as f64
     }
+    pub fn base_ppl(&self) -> f64 {
+        (self.base_nll_sum / self.tokens as f64).exp()
+    }
     pub fn mean_kl(&self) -> f64 {
         self.kl_sum / self.tokens as f64
     }
@@ -116,6 +121,7 @@ impl EvalStats {
     }
     fn add(&mut self, o: &EvalStats) {
         self.nll_sum += o.nll_sum;
+        self.base_nll_sum += o.base_nll_sum;
         self.kl_sum += o.kl_sum;
         self.top1_agree += o.top1_agree;
         self.tokens += o.tokens;
@@ -123,13 +129,13 @@ impl EvalStats {
 }
 
 /// log Σ exp(x) with the max subtracted; the sum in f64.
-fn log_sum_exp(x: &[f32]) -> (f32, f64) {
+pub(crate) fn log_sum_exp(x: &[f32]) -> (f32, f64) {
     let m = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
     let s: f64 = x.iter().map(|&v| (v - m).exp() as f64).sum();
     (m, m as f64 + s.ln())
 }
 
-fn argmax(x: &[f32]) -> usize {
+pub(crate) fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
         if v > x[best] {
@@ -185,6 +191,7 @@ pub fn score_window(
                         kl += lpb.exp() * (lpb - lpm);
                     }
                     s.kl_sum = kl;
+                    s.base_nll_sum = lseb - rb[target] as f64;
                     s.top1_agree = (argmax(rb) == argmax(row)) as u64;
                 }
                 s

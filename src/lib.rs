@@ -8,6 +8,7 @@
 //! - `cpu`         — reference ops (f32, rayon)
 //! - `model`       — the CPU forward pass (the oracle)
 //! - `eval`        — perplexity / KL / top-1 protocol
+//! - `tasks`       — zero-shot tasks (ARC, HellaSwag, PIQA, LAMBADA) with lm-eval conventions
 //! - `calib`       — calibration tokens, activation statistics, the layer backend trait
 //! - `prune`       — neuron scores (magnitude, energy, OBS) and the least-squares repair
 //! - `linalg`      — f64 Cholesky / SPD inverse / GEMM
@@ -42,6 +43,7 @@ pub mod model;
 pub mod prune;
 pub mod registry;
 pub mod safetensors;
+pub mod tasks;
 pub mod tokenizer;
 pub mod writer;
 

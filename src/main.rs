@@ -79,8 +79,29 @@ struct WindowArgs {
 #[derive(Args)]
 struct EvalArgs {
     model: PathBuf,
-    #[command(flatten)]
-    win: WindowArgs,
+    /// UTF-8 text to evaluate on: FILE, or NAME=FILE, repeatable (one report row per text).
+    #[arg(long, value_name = "[NAME=]FILE")]
+    text: Vec<whittle::tasks::NamedText>,
+    /// Window length in tokens, BOS included.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Use only the first N windows of each text (default: every full window).
+    #[arg(long)]
+    windows: Option<usize>,
+    /// Zero-shot tasks, comma-separated: arc_easy, arc_challenge, hellaswag, piqa, lambada
+    /// (lm-eval-harness's prompts and metrics; data from scripts/get-tasks.py).
+    #[arg(long, value_name = "LIST")]
+    tasks: Option<String>,
+    /// Score only the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Where the task data lives (scripts/get-tasks.py writes it).
+    #[arg(long, default_value = "data/tasks")]
+    tasks_dir: PathBuf,
+    /// Also write MODEL's per-item scores as JSON Lines ({"task", "item", "lls", "greedy"}), the
+    /// format scripts/hf_tasks.py --items-out writes (scripts/tasks-check.sh compares them).
+    #[arg(long, value_name = "FILE")]
+    items_out: Option<PathBuf>,
     /// Reference model for KL(base ‖ model) and top-1 agreement.
     #[arg(long)]
     base: Option<PathBuf>,
@@ -326,6 +347,173 @@ fn load_windows(model_dir: &std::path::Path, win: &WindowArgs, bos: u32) -> Resu
     Ok(windows)
 }
 
+/// `eval --tasks` and/or several `--text`: one capability report (markdown table or JSON).
+fn cmd_eval_report(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
+    use whittle::tasks;
+    // Everything the user gave is checked before a model is loaded.
+    let names = a.tasks.as_deref().map(tasks::parse_list).transpose()?;
+    let task_data = names
+        .iter()
+        .flatten()
+        .map(|n| tasks::load(n, &a.tasks_dir, a.limit))
+        .collect::<Result<Vec<_>, _>>()?;
+    let texts = a
+        .text
+        .iter()
+        .map(|t| {
+            read_text(&t.path)?;
+            Ok(t.clone())
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let dev = open_device(device, None)?;
+    let dirs: Vec<&std::path::Path> = std::iter::once(a.model.as_path())
+        .chain(a.base.as_deref())
+        .collect();
+    let mut models = dev.load_eval_models(&dirs)?;
+    let base = if a.base.is_some() { models.pop() } else { None };
+    let model = models.pop().context("no model loaded")?;
+    let bos = model.cfg().bos_token_id;
+    let tok = Tokenizer::from_dir(&a.model)?;
+
+    let mut out = json!({ "model": a.model.display().to_string() });
+    if let Some(b) = &a.base {
+        out["base"] = json!(b.display().to_string());
+    }
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let fmt = |v: f64, e: f64| format!("{v:.4} ± {e:.4}");
+    let mut task_json = serde_json::Map::new();
+    let mut items_out = a
+        .items_out
+        .as_ref()
+        .map(|p| {
+            std::fs::File::create(p)
+                .map(std::io::BufWriter::new)
+                .with_context(|| format!("creating --items-out {}", p.display()))
+        })
+        .transpose()?;
+    for task in &task_data {
+        let reqs = tasks::requests(task, &tok, bos)?;
+        let run = |m: &dyn whittle::eval::LogitModel, who: &str| {
+            let pb = progress(reqs.len(), &format!("{} {who}", task.name));
+            let t = Instant::now();
+            let sc = tasks::score(m, &reqs, task.items.len(), |i| pb.set_position(i as u64))?;
+            pb.finish_and_clear();
+            anyhow::Ok((tasks::metrics(task, &sc), t.elapsed().as_secs_f64(), sc))
+        };
+        let (res, secs, scores) = run(&*model, "model")?;
+        if let Some(f) = &mut items_out {
+            use std::io::Write;
+            for (i, s) in scores.iter().enumerate() {
+                let line = json!({"task": task.name, "item": i, "lls": s.lls, "greedy": s.greedy});
+                writeln!(f, "{line}").with_context(|| format!("writing {:?}", a.items_out))?;
+            }
+        }
+        let based = base
+            .as_deref()
+            .map(|b| run(b, "base").map(|(r, s, _)| (r, s)))
+            .transpose()?;
+        let mut j = json!({ "items": res.items, "requests": reqs.len(), "seconds": secs,
+                            "items_per_s": res.items as f64 / secs });
+        for (k, &(name, v, e)) in res.metrics.iter().enumerate() {
+            j[name] = json!(v);
+            j[format!("{name}_stderr")] = json!(e);
+            let mut row = [
+                format!("{} {name} ({} items)", task.name, res.items),
+                String::new(),
+                fmt(v, e),
+                String::new(),
+            ];
+            if let Some((br, bsecs)) = &based {
+                let (_, bv, be) = br.metrics[k];
+                j["base"][name] = json!(bv);
+                j["base"][format!("{name}_stderr")] = json!(be);
+                j["base"]["seconds"] = json!(bsecs);
+                j["delta"][name] = json!(v - bv);
+                row[1] = fmt(bv, be);
+                row[3] = format!("{:+.4}", v - bv);
+            }
+            rows.push(row);
+        }
+        task_json.insert(task.name.clone(), j);
+    }
+    if !task_json.is_empty() {
+        out["tasks"] = serde_json::Value::Object(task_json);
+    }
+    let mut text_json = serde_json::Map::new();
+    for t in &texts {
+        let win = WindowArgs {
+            text: t.path.clone(),
+            seq: a.seq,
+            windows: a.windows,
+        };
+        let windows = load_windows(&a.model, &win, bos)?;
+        let pb = progress(windows.len(), &format!("text {}", t.name));
+        let st = evaluate(&*model, base.as_deref(), &windows, |i| {
+            pb.set_position(i as u64)
+        })?;
+        pb.finish_and_clear();
+        let mut j = json!({ "path": t.path.display().to_string(), "windows": windows.len(),
+                            "tokens": st.tokens, "ppl": st.ppl() });
+        let mut ppl_row = [
+            format!("{} ppl", t.name),
+            String::new(),
+            format!("{:.4}", st.ppl()),
+            String::new(),
+        ];
+        if base.is_some() {
+            let ratio = st.ppl() / st.base_ppl();
+            j["base_ppl"] = json!(st.base_ppl());
+            j["ppl_ratio"] = json!(ratio);
+            j["kl"] = json!(st.mean_kl());
+            j["top1_agree"] = json!(st.top1_rate());
+            ppl_row[1] = format!("{:.4}", st.base_ppl());
+            ppl_row[3] = format!("×{ratio:.4}");
+            rows.push(ppl_row);
+            rows.push([
+                format!("{} KL(base ‖ model)", t.name),
+                String::new(),
+                format!("{:.4}", st.mean_kl()),
+                String::new(),
+            ]);
+            rows.push([
+                format!("{} top-1 agreement", t.name),
+                String::new(),
+                format!("{:.4}", st.top1_rate()),
+                String::new(),
+            ]);
+        } else {
+            rows.push(ppl_row);
+        }
+        text_json.insert(t.name.clone(), j);
+    }
+    if !text_json.is_empty() {
+        out["texts"] = serde_json::Value::Object(text_json);
+        out["seq"] = json!(a.seq);
+    }
+    if a.json {
+        println!("{out}");
+        return Ok(());
+    }
+    match &a.base {
+        Some(b) => {
+            println!("| | base {} | {} | Δ |", b.display(), a.model.display());
+            println!("|---|---|---|---|");
+            for r in &rows {
+                println!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
+            }
+        }
+        None => {
+            println!("| | {} |", a.model.display());
+            println!("|---|---|");
+            for r in &rows {
+                println!("| {} | {} |", r[0], r[2]);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn load_model(dir: &std::path::Path) -> Result<Model> {
     let t = Instant::now();
     let m = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
@@ -353,6 +541,19 @@ fn open_device(
 }
 
 fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
+    if a.text.is_empty() && a.tasks.is_none() {
+        anyhow::bail!("eval needs --text [NAME=]FILE (repeatable), --tasks LIST, or both");
+    }
+    whittle::tasks::check_text_names(&a.text)?;
+    if a.tasks.is_some() || a.text.len() > 1 {
+        return cmd_eval_report(a, device);
+    }
+    let text = a.text[0].path.clone();
+    let win = WindowArgs {
+        text,
+        seq: a.seq,
+        windows: a.windows,
+    };
     let dev = open_device(device, None)?;
     let dirs: Vec<&std::path::Path> = std::iter::once(a.model.as_path())
         .chain(a.base.as_deref())
@@ -360,7 +561,7 @@ fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     let mut models = dev.load_eval_models(&dirs)?;
     let base = if a.base.is_some() { models.pop() } else { None };
     let model = models.pop().context("no model loaded")?;
-    let windows = load_windows(&a.model, &a.win, model.cfg().bos_token_id)?;
+    let windows = load_windows(&a.model, &win, model.cfg().bos_token_id)?;
     let pb = progress(windows.len(), "eval");
     let t = Instant::now();
     let st = evaluate(&*model, base.as_deref(), &windows, |i| {
@@ -381,8 +582,8 @@ fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let mut out = json!({
         "model": a.model.display().to_string(),
-        "text": a.win.text.display().to_string(),
-        "seq": a.win.seq,
+        "text": win.text.display().to_string(),
+        "seq": win.seq,
         "windows": windows.len(),
         "tokens": st.tokens,
         "nll": st.mean_nll(),
@@ -400,9 +601,9 @@ fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
         println!("model       {}", a.model.display());
         println!(
             "text        {} ({} windows × {} tokens, {} scored)",
-            a.win.text.display(),
+            win.text.display(),
             windows.len(),
-            a.win.seq,
+            win.seq,
             st.tokens
         );
         println!(
