@@ -8,21 +8,6 @@ use serde_json::Value;
 use std::path::Path;
 use whittle::safetensors::WeightStore;
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = cpu_cmd().args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "whittle panicked: {err}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        err,
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Every safetensors and config file of two outputs, byte for byte (the reports differ in
 /// timings and the batch record).
 fn assert_same_output(a: &Path, b: &Path) {

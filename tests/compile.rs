@@ -9,21 +9,6 @@ use std::path::Path;
 use whittle::model::{Batch, Model};
 use whittle::safetensors::{encode_header, HeaderEntry, WeightStore};
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = cpu_cmd().args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "whittle panicked: {err}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        err,
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Every tensor of two checkpoints: same names, dtypes, shapes and bytes.
 fn assert_same_tensors(a: &Path, b: &Path) {
     let (sa, sb) = (WeightStore::open(a).unwrap(), WeightStore::open(b).unwrap());

@@ -11,28 +11,6 @@ use whittle::config::ModelConfig;
 use whittle::safetensors::WeightStore;
 use whittle::writer::{check_destination, LayerCut};
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    run_env(args, &[])
-}
-
-fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut c = cpu_cmd();
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// Exit 1 with every `want` in the message (a clap usage error would be 2, a panic 101, an
 /// abort 134).
 fn fails_with(args: &[&str], want: &[&str]) -> String {

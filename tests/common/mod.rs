@@ -128,3 +128,31 @@ pub fn write_ids(path: &Path, n: usize, seq: usize, vocab: usize, seed: u64) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Runs the CLI on the CPU with extra environment variables: (exit code, stdout, stderr); a
+/// panic fails the test whatever the exit code.
+pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = cpu_cmd();
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "whittle panicked: {err}");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        err,
+    )
+}
+
+/// `run_env` without extra variables.
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    run_env(args, &[])
+}
+
+/// A path as a CLI argument (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
