@@ -392,8 +392,8 @@ def reload_and_check(model, out_dir: str, bf16: bool):
     assert set(ref) == set(got), set(ref) ^ set(got)
     for k in ref:
         assert torch.equal(ref[k], got[k]), f"{out_dir}: {k} changed on save/reload"
-    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr() or \
-        torch.equal(loaded.lm_head.weight, loaded.model.embed_tokens.weight)
+    tied = torch.equal(loaded.lm_head.weight, loaded.model.embed_tokens.weight)
+    assert tied == bool(loaded.config.tie_word_embeddings), f"{out_dir}: lm_head tied {tied}, config says otherwise"
     return loaded
 
 
