@@ -13,7 +13,7 @@
 //! - `linalg` — f64 GEMM, SPD inverse, greedy OBS and the repair product on the device (the
 //!   `prune::Solver::Cuda` side of `compile`'s scoring)
 //! - `backend` — `CudaBackend`, the calibration `calib::Backend` (`whittle compile --device cuda`)
-//! - `error`  — `CudaError` (maps into `crate::Error::Other`)
+//! - `error`  — `CudaError` (reaches `crate::Error` as `Error::Cuda`)
 //! - `prof`   — NVTX ranges (feature `nvtx`)
 //! - `tma`    — TMA tensor maps (`cuTensorMapEncodeTiled`) for the copy-engine-fed GEMM
 //!

@@ -1684,7 +1684,7 @@ pub fn decode_attention(
             "sliding window 0 would hide every key",
         ));
     }
-    let (lo, n_keys) = crate::decode::visible_range(p.pos, p.window);
+    let (lo, n_keys) = crate::cpu::kv::visible_range(p.pos, p.window);
     // Every visible position must have its own slot.
     if p.ring && n_keys > p.slots {
         return Err(CudaError::pre(
