@@ -6,7 +6,8 @@
 //! Module map:
 //! - `device` — `probe` / `is_available` (never panic), `DeviceChoice` (`--device`), `select`
 //! - `gpu`    — `Gpu` (context, stream, module, function cache), `DTensor` device buffers
-//! - `ops`    — one launcher per kernel, with shape and alignment preconditions
+//! - `ops`    — one launcher file per kernel file (`ops/X.rs` ↔ kernels/X.cu), with shape and
+//!   alignment preconditions; `ops::gemm_policy` picks the GEMM kernel
 //! - `model`  — `GpuModel`, the forward pass mirroring `crate::model::Model` (and `eval::LogitModel`)
 //! - `decode` — `GpuDecoder`, KV-cache decoding mirroring `crate::decode::Decoder` (and the
 //!   `decode::Engine` that `bench` and `generate` drive)
