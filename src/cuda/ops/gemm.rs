@@ -24,6 +24,10 @@ const GEMM_TILE: usize = 128;
 /// Column tile of `gemm_nt_bf16_sm90_tma` (its row tile is GEMM_TILE).
 const GEMM_TMA_TILE_N: usize = 256;
 
+/// `Y = X · Wᵀ` (HF Linear, no bias). `x`: [M, K], `w`: [N, K]; writes `y_bf16` [M, N] and/or
+/// `y_f32` [M, N]; with `accumulate`, adds into `y_f32` instead. K % 8 == 0 takes a cp.async
+/// kernel (wgmma on Hopper, else mma.sync: `GemmKernel::Auto`), any other K an
+/// element-gathering variant (same tiles and MMAs as mma.sync, slower loads).
 pub fn gemm_nt(
     gpu: &Gpu,
     x: &DTensor<bf16>,

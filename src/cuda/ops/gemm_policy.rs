@@ -232,10 +232,6 @@ fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> 
     Ok(None)
 }
 
-/// `Y = X · Wᵀ` (HF Linear, no bias). `x`: [M, K], `w`: [N, K]; writes `y_bf16` [M, N] and/or
-/// `y_f32` [M, N]; with `accumulate`, adds into `y_f32` instead. K % 8 == 0 takes a cp.async
-/// kernel (wgmma on Hopper, else mma.sync: `GemmKernel::Auto`), any other K an
-
 /// The kernels the hot ops of `cfg`'s model choose on this GPU, for reports (`whittle_report.json`
 /// `gpu_kernels`, `whittle bench --json` `kernels`): the projections' GEMM, whether gate/up is
 /// fused, the Gram matrix's kernel, attention's. Runs the self-checks on first use.
