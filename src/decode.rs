@@ -37,6 +37,9 @@
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::ops;
+// The slot arithmetic is shared with the GPU decoder; re-exported so `decode::slot_of` etc. keep
+// working.
+pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
 use crate::error::{Error, Result};
 use crate::model::{embed, mlp_block, Batch, LayerWeights, Model, PackedLayer};
 use rayon::prelude::*;
@@ -161,37 +164,6 @@ fn gemv_into_t<T: WeightElem>(x: &[f32], w: &[T], k: usize, n: usize, y: &mut [f
 }
 
 // ----------------------------------------------------------------------------------- cache
-
-/// Slots per KV head of a layer's cache and whether they form a ring (see the module docs):
-/// `(W, true)` for a sliding layer whose window W is below `max_len`, else `(max_len, false)`.
-/// The GPU decoder (`cuda::GpuDecoder`) lays its cache out with the same function.
-pub fn layer_slots(window: Option<usize>, max_len: usize) -> (usize, bool) {
-    match window {
-        Some(w) if w < max_len => (w, true),
-        _ => (max_len, false),
-    }
-}
-
-/// The slot position `pos` is stored in.
-#[inline]
-pub fn slot_of(pos: usize, slots: usize, ring: bool) -> usize {
-    if ring {
-        pos % slots
-    } else {
-        pos
-    }
-}
-
-/// The keys a query at position `pos` sees: `(lo, n)` = positions `lo..lo + n` (`lo + n = pos + 1`),
-/// the last `window` positions up to and including `pos` (all of them without a window).
-#[inline]
-pub fn visible_range(pos: usize, window: Option<usize>) -> (usize, usize) {
-    let lo = match window {
-        Some(w) => (pos + 1).saturating_sub(w),
-        None => 0,
-    };
-    (lo, pos + 1 - lo)
-}
 
 /// One layer's K and V: `[n_kv, slots, head_dim]` each (see the module docs).
 pub struct LayerCache {

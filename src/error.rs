@@ -76,6 +76,12 @@ pub enum Error {
     #[error("invalid argument {flag}: {msg}")]
     Arg { flag: &'static str, msg: String },
 
+    /// A GPU-path failure, kept typed (callers can match on the `CudaError`). Transparent: the
+    /// text is the `CudaError`'s own, so an error chain printed by the CLI does not repeat it.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
+
     #[error("{0}")]
     Other(String),
 }

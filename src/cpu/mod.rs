@@ -6,4 +6,5 @@ pub mod attention;
 // rust-version stays 1.80: raising it turns newer clippy lints on over the whole crate.
 #[clippy::msrv = "1.89"]
 pub mod bf16;
+pub mod kv;
 pub mod ops;

@@ -1,5 +1,6 @@
 //! Errors of the GPU path. Each names what failed (the driver call, the kernel, the shape) and,
-//! where there is one, what the user can do. They reach the library's `Error` as `Error::Other`.
+//! where there is one, what the user can do. They reach the library's `Error` as `Error::Cuda`
+//! (same text, source kept).
 
 use cudarc::driver::DriverError;
 
@@ -72,12 +73,6 @@ impl CudaError {
             kernel,
             msg: msg.into(),
         }
-    }
-}
-
-impl From<CudaError> for crate::Error {
-    fn from(e: CudaError) -> Self {
-        crate::Error::Other(e.to_string())
     }
 }
 

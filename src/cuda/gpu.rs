@@ -27,34 +27,16 @@ pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/whittle.fat
 /// ptxas' register / spill / shared-memory table for every kernel and target.
 pub static PTXAS_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/ptxas-report.txt"));
 
-/// Dynamic shared memory (bytes) of the kernels that need more than the default 48 KB window or
-/// any at all; set as the function's opt-in limit when it is first loaded.
-fn dynamic_smem(name: &str) -> Option<u32> {
-    match name {
-        "gemm_nt_bf16" | "gemm_nt_bf16_unaligned" | "gram_tn_bf16" | "gram_tn_bf16_unaligned" => {
-            Some(super::ops::GEMM_SMEM)
-        }
-        "gemm_nt_bf16_sm90" | "gram_nt_bf16_sm90" => Some(super::ops::GEMM_SM90_SMEM),
-        "gemm_nt_bf16_sm90_tma" => Some(super::ops::GEMM_SM90_TMA_SMEM),
-        "attention_fwd_d256" => Some(super::ops::attention_smem(256, 4)),
-        "attention_fwd_d128" => Some(super::ops::attention_smem(128, 4)),
-        "attention_fwd_d64" => Some(super::ops::attention_smem(64, 4)),
-        "attention_fwd_d32" => Some(super::ops::attention_smem(32, 4)),
-        "attention_fwd_d256_w8" => Some(super::ops::attention_smem(256, 8)),
-        "attention_fwd_d128_w8" => Some(super::ops::attention_smem(128, 8)),
-        _ => None,
-    }
-}
-
 pub struct Gpu {
     pub info: GpuInfo,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
-    funcs: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Loaded kernels, each with the dynamic shared memory (bytes) it has been opted in to.
+    funcs: Mutex<HashMap<&'static str, (CudaFunction, u32)>>,
     sync: AtomicBool,
     /// Whether `gemm_nt` uses the sm_90a wgmma kernel: decided once, on first use
-    /// (`ops::gemm_kernel`).
+    /// (`ops::sm90_kernel_enabled`).
     pub(crate) sm90_gemm: OnceLock<bool>,
     /// Whether `gemm_nt` uses the TMA-fed wgmma kernel (same rule, its own self-check).
     pub(crate) sm90_tma: OnceLock<bool>,
@@ -114,43 +96,52 @@ impl Gpu {
             .map_err(|e| CudaError::driver("cuStreamSynchronize", e))
     }
 
-    /// The kernel `name` from the embedded module (loaded once, then cached).
-    pub(crate) fn func(&self, name: &'static str) -> CudaResult<CudaFunction> {
+    /// The kernel `name` from the embedded module (loaded once, then cached), allowed `smem`
+    /// bytes of dynamic shared memory: a kernel may use more than the default 48 KB window only
+    /// once its function has opted in (`MAX_DYNAMIC_SHARED_SIZE_BYTES`), so the first launch that
+    /// asks for more than the function allows raises its limit to exactly that.
+    fn func(&self, name: &'static str, smem: u32) -> CudaResult<CudaFunction> {
         let mut cache = self.funcs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = cache.get(name) {
-            return Ok(f.clone());
-        }
-        let f = self
-            .module
-            .load_function(name)
-            .map_err(|e| CudaError::driver(format!("cuModuleGetFunction({name})"), e))?;
-        if let Some(bytes) = dynamic_smem(name) {
-            if bytes as i32 > self.info.max_smem_per_block {
+        let (f, allowed) = match cache.get(name) {
+            Some((f, allowed)) if smem <= *allowed => return Ok(f.clone()),
+            Some((f, allowed)) => (f.clone(), *allowed),
+            None => {
+                let f = self
+                    .module
+                    .load_function(name)
+                    .map_err(|e| CudaError::driver(format!("cuModuleGetFunction({name})"), e))?;
+                (f, 0)
+            }
+        };
+        if smem > allowed {
+            if smem as i32 > self.info.max_smem_per_block {
                 return Err(CudaError::pre(
                     name,
                     format!(
-                        "needs {bytes} bytes of shared memory per block; {} allows {}",
+                        "needs {smem} bytes of shared memory per block; {} allows {}",
                         self.info.name, self.info.max_smem_per_block
                     ),
                 ));
             }
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes as i32,
+                smem as i32,
             )
             .map_err(|e| {
                 CudaError::driver(format!("cuFuncSetAttribute({name}, max dynamic smem)"), e)
             })?;
         }
-        cache.insert(name, f.clone());
+        cache.insert(name, (f.clone(), smem.max(allowed)));
         Ok(f)
     }
 
     /// Launches `name` with `args` (raw kernel parameters in order) and, in sync mode, waits for it.
     ///
     /// # Safety
-    /// `args` must match the kernel's parameter list exactly (types and order), every device
-    /// pointer among them must address memory of at least the extent the kernel touches for this
+    /// `args` must match the kernel's parameter list exactly (types and order);
+    /// `cfg.shared_mem_bytes` must cover the dynamic shared memory the kernel uses for this launch
+    /// (the launcher next to each kernel passes its own size); every device pointer among `args`
+    /// must address memory of at least the extent the kernel touches for this
     /// `cfg` and these scalars, and that memory must stay allocated until the kernel completes
     /// (true for buffers owned by callers on this `Gpu`: they are freed stream-ordered).
     pub(crate) unsafe fn launch(
@@ -159,7 +150,7 @@ impl Gpu {
         cfg: LaunchConfig,
         args: &[KArg],
     ) -> CudaResult<()> {
-        let f = self.func(name)?;
+        let f = self.func(name, cfg.shared_mem_bytes)?;
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {

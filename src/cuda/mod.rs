@@ -6,14 +6,15 @@
 //! Module map:
 //! - `device` — `probe` / `is_available` (never panic), `DeviceChoice` (`--device`), `select`
 //! - `gpu`    — `Gpu` (context, stream, module, function cache), `DTensor` device buffers
-//! - `ops`    — one launcher per kernel, with shape and alignment preconditions
+//! - `ops`    — one launcher file per kernel file (`ops/X.rs` ↔ kernels/X.cu), with shape and
+//!   alignment preconditions; `ops::gemm_policy` picks the GEMM kernel
 //! - `model`  — `GpuModel`, the forward pass mirroring `crate::model::Model` (and `eval::LogitModel`)
 //! - `decode` — `GpuDecoder`, KV-cache decoding mirroring `crate::decode::Decoder` (and the
 //!   `decode::Engine` that `bench` and `generate` drive)
 //! - `linalg` — f64 GEMM, SPD inverse, greedy OBS and the repair product on the device (the
 //!   `prune::Solver::Cuda` side of `compile`'s scoring)
 //! - `backend` — `CudaBackend`, the calibration `calib::Backend` (`whittle compile --device cuda`)
-//! - `error`  — `CudaError` (maps into `crate::Error::Other`)
+//! - `error`  — `CudaError` (reaches `crate::Error` as `Error::Cuda`)
 //! - `prof`   — NVTX ranges (feature `nvtx`)
 //! - `tma`    — TMA tensor maps (`cuTensorMapEncodeTiled`) for the copy-engine-fed GEMM
 //!
