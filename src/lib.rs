@@ -14,7 +14,8 @@
 //! - `linalg`      — f64 Cholesky / SPD inverse / GEMM
 //! - `mem`         — heap accounting (peak heap in reports)
 //! - `writer`      — streaming, atomic checkpoint writer
-//! - `compile`     — the compile pipeline
+//! - `compile`     — the compile plan (`CompileOptions::validate`) and pipeline
+//! - `report`      — the typed compile report (whittle_report.json)
 //! - `inspect`     — parameter and byte counts
 //! - `device`      — `--device auto|cpu|cuda[:N]`: GPU or CPU for eval and compile
 //! - `decode`      — KV-cache prefill / single-token decode, sampling
@@ -42,6 +43,7 @@ pub mod mem;
 pub mod model;
 pub mod prune;
 pub mod registry;
+pub mod report;
 pub mod safetensors;
 pub mod tasks;
 pub mod tokenizer;

@@ -944,10 +944,9 @@ fn compile_to_ceiling(
     a: &CompileArgs,
     dev: &whittle::device::Device,
     ceiling: whittle::ceiling::Ceiling,
-    opts: &whittle::compile::CompileOptions,
+    plan: &whittle::compile::Plan,
     calib: Option<whittle::calib::CalibSet>,
 ) -> Result<()> {
-    let ceiling = ceiling.validate()?;
     let mut calib = calib.context("a quality ceiling is measured on held-out calibration text: give --calib FILE (or --calib-ids)")?;
     // A pre-tokenized set is what it is: its default slice is an eighth of it.
     let n = match (a.holdout, &a.calib_ids) {
@@ -972,8 +971,7 @@ fn compile_to_ceiling(
         &a.output,
         &calib,
         &held,
-        opts,
-        ceiling,
+        plan,
         &mut || dev.backend(),
         &load,
         &mut |stage, done, total| {
@@ -987,9 +985,7 @@ fn compile_to_ceiling(
     println!(
         "| width | KL | PPL ratio | top-1 agree | {} {} |",
         ceiling.flag(),
-        match ceiling {
-            whittle::ceiling::Ceiling::Kl(x) | whittle::ceiling::Ceiling::PplRatio(x) => x,
-        }
+        ceiling.limit()
     );
     println!("|---:|---:|---:|---:|---|");
     for p in &found.curve {
@@ -1006,8 +1002,8 @@ fn compile_to_ceiling(
     println!(
         "wrote {}: intermediate_size {} → {} ({} probes, {:.1}s)",
         a.output.display(),
-        r["intermediate_size_before"],
-        r["intermediate_size_after"],
+        r.intermediate_size_before,
+        r.intermediate_size_after,
         found.curve.len(),
         t.elapsed().as_secs_f64()
     );
@@ -1030,8 +1026,13 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         multiple_of: a.multiple_of,
         force: a.force,
         batch_seqs: a.batch,
+        ceiling: match (a.max_kl, a.max_ppl_ratio) {
+            (Some(x), _) => Some(whittle::ceiling::Ceiling::Kl(x)),
+            (_, Some(r)) => Some(whittle::ceiling::Ceiling::PplRatio(r)),
+            _ => None,
+        },
     };
-    whittle::compile::check_damp(a.damp)?;
+    let opts = opts.validate()?;
     // Validate widths and destinations before reading any calibration text.
     let rws = resolve_targets(cfg.intermediate_size, &targets, opts.multiple_of)?;
     if several {
@@ -1046,7 +1047,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     for t in &targets {
         whittle::writer::check_destination(&a.model, &t.output, a.force)?;
     }
-    let needs_calib = opts.method != whittle::prune::Method::Magnitude || opts.repair;
+    let needs_calib = opts.needs_calib();
     let calib = if let Some(p) = &a.calib_ids {
         Some(whittle::calib::CalibSet::from_ids_file(p, cfg.vocab_size)?)
     } else if !a.calib.is_empty() {
@@ -1079,11 +1080,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     } else {
         None
     };
-    if let Some(ceiling) = match (a.max_kl, a.max_ppl_ratio) {
-        (Some(x), _) => Some(whittle::ceiling::Ceiling::Kl(x)),
-        (_, Some(r)) => Some(whittle::ceiling::Ceiling::PplRatio(r)),
-        _ => None,
-    } {
+    if let Some(ceiling) = opts.ceiling {
         return compile_to_ceiling(&a, &dev, ceiling, &opts, calib);
     }
     anyhow::ensure!(
@@ -1199,16 +1196,16 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         println!(
             "wrote {}: intermediate_size {} → {}, parameters {} → {} ({:.1}% fewer), weights {:.3} → {:.3} GiB in {:.1}s, peak heap {:.0} MiB (RSS {:.0} MiB)",
             target.output.display(),
-            r["intermediate_size_before"],
-            r["intermediate_size_after"],
-            r["params_before"],
-            r["params_after"],
-            100.0 * (1.0 - r["params_after"].as_f64().unwrap_or(0.0) / r["params_before"].as_f64().unwrap_or(1.0)),
-            r["weight_gib_before"].as_f64().unwrap_or(0.0),
-            r["weight_gib_after"].as_f64().unwrap_or(0.0),
+            r.intermediate_size_before,
+            r.intermediate_size_after,
+            r.params_before,
+            r.params_after,
+            r.params_saved_pct(),
+            r.weight_gib_before,
+            r.weight_gib_after,
             t.elapsed().as_secs_f64(),
-            r["peak_heap_mib"].as_f64().unwrap_or(f64::NAN),
-            r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            r.peak_heap_mib.unwrap_or(f64::NAN),
+            r.peak_rss_mib.unwrap_or(f64::NAN)
         );
     }
     Ok(())
