@@ -16,6 +16,7 @@
 //! - `writer`      — streaming, atomic checkpoint writer
 //! - `compile`     — the compile plan (`CompileOptions::validate`) and pipeline
 //! - `report`      — the typed compile report (whittle_report.json)
+//! - `rng`         — the seeded generators (sampling, synthetic test inputs)
 //! - `inspect`     — parameter and byte counts
 //! - `device`      — `--device auto|cpu|cuda[:N]`: GPU or CPU for eval and compile
 //! - `decode`      — KV-cache prefill / single-token decode, sampling
@@ -44,6 +45,7 @@ pub mod model;
 pub mod prune;
 pub mod registry;
 pub mod report;
+pub mod rng;
 pub mod safetensors;
 pub mod tasks;
 pub mod tokenizer;

@@ -43,17 +43,8 @@ pub fn tiny_config() -> Value {
 
 /// Deterministic pseudo-random values in [-0.5, 0.5).
 pub fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
+    let mut r = whittle::rng::XorShift64::new(seed);
+    (0..n).map(|_| r.next_f32() - 0.5).collect()
 }
 
 pub fn f32_bytes(x: &[f32]) -> Vec<u8> {
