@@ -27,7 +27,6 @@ pub mod bench;
 pub mod calib;
 pub mod ceiling;
 pub mod chat;
-pub mod check;
 pub mod compile;
 pub mod config;
 pub mod cpu;
