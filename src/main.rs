@@ -134,8 +134,8 @@ struct CompileArgs {
     seq: usize,
     /// Neuron score: obs, energy or magnitude (obs + sequential measured best on Gemma 3 270M,
     /// see README).
-    #[arg(long, default_value = "obs")]
-    method: String,
+    #[arg(long, default_value = "obs", value_parser = lib_parser(whittle::prune::Method::parse))]
+    method: whittle::prune::Method,
     /// Calibrate layer l on the already-pruned layers < l and re-fit against that stream (the
     /// default).
     #[arg(long, conflicts_with = "one_shot")]
@@ -146,9 +146,8 @@ struct CompileArgs {
     /// With --sequential, what each pruned MLP is re-fit to reproduce: `layer` (the full-width
     /// layer on the pruned model's own activations) or `original` (the original model's layer
     /// output, through the cross-covariance of both models' activations).
-    #[arg(long, default_value = "layer", value_parser = ["layer", "original"],
-          conflicts_with_all = ["one_shot", "no_repair"])]
-    refit_target: String,
+    #[arg(long, value_enum, default_value = "layer", conflicts_with_all = ["one_shot", "no_repair"])]
+    refit_target: RefitTarget,
     /// Keep the surviving down_proj columns as they are (no least-squares re-fit).
     #[arg(long)]
     no_repair: bool,
@@ -158,8 +157,9 @@ struct CompileArgs {
     /// How calibration tokens are weighed: `out` (default: ÷ each token's MLP-output mean
     /// square, which the post-FFN RMSNorm divides out; measured best), `uniform` (the down_proj
     /// output error itself) or `out-resid` (also ÷ the residual's mean square).
-    #[arg(long, default_value = "out", value_parser = ["uniform", "out", "out-resid"])]
-    token_weight: String,
+    #[arg(long, default_value = "out",
+          value_parser = lib_parser(whittle::calib::TokenWeight::parse))]
+    token_weight: whittle::calib::TokenWeight,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     /// `all` or a comma list (`default,throughput`) compiles several in one run: -o is then a
     /// folder holding one output folder per tier, named by the tier.
@@ -211,6 +211,26 @@ struct CompileArgs {
     /// Calibration sequences per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+}
+
+/// `--refit-target`: what a sequentially pruned MLP is re-fit to reproduce.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RefitTarget {
+    Layer,
+    Original,
+}
+
+/// A clap value parser from a library parser: the library's message (it lists the choices),
+/// without the flag clap already names.
+fn lib_parser<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> whittle::Result<T>,
+) -> impl Fn(&str) -> std::result::Result<T, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        parse(s).map_err(|e| match e {
+            whittle::Error::Arg { msg, .. } => msg,
+            e => e.to_string(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -1016,12 +1036,12 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let cfg = whittle::config::ModelConfig::from_dir(&a.model)?;
     let (targets, several) = compile_targets(&a, &cfg)?;
     let opts = CompileOptions {
-        method: whittle::prune::Method::parse(&a.method)?,
+        method: a.method,
         sequential: !a.one_shot,
-        target_original: a.refit_target == "original",
+        target_original: a.refit_target == RefitTarget::Original,
         repair: !a.no_repair,
         damp: a.damp,
-        token_weight: whittle::calib::TokenWeight::parse(&a.token_weight)?,
+        token_weight: a.token_weight,
         width: targets[0].width.clone(),
         multiple_of: a.multiple_of,
         force: a.force,
@@ -1074,7 +1094,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     } else if needs_calib {
         anyhow::bail!(
             "--calib FILE (or --calib-ids) is required for --method {}{}; only --method magnitude --no-repair runs without calibration",
-            a.method,
+            opts.method.name(),
             if opts.repair { " with repair" } else { "" }
         );
     } else {
