@@ -869,7 +869,21 @@ fn compile_targets(
     cfg: &whittle::config::ModelConfig,
 ) -> Result<(Vec<whittle::compile::Target>, bool)> {
     use whittle::compile::{Target, Width, TIERS};
-    let under = |name: String| a.output.join(name);
+    // Several widths: one output folder each under -o, named by the request.
+    let several = |widths: Vec<Width>| -> Result<(Vec<Target>, bool)> {
+        let targets = widths
+            .into_iter()
+            .map(|width| Target {
+                output: a.output.join(match &width {
+                    Width::Tier(n) => n.clone(),
+                    Width::Size(w) => format!("width-{w}"),
+                    Width::KeepRatio(r) => format!("keep-{r}"),
+                }),
+                width,
+            })
+            .collect();
+        Ok((targets, true))
+    };
     if let Some(t) = &a.tier {
         let names: Vec<String> = if t.trim() == "all" {
             TIERS.iter().map(|(n, _)| n.to_string()).collect()
@@ -881,16 +895,7 @@ fn compile_targets(
             "--tier {t:?}: an empty name in the list; write tiers as default,throughput or all"
         );
         if names.len() > 1 || t.trim() == "all" {
-            return Ok((
-                names
-                    .into_iter()
-                    .map(|n| Target {
-                        output: under(n.clone()),
-                        width: Width::Tier(n),
-                    })
-                    .collect(),
-                true,
-            ));
+            return several(names.into_iter().map(Width::Tier).collect());
         }
         let one = Target {
             width: Width::Tier(names[0].clone()),
@@ -899,28 +904,10 @@ fn compile_targets(
         return Ok((vec![one], false));
     }
     if !a.widths.is_empty() {
-        return Ok((
-            a.widths
-                .iter()
-                .map(|&w| Target {
-                    width: Width::Size(w),
-                    output: under(format!("width-{w}")),
-                })
-                .collect(),
-            true,
-        ));
+        return several(a.widths.iter().map(|&w| Width::Size(w)).collect());
     }
     if !a.keep_ratios.is_empty() {
-        return Ok((
-            a.keep_ratios
-                .iter()
-                .map(|&r| Target {
-                    width: Width::KeepRatio(r),
-                    output: under(format!("keep-{r}")),
-                })
-                .collect(),
-            true,
-        ));
+        return several(a.keep_ratios.iter().map(|&r| Width::KeepRatio(r)).collect());
     }
     let width = if a.max_gib.is_some() || a.max_params.is_some() {
         let store = whittle::safetensors::WeightStore::open(&a.model)?;
