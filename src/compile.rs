@@ -120,16 +120,6 @@ impl Plan {
     pub fn cross(&self) -> bool {
         self.sequential && self.target_original
     }
-
-    /// The same options with another width (the one-width form a batch target or probe takes).
-    pub fn with_width(&self, width: Width) -> Plan {
-        Plan {
-            opts: CompileOptions {
-                width,
-                ..self.opts.clone()
-            },
-        }
-    }
 }
 
 /// The chosen width and the rounding multiple actually used.
