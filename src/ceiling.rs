@@ -12,14 +12,12 @@
 
 use crate::calib::Backend;
 use crate::calib::CalibSet;
-use crate::compile::{
-    compile_batch, resolve_width, CompileOptions, Outcome, Progress, Target, Width,
-};
+use crate::compile::{compile_batch, resolve_width, Outcome, Plan, Progress, Target, Width};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, LogitModel};
+use crate::report::{CeilingReport, HeldOutReport};
 use serde::Serialize;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The quality ceiling a compile must stay within.
@@ -39,7 +37,7 @@ impl Ceiling {
         }
     }
 
-    fn limit(self) -> f64 {
+    pub fn limit(self) -> f64 {
         match self {
             Ceiling::Kl(x) | Ceiling::PplRatio(x) => x,
         }
@@ -139,21 +137,22 @@ pub struct Found {
 /// Loads a model folder for evaluation on the run's device.
 pub type Loader<'a> = &'a dyn Fn(&Path) -> Result<Box<dyn LogitModel>>;
 
-/// Finds the narrowest width within `ceiling` (see the module comment) and writes it to `out`.
-/// `make_backend` gives a fresh calibration backend per probe.
+/// Finds the narrowest width within `plan.ceiling` (see the module comment) and writes it to
+/// `out`. `make_backend` gives a fresh calibration backend per probe.
 #[allow(clippy::too_many_arguments)]
 pub fn search(
     input: &Path,
     out: &Path,
     calib: &CalibSet,
     held: &HeldOut,
-    opts: &CompileOptions,
-    ceiling: Ceiling,
+    opts: &Plan,
     make_backend: &mut dyn FnMut() -> Box<dyn Backend>,
     load: Loader<'_>,
     progress: Progress<'_>,
 ) -> Result<Found> {
-    let ceiling = ceiling.validate()?;
+    let ceiling = opts.ceiling.ok_or_else(|| {
+        Error::Other("ceiling::search: the plan has no quality ceiling".to_string())
+    })?;
     let cfg = ModelConfig::from_dir(input)?;
     let dest = crate::writer::check_destination(input, out, opts.force)?;
     let n = cfg.intermediate_size;
@@ -254,17 +253,20 @@ pub fn search(
         .into_iter()
         .find(|(w, _, _)| *w == chosen)
         .ok_or_else(|| Error::Other(format!("{}: width {chosen} was not kept", ceiling.flag())))?;
-    outcome.report["ceiling"] = json!({
-        "flag": ceiling.flag(),
-        "limit": ceiling.limit(),
-        "held_out": {"sequences": held.windows.len(), "tokens": held.windows.iter().map(|w| w.len() - 1).sum::<usize>()},
-        "base_ppl": base_stats.ppl(),
-        "chosen": chosen,
-        "curve": curve,
+    outcome.report.ceiling = Some(CeilingReport {
+        flag: ceiling.flag(),
+        limit: ceiling.limit(),
+        held_out: HeldOutReport {
+            sequences: held.windows.len(),
+            tokens: held.windows.iter().map(|w| w.len() - 1).sum::<usize>(),
+        },
+        base_ppl: base_stats.ppl(),
+        chosen,
+        curve: curve.clone(),
     });
     let rp = dir.join("whittle_report.json");
-    let text =
-        serde_json::to_string_pretty(&outcome.report).map_err(|e| Error::Other(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&outcome.report.to_json())
+        .map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(&rp, text).map_err(|e| Error::io(&rp, e))?;
     crate::writer::install(&dir, &dest)?;
     Ok(Found { outcome, curve })

@@ -15,9 +15,12 @@ use crate::prune::{
     Method,
 };
 use crate::registry::{layer_name, registry, LayerTensor};
+use crate::report::{
+    BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, WidthRequest,
+};
 use crate::safetensors::WeightStore;
 use crate::writer::{round_to_dtype, write_model, LayerCut};
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -53,6 +56,8 @@ pub struct CompileOptions {
     pub force: bool,
     /// Calibration sequences per backend call.
     pub batch_seqs: usize,
+    /// `--max-kl` / `--max-ppl-ratio`: search the narrowest width within this (`ceiling::search`).
+    pub ceiling: Option<crate::ceiling::Ceiling>,
 }
 
 impl Default for CompileOptions {
@@ -68,7 +73,52 @@ impl Default for CompileOptions {
             multiple_of: 128,
             force: false,
             batch_seqs: 8,
+            ceiling: None,
         }
+    }
+}
+
+impl CompileOptions {
+    /// Checks every option once, before any model or text is read: the ridge (`check_damp`),
+    /// the rounding multiple, the quality ceiling. The pipeline (`compile_batch`,
+    /// `ceiling::search`) takes only the checked `Plan`.
+    pub fn validate(&self) -> Result<Plan> {
+        check_damp(self.damp)?;
+        check_multiple_of(self.multiple_of)?;
+        if let Some(c) = self.ceiling {
+            c.validate()?;
+        }
+        Ok(Plan { opts: self.clone() })
+    }
+}
+
+/// Compile options that passed `CompileOptions::validate` (read them through `Deref`).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    opts: CompileOptions,
+}
+
+impl std::ops::Deref for Plan {
+    type Target = CompileOptions;
+    fn deref(&self) -> &CompileOptions {
+        &self.opts
+    }
+}
+
+impl Plan {
+    /// Whether the run reads calibration text: every method but magnitude, and any re-fit.
+    pub fn needs_calib(&self) -> bool {
+        self.method != Method::Magnitude || self.repair
+    }
+
+    /// Whether the statistics hold the [I, I] Gram matrix (OBS, or the re-fit).
+    pub fn needs_gram(&self) -> bool {
+        self.method.needs_gram() || self.repair
+    }
+
+    /// `--refit-target original`: the original model's stream runs beside the pruned one.
+    pub fn cross(&self) -> bool {
+        self.sequential && self.target_original
     }
 }
 
@@ -82,12 +132,7 @@ pub struct ResolvedWidth {
 /// Resolves the requested width for an MLP of `n` neurons. The multiple is clamped for small
 /// models to the largest power of two ≤ n/16 (so a 96-wide test model rounds to 4, not 128).
 pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<ResolvedWidth> {
-    if multiple_of == 0 {
-        return Err(Error::Arg {
-            flag: "--multiple-of",
-            msg: "must be at least 1".into(),
-        });
-    }
+    check_multiple_of(multiple_of)?;
     let cap = (n / 16).max(1);
     let pow2 = 1usize << (usize::BITS - 1 - cap.leading_zeros());
     let m = multiple_of.min(pow2);
@@ -140,6 +185,16 @@ pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<Resolved
     Ok(ResolvedWidth { width, multiple: m })
 }
 
+fn check_multiple_of(multiple_of: usize) -> Result<()> {
+    if multiple_of == 0 {
+        return Err(Error::Arg {
+            flag: "--multiple-of",
+            msg: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
 /// `--damp` must lie in [1e-9, 1]. The ridge it sets is damp × the mean activation energy of
 /// the kept neurons: at 1 it already equals that energy, so the re-fit is shrunk about halfway
 /// to zero for an average neuron (measured best: 1e-3, see README); far above, the output is
@@ -172,7 +227,7 @@ fn check_stats(layer: usize, st: &MlpStats) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct Timings {
     pub calibrate: f64,
     pub score: f64,
@@ -181,7 +236,7 @@ pub struct Timings {
 }
 
 pub struct Outcome {
-    pub report: Value,
+    pub report: CompileReport,
     pub width: ResolvedWidth,
 }
 
@@ -204,23 +259,23 @@ pub fn compile(
     input: &Path,
     output: &Path,
     calib: Option<&CalibSet>,
-    opts: &CompileOptions,
+    plan: &Plan,
     backend: &mut dyn Backend,
     progress: Progress<'_>,
 ) -> Result<Outcome> {
     let targets = [Target {
-        width: opts.width.clone(),
+        width: plan.width.clone(),
         output: output.to_path_buf(),
     }];
-    let mut outs = compile_batch(input, &targets, calib, opts, &mut [backend], progress)?;
+    let mut outs = compile_batch(input, &targets, calib, plan, &mut [backend], progress)?;
     Ok(outs.remove(0))
 }
 
 /// How many calibration streams (and so backends) `compile_batch` needs for `targets`:
 /// `--sequential` keeps one pruned stream per width (each width's layers < l differ), one-shot
 /// calibrates the original model once for all of them.
-pub fn streams_needed(opts: &CompileOptions, targets: usize, has_calib: bool) -> usize {
-    if opts.sequential && has_calib {
+pub fn streams_needed(plan: &Plan, targets: usize, has_calib: bool) -> usize {
+    if plan.sequential && has_calib {
         targets
     } else {
         1
@@ -281,15 +336,15 @@ pub fn describe_width(w: &Width) -> String {
 pub fn run_memory_bytes(
     cfg: &ModelConfig,
     calib_tokens: usize,
-    opts: &CompileOptions,
+    plan: &Plan,
     streams: usize,
     stream_elem: usize,
 ) -> u64 {
     let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
-    let cross = opts.sequential && opts.target_original;
+    let cross = plan.cross();
     let per_stream = calib_tokens as u64 * h * stream_elem as u64 * if cross { 2 } else { 1 };
-    let stats = if opts.method.needs_gram() || opts.repair {
-        8 * i * i * if cross && opts.repair { 2 } else { 1 }
+    let stats = if plan.needs_gram() {
+        8 * i * i * if cross && plan.repair { 2 } else { 1 }
     } else {
         8 * i
     };
@@ -425,7 +480,7 @@ pub fn compile_batch(
     input: &Path,
     targets: &[Target],
     calib: Option<&CalibSet>,
-    opts: &CompileOptions,
+    opts: &Plan,
     backends: &mut [&mut dyn Backend],
     progress: Progress<'_>,
 ) -> Result<Vec<Outcome>> {
@@ -444,12 +499,10 @@ pub fn compile_batch(
         .map(|t| crate::writer::check_destination(input, &t.output, opts.force))
         .collect::<Result<Vec<_>>>()?;
     let rws = resolve_targets(cfg.intermediate_size, targets, opts.multiple_of)?;
-    check_damp(opts.damp)?;
     let ks: Vec<usize> = rws.iter().map(|r| r.width).collect();
     let hd = cfg.hidden_size;
-    let need_calib = opts.method != Method::Magnitude || opts.repair;
-    let need_gram = opts.method.needs_gram() || opts.repair;
-    let calib = match (need_calib, calib) {
+    let need_gram = opts.needs_gram();
+    let calib = match (opts.needs_calib(), calib) {
         (true, None) => {
             return Err(Error::Arg {
                 flag: "--calib",
@@ -502,7 +555,7 @@ pub fn compile_batch(
     // Hidden states of all calibration tokens, held by each backend: the pruned stream, and for
     // `--refit-target original` the original model's stream beside it.
     let t0 = Instant::now();
-    let cross = opts.sequential && opts.target_original;
+    let cross = opts.cross();
     let nb = match calib {
         Some(c) => {
             let layout = Layout::new(c.n_seq, c.seq_len, opts.batch_seqs);
@@ -545,16 +598,17 @@ pub fn compile_batch(
     let mut cuts: Vec<Vec<LayerCut>> = (0..targets.len())
         .map(|_| Vec::with_capacity(cfg.num_layers))
         .collect();
-    let mut layer_reports: Vec<Vec<Value>> = vec![Vec::new(); targets.len()];
+    let mut layer_reports: Vec<Vec<LayerReport>> = vec![Vec::new(); targets.len()];
     let layer_report = |l: usize, kept: &[usize], stats: &MlpStats| {
         let mean_sq = stats.mean_sq();
         let kept_energy: f64 = kept.iter().map(|&j| mean_sq[j]).sum();
         let total_energy: f64 = mean_sq.iter().sum();
-        json!({
-            "layer": l,
-            "kept": kept,
-            "kept_activation_energy": if stats.count > 0 && total_energy > 0.0 { json!(kept_energy / total_energy) } else { Value::Null },
-        })
+        LayerReport {
+            layer: l,
+            kept: kept.to_vec(),
+            kept_activation_energy: (stats.count > 0 && total_energy > 0.0)
+                .then(|| kept_energy / total_energy),
+        }
     };
     let stage = |s: usize| {
         if n_streams > 1 {
@@ -624,13 +678,29 @@ pub fn compile_batch(
     }
 
     let gib = crate::inspect::GIB;
-    let batch = (targets.len() > 1).then(|| {
-        json!({
-            "widths": ks,
-            "outputs": targets.iter().map(|t| t.output.display().to_string()).collect::<Vec<_>>(),
-            "streams": n_streams,
-            "note": "timings, peak heap and RSS are the whole run's, shared by every width",
-        })
+    let batch = (targets.len() > 1).then(|| BatchReport {
+        widths: ks.clone(),
+        outputs: targets
+            .iter()
+            .map(|t| t.output.display().to_string())
+            .collect(),
+        streams: n_streams,
+        note: "timings, peak heap and RSS are the whole run's, shared by every width",
+    });
+    let calibration = calib.map(|c| CalibrationReport {
+        sequences: c.n_seq,
+        seq_len: c.seq_len,
+        tokens: c.tokens(),
+        sources: c
+            .sources
+            .iter()
+            .map(|s| SourceReport {
+                path: s.path.display().to_string(),
+                weight: s.weight,
+                sequences: s.sequences,
+                tokens: s.tokens,
+            })
+            .collect(),
     });
     let mut outcomes = Vec::with_capacity(targets.len());
     for (i, (target, cuts)) in targets.iter().zip(cuts).enumerate() {
@@ -640,62 +710,52 @@ pub fn compile_batch(
         let (p_after, mlp_bytes_after) =
             crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
         debug_assert_eq!(p_after, p1);
-        let mut report = json!({
-            "whittle_version": env!("CARGO_PKG_VERSION"),
-            "input": input.display().to_string(),
-            "model_type": cfg.model_type(),
-            "method": opts.method.name(),
-            "sequential": opts.sequential,
-            "sequential_target": if !opts.sequential { Value::Null } else if opts.target_original { json!("original") } else { json!("layer") },
-            "repair": opts.repair,
-            "damp": opts.damp,
-            "token_weight": opts.token_weight.name(),
-            "width_request": match &target.width {
-                Width::Tier(t) => json!({"tier": t}),
-                Width::KeepRatio(r) => json!({"keep_ratio": r}),
-                Width::Size(s) => json!({"intermediate_size": s}),
-            },
-            "multiple_of": rw.multiple,
-            "intermediate_size_before": cfg.intermediate_size,
-            "intermediate_size_after": k,
-            "params_before": p0,
-            "params_after": p1,
-            "weight_bytes_before": bytes_before,
-            "weight_bytes_after": mlp_bytes_after,
-            "weight_gib_before": bytes_before as f64 / gib,
-            "weight_gib_after": mlp_bytes_after as f64 / gib,
-            "passthrough_params": other_params,
-            "passthrough_bytes": other_bytes,
-            "calibration": calib.map(|c| json!({
-                "sequences": c.n_seq,
-                "seq_len": c.seq_len,
-                "tokens": c.tokens(),
-                "sources": c.sources.iter().map(|s| json!({
-                    "path": s.path.display().to_string(),
-                    "weight": s.weight,
-                    "sequences": s.sequences,
-                    "tokens": s.tokens,
-                })).collect::<Vec<_>>(),
-            })),
-            "backend": backends[0].name(),
-            "gpu_kernels": backends[0].kernels(&cfg),
-            "cpu_gemm": crate::cpu::bf16::describe(),
-            "solver": solver.name(),
-            "layers": std::mem::take(&mut layer_reports[i]),
-        });
-        if let Some(b) = &batch {
-            report["batch"] = b.clone();
-        }
+        let mut report = CompileReport {
+            whittle_version: env!("CARGO_PKG_VERSION"),
+            input: input.display().to_string(),
+            model_type: cfg.model_type(),
+            method: opts.method.name(),
+            sequential: opts.sequential,
+            sequential_target: opts.sequential.then_some(if opts.target_original {
+                "original"
+            } else {
+                "layer"
+            }),
+            repair: opts.repair,
+            damp: opts.damp,
+            token_weight: opts.token_weight.name(),
+            width_request: WidthRequest::from(&target.width),
+            multiple_of: rw.multiple,
+            intermediate_size_before: cfg.intermediate_size,
+            intermediate_size_after: k,
+            params_before: p0,
+            params_after: p1,
+            weight_bytes_before: bytes_before,
+            weight_bytes_after: mlp_bytes_after,
+            weight_gib_before: bytes_before as f64 / gib,
+            weight_gib_after: mlp_bytes_after as f64 / gib,
+            passthrough_params: other_params,
+            passthrough_bytes: other_bytes,
+            calibration: calibration.clone(),
+            backend: backends[0].name(),
+            gpu_kernels: backends[0].kernels(&cfg),
+            cpu_gemm: crate::cpu::bf16::describe(),
+            solver: solver.name(),
+            layers: std::mem::take(&mut layer_reports[i]),
+            batch: batch.clone(),
+            ceiling: None,
+            timings_s: t,
+            peak_rss_mib: None,
+            peak_heap_mib: None,
+        };
         let t0 = Instant::now();
         let total = bytes_before;
-        let finish = |report: &mut Value, t: &mut Timings| {
+        let finish = |report: &mut CompileReport, t: &mut Timings| {
             t.write += t0.elapsed().as_secs_f64();
-            report["timings_s"] = json!({
-                "calibrate": t.calibrate, "score": t.score, "repair": t.repair, "write": t.write,
-            });
+            report.timings_s = *t;
             let mib = |b: f64| b / (1u64 << 20) as f64;
-            report["peak_rss_mib"] = json!(crate::mem::peak_rss_bytes().map(|b| mib(b as f64)));
-            report["peak_heap_mib"] = json!(crate::mem::peak_heap_bytes().map(|b| mib(b as f64)));
+            report.peak_rss_mib = crate::mem::peak_rss_bytes().map(|b| mib(b as f64));
+            report.peak_heap_mib = crate::mem::peak_heap_bytes().map(|b| mib(b as f64));
         };
         let ws = write_model(
             &dests[i],
@@ -707,7 +767,7 @@ pub fn compile_batch(
                 let mut r = report.clone();
                 let mut tt = t;
                 finish(&mut r, &mut tt);
-                r
+                r.to_json()
             },
             |b| progress("write", b.min(total), total),
         )?;

@@ -66,7 +66,7 @@ impl WeightElem for f32 {
 impl WeightElem for u16 {
     #[inline(always)]
     fn widen(self) -> f32 {
-        f32::from_bits((self as u32) << 16)
+        crate::cpu::bf16::widen(self)
     }
 }
 
@@ -665,37 +665,7 @@ impl Engine for Model {
 
 // ----------------------------------------------------------------------------------- sampling
 
-/// A small seeded generator: xorshift64* with the seed expanded by splitmix64 (never zero).
-#[derive(Debug, Clone)]
-pub struct Rng {
-    state: u64,
-}
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Rng {
-            state: if z == 0 { 0x2545_F491_4F6C_DD1D } else { z },
-        }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.state;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.state = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+pub use crate::rng::Rng;
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -725,14 +695,9 @@ impl Sampling {
     }
 }
 
+/// The token of the largest logit (`cpu::ops::argmax`: the first on ties).
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
+    crate::cpu::ops::argmax(x) as u32
 }
 
 /// Picks the next token.

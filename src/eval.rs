@@ -135,15 +135,7 @@ pub(crate) fn log_sum_exp(x: &[f32]) -> (f32, f64) {
     (m, m as f64 + s.ln())
 }
 
-pub(crate) fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub(crate) use crate::cpu::ops::argmax;
 
 /// Scores one window. `base` adds KL(base ‖ model) and top-1 agreement.
 pub fn score_window(

@@ -14,7 +14,9 @@
 //! - `linalg`      — f64 Cholesky / SPD inverse / GEMM
 //! - `mem`         — heap accounting (peak heap in reports)
 //! - `writer`      — streaming, atomic checkpoint writer
-//! - `compile`     — the compile pipeline
+//! - `compile`     — the compile plan (`CompileOptions::validate`) and pipeline
+//! - `report`      — the typed compile report (whittle_report.json)
+//! - `rng`         — the seeded generators (sampling, synthetic test inputs)
 //! - `inspect`     — parameter and byte counts
 //! - `device`      — `--device auto|cpu|cuda[:N]`: GPU or CPU for eval and compile
 //! - `decode`      — KV-cache prefill / single-token decode, sampling
@@ -25,7 +27,6 @@ pub mod bench;
 pub mod calib;
 pub mod ceiling;
 pub mod chat;
-pub mod check;
 pub mod compile;
 pub mod config;
 pub mod cpu;
@@ -42,6 +43,8 @@ pub mod mem;
 pub mod model;
 pub mod prune;
 pub mod registry;
+pub mod report;
+pub mod rng;
 pub mod safetensors;
 pub mod tasks;
 pub mod tokenizer;

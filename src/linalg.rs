@@ -275,11 +275,8 @@ mod tests {
     use super::*;
 
     fn spd(n: usize) -> Vec<f64> {
-        let mut s = 12345u64;
-        let mut r = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-        };
+        let mut s = crate::rng::XorShift64::new(12345);
+        let mut r = || s.next_f64() - 0.5;
         let x: Vec<f64> = (0..n * (n + 3)).map(|_| r()).collect();
         // XᵀX over n+3 samples plus a small ridge: SPD and reasonably conditioned.
         let mut a = vec![0f64; n * n];

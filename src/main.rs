@@ -134,8 +134,8 @@ struct CompileArgs {
     seq: usize,
     /// Neuron score: obs, energy or magnitude (obs + sequential measured best on Gemma 3 270M,
     /// see README).
-    #[arg(long, default_value = "obs")]
-    method: String,
+    #[arg(long, default_value = "obs", value_parser = lib_parser(whittle::prune::Method::parse))]
+    method: whittle::prune::Method,
     /// Calibrate layer l on the already-pruned layers < l and re-fit against that stream (the
     /// default).
     #[arg(long, conflicts_with = "one_shot")]
@@ -146,9 +146,8 @@ struct CompileArgs {
     /// With --sequential, what each pruned MLP is re-fit to reproduce: `layer` (the full-width
     /// layer on the pruned model's own activations) or `original` (the original model's layer
     /// output, through the cross-covariance of both models' activations).
-    #[arg(long, default_value = "layer", value_parser = ["layer", "original"],
-          conflicts_with_all = ["one_shot", "no_repair"])]
-    refit_target: String,
+    #[arg(long, value_enum, default_value = "layer", conflicts_with_all = ["one_shot", "no_repair"])]
+    refit_target: RefitTarget,
     /// Keep the surviving down_proj columns as they are (no least-squares re-fit).
     #[arg(long)]
     no_repair: bool,
@@ -158,8 +157,9 @@ struct CompileArgs {
     /// How calibration tokens are weighed: `out` (default: ÷ each token's MLP-output mean
     /// square, which the post-FFN RMSNorm divides out; measured best), `uniform` (the down_proj
     /// output error itself) or `out-resid` (also ÷ the residual's mean square).
-    #[arg(long, default_value = "out", value_parser = ["uniform", "out", "out-resid"])]
-    token_weight: String,
+    #[arg(long, default_value = "out",
+          value_parser = lib_parser(whittle::calib::TokenWeight::parse))]
+    token_weight: whittle::calib::TokenWeight,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     /// `all` or a comma list (`default,throughput`) compiles several in one run: -o is then a
     /// folder holding one output folder per tier, named by the tier.
@@ -211,6 +211,26 @@ struct CompileArgs {
     /// Calibration sequences per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+}
+
+/// `--refit-target`: what a sequentially pruned MLP is re-fit to reproduce.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RefitTarget {
+    Layer,
+    Original,
+}
+
+/// A clap value parser from a library parser: the library's message (it lists the choices),
+/// without the flag clap already names.
+fn lib_parser<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> whittle::Result<T>,
+) -> impl Fn(&str) -> std::result::Result<T, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        parse(s).map_err(|e| match e {
+            whittle::Error::Arg { msg, .. } => msg,
+            e => e.to_string(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -849,7 +869,21 @@ fn compile_targets(
     cfg: &whittle::config::ModelConfig,
 ) -> Result<(Vec<whittle::compile::Target>, bool)> {
     use whittle::compile::{Target, Width, TIERS};
-    let under = |name: String| a.output.join(name);
+    // Several widths: one output folder each under -o, named by the request.
+    let several = |widths: Vec<Width>| -> Result<(Vec<Target>, bool)> {
+        let targets = widths
+            .into_iter()
+            .map(|width| Target {
+                output: a.output.join(match &width {
+                    Width::Tier(n) => n.clone(),
+                    Width::Size(w) => format!("width-{w}"),
+                    Width::KeepRatio(r) => format!("keep-{r}"),
+                }),
+                width,
+            })
+            .collect();
+        Ok((targets, true))
+    };
     if let Some(t) = &a.tier {
         let names: Vec<String> = if t.trim() == "all" {
             TIERS.iter().map(|(n, _)| n.to_string()).collect()
@@ -861,16 +895,7 @@ fn compile_targets(
             "--tier {t:?}: an empty name in the list; write tiers as default,throughput or all"
         );
         if names.len() > 1 || t.trim() == "all" {
-            return Ok((
-                names
-                    .into_iter()
-                    .map(|n| Target {
-                        output: under(n.clone()),
-                        width: Width::Tier(n),
-                    })
-                    .collect(),
-                true,
-            ));
+            return several(names.into_iter().map(Width::Tier).collect());
         }
         let one = Target {
             width: Width::Tier(names[0].clone()),
@@ -879,28 +904,10 @@ fn compile_targets(
         return Ok((vec![one], false));
     }
     if !a.widths.is_empty() {
-        return Ok((
-            a.widths
-                .iter()
-                .map(|&w| Target {
-                    width: Width::Size(w),
-                    output: under(format!("width-{w}")),
-                })
-                .collect(),
-            true,
-        ));
+        return several(a.widths.iter().map(|&w| Width::Size(w)).collect());
     }
     if !a.keep_ratios.is_empty() {
-        return Ok((
-            a.keep_ratios
-                .iter()
-                .map(|&r| Target {
-                    width: Width::KeepRatio(r),
-                    output: under(format!("keep-{r}")),
-                })
-                .collect(),
-            true,
-        ));
+        return several(a.keep_ratios.iter().map(|&r| Width::KeepRatio(r)).collect());
     }
     let width = if a.max_gib.is_some() || a.max_params.is_some() {
         let store = whittle::safetensors::WeightStore::open(&a.model)?;
@@ -944,10 +951,9 @@ fn compile_to_ceiling(
     a: &CompileArgs,
     dev: &whittle::device::Device,
     ceiling: whittle::ceiling::Ceiling,
-    opts: &whittle::compile::CompileOptions,
+    plan: &whittle::compile::Plan,
     calib: Option<whittle::calib::CalibSet>,
 ) -> Result<()> {
-    let ceiling = ceiling.validate()?;
     let mut calib = calib.context("a quality ceiling is measured on held-out calibration text: give --calib FILE (or --calib-ids)")?;
     // A pre-tokenized set is what it is: its default slice is an eighth of it.
     let n = match (a.holdout, &a.calib_ids) {
@@ -972,8 +978,7 @@ fn compile_to_ceiling(
         &a.output,
         &calib,
         &held,
-        opts,
-        ceiling,
+        plan,
         &mut || dev.backend(),
         &load,
         &mut |stage, done, total| {
@@ -987,9 +992,7 @@ fn compile_to_ceiling(
     println!(
         "| width | KL | PPL ratio | top-1 agree | {} {} |",
         ceiling.flag(),
-        match ceiling {
-            whittle::ceiling::Ceiling::Kl(x) | whittle::ceiling::Ceiling::PplRatio(x) => x,
-        }
+        ceiling.limit()
     );
     println!("|---:|---:|---:|---:|---|");
     for p in &found.curve {
@@ -1006,8 +1009,8 @@ fn compile_to_ceiling(
     println!(
         "wrote {}: intermediate_size {} → {} ({} probes, {:.1}s)",
         a.output.display(),
-        r["intermediate_size_before"],
-        r["intermediate_size_after"],
+        r.intermediate_size_before,
+        r.intermediate_size_after,
         found.curve.len(),
         t.elapsed().as_secs_f64()
     );
@@ -1020,18 +1023,23 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let cfg = whittle::config::ModelConfig::from_dir(&a.model)?;
     let (targets, several) = compile_targets(&a, &cfg)?;
     let opts = CompileOptions {
-        method: whittle::prune::Method::parse(&a.method)?,
+        method: a.method,
         sequential: !a.one_shot,
-        target_original: a.refit_target == "original",
+        target_original: a.refit_target == RefitTarget::Original,
         repair: !a.no_repair,
         damp: a.damp,
-        token_weight: whittle::calib::TokenWeight::parse(&a.token_weight)?,
+        token_weight: a.token_weight,
         width: targets[0].width.clone(),
         multiple_of: a.multiple_of,
         force: a.force,
         batch_seqs: a.batch,
+        ceiling: match (a.max_kl, a.max_ppl_ratio) {
+            (Some(x), _) => Some(whittle::ceiling::Ceiling::Kl(x)),
+            (_, Some(r)) => Some(whittle::ceiling::Ceiling::PplRatio(r)),
+            _ => None,
+        },
     };
-    whittle::compile::check_damp(a.damp)?;
+    let opts = opts.validate()?;
     // Validate widths and destinations before reading any calibration text.
     let rws = resolve_targets(cfg.intermediate_size, &targets, opts.multiple_of)?;
     if several {
@@ -1046,7 +1054,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     for t in &targets {
         whittle::writer::check_destination(&a.model, &t.output, a.force)?;
     }
-    let needs_calib = opts.method != whittle::prune::Method::Magnitude || opts.repair;
+    let needs_calib = opts.needs_calib();
     let calib = if let Some(p) = &a.calib_ids {
         Some(whittle::calib::CalibSet::from_ids_file(p, cfg.vocab_size)?)
     } else if !a.calib.is_empty() {
@@ -1073,17 +1081,13 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     } else if needs_calib {
         anyhow::bail!(
             "--calib FILE (or --calib-ids) is required for --method {}{}; only --method magnitude --no-repair runs without calibration",
-            a.method,
+            opts.method.name(),
             if opts.repair { " with repair" } else { "" }
         );
     } else {
         None
     };
-    if let Some(ceiling) = match (a.max_kl, a.max_ppl_ratio) {
-        (Some(x), _) => Some(whittle::ceiling::Ceiling::Kl(x)),
-        (_, Some(r)) => Some(whittle::ceiling::Ceiling::PplRatio(r)),
-        _ => None,
-    } {
+    if let Some(ceiling) = opts.ceiling {
         return compile_to_ceiling(&a, &dev, ceiling, &opts, calib);
     }
     anyhow::ensure!(
@@ -1199,16 +1203,16 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         println!(
             "wrote {}: intermediate_size {} → {}, parameters {} → {} ({:.1}% fewer), weights {:.3} → {:.3} GiB in {:.1}s, peak heap {:.0} MiB (RSS {:.0} MiB)",
             target.output.display(),
-            r["intermediate_size_before"],
-            r["intermediate_size_after"],
-            r["params_before"],
-            r["params_after"],
-            100.0 * (1.0 - r["params_after"].as_f64().unwrap_or(0.0) / r["params_before"].as_f64().unwrap_or(1.0)),
-            r["weight_gib_before"].as_f64().unwrap_or(0.0),
-            r["weight_gib_after"].as_f64().unwrap_or(0.0),
+            r.intermediate_size_before,
+            r.intermediate_size_after,
+            r.params_before,
+            r.params_after,
+            r.params_saved_pct(),
+            r.weight_gib_before,
+            r.weight_gib_after,
             t.elapsed().as_secs_f64(),
-            r["peak_heap_mib"].as_f64().unwrap_or(f64::NAN),
-            r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            r.peak_heap_mib.unwrap_or(f64::NAN),
+            r.peak_rss_mib.unwrap_or(f64::NAN)
         );
     }
     Ok(())

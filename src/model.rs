@@ -276,7 +276,7 @@ pub fn embed(cfg: &ModelConfig, table: Mat<'_>, ids: &[u32]) -> Result<Vec<f32>>
             }
             Mat::Bf16(t) => {
                 for (o, &e) in row.iter_mut().zip(&t[id * hd..(id + 1) * hd]) {
-                    *o = f32::from_bits((e as u32) << 16) * scale;
+                    *o = crate::cpu::bf16::widen(e) * scale;
                 }
             }
         }
@@ -416,7 +416,7 @@ pub fn widen_bf16_into(x: &[u16], out: &mut [f32]) {
         .zip(x.par_chunks(1 << 16))
         .for_each(|(o, b)| {
             for (o, &b) in o.iter_mut().zip(b) {
-                *o = f32::from_bits((b as u32) << 16);
+                *o = crate::cpu::bf16::widen(b);
             }
         });
 }

@@ -474,15 +474,8 @@ pub fn slice_layer(
 /// `synthetic_problem` and of the device solver's tests.
 #[doc(hidden)]
 pub fn synthetic_noise(len: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        })
-        .collect()
+    let mut r = crate::rng::XorShift64::new(seed);
+    (0..len).map(|_| r.next_f64() - 0.5).collect()
 }
 
 /// A synthetic scoring problem for tests (the host unit tests and tests/cuda_linalg.rs): a layer

@@ -238,20 +238,13 @@ fn sharded_index_pointing_outside_folder() {
 
 // --- through the CLI: clear message, exit code 1, no panic
 
-fn run(args: &[&str]) -> (i32, String) {
-    let out = cpu_cmd().args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "whittle panicked: {err}");
-    (out.status.code().unwrap_or(-1), err)
-}
-
 #[test]
 fn eval_rejects_non_utf8_text() {
     let d = tempfile::tempdir().unwrap();
     let t = d.path().join("latin1.txt");
     std::fs::write(&t, b"caf\xe9 au lait, na\xefve r\xe9sum\xe9\n").unwrap();
     let m = fixture("tiny-gemma3");
-    let (code, err) = run(&[
+    let (code, _, err) = run(&[
         "eval",
         m.to_str().unwrap(),
         "--text",
@@ -272,7 +265,7 @@ fn eval_rejects_empty_and_short_text() {
     let m = fixture("tiny-gemma3");
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "  \n\n").unwrap();
-    let (code, err) = run(&[
+    let (code, _, err) = run(&[
         "eval",
         m.to_str().unwrap(),
         "--text",
@@ -283,7 +276,7 @@ fn eval_rejects_empty_and_short_text() {
 
     let short = d.path().join("short.txt");
     std::fs::write(&short, "Just a few words.").unwrap();
-    let (code, err) = run(&[
+    let (code, _, err) = run(&[
         "eval",
         m.to_str().unwrap(),
         "--text",
@@ -305,7 +298,7 @@ fn eval_rejects_folder_without_tokenizer() {
     write_model(&m, &tiny_config());
     let t = d.path().join("t.txt");
     std::fs::write(&t, "Some text here.").unwrap();
-    let (code, err) = run(&["eval", m.to_str().unwrap(), "--text", t.to_str().unwrap()]);
+    let (code, _, err) = run(&["eval", m.to_str().unwrap(), "--text", t.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("tokenizer.json") && err.contains("not found"),
@@ -317,7 +310,7 @@ fn eval_rejects_folder_without_tokenizer() {
 fn eval_rejects_bad_seq_and_windows() {
     let m = fixture("tiny-gemma3");
     let t = fixture("eval-text.txt");
-    let (code, err) = run(&[
+    let (code, _, err) = run(&[
         "eval",
         m.to_str().unwrap(),
         "--text",
@@ -327,7 +320,7 @@ fn eval_rejects_bad_seq_and_windows() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--seq"), "{err}");
-    let (code, err) = run(&[
+    let (code, _, err) = run(&[
         "eval",
         m.to_str().unwrap(),
         "--text",

@@ -30,22 +30,10 @@ fn assert_same_output(a: &Path, b: &Path) {
     }
 }
 
-fn report(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("whittle_report.json")).unwrap()).unwrap()
-}
-
-fn setup(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let m = d.join("in");
-    write_model(&m, &tiny_config());
-    let ids = d.join("calib.safetensors");
-    write_ids(&ids, 6, 12, 64, 7);
-    (m, ids)
-}
-
 #[test]
 fn several_widths_equal_single_width_compiles() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = setup(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     // obs (one removal path shared by all widths) and energy, one-shot (one stream) and
     // sequential (one stream per width).
     for (method, mode) in [
@@ -112,7 +100,7 @@ fn several_widths_equal_single_width_compiles() {
 #[test]
 fn tier_all_writes_one_folder_per_tier() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = setup(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     let out = d.path().join("tiers");
     let (code, stdout, err) = run(&[
         "compile",
@@ -158,7 +146,7 @@ fn tier_all_writes_one_folder_per_tier() {
 #[test]
 fn size_ceiling_picks_the_widest_width_that_fits() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = setup(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     // Parameters at width 20 of the tiny model (multiple clamps to 2): exactly that → 20,
     // one fewer → 18.
     let probe = d.path().join("probe");
@@ -210,7 +198,7 @@ fn size_ceiling_picks_the_widest_width_that_fits() {
 #[test]
 fn bad_batch_requests_are_refused_up_front() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = setup(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     let file = d.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -341,7 +329,7 @@ fn quality_ceiling_picks_the_narrowest_width_within_it() {
 #[test]
 fn bad_quality_ceilings_are_refused() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = setup(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     let out = d.path().join("out");
     for (extra, want) in [
         (

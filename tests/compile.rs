@@ -25,25 +25,6 @@ fn assert_same_tensors(a: &Path, b: &Path) {
     }
 }
 
-/// No temp or backup folders left beside `dir`.
-fn assert_no_leftovers(parent: &Path) {
-    for e in std::fs::read_dir(parent).unwrap() {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(
-            !name.contains("whittle-tmp") && !name.contains("whittle-old"),
-            "left behind: {name}"
-        );
-    }
-}
-
-fn synthetic(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let m = d.join("in");
-    write_model(&m, &tiny_config());
-    let ids = d.join("calib.safetensors");
-    write_ids(&ids, 6, 12, 64, 7);
-    (m, ids)
-}
-
 #[test]
 fn keep_all_without_repair_reproduces_input() {
     let d = tempfile::tempdir().unwrap();
@@ -52,7 +33,7 @@ fn keep_all_without_repair_reproduces_input() {
         ("energy", vec!["--calib-ids"]),
         ("obs", vec!["--calib-ids"]),
     ] {
-        let (m, ids) = synthetic(d.path());
+        let (m, ids) = synthetic_with_ids(d.path());
         let out = d.path().join(format!("out-{name}"));
         let mut args = vec![
             "compile",
@@ -109,7 +90,7 @@ fn strip_timings(p: &Path) -> Value {
 #[test]
 fn compile_is_deterministic_and_vanilla() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = synthetic(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     let (a, b) = (d.path().join("a"), d.path().join("b"));
     for (out, threads) in [(&a, "1"), (&b, "2")] {
         let (code, _, err) = run(&[
@@ -325,7 +306,7 @@ fn token_weighting_is_applied_and_recorded() {
 #[test]
 fn bad_width_requests() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = synthetic(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     let out = d.path().join("out");
     let cases: &[(&[&str], &str)] = &[
         (&["--tier", "huge"], "unknown tier \"huge\""),
@@ -376,7 +357,7 @@ fn calibration_text_too_short() {
 #[test]
 fn destination_errors() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = synthetic(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     let before: Vec<u8> = std::fs::read(m.join("model.safetensors")).unwrap();
 
     // Inside the input folder.
@@ -461,7 +442,7 @@ fn destination_errors() {
 #[test]
 fn disk_full_leaves_nothing() {
     let d = tempfile::tempdir().unwrap();
-    let (m, ids) = synthetic(d.path());
+    let (m, ids) = synthetic_with_ids(d.path());
     let out = d.path().join("out");
     // A full write first, to know the size: then fail in the header, mid-tensors, and on the
     // very last small file (the report).

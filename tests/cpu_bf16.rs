@@ -9,12 +9,10 @@ use whittle::decode::Mat;
 
 /// Deterministic values spread over several binades, with exact zeros and a few tiny ones.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut r = whittle::rng::XorShift64::new(seed);
     (0..n)
         .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = r.next_u64();
             let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5; // [-0.5, 0.5)
             match i % 97 {
                 0 => 0.0,
@@ -26,7 +24,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn widen(b: u16) -> f64 {
-    f32::from_bits((b as u32) << 16) as f64
+    bf16::widen(b) as f64
 }
 
 /// Shapes with every tail: m and n below, at and past the tile (12 × 32), odd and even k.

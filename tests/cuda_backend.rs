@@ -15,15 +15,15 @@
 //! checkout path), else the crate's own.
 #![cfg(feature = "cuda")]
 
+mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{gpu, ids, real_model, root};
 
+use common::check::rows_rel_l2;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use whittle::calib::{Backend, Capture, CpuBackend, Layout, StatsSpec, Stream, TokenWeight};
-use whittle::check::rows_rel_l2;
 use whittle::config::ModelConfig;
 use whittle::cuda::{CudaBackend, GpuModel, Residency};
 use whittle::model::{Batch, Event, LayerWeights, Model};
@@ -31,12 +31,6 @@ use whittle::safetensors::WeightStore;
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
-}
-
-fn bin() -> PathBuf {
-    std::env::var_os("WHITTLE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_whittle")))
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -274,20 +268,7 @@ fn backend_cache_notices_new_weights_under_the_same_key() {
     assert!(same_bits(&run(&mut be, &w), &a));
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "whittle panicked: {err}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        err,
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{run_any_device as run, s};
 
 fn eval_json(device: &str, model: &Path, base: Option<&Path>, seq: &str) -> Value {
     let text = fixture("eval-text.txt");

@@ -195,13 +195,7 @@ fn time_op(g: &Gpu, m: &Method, sets: usize, mut f: impl FnMut(usize)) -> Timing
 
 /// xorshift64 stream (no intermediate buffers: the LM-head weight alone is 590M values).
 fn xorshift(seed: u64) -> impl Iterator<Item = u64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    std::iter::repeat_with(move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    })
+    whittle::rng::XorShift64::new(seed)
 }
 
 fn rand_u64(n: usize, seed: u64) -> Vec<u64> {

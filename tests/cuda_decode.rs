@@ -4,7 +4,7 @@
 //! (window 16; prompts shorter and longer than the window, steps that wrap the ring) and on
 //! models/gemma-3-270m when present; greedy picks; the CLI's `--device cuda` generate and bench.
 //!
-//! Comparisons go through `whittle::check::rows_rel_l2` (per row ‖Δ‖/‖ref‖; any NaN fails), and
+//! Comparisons go through `common::check::rows_rel_l2` (per row ‖Δ‖/‖ref‖; any NaN fails), and
 //! outputs are poisoned with NaN before each launch, so an unwritten element fails.
 //!
 //! Tolerances:
@@ -24,6 +24,7 @@
 //! `WHITTLE_ROOT`, the CLI binary is `WHITTLE_BIN` when set.
 #![cfg(feature = "cuda")]
 
+mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{
@@ -31,10 +32,10 @@ use gpu_common::{
     up_bf16,
 };
 
+use common::check::assert_rows_rel_l2 as check;
 use half::bf16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use whittle::check::rows_rel_l2;
 use whittle::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
 use whittle::cpu::ops as cpu;
@@ -100,17 +101,6 @@ const DECODE_TOL: f64 = 5e-2;
 
 /// The NaN `poisoned_bf16` fills with (unwritten cache slots must still hold it).
 const NAN_BF16: u16 = 0x7fc1;
-
-/// `rows_rel_l2` or panic; prints the worst row error.
-fn check(what: &str, got: &[f32], want: &[f32], row_len: usize, tol: f64) -> f64 {
-    match rows_rel_l2(what, got, want, row_len, tol) {
-        Ok(e) => {
-            eprintln!("{what}: worst row ‖Δ‖/‖ref‖ = {e:.2e}");
-            e
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -900,14 +890,8 @@ fn gemma3_270m_gpu_decoder_matches_cpu() {
 // ---------------------------------------------------------------------------------------------
 // The CLI on the GPU
 
-fn bin() -> PathBuf {
-    std::env::var_os("WHITTLE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_whittle")))
-}
-
 fn whittle(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new(bin())
+    let out = std::process::Command::new(common::bin())
         .args(args)
         .output()
         .unwrap();

@@ -7,14 +7,15 @@
 //! with `cargo test --release --test cuda_kernels -- --ignored` (scripts/device-check.sh does).
 #![cfg(feature = "cuda")]
 
+mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{
     cpu_gate_up_act, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, up_bf16, up_f32,
 };
 
+use common::check::assert_rel_l2 as check;
 use half::bf16;
-use whittle::check::rel_l2;
 use whittle::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
 use whittle::cpu::ops as cpu;
@@ -92,21 +93,6 @@ fn device_choice_parses() {
 // Helpers
 
 const BF16_TOL: f64 = 1e-2;
-
-/// Fails on any non-finite value or a relative L2 error above `tol`; returns the error.
-fn check(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!(
-            "{what}: element {i} is {} (unwritten or overflow); reference {}",
-            got[i], want[i]
-        );
-    }
-    let e = rel_l2(got, want);
-    assert!(e <= tol, "{what}: ‖Δ‖/‖ref‖ = {e:.3e} > {tol:.1e}");
-    eprintln!("{what}: ‖Δ‖/‖ref‖ = {e:.2e}");
-    e
-}
 
 // ---------------------------------------------------------------------------------------------
 // GEMM

@@ -4,6 +4,7 @@
 //!
 //! Ignored without a GPU; `make test-emu` runs them on the CPU through tests/emu.
 
+mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 
@@ -15,16 +16,7 @@ use whittle::prune::{self, Solver};
 
 use prune::synthetic_noise as noise;
 
-/// `|got - want| <= atol + rtol·|want|` everywhere; the first failure names index and values.
-fn check(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= atol + rtol * w.abs(),
-            "{what}: index {i}: {g} vs {w}"
-        );
-    }
-}
+use common::check::assert_close_f64 as check;
 
 /// Random SPD matrix with a spread of eigenvalues: XᵀX/rows + 0.01·I.
 fn spd(n: usize, seed: u64) -> Vec<f64> {

@@ -9,12 +9,13 @@
 //! GPU machine runs prebuilt test binaries from another checkout path), else the crate root.
 #![cfg(feature = "cuda")]
 
+mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{gpu, ids, real_model, root};
 
+use common::check::rows_rel_l2;
 use std::path::Path;
-use whittle::check::rows_rel_l2;
 use whittle::cuda::{GpuModel, Residency};
 use whittle::model::{Batch, Event, Model};
 

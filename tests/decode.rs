@@ -3,8 +3,9 @@
 //! that run past the sliding window (16 on the fixtures) so the ring cache wraps, on Gemma-2
 //! (softcaps) and Gemma-3 (q/k norm, two RoPEs, linear scaling). Plus the sampler.
 
+mod common;
+use common::check::rel_l2;
 use std::path::{Path, PathBuf};
-use whittle::check::rel_l2;
 use whittle::config::LayerType;
 use whittle::decode::{
     argmax, layer_slots, sample, slot_of, visible_range, Decoder, Engine, Rng, Sampling,

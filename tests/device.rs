@@ -7,18 +7,8 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::process::Command;
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "whittle panicked: {err}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        err,
-    )
-}
+use common::run_any_device as run;
 
 /// Why `auto` should fall back to the CPU here (None: a usable GPU is present).
 fn no_gpu_reason() -> Option<String> {

@@ -3,8 +3,9 @@
 //! MLP activation (the calibration capture point), the final norm and the logits, at every
 //! position — positions beyond the sliding window included.
 
+mod common;
+use common::check::rows_rel_l2;
 use std::path::{Path, PathBuf};
-use whittle::check::rows_rel_l2;
 use whittle::model::{Batch, Event, Model};
 use whittle::safetensors::SafeFile;
 
@@ -169,7 +170,7 @@ fn sliding_window_changes_late_positions() {
     }
     let late = batch.seq_len - 1;
     assert!(
-        whittle::check::rel_l2(&a[late * v..(late + 1) * v], &b[late * v..(late + 1) * v]) > 1e-3,
+        common::check::rel_l2(&a[late * v..(late + 1) * v], &b[late * v..(late + 1) * v]) > 1e-3,
         "the window had no effect at position {late}"
     );
 }

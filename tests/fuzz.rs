@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use whittle::chat::jsonl_calibration_text;
 use whittle::config::ModelConfig;
+use whittle::rng::Rng;
 use whittle::safetensors::{encode_header, parse_header_bytes, Dtype, HeaderEntry, WeightStore};
 
 /// The largest single allocation a target may make. Inputs are at most [`MAX_INPUT`] bytes, so
@@ -120,22 +121,18 @@ static GLOBAL: Bounded = Bounded;
 
 // ------------------------------------------------------------------------- mutation engine
 
-/// SplitMix64: small, seedable, good enough to pick mutations.
-struct Rng(u64);
+/// Mutation choices drawn from the library's seeded generator.
+trait Pick {
+    fn next(&mut self) -> u64;
+    fn chance(&mut self, num: u64, den: u64) -> bool;
+}
 
-impl Rng {
+impl Pick for Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.next_u64()
     }
     fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.next() % den < num
+        self.next_u64() % den < num
     }
 }
 
@@ -393,7 +390,7 @@ fn failure_dir() -> PathBuf {
 
 /// Runs `execs` cases of `t`; stops at the first failure and returns its description.
 fn fuzz(t: &mut Target, seed: u64, execs: u64) -> (Stats, Option<String>) {
-    let mut rng = Rng(seed ^ fnv(t.name));
+    let mut rng = Rng::new(seed ^ fnv(t.name));
     let mut corpus: Vec<Vec<u8>> = t.seeds.clone();
     let mut st = Stats::default();
     let start = Instant::now();

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use whittle::config::ModelConfig;
 use whittle::safetensors::WeightStore;
 use whittle::writer::{check_destination, LayerCut};
@@ -23,14 +23,6 @@ fn fails_with(args: &[&str], want: &[&str]) -> String {
     err
 }
 
-fn leftovers(parent: &Path) -> Vec<String> {
-    std::fs::read_dir(parent)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("whittle-tmp") || n.contains("whittle-old"))
-        .collect()
-}
-
 /// A magnitude / no-repair compile (no calibration, no tokenizer needed).
 fn compile_args<'a>(input: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
@@ -44,12 +36,6 @@ fn compile_args<'a>(input: &'a Path, out: &'a Path) -> Vec<&'a str> {
         "--keep-ratio",
         "0.5",
     ]
-}
-
-fn synthetic(d: &Path) -> PathBuf {
-    let m = d.join("in");
-    write_model(&m, &tiny_config());
-    m
 }
 
 /// Keep-everything cuts for the writer, as the compile pipeline would hand them over.
@@ -83,7 +69,7 @@ fn write_with(dest: &whittle::writer::Destination, m: &Path) -> whittle::Result<
 fn out_appearing_during_the_run_is_left_alone() {
     for force in [false, true] {
         let d = tempfile::tempdir().unwrap();
-        let m = synthetic(d.path());
+        let m = synthetic_model(d.path());
         let out = d.path().join("out");
         let dest = check_destination(&m, &out, force).unwrap();
         std::fs::create_dir(&out).unwrap();
@@ -103,7 +89,7 @@ fn out_appearing_during_the_run_is_left_alone() {
 #[test]
 fn force_replaces_only_what_was_checked() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let out = d.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let dest = check_destination(&m, &out, true).unwrap();
@@ -126,7 +112,7 @@ fn force_replaces_only_what_was_checked() {
 #[test]
 fn force_over_a_regular_file() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let out = d.path().join("out");
     std::fs::write(&out, "a file").unwrap();
     let mut args = compile_args(&m, &out);
@@ -145,7 +131,7 @@ fn force_over_a_regular_file() {
 #[test]
 fn stale_temp_folders_are_removed() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let out = d.path().join("out");
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
@@ -169,7 +155,7 @@ fn stale_temp_folders_are_removed() {
 #[test]
 fn long_output_name() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let out = d.path().join("x".repeat(250));
     let (code, _, err) = run(&compile_args(&m, &out));
     assert_eq!(code, 0, "{err}");
@@ -181,7 +167,7 @@ fn long_output_name() {
 #[test]
 fn full_or_unwritable_destination_is_refused_up_front() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let out = d.path().join("out");
     let (code, _, err) = run_env(
         &compile_args(&m, &out),
@@ -236,7 +222,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn link_out_of_the_folder_is_refused() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let secret = d.path().join("id_rsa");
     std::fs::write(&secret, "PRIVATE KEY").unwrap();
     std::os::unix::fs::symlink(&secret, m.join("notes.txt")).unwrap();
@@ -263,7 +249,7 @@ fn link_out_of_the_folder_is_refused() {
 #[test]
 fn links_inside_the_folder_and_hf_cache_layout() {
     let d = tempfile::tempdir().unwrap();
-    let src = synthetic(d.path());
+    let src = synthetic_model(d.path());
     let repo = d.path().join("models--org--tiny");
     let blobs = repo.join("blobs");
     let snap = repo.join("snapshots").join("0123abcd");
@@ -303,7 +289,7 @@ fn links_inside_the_folder_and_hf_cache_layout() {
 #[test]
 fn layer_count_is_bounded_and_checked_against_the_tensors() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     for n in [json!(1_000_000_000u64), json!(1u64 << 62)] {
         let mut cfg = tiny_config();
         cfg["num_hidden_layers"] = n;
@@ -383,7 +369,7 @@ fn thread_count_is_capped() {
 #[test]
 fn fifo_shard_is_refused() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     std::fs::remove_file(m.join("model.safetensors")).unwrap();
     let st = std::process::Command::new("mkfifo")
         .arg(m.join("model.safetensors"))
@@ -416,7 +402,7 @@ fn fifo_shard_is_refused() {
 #[test]
 fn truncation_after_open_is_detected() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let store = WeightStore::open(&m).unwrap();
     store.check_unchanged().unwrap();
     let p = m.join("model.safetensors");
@@ -492,7 +478,7 @@ fn non_finite_weights() {
 #[test]
 fn config_values_out_of_range() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     for (k, v) in [
         ("query_pre_attn_scalar", json!(1e-320)),
         ("query_pre_attn_scalar", json!(1e300)),
@@ -518,7 +504,7 @@ fn damp_range() {
         whittle::compile::check_damp(ok).unwrap();
     }
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let out = d.path().join("out");
     let mut args = compile_args(&m, &out);
     args.extend(["--damp", "1e300"]);
@@ -572,7 +558,7 @@ fn reads_are_bounded() {
         &["/dev/zero", "device"],
     );
 
-    let src = synthetic(d.path());
+    let src = synthetic_model(d.path());
     let stray = vec![7u8; 48 << 20];
     std::fs::write(src.join("notes.dat"), &stray).unwrap();
     let out = d.path().join("out");
@@ -676,7 +662,7 @@ fn conflicting_flags() {
 #[test]
 fn untied_without_lm_head() {
     let d = tempfile::tempdir().unwrap();
-    let m = synthetic(d.path());
+    let m = synthetic_model(d.path());
     let mut cfg = tiny_config();
     cfg["tie_word_embeddings"] = json!(false);
     std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();

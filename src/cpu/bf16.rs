@@ -155,6 +155,19 @@ pub fn round_bits(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
 }
 
+/// f32 values rounded to bf16 (`round_bits`), for upload to the GPU engine.
+pub fn to_bf16(x: &[f32]) -> Vec<half::bf16> {
+    x.iter().map(|&v| half::bf16::from_f32(v)).collect()
+}
+
+/// bf16 bits → f32, exact. Not `half::bf16::to_f32`: that sets the quiet bit of a signalling
+/// NaN (so a corrupt weight would not keep its bits) and its NaN branch keeps the widening loops
+/// of the GEMV and the loaders from vectorizing.
+#[inline(always)]
+pub fn widen(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
 /// x [m, k] → blocks of MR rows, each `[kp][MR]` pairs (missing rows and the odd k are zero).
 fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
     let kp = k.div_ceil(2);
@@ -352,8 +365,7 @@ unsafe fn tile_avx512bf16(
 
 /// bf16 bits → f32 with denormals read as zero (the instruction's DAZ).
 fn widen_daz(b: u16) -> f32 {
-    let b = if b & 0x7f80 == 0 { b & 0x8000 } else { b };
-    f32::from_bits((b as u32) << 16)
+    widen(if b & 0x7f80 == 0 { b & 0x8000 } else { b })
 }
 
 /// A denormal result flushed to a zero of its sign (the instruction's FTZ).

@@ -13,6 +13,17 @@ fn rows_per_task(cols: usize) -> usize {
     (ROW_CHUNK_ELEMS / cols.max(1)).max(1)
 }
 
+/// Index of the largest value, the first on ties (as torch.argmax).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` — a HF Linear without bias (weights stored `[out, in]`). Under
 /// `--precision bf16` ([`super::bf16::active`]) x and w are rounded to bf16 first.
 pub fn linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {

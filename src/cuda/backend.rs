@@ -50,9 +50,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-fn to_bf16(x: &[f32]) -> Vec<bf16> {
-    x.iter().map(|&v| bf16::from_f32(v)).collect()
-}
+use crate::cpu::bf16::to_bf16;
 
 /// Identity of the host weights an upload came from: buffer addresses, lengths and up to 64
 /// evenly spaced values of each tensor.

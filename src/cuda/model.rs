@@ -176,9 +176,7 @@ pub struct GpuModel {
     stats: Mutex<Option<Vec<DeviceStats>>>,
 }
 
-fn to_bf16(x: &[f32]) -> Vec<bf16> {
-    x.iter().map(|&v| bf16::from_f32(v)).collect()
-}
+use crate::cpu::bf16::to_bf16;
 
 /// A CPU model's matrix in bf16 (bf16 bits as they are).
 fn mat_to_bf16(m: crate::decode::Mat<'_>) -> Vec<bf16> {

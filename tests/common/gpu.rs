@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use whittle::cuda::Gpu;
 use whittle::model::Batch;
+use whittle::rng::XorShift64;
 
 use half::bf16;
 use whittle::cuda::DTensor;
@@ -13,17 +14,12 @@ use whittle::cuda::DTensor;
 /// Deterministic values uniform in [-scale, scale), rounded to bf16 (so the CPU reference sees
 /// exactly what the GPU sees).
 pub fn rand_vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(0x2545_F491_4F6C_DD1D);
+    let mut r = XorShift64::from_state(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0x2545_F491_4F6C_DD1D),
+    );
     (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
-        })
+        .map(|_| bf16::from_f32((2.0 * r.next_f32() - 1.0) * scale).to_f32())
         .collect()
 }
 
@@ -100,15 +96,12 @@ pub fn gpu() -> Arc<Gpu> {
 
 /// BOS then pseudo-random ids, per sequence.
 pub fn ids(vocab: usize, batch: Batch, bos: u32, seed: u64) -> Vec<u32> {
-    let mut s = seed | 1;
+    let mut r = XorShift64::from_state(seed | 1);
     let mut v = Vec::with_capacity(batch.rows());
     for _ in 0..batch.n_seq {
         v.push(bos);
         for _ in 1..batch.seq_len {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            v.push((s % vocab as u64) as u32);
+            v.push((r.next_u64() % vocab as u64) as u32);
         }
     }
     v

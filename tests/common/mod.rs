@@ -2,6 +2,8 @@
 //! safetensors header encoder (so bad-input tests can corrupt one thing at a time).
 #![allow(dead_code)]
 
+pub mod check;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use whittle::config::ModelConfig;
@@ -14,8 +16,12 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_whittle")
+/// The CLI binary: `WHITTLE_BIN` when set (the GPU machine runs prebuilt test binaries from
+/// another checkout, scripts/device-check.sh), else the one cargo built.
+pub fn bin() -> PathBuf {
+    std::env::var_os("WHITTLE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_whittle")))
 }
 
 /// `whittle --device cpu`: tests that compare with fp32 references must not drift onto a GPU
@@ -43,17 +49,8 @@ pub fn tiny_config() -> Value {
 
 /// Deterministic pseudo-random values in [-0.5, 0.5).
 pub fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
+    let mut r = whittle::rng::XorShift64::new(seed);
+    (0..n).map(|_| r.next_f32() - 0.5).collect()
 }
 
 pub fn f32_bytes(x: &[f32]) -> Vec<u8> {
@@ -137,6 +134,21 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     for (k, v) in env {
         c.env(k, v);
     }
+    output(&mut c)
+}
+
+/// `run_env` without extra variables.
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    run_env(args, &[])
+}
+
+/// Runs the CLI with the device left to `args` (`--device auto` unless given): (exit code,
+/// stdout, stderr); a panic fails the test.
+pub fn run_any_device(args: &[&str]) -> (i32, String, String) {
+    output(std::process::Command::new(bin()).args(args))
+}
+
+fn output(c: &mut std::process::Command) -> (i32, String, String) {
     let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!err.contains("panicked"), "whittle panicked: {err}");
@@ -147,9 +159,39 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-/// `run_env` without extra variables.
-pub fn run(args: &[&str]) -> (i32, String, String) {
-    run_env(args, &[])
+/// A synthetic model folder `d/in` of `tiny_config`.
+pub fn synthetic_model(d: &Path) -> PathBuf {
+    let m = d.join("in");
+    write_model(&m, &tiny_config());
+    m
+}
+
+/// `synthetic_model` and a pre-tokenized calibration set for it (6 sequences of 12).
+pub fn synthetic_with_ids(d: &Path) -> (PathBuf, PathBuf) {
+    let m = synthetic_model(d);
+    let ids = d.join("calib.safetensors");
+    write_ids(&ids, 6, 12, 64, 7);
+    (m, ids)
+}
+
+/// The temp and backup folders a compile left beside its output.
+pub fn leftovers(parent: &Path) -> Vec<String> {
+    std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("whittle-tmp") || n.contains("whittle-old"))
+        .collect()
+}
+
+/// No temp or backup folders left beside an output in `parent`.
+pub fn assert_no_leftovers(parent: &Path) {
+    let left = leftovers(parent);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// An output folder's whittle_report.json.
+pub fn report(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("whittle_report.json")).unwrap()).unwrap()
 }
 
 /// A path as a CLI argument (test paths are UTF-8).

@@ -161,15 +161,10 @@ fn first_mismatch(want: &[f32], got: &[f32], cols: usize, rel: f32, of_max: f32)
 /// `Some(reason)` when they differ by more than f32 summation order allows.
 fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> {
     let (m, n, k) = (200usize, 320usize, 200usize);
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut r = crate::rng::XorShift64::from_state(0x2545_F491_4F6C_DD1D);
     let mut vals = |len: usize| -> Vec<bf16> {
         (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                bf16::from_f32((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-            })
+            .map(|_| bf16::from_f32((r.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0))
             .collect()
     };
     let x = DTensor::from_host(gpu, &vals(m * k), &[m, k])?;

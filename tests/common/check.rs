@@ -1,7 +1,7 @@
 //! The one comparison helper for tests (CPU vs transformers fixtures, CUDA vs CPU):
 //! elementwise `|got - want| <= atol + rtol·|want|`, and relative L2 error per row. Failures
 //! report the tensor, the first bad index, both values and the worst error, so a red test says
-//! where to look.
+//! where to look. `assert_*` panic with that report; the others return it.
 
 /// Elementwise check. Non-finite values in `got` always fail.
 pub fn allclose(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), String> {
@@ -100,4 +100,42 @@ pub fn rows_rel_l2(
         ));
     }
     Ok(worst.1)
+}
+
+/// `rel_l2(got, want) <= tol` or panic (any non-finite value in `got` fails first, with its
+/// index); prints and returns the error.
+pub fn assert_rel_l2(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!(
+            "{what}: element {i} is {} (unwritten or overflow); reference {}",
+            got[i], want[i]
+        );
+    }
+    let e = rel_l2(got, want);
+    assert!(e <= tol, "{what}: ‖Δ‖/‖ref‖ = {e:.3e} > {tol:.1e}");
+    eprintln!("{what}: ‖Δ‖/‖ref‖ = {e:.2e}");
+    e
+}
+
+/// `rows_rel_l2` or panic; prints and returns the worst row error.
+pub fn assert_rows_rel_l2(what: &str, got: &[f32], want: &[f32], row_len: usize, tol: f64) -> f64 {
+    match rows_rel_l2(what, got, want, row_len, tol) {
+        Ok(e) => {
+            eprintln!("{what}: worst row ‖Δ‖/‖ref‖ = {e:.2e}");
+            e
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `|got - want| <= atol + rtol·|want|` everywhere in f64, or panic naming the first index.
+pub fn assert_close_f64(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}: index {i}: {g} vs {w}"
+        );
+    }
 }
