@@ -7,6 +7,8 @@ for tests/config.rs and tests/rope.rs to check whittle's config layer and src/cp
   attention scaling, each layer's window, which projections have a bias, q/k norms, the MLP
   activation, the norms of a layer in order, tied head, and the rotary embedding's inv_freq,
   attention_scaling and cos/sin for positions 0..POSITIONS.
+- "ops": torch's F.silu on a grid (with extremes) and LlamaRMSNorm on fixed rows, for
+  tests/llama_ops.rs.
 - "rope_cases": synthetic configs covering each RoPE spelling and default transformers resolves
   (legacy `rope_scaling`, `type`, top-level `rope_theta` / `original_max_position_embeddings`,
   llama3 and yarn with real models' parameters, yarn's mscale / truncate / null factor), each
@@ -150,6 +152,19 @@ def rope_case(name: str, overrides: dict) -> dict:
             "attention_scaling": rec["attention_scaling"]}
 
 
+def ops_record() -> dict:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    x = torch.cat([torch.linspace(-12, 12, 97), torch.tensor([-100.0, -88.5, -30.0, -1e-6, 0.0, 1e-6, 30.0, 100.0])])
+    g = torch.Generator().manual_seed(16)
+    rows = torch.randn(3, 64, generator=g) * torch.tensor([[0.01], [1.0], [40.0]])
+    norm = LlamaRMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(1.0 + 0.3 * torch.randn(64, generator=g))
+        y = norm(rows)
+    return {"silu_x": floats(x), "silu_y": floats(torch.nn.functional.silu(x)),
+            "norm_x": floats(rows), "norm_w": floats(norm.weight), "norm_eps": 1e-6, "norm_y": floats(y)}
+
+
 def main() -> None:
     root = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     torch.set_num_threads(1)
@@ -158,6 +173,7 @@ def main() -> None:
         "torch": torch.__version__.split("+")[0],
         "positions": POSITIONS,
         "fixtures": {name: fixture_record(os.path.join(root, name)) for name in FIXTURES},
+        "ops": ops_record(),
         "rope_cases": [rope_case(n, c) for n, c in ROPE_CASES],
     }
     os.makedirs(os.path.join(root, "llama-config"), exist_ok=True)

@@ -91,6 +91,8 @@ fn llama3(inv: Vec<f32>, factor: f64, low: f64, high: f64, old: f64) -> Vec<f32>
             };
             let smooth = ((1.0 / wavelen) * old32 - low32) / ((high - low) as f32);
             let smoothed = (1.0 - smooth) * scaled / factor32 + smooth * scaled;
+            // transformers' `~(w < high) * ~(w > low)`, negations kept (they differ on NaN).
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
             let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
             if medium {
                 smoothed
