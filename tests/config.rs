@@ -261,3 +261,288 @@ fn gemma3_multimodal_with_intermediate_size_changes_the_text_config_only() {
     assert_eq!(w.raw["vision_config"]["intermediate_size"], json!(4304));
     assert!(w.raw.get("intermediate_size").is_none());
 }
+
+// ---- The Llama family (llama, mistral, qwen2, qwen3): read, not yet run.
+
+fn parse_any(v: serde_json::Value) -> Result<ModelConfig, String> {
+    ModelConfig::from_json_str_any_family(&v.to_string(), Path::new("config.json"))
+        .map_err(|e| e.to_string())
+}
+
+fn family(model_type: &str) -> serde_json::Value {
+    json!({"model_type": model_type, "hidden_size": 64, "intermediate_size": 96,
+           "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "vocab_size": 512, "bos_token_id": 2})
+}
+
+/// Each fixture's config.json read as transformers' loaded model behaves:
+/// tests/fixtures/llama-config/expected.json (scripts/make_llama_config_fixture.py).
+#[test]
+fn llama_family_fixtures_parse_as_transformers_reads_them() {
+    use whittle::config::{Activation, NormWeight, RopeScaling};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let e: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("llama-config/expected.json")).unwrap())
+            .unwrap();
+    for (name, f) in e["fixtures"].as_object().unwrap() {
+        let dir = root.join(name);
+        let c = ModelConfig::from_dir_any_family(&dir).unwrap();
+        let n = |k: &str| f[k].as_u64().unwrap() as usize;
+        assert_eq!(c.model_type(), f["model_type"].as_str().unwrap());
+        assert!(!c.arch.is_gemma());
+        assert_eq!(c.hidden_size, n("hidden_size"), "{name}");
+        assert_eq!(c.intermediate_size, n("intermediate_size"), "{name}");
+        assert_eq!(c.num_layers, n("num_hidden_layers"), "{name}");
+        assert_eq!(c.num_heads, n("num_attention_heads"), "{name}");
+        assert_eq!(c.num_kv_heads, n("num_key_value_heads"), "{name}");
+        assert_eq!(c.head_dim, n("head_dim"), "{name}");
+        assert_eq!(c.vocab_size, n("vocab_size"), "{name}");
+        assert_eq!(c.bos_token_id as usize, n("bos_token_id"), "{name}");
+        assert_eq!(c.max_positions(), n("max_position_embeddings"), "{name}");
+        assert_eq!(c.rms_norm_eps, f["rms_norm_eps"].as_f64().unwrap() as f32);
+        assert_eq!(
+            c.attn_scale(),
+            f["scaling"].as_f64().unwrap() as f32,
+            "{name}"
+        );
+        assert_eq!(
+            c.embed_scale_f32(),
+            f["embed_scale"].as_f64().unwrap() as f32
+        );
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+        for (l, w) in f["windows"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                c.window(l),
+                w.as_u64().map(|w| w as usize),
+                "{name} layer {l}"
+            );
+        }
+        let b = &f["bias"];
+        assert_eq!(c.attn_bias.qkv, b["q"].as_bool().unwrap(), "{name}");
+        assert_eq!(c.attn_bias.qkv, b["k"].as_bool().unwrap(), "{name}");
+        assert_eq!(c.attn_bias.qkv, b["v"].as_bool().unwrap(), "{name}");
+        assert_eq!(c.attn_bias.o, b["o"].as_bool().unwrap(), "{name}");
+        assert!(!f["mlp_bias"].as_bool().unwrap());
+        assert_eq!(c.qk_norm, f["qk_norm"].as_bool().unwrap(), "{name}");
+        assert_eq!(f["act"], "SiLUActivation");
+        assert_eq!(c.mlp_act, Activation::Silu);
+        assert_eq!(c.norm_weight, NormWeight::Plain);
+        let norms: Vec<&str> = f["layer_norms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(c.norms.names(), norms, "{name}");
+        // Llama's post_attention_layernorm is the norm in front of the MLP.
+        assert_eq!(c.norms.pre_mlp, "post_attention_layernorm");
+        assert_eq!(
+            c.tie_word_embeddings,
+            f["tied"].as_bool().unwrap(),
+            "{name}"
+        );
+        let rope_type = match c.rope_params_full.scaling {
+            RopeScaling::Default => "default",
+            RopeScaling::Linear { .. } => "linear",
+            RopeScaling::Llama3 { .. } => "llama3",
+            RopeScaling::Yarn { .. } => "yarn",
+        };
+        assert_eq!(rope_type, f["rope_type"].as_str().unwrap(), "{name}");
+
+        // Loading (what every command does) still refuses the family.
+        let err = ModelConfig::from_dir(&dir).unwrap_err();
+        assert!(
+            matches!(err, whittle::Error::UnsupportedModel { .. }),
+            "{name}: {err}"
+        );
+        let s = err.to_string();
+        assert!(
+            s.contains(&format!("\"{}\"", c.model_type())) && s.contains("gemma3_text"),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn llama_family_defaults_are_the_config_classes_defaults() {
+    use whittle::config::{AttnBias, LayerNorms};
+    let mut v = family("llama");
+    v.as_object_mut().unwrap().remove("num_key_value_heads");
+    v.as_object_mut().unwrap().remove("bos_token_id");
+    let c = parse_any(v).unwrap();
+    assert_eq!(c.num_kv_heads, 4);
+    assert_eq!(c.head_dim, 16);
+    assert_eq!(c.bos_token_id, 1);
+    assert!(!c.tie_word_embeddings);
+    assert_eq!(c.max_positions(), 2048);
+    assert_eq!(c.norms, LayerNorms::LLAMA);
+    assert_eq!(c.attn_bias, AttnBias::default());
+    assert!(c.layer_types.iter().all(|&t| t == LayerType::Full));
+    assert_eq!(c.rope_params_full.theta, 10_000.0);
+
+    let mut v = family("llama");
+    v["attention_bias"] = json!(true);
+    assert_eq!(
+        parse_any(v).unwrap().attn_bias,
+        AttnBias { qkv: true, o: true }
+    );
+    // Qwen2 biases q/k/v whatever attention_bias says; Mistral never.
+    let mut v = family("qwen2");
+    v["attention_bias"] = json!(false);
+    assert_eq!(
+        parse_any(v).unwrap().attn_bias,
+        AttnBias {
+            qkv: true,
+            o: false
+        }
+    );
+    let mut v = family("mistral");
+    v["attention_bias"] = json!(true);
+    assert_eq!(parse_any(v).unwrap().attn_bias, AttnBias::default());
+
+    let mut v = family("mistral");
+    v.as_object_mut().unwrap().remove("num_key_value_heads");
+    let e = parse_any(v).unwrap_err(); // MistralConfig's default is 8 KV heads: 4 % 8 != 0
+    assert!(e.contains("num_key_value_heads (8)"), "{e}");
+
+    let mut v = family("qwen3");
+    v.as_object_mut().unwrap().remove("head_dim");
+    let c = parse_any(v).unwrap();
+    assert_eq!(c.head_dim, 128); // Qwen3Config's default, not hidden / heads
+    assert!(c.qk_norm);
+    assert_eq!(c.max_positions(), 32_768);
+}
+
+#[test]
+fn llama_family_sliding_windows_follow_transformers() {
+    // Mistral: every layer, 4096 when absent, none when null.
+    let c = parse_any(family("mistral")).unwrap();
+    assert!((0..4).all(|l| c.window(l) == Some(4096)));
+    let mut v = family("mistral");
+    v["sliding_window"] = json!(null);
+    let c = parse_any(v).unwrap();
+    assert!((0..4).all(|l| c.window(l).is_none()));
+    // Llama ignores the key.
+    let mut v = family("llama");
+    v["sliding_window"] = json!(8);
+    assert!(parse_any(v).unwrap().window(0).is_none());
+
+    // Qwen2/3: only with use_sliding_window, from max_window_layers on.
+    let mut v = family("qwen2");
+    v["sliding_window"] = json!(8);
+    v["max_window_layers"] = json!(1);
+    assert!((0..4).all(|l| parse_any(v.clone()).unwrap().window(l).is_none()));
+    v["use_sliding_window"] = json!(true);
+    let c = parse_any(v.clone()).unwrap();
+    let w: Vec<_> = (0..4).map(|l| c.window(l)).collect();
+    assert_eq!(w, vec![None, Some(8), Some(8), Some(8)]);
+    // Explicit layer_types win over max_window_layers.
+    v["layer_types"] = json!([
+        "sliding_attention",
+        "full_attention",
+        "full_attention",
+        "full_attention"
+    ]);
+    let c = parse_any(v.clone()).unwrap();
+    assert_eq!(c.window(0), Some(8));
+    assert_eq!(c.window(1), None);
+    // A sliding layer without a window: transformers cannot build its mask.
+    v["use_sliding_window"] = json!(false);
+    let e = parse_any(v).unwrap_err();
+    assert!(
+        e.contains("layer_types[0]") && e.contains("use_sliding_window"),
+        "{e}"
+    );
+}
+
+#[test]
+fn llama_family_bad_configs_name_the_field_and_what_is_supported() {
+    // Unsupported RoPE types, in both spellings.
+    let mut v = family("llama");
+    v["rope_parameters"] = json!({"rope_type": "dynamic", "factor": 2.0});
+    let e = parse_any(v).unwrap_err();
+    assert!(
+        e.contains("rope_parameters.rope_type")
+            && e.contains("\"dynamic\"")
+            && e.contains("\"llama3\"")
+            && e.contains("\"yarn\""),
+        "{e}"
+    );
+    let mut v = family("qwen2");
+    v["rope_scaling"] = json!({"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]});
+    let e = parse_any(v).unwrap_err();
+    assert!(
+        e.contains("rope_scaling.rope_type") && e.contains("\"longrope\""),
+        "{e}"
+    );
+    // Missing parameters of a supported type.
+    let mut v = family("llama");
+    v["rope_parameters"] = json!({"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0});
+    let e = parse_any(v).unwrap_err();
+    assert!(
+        e.contains("\"low_freq_factor\"") && e.contains("llama3"),
+        "{e}"
+    );
+    let mut v = family("qwen2");
+    v["rope_parameters"] = json!({"rope_type": "yarn", "original_max_position_embeddings": 64});
+    assert!(parse_any(v).unwrap_err().contains("\"factor\""));
+    let mut v = family("mistral");
+    v["rope_parameters"] = json!({"rope_type": "linear"});
+    assert!(parse_any(v).unwrap_err().contains("\"factor\""));
+    let mut v = family("llama");
+    v["partial_rotary_factor"] = json!(0.5);
+    assert!(parse_any(v).unwrap_err().contains("partial_rotary_factor"));
+    let mut v = family("qwen3");
+    v["rope_parameters"] = json!({"full_attention": {"rope_type": "default"}});
+    assert!(parse_any(v).unwrap_err().contains("per layer type"));
+
+    // Activations.
+    let mut v = family("llama");
+    v["hidden_act"] = json!("gelu");
+    let e = parse_any(v).unwrap_err();
+    assert!(
+        e.contains("\"hidden_act\"") && e.contains("gelu") && e.contains("\"silu\""),
+        "{e}"
+    );
+    let mut v = family("qwen2");
+    v["hidden_act"] = json!("swish");
+    assert!(parse_any(v).is_ok());
+
+    // mlp_bias is refused.
+    let mut v = family("llama");
+    v["mlp_bias"] = json!(true);
+    let e = parse_any(v).unwrap_err();
+    assert!(e.contains("\"mlp_bias\""), "{e}");
+
+    // Qwen has no bos default; whittle needs one.
+    let mut v = family("qwen2");
+    v.as_object_mut().unwrap().remove("bos_token_id");
+    assert!(parse_any(v).unwrap_err().contains("\"bos_token_id\""));
+
+    // Llama refuses hidden_size not a multiple of the heads even with head_dim given.
+    let mut v = family("llama");
+    v["hidden_size"] = json!(66);
+    v["head_dim"] = json!(16);
+    assert!(parse_any(v).unwrap_err().contains("hidden_size (66)"));
+
+    // An unknown model_type lists every family the parser reads.
+    let e = parse_any(family("phi3")).unwrap_err();
+    assert!(e.contains("\"phi3\"") && e.contains("\"qwen3\""), "{e}");
+    // Loading lists only what the engines run.
+    let e = parse(family("qwen3")).unwrap_err();
+    assert!(e.contains("\"qwen3\"") && e.contains("gemma3_text"), "{e}");
+}
+
+#[test]
+fn gemma_quirks_are_the_gemma_values() {
+    use whittle::config::{Activation, AttnBias, LayerNorms, NormWeight};
+    for t in ["gemma2", "gemma3_text"] {
+        let c = parse(base(t)).unwrap();
+        assert_eq!(c.mlp_act, Activation::GeluTanh);
+        assert_eq!(c.norm_weight, NormWeight::OnePlus);
+        assert_eq!(c.norms, LayerNorms::GEMMA);
+        assert!(c.scale_embeddings);
+        assert_eq!(c.embed_scale_f32(), 8.0);
+        assert_eq!(c.attn_bias, AttnBias::default());
+    }
+}
