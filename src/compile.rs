@@ -8,10 +8,11 @@
 
 use crate::calib::{Backend, CalibSet, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight};
 use crate::config::ModelConfig;
+use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
-use crate::model::LayerWeights;
+use crate::layer::Layer;
 use crate::prune::{
-    energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_layer, top_k,
+    energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
     Method,
 };
 use crate::registry::{layer_name, registry, LayerTensor};
@@ -390,7 +391,7 @@ pub fn widest_within(
 /// width keeps what was not yet removed at its step count (`obs_removal_order`).
 fn select_widths(
     method: Method,
-    w: &LayerWeights,
+    w: &Layer<Vec<f32>>,
     hd: usize,
     stats: &MlpStats,
     ks: &[usize],
@@ -527,21 +528,22 @@ pub fn compile_batch(
     };
     // This layer's statistics on one backend's stream (sequential: attention, then the MLP,
     // whose input is kept so only the MLP runs again once the neurons are chosen).
-    let layer_stats = |backend: &mut dyn Backend, l: usize, w: &LayerWeights| -> Result<MlpStats> {
-        backend.begin_stats(spec(w.width))?;
-        for b in 0..nb {
-            if opts.sequential {
-                if cross {
-                    backend.run_layer(&cfg, l, w, Stream::Reference, b, Capture::Reference)?;
+    let layer_stats =
+        |backend: &mut dyn Backend, l: usize, w: &EngineLayer<'_>, n: usize| -> Result<MlpStats> {
+            backend.begin_stats(spec(n))?;
+            for b in 0..nb {
+                if opts.sequential {
+                    if cross {
+                        backend.run_layer(&cfg, l, w, Stream::Reference, b, Capture::Reference)?;
+                    }
+                    backend.run_attention(&cfg, l, w, Stream::Pruned, b)?;
+                    backend.run_mlp(&cfg, l, w, Stream::Pruned, b, Capture::Stats, false)?;
+                } else {
+                    backend.run_layer(&cfg, l, w, Stream::Pruned, b, Capture::Stats)?;
                 }
-                backend.run_attention(&cfg, l, w, Stream::Pruned, b)?;
-                backend.run_mlp(&cfg, l, w, Stream::Pruned, b, Capture::Stats, false)?;
-            } else {
-                backend.run_layer(&cfg, l, w, Stream::Pruned, b, Capture::Stats)?;
             }
-        }
-        backend.take_stats()
-    };
+            backend.take_stats()
+        };
     let mut cuts: Vec<Vec<LayerCut>> = (0..targets.len())
         .map(|_| Vec::with_capacity(cfg.num_layers))
         .collect();
@@ -564,14 +566,17 @@ pub fn compile_batch(
         }
     };
     for l in 0..cfg.num_layers {
-        let w = LayerWeights::load(&store, &cfg, l)?;
+        let w = crate::model::load_layer(&store, &cfg, l)?;
         let n = w.width;
         // One statistics set per stream; one-shot shares one across every width.
         for (s, backend) in backends.iter_mut().enumerate() {
             progress(&stage(s), l as u64, cfg.num_layers as u64);
             let t0 = Instant::now();
             let stats = match calib {
-                Some(_) => layer_stats(&mut **backend, l, &w)?,
+                Some(_) => {
+                    let we = backend.load_layer(&cfg, &store, l, &w)?;
+                    layer_stats(&mut **backend, l, &we, n)?
+                }
                 None => MlpStats::new(n, false, false),
             };
             check_stats(l, &stats)?;
@@ -605,7 +610,8 @@ pub fn compile_batch(
                 t.repair += t0.elapsed().as_secs_f64();
                 if opts.sequential && calib.is_some() {
                     let t0 = Instant::now();
-                    let wp = slice_layer(&w, hd, &kept, down.clone());
+                    let cut = slice_mlp(&w, hd, &kept, down.clone());
+                    let wp = backend.load_pruned(&cfg, &w, &cut)?;
                     for b in 0..nb {
                         backend.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::None, true)?;
                     }

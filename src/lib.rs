@@ -3,6 +3,7 @@
 //! Module map:
 //! - `config`      — config.json as data, every Gemma quirk a field
 //! - `registry`    — the one list of checkpoint tensors (name, shape, role)
+//! - `layer`       — `Layer<M, V>`: one decoder layer's tensors in any storage, one slot per registry entry
 //! - `safetensors` — memory-mapped, validated safetensors reading
 //! - `tokenizer`   — tokenizer.json and text-file reading
 //! - `cpu`         — reference ops (f32, rayon)
@@ -16,6 +17,7 @@
 //! - `writer`      — streaming, atomic checkpoint writer
 //! - `compile`     — the compile pipeline
 //! - `inspect`     — parameter and byte counts
+//! - `engine`      — what the engines hand their drivers (the calibration layer handle)
 //! - `device`      — `--device auto|cpu|cuda[:N]`: GPU or CPU for eval and compile
 //! - `decode`      — KV-cache prefill / single-token decode, sampling
 //! - `generate`    — prompt formatting, stop tokens, the generation loop, streaming text
@@ -33,10 +35,12 @@ pub mod cpu;
 pub mod cuda;
 pub mod decode;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod layer;
 pub mod linalg;
 pub mod mem;
 pub mod model;

@@ -19,7 +19,7 @@
 //! with zeros. The micro-kernel keeps an MR × NR tile in 24 zmm accumulators over the whole k (no
 //! k blocking, so the summation order is the scalar model's at every shape).
 
-use crate::decode::Mat;
+use crate::cpu::gemv::Mat;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
