@@ -236,15 +236,7 @@ pub struct MlpStats {
     pub gram_device: Option<DeviceGram>,
 }
 
-/// A full (symmetric) f32 Gram matrix [I, I] on the GPU, opaque outside the CUDA code.
-#[derive(Clone)]
-pub struct DeviceGram(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
-
-impl std::fmt::Debug for DeviceGram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeviceGram")
-    }
-}
+pub use crate::engine::DeviceGram;
 
 impl MlpStats {
     pub fn new(width: usize, gram: bool, cross: bool) -> MlpStats {
@@ -589,8 +581,8 @@ pub trait Backend {
 
     /// Where scoring and repair solve their f64 linear algebra for this backend (the host unless
     /// the backend has a GPU).
-    fn solver(&self) -> crate::prune::Solver {
-        crate::prune::Solver::Cpu
+    fn solver(&self) -> crate::linalg::Solver {
+        crate::linalg::Solver::Cpu
     }
 
     /// The input of layer 0 for `ids`: the scaled embedding rows [rows, H], rounded the way this

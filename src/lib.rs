@@ -15,6 +15,7 @@
 //! - `linalg`      — f64 Cholesky / SPD inverse / GEMM
 //! - `mem`         — heap accounting (peak heap in reports)
 //! - `writer`      — streaming, atomic checkpoint writer
+//! - `width`       — the MLP width policy (tiers, keep ratio, rounding multiple)
 //! - `compile`     — the compile pipeline
 //! - `inspect`     — parameter and byte counts
 //! - `engine`      — what the engines hand their drivers (the calibration layer handle)
@@ -49,6 +50,7 @@ pub mod registry;
 pub mod safetensors;
 pub mod tasks;
 pub mod tokenizer;
+pub mod width;
 pub mod writer;
 
 pub use error::{Error, Result};

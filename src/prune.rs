@@ -53,25 +53,7 @@ impl Method {
     }
 }
 
-/// Where the dense f64 linear algebra of OBS scoring and repair runs: the host (the reference)
-/// or the GPU that ran the calibration (src/cuda/linalg.rs; same results up to rounding).
-#[derive(Clone, Default)]
-pub enum Solver {
-    #[default]
-    Cpu,
-    #[cfg(feature = "cuda")]
-    Cuda(std::sync::Arc<crate::cuda::Gpu>),
-}
-
-impl Solver {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Solver::Cpu => "cpu",
-            #[cfg(feature = "cuda")]
-            Solver::Cuda(_) => "cuda",
-        }
-    }
-}
+pub use crate::linalg::Solver;
 
 #[cfg(feature = "cuda")]
 fn gpu_err(e: crate::cuda::CudaError) -> Error {
@@ -164,9 +146,8 @@ fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
 
 /// The f32 Gram matrix inside `MlpStats::gram_device`.
 #[cfg(feature = "cuda")]
-fn gram_on_device(dg: &crate::calib::DeviceGram) -> Result<&crate::cuda::DTensor<f32>> {
-    crate::cuda::linalg::gram_tensor(dg)
-        .ok_or_else(|| Error::Other("the device Gram matrix has an unexpected type".into()))
+fn gram_on_device(dg: &crate::engine::DeviceGram) -> Result<&crate::cuda::DTensor<f32>> {
+    Ok(&dg.0)
 }
 
 /// On the GPU, from the Gram matrix the calibration left there: Σ[idx, idx]/count + λI, the

@@ -224,8 +224,8 @@ impl Backend for CudaBackend {
         2 // bf16 hidden states on the device
     }
 
-    fn solver(&self) -> crate::prune::Solver {
-        crate::prune::Solver::Cuda(self.gpu.clone())
+    fn solver(&self) -> crate::linalg::Solver {
+        crate::linalg::Solver::Cuda(self.gpu.clone())
     }
 
     fn kernels(&self, cfg: &ModelConfig) -> Option<String> {
