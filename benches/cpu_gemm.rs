@@ -115,7 +115,10 @@ fn main() {
     ];
     for &(name, k, n) in shapes {
         let (x, w) = (values(m * k), values(n * k));
-        let wb: Vec<u16> = w.iter().map(|&v| bf16::round_bits(v)).collect();
+        let wb: Vec<u16> = w
+            .iter()
+            .map(|&v| whittle::cpu::convert::round_bits(v))
+            .collect();
         let mut y = vec![0f32; m * n];
         let flop = 2.0 * (m * n * k) as f64;
         let (mut tf, mut tb) = (Vec::new(), Vec::new());

@@ -94,7 +94,7 @@ fn gemm(c: &mut Criterion) {
     let x = noise(TOKENS * HIDDEN, 2, 1.0); // [T, H]
     c.bench_function("widen_bf16", |b| {
         let mut out = vec![0f32; wb.len()];
-        b.iter(|| whittle::model::widen_bf16_into(black_box(&wb), &mut out))
+        b.iter(|| whittle::cpu::convert::widen_bf16_into(black_box(&wb), &mut out))
     });
     c.bench_function("linear_f32", |b| {
         b.iter(|| ops::linear(black_box(&x), &w, TOKENS, HIDDEN, MLP))

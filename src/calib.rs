@@ -10,10 +10,11 @@
 //! so results do not depend on the thread count.
 
 use crate::config::ModelConfig;
+use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
-use crate::model::{
-    attn_block, embed_from_store, mlp_block, Batch, Event, LayerWeights, RopeCache,
-};
+use crate::layer::Layer;
+use crate::model::{attn_block, embed_from_store, mlp_block, Batch, Event, RopeCache};
+use crate::registry::Half;
 use crate::safetensors::{SafeFile, WeightStore};
 use crate::tokenizer::Tokenizer;
 use rayon::prelude::*;
@@ -235,15 +236,7 @@ pub struct MlpStats {
     pub gram_device: Option<DeviceGram>,
 }
 
-/// A full (symmetric) f32 Gram matrix [I, I] on the GPU, opaque outside the CUDA code.
-#[derive(Clone)]
-pub struct DeviceGram(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
-
-impl std::fmt::Debug for DeviceGram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeviceGram")
-    }
-}
+pub use crate::engine::DeviceGram;
 
 impl MlpStats {
     pub fn new(width: usize, gram: bool, cross: bool) -> MlpStats {
@@ -588,8 +581,8 @@ pub trait Backend {
 
     /// Where scoring and repair solve their f64 linear algebra for this backend (the host unless
     /// the backend has a GPU).
-    fn solver(&self) -> crate::prune::Solver {
-        crate::prune::Solver::Cpu
+    fn solver(&self) -> crate::linalg::Solver {
+        crate::linalg::Solver::Cpu
     }
 
     /// The input of layer 0 for `ids`: the scaled embedding rows [rows, H], rounded the way this
@@ -615,12 +608,37 @@ pub trait Backend {
     /// The hidden states of batch `b` of stream `s` as f32 [rows, H] (a copy).
     fn hidden(&self, s: Stream, b: usize) -> Result<Vec<f32>>;
 
+    /// Layer `l` in this backend's form, for the run calls below. `host` is the layer as the
+    /// caller loaded it in f32: the CPU computes from it; a GPU backend uploads the checkpoint's
+    /// own tensors from `store` instead (bf16 bits as stored).
+    fn load_layer<'w>(
+        &mut self,
+        _cfg: &ModelConfig,
+        _store: &WeightStore,
+        _l: usize,
+        host: &'w Layer<Vec<f32>>,
+    ) -> Result<EngineLayer<'w>> {
+        Ok(EngineLayer::Host(host.view()))
+    }
+
+    /// The MLP half of `layer` with `mlp`'s matrices (`prune::slice_mlp`: gate, up and down at
+    /// the pruned width `mlp.width`), for `run_mlp`.
+    fn load_pruned<'w>(
+        &mut self,
+        _cfg: &ModelConfig,
+        layer: &'w Layer<Vec<f32>>,
+        mlp: &'w Layer<Vec<f32>>,
+    ) -> Result<EngineLayer<'w>> {
+        let half = layer.view().only(|t| t.half() == Half::Mlp);
+        Ok(EngineLayer::Host(half.overlay(mlp.view())))
+    }
+
     /// The attention half of layer `l` on batch `b` of stream `s`, in place.
     fn run_attention(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
-        w: &LayerWeights,
+        w: &EngineLayer<'_>,
         s: Stream,
         b: usize,
     ) -> Result<()>;
@@ -632,7 +650,7 @@ pub trait Backend {
         &mut self,
         cfg: &ModelConfig,
         l: usize,
-        w: &LayerWeights,
+        w: &EngineLayer<'_>,
         s: Stream,
         b: usize,
         capture: Capture,
@@ -644,7 +662,7 @@ pub trait Backend {
         &mut self,
         cfg: &ModelConfig,
         l: usize,
-        w: &LayerWeights,
+        w: &EngineLayer<'_>,
         s: Stream,
         b: usize,
         capture: Capture,
@@ -819,7 +837,7 @@ impl Backend for CpuBackend {
         &mut self,
         cfg: &ModelConfig,
         l: usize,
-        w: &LayerWeights,
+        w: &EngineLayer<'_>,
         s: Stream,
         b: usize,
     ) -> Result<()> {
@@ -829,6 +847,7 @@ impl Backend for CpuBackend {
         if self.rope.as_ref().map(|r| r.seq_len) != Some(batch.seq_len) {
             self.rope = Some(RopeCache::new(cfg, batch.seq_len));
         }
+        let w = w.host("CPU")?;
         attn_block(cfg, l, w, h, batch, self.rope.as_ref().expect("set above"));
         Ok(())
     }
@@ -837,12 +856,13 @@ impl Backend for CpuBackend {
         &mut self,
         cfg: &ModelConfig,
         l: usize,
-        w: &LayerWeights,
+        w: &EngineLayer<'_>,
         s: Stream,
         b: usize,
         capture: Capture,
         write: bool,
     ) -> Result<()> {
+        let w = w.host("CPU")?;
         let st = started_mut(&mut self.streams)?;
         let stored = st.get_mut(s, b)?;
         let mut copy;

@@ -17,69 +17,8 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, LogitModel};
 use crate::report::{CeilingReport, HeldOutReport};
-use serde::Serialize;
+use crate::width::Point;
 use std::path::{Path, PathBuf};
-
-/// The quality ceiling a compile must stay within.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Ceiling {
-    /// Mean KL(original ‖ compiled) per token.
-    Kl(f64),
-    /// PPL(compiled) / PPL(original).
-    PplRatio(f64),
-}
-
-impl Ceiling {
-    pub fn flag(self) -> &'static str {
-        match self {
-            Ceiling::Kl(_) => "--max-kl",
-            Ceiling::PplRatio(_) => "--max-ppl-ratio",
-        }
-    }
-
-    pub fn limit(self) -> f64 {
-        match self {
-            Ceiling::Kl(x) | Ceiling::PplRatio(x) => x,
-        }
-    }
-
-    fn of(self, p: &Point) -> f64 {
-        match self {
-            Ceiling::Kl(_) => p.kl,
-            Ceiling::PplRatio(_) => p.ppl_ratio,
-        }
-    }
-
-    /// Refuses limits no compile could mean: KL ≤ 0 (only the original has KL 0) or a PPL ratio
-    /// ≤ 1, and anything not finite.
-    pub fn validate(self) -> Result<Ceiling> {
-        let (x, floor) = match self {
-            Ceiling::Kl(x) => (x, 0.0),
-            Ceiling::PplRatio(x) => (x, 1.0),
-        };
-        if !(x.is_finite() && x > floor) {
-            return Err(Error::Arg {
-                flag: self.flag(),
-                msg: format!(
-                    "{x} is not a ceiling any pruned model can meet; give a number above {floor}"
-                ),
-            });
-        }
-        Ok(self)
-    }
-}
-
-/// One measured width of the quality curve.
-#[derive(Debug, Clone, Serialize)]
-pub struct Point {
-    pub width: usize,
-    pub kl: f64,
-    pub ppl_ratio: f64,
-    pub top1_agree: f64,
-    /// "measured": a complete compile in the run's mode, evaluated on the held-out slice.
-    pub how: &'static str,
-    pub within: bool,
-}
 
 /// Sequences of a calibration set moved out of it for the ceiling's evaluation.
 pub struct HeldOut {

@@ -8,36 +8,23 @@
 
 use crate::calib::{Backend, CalibSet, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight};
 use crate::config::ModelConfig;
+use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
-use crate::model::LayerWeights;
+use crate::layer::Layer;
 use crate::prune::{
-    energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_layer, top_k,
+    energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
     Method,
 };
 use crate::registry::{layer_name, registry, LayerTensor};
 use crate::report::{
-    BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, WidthRequest,
+    BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, Timings, WidthRequest,
 };
 use crate::safetensors::WeightStore;
 use crate::writer::{round_to_dtype, write_model, LayerCut};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Named widths, as fractions of 72 (on gemma-2-2b's 9216: 7936, 7296, 6528, 4864).
-pub const TIERS: &[(&str, usize)] = &[
-    ("default", 62),
-    ("production", 57),
-    ("throughput", 51),
-    ("experimental", 38),
-];
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Width {
-    Tier(String),
-    KeepRatio(f64),
-    Size(usize),
-}
+pub use crate::width::{resolve_width, ResolvedWidth, Width, TIERS};
 
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
@@ -57,7 +44,7 @@ pub struct CompileOptions {
     /// Calibration sequences per backend call.
     pub batch_seqs: usize,
     /// `--max-kl` / `--max-ppl-ratio`: search the narrowest width within this (`ceiling::search`).
-    pub ceiling: Option<crate::ceiling::Ceiling>,
+    pub ceiling: Option<crate::width::Ceiling>,
 }
 
 impl Default for CompileOptions {
@@ -70,7 +57,7 @@ impl Default for CompileOptions {
             damp: 0.001,
             token_weight: TokenWeight::Out,
             width: Width::Tier("throughput".into()),
-            multiple_of: 128,
+            multiple_of: crate::width::DEFAULT_MULTIPLE_OF,
             force: false,
             batch_seqs: 8,
             ceiling: None,
@@ -84,7 +71,7 @@ impl CompileOptions {
     /// `ceiling::search`) takes only the checked `Plan`.
     pub fn validate(&self) -> Result<Plan> {
         check_damp(self.damp)?;
-        check_multiple_of(self.multiple_of)?;
+        crate::width::check_multiple_of(self.multiple_of)?;
         if let Some(c) = self.ceiling {
             c.validate()?;
         }
@@ -122,79 +109,6 @@ impl Plan {
     }
 }
 
-/// The chosen width and the rounding multiple actually used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResolvedWidth {
-    pub width: usize,
-    pub multiple: usize,
-}
-
-/// Resolves the requested width for an MLP of `n` neurons. The multiple is clamped for small
-/// models to the largest power of two ≤ n/16 (so a 96-wide test model rounds to 4, not 128).
-pub fn resolve_width(n: usize, w: &Width, multiple_of: usize) -> Result<ResolvedWidth> {
-    check_multiple_of(multiple_of)?;
-    let cap = (n / 16).max(1);
-    let pow2 = 1usize << (usize::BITS - 1 - cap.leading_zeros());
-    let m = multiple_of.min(pow2);
-    let target = match w {
-        Width::Tier(t) => {
-            let (_, num) = TIERS
-                .iter()
-                .find(|(name, _)| name == t)
-                .ok_or_else(|| Error::Arg {
-                    flag: "--tier",
-                    msg: format!(
-                        "unknown tier \"{t}\"; choose {}",
-                        TIERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                    ),
-                })?;
-            n as f64 * *num as f64 / 72.0
-        }
-        Width::KeepRatio(r) => {
-            if !(*r > 0.0 && *r <= 1.0) {
-                return Err(Error::Arg {
-                    flag: "--keep-ratio",
-                    msg: format!("{r} is outside (0, 1]"),
-                });
-            }
-            n as f64 * r
-        }
-        Width::Size(s) => {
-            if *s == 0 || *s > n {
-                return Err(Error::Arg {
-                    flag: "--intermediate-size",
-                    msg: format!("{s} is outside 1..={n} (the model's intermediate_size)"),
-                });
-            }
-            *s as f64
-        }
-    };
-    let width = ((target / m as f64).round() as usize * m).min(n);
-    if width == 0 {
-        return Err(Error::Arg {
-            flag: match w {
-                Width::Tier(_) => "--tier",
-                Width::KeepRatio(_) => "--keep-ratio",
-                Width::Size(_) => "--intermediate-size",
-            },
-            msg: format!(
-                "the width rounds to 0 at a multiple of {m} (MLP width {n}); keep more neurons"
-            ),
-        });
-    }
-    Ok(ResolvedWidth { width, multiple: m })
-}
-
-fn check_multiple_of(multiple_of: usize) -> Result<()> {
-    if multiple_of == 0 {
-        return Err(Error::Arg {
-            flag: "--multiple-of",
-            msg: "must be at least 1".into(),
-        });
-    }
-    Ok(())
-}
-
 /// `--damp` must lie in [1e-9, 1]. The ridge it sets is damp × the mean activation energy of
 /// the kept neurons: at 1 it already equals that energy, so the re-fit is shrunk about halfway
 /// to zero for an average neuron (measured best: 1e-3, see README); far above, the output is
@@ -225,14 +139,6 @@ fn check_stats(layer: usize, st: &MlpStats) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct Timings {
-    pub calibrate: f64,
-    pub score: f64,
-    pub repair: f64,
-    pub write: f64,
 }
 
 pub struct Outcome {
@@ -445,12 +351,12 @@ pub fn widest_within(
 /// width keeps what was not yet removed at its step count (`obs_removal_order`).
 fn select_widths(
     method: Method,
-    w: &LayerWeights,
+    w: &Layer<Vec<f32>>,
     hd: usize,
     stats: &MlpStats,
     ks: &[usize],
     damp: f64,
-    solver: &crate::prune::Solver,
+    solver: &crate::linalg::Solver,
 ) -> Result<Vec<Vec<usize>>> {
     Ok(match method {
         Method::Magnitude => {
@@ -580,21 +486,22 @@ pub fn compile_batch(
     };
     // This layer's statistics on one backend's stream (sequential: attention, then the MLP,
     // whose input is kept so only the MLP runs again once the neurons are chosen).
-    let layer_stats = |backend: &mut dyn Backend, l: usize, w: &LayerWeights| -> Result<MlpStats> {
-        backend.begin_stats(spec(w.width))?;
-        for b in 0..nb {
-            if opts.sequential {
-                if cross {
-                    backend.run_layer(&cfg, l, w, Stream::Reference, b, Capture::Reference)?;
+    let layer_stats =
+        |backend: &mut dyn Backend, l: usize, w: &EngineLayer<'_>, n: usize| -> Result<MlpStats> {
+            backend.begin_stats(spec(n))?;
+            for b in 0..nb {
+                if opts.sequential {
+                    if cross {
+                        backend.run_layer(&cfg, l, w, Stream::Reference, b, Capture::Reference)?;
+                    }
+                    backend.run_attention(&cfg, l, w, Stream::Pruned, b)?;
+                    backend.run_mlp(&cfg, l, w, Stream::Pruned, b, Capture::Stats, false)?;
+                } else {
+                    backend.run_layer(&cfg, l, w, Stream::Pruned, b, Capture::Stats)?;
                 }
-                backend.run_attention(&cfg, l, w, Stream::Pruned, b)?;
-                backend.run_mlp(&cfg, l, w, Stream::Pruned, b, Capture::Stats, false)?;
-            } else {
-                backend.run_layer(&cfg, l, w, Stream::Pruned, b, Capture::Stats)?;
             }
-        }
-        backend.take_stats()
-    };
+            backend.take_stats()
+        };
     let mut cuts: Vec<Vec<LayerCut>> = (0..targets.len())
         .map(|_| Vec::with_capacity(cfg.num_layers))
         .collect();
@@ -618,14 +525,17 @@ pub fn compile_batch(
         }
     };
     for l in 0..cfg.num_layers {
-        let w = LayerWeights::load(&store, &cfg, l)?;
+        let w = crate::model::load_layer(&store, &cfg, l)?;
         let n = w.width;
         // One statistics set per stream; one-shot shares one across every width.
         for (s, backend) in backends.iter_mut().enumerate() {
             progress(&stage(s), l as u64, cfg.num_layers as u64);
             let t0 = Instant::now();
             let stats = match calib {
-                Some(_) => layer_stats(&mut **backend, l, &w)?,
+                Some(_) => {
+                    let we = backend.load_layer(&cfg, &store, l, &w)?;
+                    layer_stats(&mut **backend, l, &we, n)?
+                }
                 None => MlpStats::new(n, false, false),
             };
             check_stats(l, &stats)?;
@@ -659,7 +569,8 @@ pub fn compile_batch(
                 t.repair += t0.elapsed().as_secs_f64();
                 if opts.sequential && calib.is_some() {
                     let t0 = Instant::now();
-                    let wp = slice_layer(&w, hd, &kept, down.clone());
+                    let cut = slice_mlp(&w, hd, &kept, down.clone());
+                    let wp = backend.load_pruned(&cfg, &w, &cut)?;
                     for b in 0..nb {
                         backend.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::None, true)?;
                     }

@@ -36,132 +36,16 @@
 
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
+use crate::cpu::gemv::dot_body;
+pub use crate::cpu::gemv::{gemv_mat, Mat, WeightElem};
 use crate::cpu::ops;
 // The slot arithmetic is shared with the GPU decoder; re-exported so `decode::slot_of` etc. keep
 // working.
 pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
 use crate::error::{Error, Result};
-use crate::model::{embed, mlp_block, Batch, LayerWeights, Model, PackedLayer};
+use crate::layer::Layer;
+use crate::model::{embed, mlp_block, Batch, Model, Table};
 use rayon::prelude::*;
-
-// ----------------------------------------------------------------------------------- GEMV
-
-/// Output rows per rayon task (rows of `k` elements; about 128 KiB of weights per task).
-fn gemv_rows_per_task(k: usize) -> usize {
-    ((32 << 10) / k.max(1)).max(1)
-}
-
-/// A weight element the GEMV can widen to f32 exactly: f32 itself, or bf16 bits (`u16`).
-pub trait WeightElem: Copy + Send + Sync {
-    fn widen(self) -> f32;
-}
-
-impl WeightElem for f32 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self
-    }
-}
-
-impl WeightElem for u16 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        crate::cpu::bf16::widen(self)
-    }
-}
-
-/// A weight matrix `[n, k]` as a decode step reads it: f32, or the same values as bf16 bits
-/// (a BF16 checkpoint's matrices as `Model` holds them, so widening is exact). A
-/// step is memory-bound (it streams every weight once per token), so bf16 halves its time; the
-/// products and their summation order are the same, so both give bit-identical results.
-#[derive(Clone, Copy)]
-pub enum Mat<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [u16]),
-}
-
-impl<'a> Mat<'a> {
-    /// `packed` when present, else the f32 matrix.
-    pub fn pick(f: &'a [f32], packed: Option<&'a [u16]>) -> Mat<'a> {
-        match packed {
-            Some(p) => Mat::Bf16(p),
-            None => Mat::F32(f),
-        }
-    }
-}
-
-#[inline(always)]
-fn dot_body<T: WeightElem>(a: &[f32], b: &[T]) -> f32 {
-    // 16 independent lanes: LLVM turns the fixed-size accumulator into SIMD registers without
-    // needing reassociation of a single running sum.
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..L {
-            acc[i] += x[i] * y[i].widen();
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ar.iter().zip(br) {
-        tail += x * y.widen();
-    }
-    let mut s = 0f32;
-    for v in acc {
-        s += v;
-    }
-    s + tail
-}
-
-#[inline(always)]
-fn gemv_rows_body<T: WeightElem>(x: &[f32], w: &[T], k: usize, y: &mut [f32]) {
-    for (o, row) in y.iter_mut().zip(w.chunks_exact(k)) {
-        *o = dot_body(x, row);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn gemv_rows_avx2<T: WeightElem>(x: &[f32], w: &[T], k: usize, y: &mut [f32]) {
-    gemv_rows_body(x, w, k, y)
-}
-
-fn gemv_rows<T: WeightElem>(x: &[f32], w: &[T], k: usize, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { gemv_rows_avx2(x, w, k, y) };
-        }
-    }
-    gemv_rows_body(x, w, k, y)
-}
-
-/// `y[n] = w[n, k] · x[k]`: one row of a HF Linear (weights `[out, in]`), parallel over output
-/// rows. Memory-bound on real models: it streams `w` once.
-pub fn gemv_mat(x: &[f32], w: Mat<'_>, k: usize, n: usize) -> Vec<f32> {
-    let mut y = vec![0f32; n];
-    match w {
-        Mat::F32(w) => gemv_into_t(x, w, k, n, &mut y),
-        Mat::Bf16(w) => gemv_into_t(x, w, k, n, &mut y),
-    }
-    y
-}
-
-fn gemv_into_t<T: WeightElem>(x: &[f32], w: &[T], k: usize, n: usize, y: &mut [f32]) {
-    assert_eq!(x.len(), k, "gemv: x is not [k={k}]");
-    assert_eq!(w.len(), n * k, "gemv: w is not [n={n}, k={k}]");
-    assert_eq!(y.len(), n, "gemv: y is not [n={n}]");
-    let rpt = gemv_rows_per_task(k);
-    if n * k < (1 << 16) || rayon::current_num_threads() == 1 {
-        gemv_rows(x, w, k, y);
-        return;
-    }
-    y.par_chunks_mut(rpt)
-        .zip(w.par_chunks(rpt * k))
-        .for_each(|(ys, ws)| gemv_rows(x, ws, k, ys));
-}
 
 // ----------------------------------------------------------------------------------- cache
 
@@ -346,8 +230,8 @@ impl<'m> Decoder<'m> {
         let mut scratch = None;
         for l in 0..cfg.num_layers {
             let w = model.layer_in(l, &mut scratch);
-            self.attn_prefill(l, w, &mut h, ids.len());
-            mlp_block(cfg, l, w, &mut h, &mut None);
+            self.attn_prefill(l, &w, &mut h, ids.len());
+            mlp_block(cfg, l, &w, &mut h, &mut None);
         }
         ops::rms_norm(&mut h, &model.final_norm, cfg.rms_norm_eps);
         self.cache.len = ids.len();
@@ -370,9 +254,9 @@ impl<'m> Decoder<'m> {
         let p = self.cache.len;
         let mut h = embed(cfg, model.embed_table(), &[id])?;
         for l in 0..cfg.num_layers {
-            let (w, pk) = model.held_layer(l);
-            self.attn_step(l, w, pk, &mut h, p);
-            mlp_step(cfg, w, pk, &mut h);
+            let w = model.held_layer(l);
+            self.attn_step(l, w, &mut h, p);
+            mlp_step(cfg, w, &mut h);
         }
         ops::rms_norm_row(&mut h, &model.final_norm, cfg.rms_norm_eps);
         self.cache.len = p + 1;
@@ -398,7 +282,7 @@ impl<'m> Decoder<'m> {
     }
 
     /// `model::attn_block` on a whole prompt (same ops in the same order), keeping K and V.
-    fn attn_prefill(&mut self, l: usize, w: &LayerWeights, h: &mut [f32], t: usize) {
+    fn attn_prefill(&mut self, l: usize, w: &Layer<&[f32]>, h: &mut [f32], t: usize) {
         let cfg = &self.model.cfg;
         let (hd, d, nh, nkv) = (
             cfg.hidden_size,
@@ -407,11 +291,11 @@ impl<'m> Decoder<'m> {
             cfg.num_kv_heads,
         );
         let mut x = h.to_vec(); // [T, H]
-        ops::rms_norm(&mut x, &w.input_norm, cfg.rms_norm_eps);
-        let mut q = ops::linear(&x, &w.q, t, hd, nh * d); // [T, nh, d]
-        let mut k = ops::linear(&x, &w.k, t, hd, nkv * d); // [T, nkv, d]
-        let v = ops::linear(&x, &w.v, t, hd, nkv * d); // [T, nkv, d]
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        ops::rms_norm(&mut x, w.input_norm(), cfg.rms_norm_eps);
+        let mut q = ops::linear(&x, w.q(), t, hd, nh * d); // [T, nh, d]
+        let mut k = ops::linear(&x, w.k(), t, hd, nkv * d); // [T, nkv, d]
+        let v = ops::linear(&x, w.v(), t, hd, nkv * d); // [T, nkv, d]
+        if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
             ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
             ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
         }
@@ -435,20 +319,13 @@ impl<'m> Decoder<'m> {
         ); // [T, nh·d]
         self.cache.write(l, 0, &k, &v);
         drop((q, k, v));
-        let mut y = ops::linear(&att, &w.o, t, nh * d, hd); // [T, H]
-        ops::rms_norm(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
+        let mut y = ops::linear(&att, w.o(), t, nh * d, hd); // [T, H]
+        ops::rms_norm(&mut y, w.post_attn_norm(), cfg.rms_norm_eps);
         ops::add_into(h, &y);
     }
 
     /// The attention half of a layer for one token at position `p`, over the cache.
-    fn attn_step(
-        &mut self,
-        l: usize,
-        w: &LayerWeights,
-        pk: Option<&PackedLayer>,
-        h: &mut [f32],
-        p: usize,
-    ) {
+    fn attn_step(&mut self, l: usize, w: &Layer<Table, Vec<f32>>, h: &mut [f32], p: usize) {
         let cfg = &self.model.cfg;
         let (hd, d, nh, nkv) = (
             cfg.hidden_size,
@@ -457,11 +334,11 @@ impl<'m> Decoder<'m> {
             cfg.num_kv_heads,
         );
         let mut x = h.to_vec(); // [H]
-        ops::rms_norm_row(&mut x, &w.input_norm, cfg.rms_norm_eps);
-        let mut q = gemv_mat(&x, Mat::pick(&w.q, pk.map(|p| &p.q[..])), hd, nh * d); // [nh, d]
-        let mut k = gemv_mat(&x, Mat::pick(&w.k, pk.map(|p| &p.k[..])), hd, nkv * d); // [nkv, d]
-        let v = gemv_mat(&x, Mat::pick(&w.v, pk.map(|p| &p.v[..])), hd, nkv * d); // [nkv, d]
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        ops::rms_norm_row(&mut x, w.input_norm(), cfg.rms_norm_eps);
+        let mut q = gemv_mat(&x, w.q().mat(), hd, nh * d); // [nh, d]
+        let mut k = gemv_mat(&x, w.k().mat(), hd, nkv * d); // [nkv, d]
+        let v = gemv_mat(&x, w.v().mat(), hd, nkv * d); // [nkv, d]
+        if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
             for row in q.chunks_exact_mut(d) {
                 ops::rms_norm_row(row, qn, cfg.rms_norm_eps);
             }
@@ -490,8 +367,8 @@ impl<'m> Decoder<'m> {
             cfg.attn_scale(),
             cfg.attn_softcap,
         ); // [nh·d]
-        let mut y = gemv_mat(&att, Mat::pick(&w.o, pk.map(|p| &p.o[..])), nh * d, hd); // [H]
-        ops::rms_norm_row(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
+        let mut y = gemv_mat(&att, w.o().mat(), nh * d, hd); // [H]
+        ops::rms_norm_row(&mut y, w.post_attn_norm(), cfg.rms_norm_eps);
         for (a, b) in h.iter_mut().zip(&y) {
             *a += b;
         }
@@ -559,23 +436,18 @@ fn attend(
 }
 
 /// The MLP half of a layer for one token (GEMVs): `h += post_ffn_norm(down(gelu(gate)·up))`.
-fn mlp_step(
-    cfg: &crate::config::ModelConfig,
-    w: &LayerWeights,
-    pk: Option<&PackedLayer>,
-    h: &mut [f32],
-) {
+fn mlp_step(cfg: &crate::config::ModelConfig, w: &Layer<Table, Vec<f32>>, h: &mut [f32]) {
     let hd = cfg.hidden_size;
     let i = w.width;
     let mut x = h.to_vec();
-    ops::rms_norm_row(&mut x, &w.pre_ffn_norm, cfg.rms_norm_eps);
-    let mut a = gemv_mat(&x, Mat::pick(&w.gate, pk.map(|p| &p.gate[..])), hd, i);
-    let up = gemv_mat(&x, Mat::pick(&w.up, pk.map(|p| &p.up[..])), hd, i);
+    ops::rms_norm_row(&mut x, w.pre_ffn_norm(), cfg.rms_norm_eps);
+    let mut a = gemv_mat(&x, w.gate().mat(), hd, i);
+    let up = gemv_mat(&x, w.up().mat(), hd, i);
     for (g, &u) in a.iter_mut().zip(&up) {
         *g = ops::gelu_tanh(*g) * u;
     }
-    let mut y = gemv_mat(&a, Mat::pick(&w.down, pk.map(|p| &p.down[..])), i, hd);
-    ops::rms_norm_row(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
+    let mut y = gemv_mat(&a, w.down().mat(), i, hd);
+    ops::rms_norm_row(&mut y, w.post_ffn_norm(), cfg.rms_norm_eps);
     for (a, b) in h.iter_mut().zip(&y) {
         *a += b;
     }

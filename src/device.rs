@@ -3,7 +3,7 @@
 //! (`--no-default-features`) parses the same flag, picks the CPU for `auto`, and refuses `cuda`.
 //!
 //! - `auto` uses the first GPU when a driver and a usable device are there, else the CPU. The
-//!   reason for falling back (`cuda::select`'s) is shown to the user.
+//!   reason for falling back (`select`'s) is shown to the user.
 //! - `cpu` is always the CPU (f32, the reference path).
 //! - `cuda[:N]` is GPU N or an error (exit 1) that names `--device` and the cause, for example a
 //!   missing driver.
@@ -79,6 +79,37 @@ pub enum Device {
     Cuda(std::sync::Arc<crate::cuda::Gpu>),
 }
 
+/// Where work will run.
+#[cfg(feature = "cuda")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selected {
+    /// `reason` says why `auto` fell back to the CPU (None when the CPU was asked for).
+    Cpu {
+        reason: Option<String>,
+    },
+    Cuda(crate::cuda::GpuInfo),
+}
+
+/// Resolves a `--device` choice. `auto` never fails (it falls back to the CPU with a reason);
+/// an explicit `cuda[:N]` that cannot be used is an error naming the flag and the cause.
+#[cfg(feature = "cuda")]
+pub fn select(choice: DeviceChoice) -> Result<Selected> {
+    use crate::cuda::probe;
+    match choice {
+        DeviceChoice::Cpu => Ok(Selected::Cpu { reason: None }),
+        DeviceChoice::Auto => Ok(match probe(0) {
+            Ok(info) => Selected::Cuda(info),
+            Err(e) => Selected::Cpu {
+                reason: Some(format!("no usable GPU: {e}")),
+            },
+        }),
+        DeviceChoice::Cuda(n) => probe(n).map(Selected::Cuda).map_err(|e| Error::Arg {
+            flag: "--device",
+            msg: format!("cuda:{n} is not usable: {e}"),
+        }),
+    }
+}
+
 impl Device {
     /// Resolves `choice` and, for a GPU, opens it. `auto` never fails: if the GPU cannot be used,
     /// it falls back to the CPU and gives the reason. An explicit `cuda[:N]` that cannot be used
@@ -86,7 +117,7 @@ impl Device {
     pub fn open(choice: DeviceChoice) -> Result<Device> {
         #[cfg(feature = "cuda")]
         {
-            use crate::cuda::{select, Gpu, Selected};
+            use crate::cuda::Gpu;
             match select(choice)? {
                 Selected::Cpu { reason } => Ok(Device::Cpu { reason }),
                 Selected::Cuda(info) => match Gpu::new(info.ordinal) {
@@ -120,7 +151,6 @@ impl Device {
     pub fn open_cpu_only(choice: DeviceChoice, what: &str) -> Result<Device> {
         #[cfg(feature = "cuda")]
         {
-            use crate::cuda::{select, Selected};
             match select(choice)? {
                 Selected::Cpu { reason } => Ok(Device::Cpu { reason }),
                 Selected::Cuda(info) => Ok(Device::Cpu {

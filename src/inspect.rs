@@ -80,13 +80,12 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
         weight_bytes += other_bytes;
     }
     let total_params = params.values().sum();
-    let defaults = crate::compile::CompileOptions::default();
     let mut tiers = Vec::new();
-    for &(name, _) in crate::compile::TIERS {
-        let w = crate::compile::resolve_width(
+    for &(name, _) in crate::width::TIERS {
+        let w = crate::width::resolve_width(
             cfg.intermediate_size,
-            &crate::compile::Width::Tier(name.into()),
-            defaults.multiple_of,
+            &crate::width::Width::Tier(name.into()),
+            crate::width::DEFAULT_MULTIPLE_OF,
         )?
         .width;
         let (p, b) = sizes_at_width(&store, &cfg, total_params, weight_bytes, w)?;

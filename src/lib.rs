@@ -3,6 +3,7 @@
 //! Module map:
 //! - `config`      — config.json as data, every Gemma quirk a field
 //! - `registry`    — the one list of checkpoint tensors (name, shape, role)
+//! - `layer`       — `Layer<M, V>`: one decoder layer's tensors in any storage, one slot per registry entry
 //! - `safetensors` — memory-mapped, validated safetensors reading
 //! - `tokenizer`   — tokenizer.json and text-file reading
 //! - `cpu`         — reference ops (f32, rayon)
@@ -14,10 +15,12 @@
 //! - `linalg`      — f64 Cholesky / SPD inverse / GEMM
 //! - `mem`         — heap accounting (peak heap in reports)
 //! - `writer`      — streaming, atomic checkpoint writer
+//! - `width`       — the MLP width policy (tiers, keep ratio, rounding multiple)
 //! - `compile`     — the compile plan (`CompileOptions::validate`) and pipeline
 //! - `report`      — the typed compile report (whittle_report.json)
 //! - `rng`         — the seeded generators (sampling, synthetic test inputs)
 //! - `inspect`     — parameter and byte counts
+//! - `engine`      — what the engines hand their drivers (the calibration layer handle)
 //! - `device`      — `--device auto|cpu|cuda[:N]`: GPU or CPU for eval and compile
 //! - `decode`      — KV-cache prefill / single-token decode, sampling
 //! - `generate`    — prompt formatting, stop tokens, the generation loop, streaming text
@@ -34,10 +37,12 @@ pub mod cpu;
 pub mod cuda;
 pub mod decode;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod layer;
 pub mod linalg;
 pub mod mem;
 pub mod model;
@@ -48,6 +53,7 @@ pub mod rng;
 pub mod safetensors;
 pub mod tasks;
 pub mod tokenizer;
+pub mod width;
 pub mod writer;
 
 pub use error::{Error, Result};

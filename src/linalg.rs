@@ -4,6 +4,26 @@
 
 use rayon::prelude::*;
 
+/// Where the dense f64 linear algebra of OBS scoring and repair runs: the host (the reference)
+/// or the GPU that ran the calibration (src/cuda/linalg.rs; same results up to rounding).
+#[derive(Clone, Default)]
+pub enum Solver {
+    #[default]
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Arc<crate::cuda::Gpu>),
+}
+
+impl Solver {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Solver::Cpu => "cpu",
+            #[cfg(feature = "cuda")]
+            Solver::Cuda(_) => "cuda",
+        }
+    }
+}
+
 /// `c[m,n] = a[m,k] · b[k,n]` (row-major, f64), multi-threaded.
 pub fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     assert_eq!(a.len(), m * k);

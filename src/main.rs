@@ -950,7 +950,7 @@ fn ceiling_holdout(a: &CompileArgs) -> Option<usize> {
 fn compile_to_ceiling(
     a: &CompileArgs,
     dev: &whittle::device::Device,
-    ceiling: whittle::ceiling::Ceiling,
+    ceiling: whittle::width::Ceiling,
     plan: &whittle::compile::Plan,
     calib: Option<whittle::calib::CalibSet>,
 ) -> Result<()> {
@@ -1034,8 +1034,8 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         force: a.force,
         batch_seqs: a.batch,
         ceiling: match (a.max_kl, a.max_ppl_ratio) {
-            (Some(x), _) => Some(whittle::ceiling::Ceiling::Kl(x)),
-            (_, Some(r)) => Some(whittle::ceiling::Ceiling::PplRatio(r)),
+            (Some(x), _) => Some(whittle::width::Ceiling::Kl(x)),
+            (_, Some(r)) => Some(whittle::width::Ceiling::PplRatio(r)),
             _ => None,
         },
     };

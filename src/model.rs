@@ -2,77 +2,25 @@
 //! checked against, matched to transformers fp32 eager.
 //!
 //! Weights are widened from the checkpoint dtype to f32 once, when a layer is loaded
-//! (`LayerWeights::load`); a caller that streams layers (calibration) loads and drops one at a
-//! time, a caller that evaluates many windows (`eval`) keeps them all. The decoder layer is a free
-//! function over `LayerWeights` so both use the same code.
+//! (`load_layer`); a caller that streams layers (calibration) loads and drops one at a time, a
+//! caller that evaluates many windows (`eval`) keeps them all. The decoder layer is a free
+//! function over a borrowed `Layer<&[f32]>` so both use the same code.
 
 use crate::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
+use crate::cpu::convert::widen_bf16_into;
+use crate::cpu::gemv::Mat;
 use crate::cpu::{bf16, ops};
-use crate::decode::Mat;
 use crate::error::{Error, Result};
-use crate::registry::{self, layer_has, layer_name, layer_shape, LayerTensor};
+use crate::layer::Layer;
+use crate::registry::{self, layer_name, layer_shape, LayerTensor};
 use crate::safetensors::WeightStore;
 use std::path::{Path, PathBuf};
 
-/// One decoder layer's weights in f32, HF `[out, in]` layout.
-#[derive(Clone)]
-pub struct LayerWeights {
-    pub input_norm: Vec<f32>,     // [H]
-    pub q: Vec<f32>,              // [nh·d, H]
-    pub k: Vec<f32>,              // [nkv·d, H]
-    pub v: Vec<f32>,              // [nkv·d, H]
-    pub o: Vec<f32>,              // [H, nh·d]
-    pub q_norm: Option<Vec<f32>>, // [d]  (Gemma-3)
-    pub k_norm: Option<Vec<f32>>, // [d]  (Gemma-3)
-    pub post_attn_norm: Vec<f32>, // [H]
-    pub pre_ffn_norm: Vec<f32>,   // [H]
-    pub gate: Vec<f32>,           // [I, H]
-    pub up: Vec<f32>,             // [I, H]
-    pub down: Vec<f32>,           // [H, I]
-    pub post_ffn_norm: Vec<f32>,  // [H]
-    /// MLP width of this layer (pruning may change it layer by layer while compiling).
-    pub width: usize,
-}
-
-impl LayerWeights {
-    pub fn load(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<LayerWeights> {
-        Self::load_with(store, cfg, l, true)
-    }
-
-    /// With `matrices` false the seven matrices are left empty (norms only).
-    fn load_with(
-        store: &WeightStore,
-        cfg: &ModelConfig,
-        l: usize,
-        matrices: bool,
-    ) -> Result<LayerWeights> {
-        let get = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
-        let mat = |t: LayerTensor| if matrices { get(t) } else { Ok(Vec::new()) };
-        let opt = |t: LayerTensor| -> Result<Option<Vec<f32>>> {
-            if layer_has(cfg, t) {
-                get(t).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        Ok(LayerWeights {
-            input_norm: get(LayerTensor::InputNorm)?,
-            q: mat(LayerTensor::Q)?,
-            k: mat(LayerTensor::K)?,
-            v: mat(LayerTensor::V)?,
-            o: mat(LayerTensor::O)?,
-            q_norm: opt(LayerTensor::QNorm)?,
-            k_norm: opt(LayerTensor::KNorm)?,
-            post_attn_norm: get(LayerTensor::PostAttnNorm)?,
-            pre_ffn_norm: get(LayerTensor::PreFfnNorm)?,
-            gate: mat(LayerTensor::Gate)?,
-            up: mat(LayerTensor::Up)?,
-            down: mat(LayerTensor::Down)?,
-            post_ffn_norm: get(LayerTensor::PostFfnNorm)?,
-            width: cfg.intermediate_size,
-        })
-    }
+/// Layer `l` of the checkpoint in f32 (widened from its dtype), HF `[out, in]` layout.
+pub fn load_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<Layer<Vec<f32>>> {
+    let get = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
+    Layer::try_build(cfg, get, get)
 }
 
 /// Shape of a batch of equal-length sequences laid out row after row: `[n_seq · seq_len, H]`.
@@ -138,7 +86,7 @@ pub type Observer<'o> = Option<&'o mut dyn FnMut(Event<'_>)>;
 pub fn layer_forward(
     cfg: &ModelConfig,
     l: usize,
-    w: &LayerWeights,
+    w: &Layer<&[f32]>,
     h: &mut [f32],
     batch: Batch,
     rope: &RopeCache,
@@ -152,7 +100,7 @@ pub fn layer_forward(
 pub fn attn_block(
     cfg: &ModelConfig,
     l: usize,
-    w: &LayerWeights,
+    w: &Layer<&[f32]>,
     h: &mut [f32],
     batch: Batch,
     rope: &RopeCache,
@@ -167,11 +115,11 @@ pub fn attn_block(
 
     // --- attention block
     let mut x = h.to_vec(); // [N, H]
-    ops::rms_norm(&mut x, &w.input_norm, cfg.rms_norm_eps);
-    let mut q = ops::linear(&x, &w.q, n, hd, nh * d); // [N, nh, d]
-    let mut k = ops::linear(&x, &w.k, n, hd, nkv * d); // [N, nkv, d]
-    let v = ops::linear(&x, &w.v, n, hd, nkv * d); // [N, nkv, d]
-    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+    ops::rms_norm(&mut x, w.input_norm(), cfg.rms_norm_eps);
+    let mut q = ops::linear(&x, w.q(), n, hd, nh * d); // [N, nh, d]
+    let mut k = ops::linear(&x, w.k(), n, hd, nkv * d); // [N, nkv, d]
+    let v = ops::linear(&x, w.v(), n, hd, nkv * d); // [N, nkv, d]
+    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
         ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
         ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
     }
@@ -211,8 +159,8 @@ pub fn attn_block(
         },
     ); // [N, nh·d]
     drop((q, k, v));
-    let mut y = ops::linear(&att, &w.o, n, nh * d, hd); // [N, H]
-    ops::rms_norm(&mut y, &w.post_attn_norm, cfg.rms_norm_eps);
+    let mut y = ops::linear(&att, w.o(), n, nh * d, hd); // [N, H]
+    ops::rms_norm(&mut y, w.post_attn_norm(), cfg.rms_norm_eps);
     ops::add_into(h, &y);
 }
 
@@ -221,7 +169,7 @@ pub fn attn_block(
 pub fn mlp_block(
     cfg: &ModelConfig,
     l: usize,
-    w: &LayerWeights,
+    w: &Layer<&[f32]>,
     h: &mut [f32],
     obs: &mut Observer<'_>,
 ) {
@@ -229,13 +177,13 @@ pub fn mlp_block(
     assert_eq!(h.len() % hd, 0);
     let n = h.len() / hd;
     let mut x = h.to_vec(); // [N, H]
-    ops::rms_norm(&mut x, &w.pre_ffn_norm, cfg.rms_norm_eps);
+    ops::rms_norm(&mut x, w.pre_ffn_norm(), cfg.rms_norm_eps);
     let i = w.width;
-    let mut a = ops::linear(&x, &w.gate, n, hd, i); // [N, I]
-    let up = ops::linear(&x, &w.up, n, hd, i); // [N, I]
+    let mut a = ops::linear(&x, w.gate(), n, hd, i); // [N, I]
+    let up = ops::linear(&x, w.up(), n, hd, i); // [N, I]
     ops::gelu_mul(&mut a, &up);
     drop(up);
-    ops::linear_into(&a, &w.down, n, i, hd, &mut x);
+    ops::linear_into(&a, w.down(), n, i, hd, &mut x);
     if let Some(f) = obs.as_mut() {
         f(Event::MlpAct {
             layer: l,
@@ -244,7 +192,7 @@ pub fn mlp_block(
         });
     }
     let mut y = x; // [N, H]
-    ops::rms_norm(&mut y, &w.post_ffn_norm, cfg.rms_norm_eps);
+    ops::rms_norm(&mut y, w.post_ffn_norm(), cfg.rms_norm_eps);
     ops::add_into(h, &y);
     if let Some(f) = obs.as_mut() {
         f(Event::LayerOut {
@@ -276,7 +224,7 @@ pub fn embed(cfg: &ModelConfig, table: Mat<'_>, ids: &[u32]) -> Result<Vec<f32>>
             }
             Mat::Bf16(t) => {
                 for (o, &e) in row.iter_mut().zip(&t[id * hd..(id + 1) * hd]) {
-                    *o = crate::cpu::bf16::widen(e) * scale;
+                    *o = crate::cpu::convert::widen(e) * scale;
                 }
             }
         }
@@ -340,7 +288,7 @@ pub struct Model {
     pub dir: PathBuf,
     pub cfg: ModelConfig,
     embed: Table, // [V, H]
-    layers: Vec<HeldLayer>,
+    layers: Vec<Layer<Table, Vec<f32>>>,
     pub final_norm: Vec<f32>, // [H]
     lm_head: Option<Table>,   // [V, H] when untied
 }
@@ -374,51 +322,6 @@ impl Table {
             Table::Bf16(x) => 2 * x.len(),
         }
     }
-}
-
-/// One decoder layer: f32 as loaded, or norms in f32 (`base`, matrices empty) beside the
-/// matrices' bf16 bits.
-enum HeldLayer {
-    F32(LayerWeights),
-    Bf16 {
-        base: LayerWeights,
-        mats: PackedLayer,
-    },
-}
-
-/// A layer's matrices as bf16 bits (same shapes as in [`LayerWeights`]).
-pub struct PackedLayer {
-    pub q: Vec<u16>,
-    pub k: Vec<u16>,
-    pub v: Vec<u16>,
-    pub o: Vec<u16>,
-    pub gate: Vec<u16>,
-    pub up: Vec<u16>,
-    pub down: Vec<u16>,
-}
-
-impl PackedLayer {
-    fn bytes(&self) -> usize {
-        2 * [
-            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
-        ]
-        .iter()
-        .map(|m| m.len())
-        .sum::<usize>()
-    }
-}
-
-/// bf16 bits → f32 (exact).
-pub fn widen_bf16_into(x: &[u16], out: &mut [f32]) {
-    use rayon::prelude::*;
-    assert_eq!(x.len(), out.len());
-    out.par_chunks_mut(1 << 16)
-        .zip(x.par_chunks(1 << 16))
-        .for_each(|(o, b)| {
-            for (o, &b) in o.iter_mut().zip(b) {
-                *o = crate::cpu::bf16::widen(b);
-            }
-        });
 }
 
 fn f32_bytes(x: &[f32]) -> usize {
@@ -456,50 +359,40 @@ impl Model {
         })
     }
 
-    /// A layer whose seven matrices are all BF16 keeps them as bits; otherwise all f32.
+    /// A layer whose matrices are all BF16 keeps them as bits; otherwise all f32. Norms f32.
     fn load_layer(
         store: &WeightStore,
         cfg: &ModelConfig,
         l: usize,
         keep_bf16: bool,
-    ) -> Result<HeldLayer> {
-        use LayerTensor as T;
+    ) -> Result<Layer<Table, Vec<f32>>> {
+        let f32s = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
         if keep_bf16 {
-            let bits = |t: T| store.bf16_checked(&layer_name(l, t), &layer_shape(cfg, t));
-            if let (Some(q), Some(k), Some(v), Some(o), Some(gate), Some(up), Some(down)) = (
-                bits(T::Q)?,
-                bits(T::K)?,
-                bits(T::V)?,
-                bits(T::O)?,
-                bits(T::Gate)?,
-                bits(T::Up)?,
-                bits(T::Down)?,
-            ) {
-                return Ok(HeldLayer::Bf16 {
-                    base: LayerWeights::load_with(store, cfg, l, false)?,
-                    mats: PackedLayer {
-                        q,
-                        k,
-                        v,
-                        o,
-                        gate,
-                        up,
-                        down,
-                    },
-                });
+            let bits = |t: LayerTensor| store.bf16_checked(&layer_name(l, t), &layer_shape(cfg, t));
+            let packed = Layer::try_build(cfg, bits, |t| f32s(t).map(Some))?;
+            if packed.mats().all(|(_, m)| m.is_some()) {
+                return Ok(packed.map(
+                    |_, m| Table::Bf16(m.expect("checked above")),
+                    |_, v| v.expect("vectors are always read"),
+                ));
             }
         }
-        LayerWeights::load(store, cfg, l).map(HeldLayer::F32)
+        Layer::try_build(cfg, |t| f32s(t).map(Table::F32), f32s)
     }
 
-    /// Layer `l` with f32 matrices (widened from bf16 when held so: a copy).
-    pub fn layer(&self, l: usize) -> std::borrow::Cow<'_, LayerWeights> {
-        if let HeldLayer::F32(w) = &self.layers[l] {
-            return std::borrow::Cow::Borrowed(w);
-        }
-        let mut scratch = None;
-        self.layer_in(l, &mut scratch);
-        std::borrow::Cow::Owned(scratch.expect("layer_in widened into the scratch"))
+    /// Layer `l` in f32, widened from bf16 when held so (a copy).
+    pub fn layer_f32(&self, l: usize) -> Layer<Vec<f32>> {
+        self.layers[l].as_ref().map(
+            |_, m| match m {
+                Table::F32(x) => x.clone(),
+                Table::Bf16(x) => {
+                    let mut w = vec![0f32; x.len()];
+                    widen_bf16_into(x, &mut w);
+                    w
+                }
+            },
+            |_, v| v.clone(),
+        )
     }
 
     /// Layer `l` with f32 matrices, widened into `scratch` when held as bf16: a pass over all
@@ -508,42 +401,32 @@ impl Model {
     pub fn layer_in<'a>(
         &'a self,
         l: usize,
-        scratch: &'a mut Option<LayerWeights>,
-    ) -> &'a LayerWeights {
-        match &self.layers[l] {
-            HeldLayer::F32(w) => w,
-            HeldLayer::Bf16 { base, mats } => {
-                let s = scratch.get_or_insert_with(|| base.clone());
-                let into = |dst: &mut Vec<f32>, src: &[u16]| {
-                    dst.resize(src.len(), 0.0);
-                    widen_bf16_into(src, dst);
-                };
-                into(&mut s.q, &mats.q);
-                into(&mut s.k, &mats.k);
-                into(&mut s.v, &mats.v);
-                into(&mut s.o, &mats.o);
-                into(&mut s.gate, &mats.gate);
-                into(&mut s.up, &mats.up);
-                into(&mut s.down, &mats.down);
-                s.input_norm.clone_from(&base.input_norm);
-                s.q_norm.clone_from(&base.q_norm);
-                s.k_norm.clone_from(&base.k_norm);
-                s.post_attn_norm.clone_from(&base.post_attn_norm);
-                s.pre_ffn_norm.clone_from(&base.pre_ffn_norm);
-                s.post_ffn_norm.clone_from(&base.post_ffn_norm);
-                s.width = base.width;
-                s
+        scratch: &'a mut Option<Layer<Vec<f32>>>,
+    ) -> Layer<&'a [f32]> {
+        let held = &self.layers[l];
+        let s = scratch.get_or_insert_with(|| Layer::empty(held.width));
+        for (t, m) in held.mats() {
+            if let Table::Bf16(src) = m {
+                let mut dst = s.take_mat(t).unwrap_or_default();
+                dst.resize(src.len(), 0.0);
+                widen_bf16_into(src, &mut dst);
+                s.set_mat(t, dst);
             }
         }
+        let s: &'a Layer<Vec<f32>> = s;
+        held.as_ref().map(
+            |t, m| match m {
+                Table::F32(x) => &x[..],
+                Table::Bf16(_) => &s.mat(t)[..],
+            },
+            |_, v| &v[..],
+        )
     }
 
-    /// Layer `l` as held: its f32 weights (matrices empty when held as bf16) and the bf16
-    /// matrices if any — what a decode step reads without widening.
-    pub fn held_layer(&self, l: usize) -> (&LayerWeights, Option<&PackedLayer>) {
-        match &self.layers[l] {
-            HeldLayer::F32(w) => (w, None),
-            HeldLayer::Bf16 { base, mats } => (base, Some(mats)),
-        }
+    /// Layer `l` as held: f32 norms, and its matrices as f32 or bf16 bits — what a decode step
+    /// reads without widening.
+    pub fn held_layer(&self, l: usize) -> &Layer<Table, Vec<f32>> {
+        &self.layers[l]
     }
 
     /// The untied LM head [V, H] as held (None when tied to the embedding table).
@@ -558,28 +441,12 @@ impl Model {
 
     /// Bytes of weights held in memory (f32 and bf16 parts).
     pub fn held_bytes(&self) -> usize {
-        let layers: usize = (0..self.layers.len())
-            .map(|l| {
-                let (w, p) = self.held_layer(l);
-                let f: usize = [
-                    &w.input_norm,
-                    &w.q,
-                    &w.k,
-                    &w.v,
-                    &w.o,
-                    &w.post_attn_norm,
-                    &w.pre_ffn_norm,
-                    &w.gate,
-                    &w.up,
-                    &w.down,
-                    &w.post_ffn_norm,
-                ]
-                .iter()
-                .map(|x| f32_bytes(x))
-                .sum::<usize>()
-                    + w.q_norm.as_deref().map_or(0, f32_bytes)
-                    + w.k_norm.as_deref().map_or(0, f32_bytes);
-                f + p.map_or(0, PackedLayer::bytes)
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|w| {
+                w.mats().map(|(_, m)| m.bytes()).sum::<usize>()
+                    + w.vecs().map(|(_, v)| f32_bytes(v)).sum::<usize>()
             })
             .sum();
         layers
@@ -604,7 +471,7 @@ impl Model {
         let mut scratch = None;
         for l in 0..self.layers.len() {
             let w = self.layer_in(l, &mut scratch);
-            layer_forward(&self.cfg, l, w, &mut h, batch, &rope, &mut obs);
+            layer_forward(&self.cfg, l, &w, &mut h, batch, &rope, &mut obs);
         }
         ops::rms_norm(&mut h, &self.final_norm, self.cfg.rms_norm_eps);
         Ok(h)

@@ -15,8 +15,9 @@
 
 use crate::calib::MlpStats;
 use crate::error::{Error, Result};
+use crate::layer::Layer;
 use crate::linalg::{matmul, spd_inverse};
-use crate::model::LayerWeights;
+use crate::registry::{Half, Kind, LayerTensor};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,25 +53,7 @@ impl Method {
     }
 }
 
-/// Where the dense f64 linear algebra of OBS scoring and repair runs: the host (the reference)
-/// or the GPU that ran the calibration (src/cuda/linalg.rs; same results up to rounding).
-#[derive(Clone, Default)]
-pub enum Solver {
-    #[default]
-    Cpu,
-    #[cfg(feature = "cuda")]
-    Cuda(std::sync::Arc<crate::cuda::Gpu>),
-}
-
-impl Solver {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Solver::Cpu => "cpu",
-            #[cfg(feature = "cuda")]
-            Solver::Cuda(_) => "cuda",
-        }
-    }
-}
+pub use crate::linalg::Solver;
 
 #[cfg(feature = "cuda")]
 fn gpu_err(e: crate::cuda::CudaError) -> Error {
@@ -105,16 +88,16 @@ fn row_norms(w: &[f32], rows: usize, cols: usize) -> Vec<f64> {
         .collect()
 }
 
-pub fn magnitude_scores(w: &LayerWeights, hidden: usize) -> Vec<f64> {
+pub fn magnitude_scores(w: &Layer<Vec<f32>>, hidden: usize) -> Vec<f64> {
     let i = w.width;
-    let g = row_norms(&w.gate, i, hidden);
-    let u = row_norms(&w.up, i, hidden);
-    let d = col_norms_sq(&w.down, hidden, i);
+    let g = row_norms(w.gate(), i, hidden);
+    let u = row_norms(w.up(), i, hidden);
+    let d = col_norms_sq(w.down(), hidden, i);
     (0..i).map(|j| g[j] * u[j] * d[j].sqrt()).collect()
 }
 
-pub fn energy_scores(w: &LayerWeights, hidden: usize, stats: &MlpStats) -> Vec<f64> {
-    let d = col_norms_sq(&w.down, hidden, w.width);
+pub fn energy_scores(w: &Layer<Vec<f32>>, hidden: usize, stats: &MlpStats) -> Vec<f64> {
+    let d = col_norms_sq(w.down(), hidden, w.width);
     stats.mean_sq().iter().zip(&d).map(|(e, d)| e * d).collect()
 }
 
@@ -163,9 +146,8 @@ fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
 
 /// The f32 Gram matrix inside `MlpStats::gram_device`.
 #[cfg(feature = "cuda")]
-fn gram_on_device(dg: &crate::calib::DeviceGram) -> Result<&crate::cuda::DTensor<f32>> {
-    crate::cuda::linalg::gram_tensor(dg)
-        .ok_or_else(|| Error::Other("the device Gram matrix has an unexpected type".into()))
+fn gram_on_device(dg: &crate::engine::DeviceGram) -> Result<&crate::cuda::DTensor<f32>> {
+    Ok(&dg.0)
 }
 
 /// On the GPU, from the Gram matrix the calibration left there: Σ[idx, idx]/count + λI, the
@@ -202,7 +184,7 @@ const OBS_BLOCK: usize = 32;
 /// and O(I·H) per removal, and the pending block is folded into H⁻¹ and W by GEMM, after which
 /// the diagonal and norms are recomputed exactly (no drift across blocks).
 pub fn obs_select(
-    w: &LayerWeights,
+    w: &Layer<Vec<f32>>,
     hidden: usize,
     stats: &MlpStats,
     k: usize,
@@ -217,7 +199,7 @@ pub fn obs_select(
 /// pick depends only on the picks before it, so the first `width - k'` entries are exactly what
 /// a run to any `k' ≥ k` removes: one run to the narrowest width selects every wider one.
 pub fn obs_removal_order(
-    w: &LayerWeights,
+    w: &Layer<Vec<f32>>,
     hidden: usize,
     stats: &MlpStats,
     k: usize,
@@ -225,7 +207,7 @@ pub fn obs_removal_order(
     solver: &Solver,
 ) -> Result<Vec<usize>> {
     let n = w.width;
-    let wt = down_transposed(&w.down, hidden, n); // [I, H]
+    let wt = down_transposed(w.down(), hidden, n); // [I, H]
     const WHAT: &str = "OBS: the activation Gram matrix";
     #[cfg(feature = "cuda")]
     if let (Solver::Cuda(g), Some(dg)) = (solver, stats.gram_device.as_ref()) {
@@ -364,7 +346,7 @@ fn fold(
 
 /// Least-squares re-fit of down_proj over the kept neurons: returns W' as f32 [H, K].
 pub fn repair(
-    w: &LayerWeights,
+    w: &Layer<Vec<f32>>,
     hidden: usize,
     stats: &MlpStats,
     kept: &[usize],
@@ -381,7 +363,7 @@ pub fn repair(
         let m = damped_on_device(g, t, stats.count, damp, Some(kept))?; // [K, K]
         let c = stats.count.max(1) as f64;
         let ck = linalg::gram_gather(g, t, None, Some(kept), c, 0.0).map_err(gpu_err)?; // [I, K]
-        let wd: Vec<f64> = w.down.par_iter().map(|&x| x as f64).collect(); // [H, I]
+        let wd: Vec<f64> = w.down().par_iter().map(|&x| x as f64).collect(); // [H, I]
         let out = linalg::repair_product_device(g, m, &ck, &wd, hidden)
             .map_err(gpu_err)?
             .map_err(|p| not_pd(WHAT, kept[p]))?;
@@ -413,7 +395,7 @@ pub fn repair(
                 *x = cross[i * n + j] / c;
             }
         });
-    let wd: Vec<f64> = w.down.par_iter().map(|&x| x as f64).collect(); // [H, I]
+    let wd: Vec<f64> = w.down().par_iter().map(|&x| x as f64).collect(); // [H, I]
     let out = match solver {
         Solver::Cpu => {
             let minv = spd_inverse(&m, k).map_err(|p| not_pd(WHAT, kept[p]))?;
@@ -428,46 +410,40 @@ pub fn repair(
     Ok(out.into_iter().map(|x| x as f32).collect())
 }
 
-/// The layer's MLP cut to `kept` neurons (rows of gate/up, columns of down), down replaced by
-/// `down` when given ([H, K]).
-pub fn slice_layer(
-    w: &LayerWeights,
+/// The layer's MLP matrices cut to `kept` neurons (rows of gate/up, columns of down), down
+/// replaced by `down` when given ([H, K]): a layer of width K holding only those matrices (the
+/// engines take the rest from the full layer, uncopied: `Backend::load_pruned`).
+pub fn slice_mlp(
+    w: &Layer<Vec<f32>>,
     hidden: usize,
     kept: &[usize],
     down: Option<Vec<f32>>,
-) -> LayerWeights {
+) -> Layer<Vec<f32>> {
     let n = w.width;
     let k = kept.len();
-    let rows = |m: &[f32]| -> Vec<f32> {
-        kept.iter()
-            .flat_map(|&j| m[j * hidden..(j + 1) * hidden].iter().copied())
-            .collect()
-    };
-    let down = down.unwrap_or_else(|| {
-        let mut d = vec![0f32; hidden * k];
-        for r in 0..hidden {
-            for (b, &j) in kept.iter().enumerate() {
-                d[r * k + b] = w.down[r * n + j];
-            }
-        }
-        d
-    });
-    LayerWeights {
-        input_norm: w.input_norm.clone(),
-        q: w.q.clone(),
-        k: w.k.clone(),
-        v: w.v.clone(),
-        o: w.o.clone(),
-        q_norm: w.q_norm.clone(),
-        k_norm: w.k_norm.clone(),
-        post_attn_norm: w.post_attn_norm.clone(),
-        pre_ffn_norm: w.pre_ffn_norm.clone(),
-        gate: rows(&w.gate),
-        up: rows(&w.up),
-        down,
-        post_ffn_norm: w.post_ffn_norm.clone(),
-        width: k,
-    }
+    let mut down = down;
+    let mut cut = w
+        .as_ref()
+        .only(|t| t.half() == Half::Mlp && t.kind() == Kind::Matrix)
+        .map_all(|t, m| match t {
+            // The pruned dimension is down's column (input) dimension …
+            LayerTensor::Down => down.take().unwrap_or_else(|| {
+                let mut d = vec![0f32; hidden * k]; // [H, K]
+                for r in 0..hidden {
+                    for (b, &j) in kept.iter().enumerate() {
+                        d[r * k + b] = m[r * n + j];
+                    }
+                }
+                d
+            }),
+            // … and gate's and up's row (output) dimension.
+            _ => kept
+                .iter()
+                .flat_map(|&j| m[j * hidden..(j + 1) * hidden].iter().copied())
+                .collect(),
+        });
+    cut.width = k;
+    cut
 }
 
 /// `len` deterministic values uniform in [-0.5, 0.5) (xorshift from `seed`): the inputs of
@@ -483,7 +459,7 @@ pub fn synthetic_noise(len: usize, seed: u64) -> Vec<f64> {
 /// a = x·M + x·diag(1 + j % 7) (x, M uniform noise from `seed`), so a few directions dominate
 /// and the greedy choices are well separated.
 #[doc(hidden)]
-pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (LayerWeights, MlpStats) {
+pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (Layer<Vec<f32>>, MlpStats) {
     let noise = synthetic_noise;
     let t = 4 * n;
     let x = noise(t * n, seed);
@@ -507,22 +483,8 @@ pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (LayerWeights, M
         .iter()
         .map(|&v| v as f32)
         .collect();
-    let w = LayerWeights {
-        input_norm: vec![],
-        q: vec![],
-        k: vec![],
-        v: vec![],
-        o: vec![],
-        q_norm: None,
-        k_norm: None,
-        post_attn_norm: vec![],
-        pre_ffn_norm: vec![],
-        gate: vec![],
-        up: vec![],
-        down,
-        post_ffn_norm: vec![],
-        width: n,
-    };
+    let mut w = Layer::empty(n);
+    w.set_mat(LayerTensor::Down, down);
     let stats = MlpStats {
         width: n,
         count: t as u64,
@@ -586,7 +548,7 @@ mod tests {
             let damp = 0.01;
             let lazy = obs_select(&w, hidden, &stats, k, damp, &Solver::Cpu).unwrap();
             let h = damped(mean_matrix(&gram, stats.count), n, damp);
-            let eager = obs_select_eager(&w.down, hidden, n, &h, k);
+            let eager = obs_select_eager(w.down(), hidden, n, &h, k);
             assert_eq!(lazy.len(), k);
             assert_eq!(lazy, eager, "n={n} hidden={hidden} k={k}");
         }

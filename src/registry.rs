@@ -56,6 +56,31 @@ impl LayerTensor {
         }
     }
 
+    /// Where the tensor's index is in `ALL` (and so in a `Layer`'s slots).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A 2-D projection (bf16 on the device) or a 1-D vector (norm weights, f32 on the device).
+    pub fn kind(self) -> Kind {
+        match self.group() {
+            Group::Attention | Group::Mlp => Kind::Matrix,
+            _ => Kind::Vector,
+        }
+    }
+
+    /// The half of the layer that reads the tensor: pruning re-runs only the MLP half.
+    pub fn half(self) -> Half {
+        match self {
+            LayerTensor::PreFfnNorm
+            | LayerTensor::Gate
+            | LayerTensor::Up
+            | LayerTensor::Down
+            | LayerTensor::PostFfnNorm => Half::Mlp,
+            _ => Half::Attention,
+        }
+    }
+
     pub fn group(self) -> Group {
         match self {
             LayerTensor::Q | LayerTensor::K | LayerTensor::V | LayerTensor::O => Group::Attention,
@@ -63,6 +88,20 @@ impl LayerTensor {
             _ => Group::Norm,
         }
     }
+}
+
+/// How a layer tensor is stored: engines keep matrices and vectors in different formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Matrix,
+    Vector,
+}
+
+/// The two blocks of a decoder layer, each with its own residual add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Half {
+    Attention,
+    Mlp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

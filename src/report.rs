@@ -4,8 +4,7 @@
 //! `serde_json::Value` (`to_json`), whose map sorts the keys: the file's key order is
 //! alphabetical, as it has always been.
 
-use crate::ceiling::Point;
-use crate::compile::{Timings, Width};
+use crate::width::{Point, Width};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -132,4 +131,13 @@ pub struct CeilingReport {
 pub struct HeldOutReport {
     pub sequences: usize,
     pub tokens: usize,
+}
+
+/// Wall seconds per stage of one compile.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Timings {
+    pub calibrate: f64,
+    pub score: f64,
+    pub repair: f64,
+    pub write: f64,
 }

@@ -417,7 +417,7 @@ impl TensorRef<'_> {
         let finite = match self.info.dtype {
             Dtype::F32 => widen(b, out, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             Dtype::BF16 => widen(b, out, |c| {
-                crate::cpu::bf16::widen(u16::from_le_bytes([c[0], c[1]]))
+                crate::cpu::convert::widen(u16::from_le_bytes([c[0], c[1]]))
             }),
             Dtype::F16 => widen(b, out, |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
             d => {

@@ -24,7 +24,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn widen(b: u16) -> f64 {
-    bf16::widen(b) as f64
+    whittle::cpu::convert::widen(b) as f64
 }
 
 /// Shapes with every tail: m and n below, at and past the tile (12 × 32), odd and even k.
@@ -76,7 +76,10 @@ fn kernels_equal_the_scalar_model_bitwise() {
                 assert!(y[r * ld + n..r * ld + ld].iter().all(|v| v.is_nan()));
             }
             // The same weights as bf16 bits give the same result.
-            let wb: Vec<u16> = w.iter().map(|&v| bf16::round_bits(v)).collect();
+            let wb: Vec<u16> = w
+                .iter()
+                .map(|&v| whittle::cpu::convert::round_bits(v))
+                .collect();
             let mut yb = vec![0f32; m * n];
             bf16::linear(kernel, &x, Mat::Bf16(&wb), m, k, n, &mut yb, n);
             assert!(yb
@@ -96,8 +99,14 @@ fn scalar_model_is_within_the_summation_bound_of_f64() {
         let x = values(m * k, 7 * si as u64 + 3);
         let w = values(n * k, 7 * si as u64 + 4);
         let y = bf16::linear_model(&x, Mat::F32(&w), m, k, n);
-        let xb: Vec<u16> = x.iter().map(|&v| bf16::round_bits(v)).collect();
-        let wb: Vec<u16> = w.iter().map(|&v| bf16::round_bits(v)).collect();
+        let xb: Vec<u16> = x
+            .iter()
+            .map(|&v| whittle::cpu::convert::round_bits(v))
+            .collect();
+        let wb: Vec<u16> = w
+            .iter()
+            .map(|&v| whittle::cpu::convert::round_bits(v))
+            .collect();
         let u = (2f64).powi(-24);
         let gamma = k as f64 * u / (1.0 - k as f64 * u);
         for r in 0..m {

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use whittle::calib::{Backend, Capture, CpuBackend, Layout, StatsSpec, Stream, TokenWeight};
 use whittle::config::ModelConfig;
 use whittle::cuda::{CudaBackend, GpuModel, Residency};
-use whittle::model::{Batch, Event, LayerWeights, Model};
+use whittle::layer::Layer;
+use whittle::model::{load_layer, Batch, Event, Model};
+use whittle::registry::{Half, Kind, LayerTensor};
 use whittle::safetensors::WeightStore;
 
 fn fixture(name: &str) -> PathBuf {
@@ -95,7 +97,8 @@ fn backend_layers_equal_gpu_model_bitwise() {
         );
         let i = cfg.intermediate_size;
         for l in 0..cfg.num_layers {
-            let w = LayerWeights::load(&store, &cfg, l).unwrap();
+            let host = load_layer(&store, &cfg, l).unwrap();
+            let w = be.load_layer(&cfg, &store, l, &host).unwrap();
             be.run_attention(&cfg, l, &w, Stream::Reference, 0).unwrap();
             be.run_mlp(&cfg, l, &w, Stream::Reference, 0, Capture::None, true)
                 .unwrap();
@@ -141,7 +144,8 @@ fn backend_layers_equal_gpu_model_bitwise() {
             // Against the CPU backend (f32 activations): close, not equal.
             cpu.begin_stats(spec(i, TokenWeight::Uniform, false))
                 .unwrap();
-            cpu.run_layer(&cfg, l, &w, Stream::Pruned, 0, Capture::Stats)
+            let wc = cpu.load_layer(&cfg, &store, l, &host).unwrap();
+            cpu.run_layer(&cfg, l, &wc, Stream::Pruned, 0, Capture::Stats)
                 .unwrap();
             let sc = cpu.take_stats().unwrap();
             let hc = cpu.hidden(Stream::Pruned, 0).unwrap();
@@ -178,9 +182,9 @@ fn weighted_and_cross_statistics_match_cpu() {
         let layout = Layout::new(batch.n_seq, batch.seq_len, 1); // two batches of one sequence
         let i = cfg.intermediate_size;
         for l in [0, cfg.num_layers - 1] {
-            let w = LayerWeights::load(&store, &cfg, l).unwrap();
-            let mut wp = LayerWeights::load(&store, &cfg, l).unwrap();
-            for x in &mut wp.up {
+            let host = load_layer(&store, &cfg, l).unwrap();
+            let mut cut = mlp_matrices(&host);
+            for x in cut.mat_mut(LayerTensor::Up).unwrap() {
                 *x *= 0.5; // a "pruned" stream with other activations
             }
             for (tw, cross) in [
@@ -193,6 +197,8 @@ fn weighted_and_cross_statistics_match_cpu() {
                     // Both streams start from the embeddings; layer l's MLP runs on them
                     // directly (the input does not need to be layer l's real input).
                     dev.start(&cfg, &store, &ids, layout.clone(), true).unwrap();
+                    let w = dev.load_layer(&cfg, &store, l, &host).unwrap();
+                    let wp = dev.load_pruned(&cfg, &host, &cut).unwrap();
                     dev.begin_stats(spec(i, tw, cross)).unwrap();
                     for b in 0..2 {
                         if cross {
@@ -233,9 +239,15 @@ fn weighted_and_cross_statistics_match_cpu() {
     }
 }
 
+/// The MLP matrices of `w` alone, as `prune::slice_mlp` returns them (here uncut).
+fn mlp_matrices(w: &Layer<Vec<f32>>) -> Layer<Vec<f32>> {
+    w.clone()
+        .only(|t| t.half() == Half::Mlp && t.kind() == Kind::Matrix)
+}
+
 #[test]
 #[ignore = "needs a GPU"]
-fn backend_cache_notices_new_weights_under_the_same_key() {
+fn backend_runs_the_pruned_weights_it_is_given() {
     let dir = fixture("tiny-gemma3");
     let cfg = ModelConfig::from_dir(&dir).unwrap();
     let store = WeightStore::open(&dir).unwrap();
@@ -245,27 +257,36 @@ fn backend_cache_notices_new_weights_under_the_same_key() {
     };
     let ids = ids(cfg.vocab_size, batch, cfg.bos_token_id, 99);
     let mut be = CudaBackend::new(gpu());
-    let w = LayerWeights::load(&store, &cfg, 1).unwrap();
-    let mut w2 = LayerWeights::load(&store, &cfg, 1).unwrap();
-    for x in &mut w2.down {
+    let host = load_layer(&store, &cfg, 1).unwrap();
+    let same = mlp_matrices(&host);
+    let mut flipped = mlp_matrices(&host);
+    for x in flipped.mat_mut(LayerTensor::Down).unwrap() {
         *x *= -1.0;
     }
     let layout = Layout::new(1, batch.seq_len, 1);
-    let run = |be: &mut CudaBackend, w: &LayerWeights| {
+    let run = |be: &mut CudaBackend, cut: Option<&Layer<Vec<f32>>>| {
         be.start(&cfg, &store, &ids, layout.clone(), false).unwrap();
-        be.run_mlp(&cfg, 1, w, Stream::Pruned, 0, Capture::None, true)
+        let w = match cut {
+            Some(c) => be.load_pruned(&cfg, &host, c).unwrap(),
+            None => be.load_layer(&cfg, &store, 1, &host).unwrap(),
+        };
+        be.run_mlp(&cfg, 1, &w, Stream::Pruned, 0, Capture::None, true)
             .unwrap();
         be.hidden(Stream::Pruned, 0).unwrap()
     };
-    let a = run(&mut be, &w);
-    let b = run(&mut be, &w2); // same (layer, width), other down_proj
-    let c = run(&mut be, &w);
-    assert!(!same_bits(&a, &b), "the cached down_proj was reused");
-    assert!(same_bits(&a, &c));
-    // Another layer evicts, and coming back gives the same result.
-    let w0 = LayerWeights::load(&store, &cfg, 0).unwrap();
-    run(&mut be, &w0);
-    assert!(same_bits(&run(&mut be, &w), &a));
+    let a = run(&mut be, None);
+    // The full-width MLP re-uploaded from the caller's f32 copy: the same bf16 bytes.
+    assert!(same_bits(&run(&mut be, Some(&same)), &a));
+    // Another down_proj at the same width is run, not a cached one.
+    assert!(!same_bits(&run(&mut be, Some(&flipped)), &a));
+    // A CPU layer handed to the GPU backend is an error, not a panic.
+    be.start(&cfg, &store, &ids, layout.clone(), false).unwrap();
+    let cpu_w = CpuBackend::new()
+        .load_layer(&cfg, &store, 1, &host)
+        .unwrap();
+    assert!(be
+        .run_mlp(&cfg, 1, &cpu_w, Stream::Pruned, 0, Capture::None, true)
+        .is_err());
 }
 
 use common::{run_any_device as run, s};

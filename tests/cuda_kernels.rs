@@ -20,7 +20,8 @@ use whittle::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
 use whittle::cpu::ops as cpu;
 use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut};
-use whittle::cuda::{is_available, select, DTensor, DeviceChoice, Gpu, Selected};
+use whittle::cuda::{is_available, DTensor, Gpu};
+use whittle::device::{select, DeviceChoice, Selected};
 
 // ---------------------------------------------------------------------------------------------
 // Runs everywhere (no GPU needed)

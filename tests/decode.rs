@@ -333,29 +333,30 @@ fn bf16_gemv_is_bit_identical_to_f32() {
 #[test]
 fn bf16_checkpoints_are_held_as_bf16() {
     use whittle::decode::Mat;
-    use whittle::model::LayerWeights;
+    use whittle::model::{load_layer, Table};
     use whittle::safetensors::WeightStore;
     let dir = fixture("tiny-gemma3");
     let g3 = Model::load(&dir).unwrap();
     let store = WeightStore::open(&dir).unwrap();
     let c = &g3.cfg;
     for l in 0..c.num_layers {
-        let (_, packed) = g3.held_layer(l);
         assert!(
-            packed.is_some(),
+            g3.held_layer(l)
+                .mats()
+                .all(|(_, m)| matches!(m, Table::Bf16(_))),
             "layer {l} of a BF16 checkpoint is held as bf16"
         );
-        let want = LayerWeights::load(&store, c, l).unwrap();
-        let got = g3.layer(l);
+        let want = load_layer(&store, c, l).unwrap();
+        let got = g3.layer_f32(l);
         for (a, b) in [
-            (&got.q, &want.q),
-            (&got.o, &want.o),
-            (&got.gate, &want.gate),
-            (&got.down, &want.down),
+            (got.q(), want.q()),
+            (got.o(), want.o()),
+            (got.gate(), want.gate()),
+            (got.down(), want.down()),
         ] {
             assert_eq!(a, b, "layer {l}");
         }
-        assert_eq!(got.input_norm, want.input_norm);
+        assert_eq!(got.input_norm(), want.input_norm());
     }
     assert!(matches!(g3.head(), Mat::Bf16(_)));
     let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
@@ -364,6 +365,9 @@ fn bf16_checkpoints_are_held_as_bf16() {
     assert_eq!(g3.held_bytes(), 2 * mats + 4 * norms);
 
     let g2 = Model::load(&fixture("tiny-gemma2")).unwrap();
-    assert!(g2.held_layer(0).1.is_none(), "tiny-gemma2 is F32");
+    assert!(
+        matches!(g2.held_layer(0).q(), Table::F32(_)),
+        "tiny-gemma2 is F32"
+    );
     assert!(matches!(g2.head(), Mat::F32(_)));
 }

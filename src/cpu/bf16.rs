@@ -19,7 +19,8 @@
 //! with zeros. The micro-kernel keeps an MR × NR tile in 24 zmm accumulators over the whole k (no
 //! k blocking, so the summation order is the scalar model's at every shape).
 
-use crate::decode::Mat;
+use crate::cpu::convert::{round_bits, widen};
+use crate::cpu::gemv::Mat;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -148,25 +149,6 @@ const NR: usize = 32;
 /// its panels stream past them.
 const MB_TASK: usize = 8;
 const NB_TASK: usize = 8;
-
-/// bf16 bits of `v`, round-to-nearest-even (NaN stays NaN), as the GPU engine rounds.
-#[inline]
-pub fn round_bits(v: f32) -> u16 {
-    half::bf16::from_f32(v).to_bits()
-}
-
-/// f32 values rounded to bf16 (`round_bits`), for upload to the GPU engine.
-pub fn to_bf16(x: &[f32]) -> Vec<half::bf16> {
-    x.iter().map(|&v| half::bf16::from_f32(v)).collect()
-}
-
-/// bf16 bits → f32, exact. Not `half::bf16::to_f32`: that sets the quiet bit of a signalling
-/// NaN (so a corrupt weight would not keep its bits) and its NaN branch keeps the widening loops
-/// of the GEMV and the loaders from vectorizing.
-#[inline(always)]
-pub fn widen(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
 
 /// x [m, k] → blocks of MR rows, each `[kp][MR]` pairs (missing rows and the odd k are zero).
 fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {

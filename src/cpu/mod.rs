@@ -1,5 +1,6 @@
-//! The CPU path: plain f32 reference ops, multi-threaded with rayon, and the bf16-input GEMM
-//! that `--precision bf16` puts under the projections and the LM head.
+//! The CPU path: plain f32 reference ops, multi-threaded with rayon, the bf16-input GEMM
+//! that `--precision bf16` puts under the projections and the LM head, the decode GEMV over f32
+//! or bf16 weights (`gemv`) and the bf16 ↔ f32 conversions (`convert`).
 
 pub mod act;
 pub mod attention;
@@ -8,6 +9,8 @@ pub mod attention;
 #[clippy::msrv = "1.89"]
 pub mod bf16;
 pub mod bias;
+pub mod convert;
+pub mod gemv;
 pub mod kv;
 pub mod norm;
 pub mod ops;

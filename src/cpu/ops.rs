@@ -3,7 +3,7 @@
 //! the order changes the rounding (the `(1+w)` multiply before any downcast, the scale applied
 //! after the dot product, softcap before the mask).
 
-use crate::decode::Mat;
+use crate::cpu::gemv::Mat;
 use rayon::prelude::*;
 
 /// Rows smaller than this are not worth a rayon task each.

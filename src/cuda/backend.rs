@@ -17,24 +17,19 @@
 //!   `--refit-target original` pairs two streams' activations and is still accumulated on the
 //!   host from downloaded activations (correct, slow; not the default).
 //! - The column sums use f64 atomics, so GPU statistics are not bitwise repeatable run to run
-//!   (the Gram matrix is); the weights are still widened to f32 and uploaded per layer from the
-//!   host (`LayerWeights`), which the speed issue may want to stream as bf16 instead.
-//! - **Weights** come from the `&LayerWeights` argument (f32). They are rounded to bf16
-//!   (nearest-even, as `GpuModel::from_cpu` rounds them; the norm weights stay f32) and uploaded
-//!   once per distinct (layer index, width), then cached. Each half is uploaded when it first
-//!   runs, because the pruned layer that `--sequential` re-runs needs only its MLP. The cache
-//!   keeps only the current layer's entries, and a call for another layer evicts them, so at
-//!   most two sets of one layer's weights (full width and pruned) occupy the GPU. An entry is
-//!   checked against the addresses, lengths and a sample of the values of the weights it came
-//!   from. If a caller passes different weights under the same key, they are uploaded again.
-//!   This happens in compile when the pruned width equals the full width but down_proj was
-//!   re-fitted.
+//!   (the Gram matrix is).
+//! - **Weights** are uploaded by `load_layer` straight from the checkpoint (`GpuModel`'s
+//!   `read_layer`: BF16 bits as stored, F32/F16 rounded to nearest even; norm weights f32) and
+//!   handed back to the caller as an `EngineLayer::Device`, which the run calls take: the backend
+//!   never has to recognise weights. `load_pruned` uploads the pruned MLP half (gate, up and the
+//!   possibly re-fitted down rounded to bf16, the MLP norms) once after slicing. The caller
+//!   drops a handle when it is done with it, so at most one layer's weights and its pruned MLP
+//!   occupy the GPU.
 //! - **Embeddings** (`Backend::embed`) are `bf16(bf16(e) · bf16(sqrt(H)))`, exactly what the
 //!   `embed_bf16` kernel computes for `GpuModel`, computed on the host from the checkpoint rows.
 //!   The CPU backend uses f32 `e · sqrt(H)`.
 
-use super::block::{self, AttnScratch, AttnWeights, MlpWeights};
-use super::error::CudaResult;
+use super::block::{self, AttnScratch, DeviceLayer};
 use super::gpu::{DTensor, Gpu};
 use super::ops;
 use crate::calib::{
@@ -42,116 +37,16 @@ use crate::calib::{
     Streams, TokenWeight,
 };
 use crate::config::ModelConfig;
+use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
-use crate::model::{embed_rows_from_store, Batch, LayerWeights};
+use crate::layer::Layer;
+use crate::model::{embed_rows_from_store, Batch};
+use crate::registry::Half;
 use crate::safetensors::WeightStore;
 use half::bf16;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use crate::cpu::bf16::to_bf16;
-
-/// Identity of the host weights an upload came from: buffer addresses, lengths and up to 64
-/// evenly spaced values of each tensor.
-fn fingerprint(parts: &[&[f32]]) -> u64 {
-    let mut hs = DefaultHasher::new();
-    for p in parts {
-        (p.as_ptr() as usize).hash(&mut hs);
-        p.len().hash(&mut hs);
-        let step = (p.len() / 64).max(1);
-        for v in p.iter().step_by(step) {
-            v.to_bits().hash(&mut hs);
-        }
-    }
-    hs.finish()
-}
-
-fn attn_parts(w: &LayerWeights) -> Vec<&[f32]> {
-    let mut v: Vec<&[f32]> = vec![&w.input_norm, &w.q, &w.k, &w.v, &w.o, &w.post_attn_norm];
-    v.extend(w.q_norm.as_deref());
-    v.extend(w.k_norm.as_deref());
-    v
-}
-
-fn mlp_parts(w: &LayerWeights) -> Vec<&[f32]> {
-    vec![&w.pre_ffn_norm, &w.gate, &w.up, &w.down, &w.post_ffn_norm]
-}
-
-/// The attention half's weights on the device.
-struct DevAttn {
-    fp: u64,
-    input_norm: DTensor<f32>,     // [H]
-    q: DTensor<bf16>,             // [nh·d, H]
-    k: DTensor<bf16>,             // [nkv·d, H]
-    v: DTensor<bf16>,             // [nkv·d, H]
-    o: DTensor<bf16>,             // [H, nh·d]
-    q_norm: Option<DTensor<f32>>, // [d]
-    k_norm: Option<DTensor<f32>>, // [d]
-    post_attn_norm: DTensor<f32>, // [H]
-}
-
-impl DevAttn {
-    fn weights(&self) -> AttnWeights<'_> {
-        block::attn_weights!(self)
-    }
-
-    fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevAttn> {
-        let (h, d, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
-        let norm = |x: &Option<Vec<f32>>| {
-            x.as_ref()
-                .map(|x| DTensor::from_host(gpu, x, &[d]))
-                .transpose()
-        };
-        Ok(DevAttn {
-            fp,
-            input_norm: DTensor::from_host(gpu, &w.input_norm, &[h])?,
-            q: DTensor::from_host(gpu, &to_bf16(&w.q), &[qd, h])?,
-            k: DTensor::from_host(gpu, &to_bf16(&w.k), &[kvd, h])?,
-            v: DTensor::from_host(gpu, &to_bf16(&w.v), &[kvd, h])?,
-            o: DTensor::from_host(gpu, &to_bf16(&w.o), &[h, qd])?,
-            q_norm: norm(&w.q_norm)?,
-            k_norm: norm(&w.k_norm)?,
-            post_attn_norm: DTensor::from_host(gpu, &w.post_attn_norm, &[h])?,
-        })
-    }
-}
-
-/// The MLP half's weights on the device, at the layer's (possibly pruned) width I.
-struct DevMlp {
-    fp: u64,
-    pre_ffn_norm: DTensor<f32>,  // [H]
-    gate: DTensor<bf16>,         // [I, H]
-    up: DTensor<bf16>,           // [I, H]
-    down: DTensor<bf16>,         // [H, I]
-    post_ffn_norm: DTensor<f32>, // [H]
-}
-
-impl DevMlp {
-    fn weights(&self) -> MlpWeights<'_> {
-        block::mlp_weights!(self)
-    }
-
-    fn upload(gpu: &Gpu, cfg: &ModelConfig, w: &LayerWeights, fp: u64) -> CudaResult<DevMlp> {
-        let (h, i) = (cfg.hidden_size, w.width);
-        Ok(DevMlp {
-            fp,
-            pre_ffn_norm: DTensor::from_host(gpu, &w.pre_ffn_norm, &[h])?,
-            gate: DTensor::from_host(gpu, &to_bf16(&w.gate), &[i, h])?,
-            up: DTensor::from_host(gpu, &to_bf16(&w.up), &[i, h])?,
-            down: DTensor::from_host(gpu, &to_bf16(&w.down), &[h, i])?,
-            post_ffn_norm: DTensor::from_host(gpu, &w.post_ffn_norm, &[h])?,
-        })
-    }
-}
-
-/// Cached device weights of one (layer, width).
-struct Entry {
-    layer: usize,
-    width: usize,
-    attn: Option<DevAttn>,
-    mlp: Option<DevMlp>,
-}
+use crate::cpu::convert::to_bf16;
 
 /// Statistics accumulated on the device (`StatsSpec` without the cross matrix).
 struct DevCapture {
@@ -172,7 +67,6 @@ enum Capturing {
 /// Runs calibration layers on one GPU (see the module comment for what travels where).
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
-    cache: Vec<Entry>,
     capture: Option<Capturing>,
     streams: Option<Streams<DTensor<bf16>>>, // per batch [rows, H]
 }
@@ -181,7 +75,6 @@ impl CudaBackend {
     pub fn new(gpu: Arc<Gpu>) -> CudaBackend {
         CudaBackend {
             gpu,
-            cache: Vec::new(),
             capture: None,
             streams: None,
         }
@@ -191,49 +84,12 @@ impl CudaBackend {
         &self.gpu
     }
 
-    /// Index of the cache entry of (l, width), evicting every other layer's entries.
-    fn entry(&mut self, l: usize, width: usize) -> usize {
-        self.cache.retain(|e| e.layer == l);
-        match self.cache.iter().position(|e| e.width == width) {
-            Some(i) => i,
-            None => {
-                self.cache.push(Entry {
-                    layer: l,
-                    width,
-                    attn: None,
-                    mlp: None,
-                });
-                self.cache.len() - 1
-            }
-        }
-    }
-
-    fn ensure_attn(&mut self, cfg: &ModelConfig, l: usize, w: &LayerWeights) -> Result<usize> {
-        let i = self.entry(l, w.width);
-        let fp = fingerprint(&attn_parts(w));
-        if self.cache[i].attn.as_ref().map(|a| a.fp) != Some(fp) {
-            self.cache[i].attn = None; // free the stale copy before uploading the new one
-            self.cache[i].attn = Some(DevAttn::upload(&self.gpu, cfg, w, fp)?);
-        }
-        Ok(i)
-    }
-
-    fn ensure_mlp(&mut self, cfg: &ModelConfig, l: usize, w: &LayerWeights) -> Result<usize> {
-        let i = self.entry(l, w.width);
-        let fp = fingerprint(&mlp_parts(w));
-        if self.cache[i].mlp.as_ref().map(|m| m.fp) != Some(fp) {
-            self.cache[i].mlp = None;
-            self.cache[i].mlp = Some(DevMlp::upload(&self.gpu, cfg, w, fp)?);
-        }
-        Ok(i)
-    }
-
     /// `h += post_attn_norm(o_proj(attn(input_norm(h))))` on the device (`GpuModel::layer`).
     fn attn_device(
         gpu: &Gpu,
         cfg: &ModelConfig,
         l: usize,
-        w: &DevAttn,
+        w: &DeviceLayer,
         h: &mut DTensor<bf16>,
         batch: Batch,
     ) -> Result<()> {
@@ -247,7 +103,7 @@ impl CudaBackend {
             )));
         }
         let mut scratch = AttnScratch::new(gpu, cfg, n)?;
-        block::attention(gpu, cfg, l, &w.weights(), h, &mut scratch, batch, None)
+        block::attention(gpu, cfg, l, w, h, &mut scratch, batch, None)
     }
 
     /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)` (only when
@@ -257,15 +113,15 @@ impl CudaBackend {
     fn mlp_device(
         gpu: &Gpu,
         cfg: &ModelConfig,
-        w: &DevMlp,
+        w: &DeviceLayer,
         h: &mut DTensor<bf16>,
         capture: Capture,
         write: bool,
         capturing: Option<&mut Capturing>,
     ) -> Result<()> {
         let eps = cfg.rms_norm_eps;
-        let (n, hd, i) = (h.rows(), cfg.hidden_size, w.gate.rows());
-        let mw = w.weights();
+        let (n, hd, i) = (h.rows(), cfg.hidden_size, w.gate().rows());
+        let mw = w;
         let mut x = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
         let mut act = DTensor::zeros(gpu, &[n, i])?; // [N, I]
 
@@ -280,7 +136,7 @@ impl CudaBackend {
             (true, Some(Capturing::Device(d))) => {
                 let mut gate = DTensor::zeros(gpu, &[n, i])?; // [N, I]
                 let mut up = DTensor::zeros(gpu, &[n, i])?; // [N, I]
-                block::mlp_in(gpu, cfg, &mw, h, &mut x, &mut gate, &mut up)?;
+                block::mlp_in(gpu, cfg, mw, h, &mut x, &mut gate, &mut up)?;
                 drop(x);
                 ops::gelu_mul(
                     gpu,
@@ -297,16 +153,16 @@ impl CudaBackend {
                 d.count += n as u64;
                 if write {
                     let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
-                    block::mlp_down(gpu, &mw, &act, &mut y)?;
-                    block::mlp_residual(gpu, cfg, &mw, h, &y)?;
+                    block::mlp_down(gpu, mw, &act, &mut y)?;
+                    block::mlp_residual(gpu, cfg, mw, h, &y)?;
                 }
                 return Ok(());
             }
             (_, capturing) => {
-                block::mlp_act(gpu, cfg, &mw, h, &mut x, &mut act, None)?;
+                block::mlp_act(gpu, cfg, mw, h, &mut x, &mut act, None)?;
                 drop(x);
                 let mut y = DTensor::zeros(gpu, &[n, hd])?; // [N, H]
-                block::mlp_down(gpu, &mw, &act, &mut y)?;
+                block::mlp_down(gpu, mw, &act, &mut y)?;
                 match (capture, capturing) {
                     (Capture::None, _) => {}
                     (_, None) => {
@@ -349,7 +205,7 @@ impl CudaBackend {
                     }
                 }
                 if write {
-                    block::mlp_residual(gpu, cfg, &mw, h, &y)?;
+                    block::mlp_residual(gpu, cfg, mw, h, &y)?;
                 }
             }
         }
@@ -366,8 +222,8 @@ impl Backend for CudaBackend {
         2 // bf16 hidden states on the device
     }
 
-    fn solver(&self) -> crate::prune::Solver {
-        crate::prune::Solver::Cuda(self.gpu.clone())
+    fn solver(&self) -> crate::linalg::Solver {
+        crate::linalg::Solver::Cuda(self.gpu.clone())
     }
 
     fn kernels(&self, cfg: &ModelConfig) -> Option<String> {
@@ -425,16 +281,41 @@ impl Backend for CudaBackend {
             .collect())
     }
 
+    fn load_layer<'w>(
+        &mut self,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        l: usize,
+        _host: &'w Layer<Vec<f32>>,
+    ) -> Result<EngineLayer<'w>> {
+        let host = super::model::read_layer(store, cfg, l)?;
+        let w = host.as_ref().map(|_, m| &m[..], |_, v| &v[..]);
+        Ok(EngineLayer::Device(block::upload(&self.gpu, cfg, w)?))
+    }
+
+    fn load_pruned<'w>(
+        &mut self,
+        cfg: &ModelConfig,
+        layer: &'w Layer<Vec<f32>>,
+        mlp: &'w Layer<Vec<f32>>,
+    ) -> Result<EngineLayer<'w>> {
+        // Rounded to bf16 as `GpuModel::from_cpu` rounds (exact for gate and up, sliced from
+        // a BF16 checkpoint's widened values).
+        let half = layer.as_ref().only(|t| t.half() == Half::Mlp);
+        let host = half.overlay(mlp.as_ref()).map(|_, m| to_bf16(m), |_, v| v);
+        let w = host.as_ref().map(|_, m| &m[..], |_, v| &v[..]);
+        Ok(EngineLayer::Device(block::upload(&self.gpu, cfg, w)?))
+    }
+
     fn run_attention(
         &mut self,
         cfg: &ModelConfig,
         l: usize,
-        w: &LayerWeights,
+        w: &EngineLayer<'_>,
         s: Stream,
         b: usize,
     ) -> Result<()> {
-        let e = self.ensure_attn(cfg, l, w)?;
-        let wa = self.cache[e].attn.as_ref().expect("uploaded above");
+        let wa = w.device("CUDA")?;
         let st = started_mut(&mut self.streams)?;
         let batch = st.layout.batch(b);
         let h = st.get_mut(s, b)?;
@@ -444,15 +325,14 @@ impl Backend for CudaBackend {
     fn run_mlp(
         &mut self,
         cfg: &ModelConfig,
-        l: usize,
-        w: &LayerWeights,
+        _l: usize,
+        w: &EngineLayer<'_>,
         s: Stream,
         b: usize,
         capture: Capture,
         write: bool,
     ) -> Result<()> {
-        let e = self.ensure_mlp(cfg, l, w)?;
-        let wm = self.cache[e].mlp.as_ref().expect("uploaded above");
+        let wm = w.device("CUDA")?;
         let h = started_mut(&mut self.streams)?.get_mut(s, b)?;
         Self::mlp_device(&self.gpu, cfg, wm, h, capture, write, self.capture.as_mut())
     }

@@ -4,63 +4,34 @@
 //! (`crate::model`), checked by tests/cuda_model.rs and tests/cuda_backend.rs.
 
 use super::gpu::{DTensor, Gpu};
-use super::model::KvSink;
 use super::ops::{self, AttnParams};
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::layer::Layer;
 use crate::model::Batch;
+use crate::registry::{layer_shape, LayerTensor};
 use half::bf16;
 
-/// One layer's attention weights on the device.
-pub(super) struct AttnWeights<'a> {
-    pub input_norm: &'a DTensor<f32>,     // [H]
-    pub q: &'a DTensor<bf16>,             // [nh·d, H]
-    pub k: &'a DTensor<bf16>,             // [nkv·d, H]
-    pub v: &'a DTensor<bf16>,             // [nkv·d, H]
-    pub o: &'a DTensor<bf16>,             // [H, nh·d]
-    pub q_norm: Option<&'a DTensor<f32>>, // [d] (Gemma-3)
-    pub k_norm: Option<&'a DTensor<f32>>, // [d] (Gemma-3)
-    pub post_attn_norm: &'a DTensor<f32>, // [H]
-}
+/// One layer's weights on the device: bf16 matrices, f32 norm weights (shapes on `Layer`'s
+/// accessors). A pruned MLP half holds only the MLP slots, at its own width.
+pub type DeviceLayer = Layer<DTensor<bf16>, DTensor<f32>>;
 
-/// `AttnWeights` of any struct holding the attention tensors under their usual names.
-macro_rules! attn_weights {
-    ($s:expr) => {
-        $crate::cuda::block::AttnWeights {
-            input_norm: &$s.input_norm,
-            q: &$s.q,
-            k: &$s.k,
-            v: &$s.v,
-            o: &$s.o,
-            q_norm: $s.q_norm.as_ref(),
-            k_norm: $s.k_norm.as_ref(),
-            post_attn_norm: &$s.post_attn_norm,
-        }
-    };
-}
-pub(super) use attn_weights;
+/// Receives each layer's K and V ([N, nkv·d] each; K after the q/k norm and RoPE, as attention
+/// consumes them) during a forward pass: how `GpuDecoder::prefill` fills its cache.
+pub(super) type KvSink<'a> = dyn FnMut(usize, &DTensor<bf16>, &DTensor<bf16>) -> Result<()> + 'a;
 
-/// `MlpWeights` of any struct holding the MLP tensors under their usual names.
-macro_rules! mlp_weights {
-    ($s:expr) => {
-        $crate::cuda::block::MlpWeights {
-            pre_ffn_norm: &$s.pre_ffn_norm,
-            gate: &$s.gate,
-            up: &$s.up,
-            down: &$s.down,
-            post_ffn_norm: &$s.post_ffn_norm,
-        }
-    };
-}
-pub(super) use mlp_weights;
-
-/// One layer's MLP weights on the device.
-pub(super) struct MlpWeights<'a> {
-    pub pre_ffn_norm: &'a DTensor<f32>,  // [H]
-    pub gate: &'a DTensor<bf16>,         // [I, H]
-    pub up: &'a DTensor<bf16>,           // [I, H]
-    pub down: &'a DTensor<bf16>,         // [H, I]
-    pub post_ffn_norm: &'a DTensor<f32>, // [H]
+/// Every tensor of `host` uploaded (shapes as `cfg` and the layer's width imply).
+pub(super) fn upload(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    host: Layer<&[bf16], &[f32]>,
+) -> Result<DeviceLayer> {
+    let cfg = cfg.with_intermediate_size(host.width);
+    let up = |t: LayerTensor| layer_shape(&cfg, t);
+    Ok(host.try_map(
+        |t, m| DTensor::from_host(gpu, m, &up(t)),
+        |t, v| DTensor::from_host(gpu, v, &up(t)),
+    )?)
 }
 
 /// Scratch of the attention block for N rows; `x` and `y` also serve the MLP block.
@@ -95,7 +66,7 @@ pub(super) fn attention(
     gpu: &Gpu,
     cfg: &ModelConfig,
     l: usize,
-    w: &AttnWeights,
+    w: &DeviceLayer,
     h: &mut DTensor<bf16>,
     s: &mut AttnScratch,
     batch: Batch,
@@ -103,11 +74,11 @@ pub(super) fn attention(
 ) -> Result<()> {
     let eps = cfg.rms_norm_eps;
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    ops::rms_norm(gpu, h, w.input_norm, &mut s.x, eps)?;
-    ops::gemm_nt(gpu, &s.x, w.q, Some(&mut s.q), None, false)?;
-    ops::gemm_nt(gpu, &s.x, w.k, Some(&mut s.k), None, false)?;
-    ops::gemm_nt(gpu, &s.x, w.v, Some(&mut s.v), None, false)?;
-    if let (Some(qn), Some(kn)) = (w.q_norm, w.k_norm) {
+    ops::rms_norm(gpu, h, w.input_norm(), &mut s.x, eps)?;
+    ops::gemm_nt(gpu, &s.x, w.q(), Some(&mut s.q), None, false)?;
+    ops::gemm_nt(gpu, &s.x, w.k(), Some(&mut s.k), None, false)?;
+    ops::gemm_nt(gpu, &s.x, w.v(), Some(&mut s.v), None, false)?;
+    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
         ops::rms_norm_inplace(gpu, &mut s.q, qn, eps)?;
         ops::rms_norm_inplace(gpu, &mut s.k, kn, eps)?;
     }
@@ -135,8 +106,8 @@ pub(super) fn attention(
         window: cfg.window(l),
     };
     ops::attention(gpu, &s.q, &s.k, &s.v, &mut s.att, &p)?;
-    ops::gemm_nt(gpu, &s.att, w.o, Some(&mut s.y), None, false)?;
-    ops::rms_norm_residual(gpu, h, &s.y, w.post_attn_norm, eps)?;
+    ops::gemm_nt(gpu, &s.att, w.o(), Some(&mut s.y), None, false)?;
+    ops::rms_norm_residual(gpu, h, &s.y, w.post_attn_norm(), eps)?;
     Ok(())
 }
 
@@ -145,15 +116,15 @@ pub(super) fn attention(
 pub(super) fn mlp_in(
     gpu: &Gpu,
     cfg: &ModelConfig,
-    w: &MlpWeights,
+    w: &DeviceLayer,
     h: &DTensor<bf16>,
     x: &mut DTensor<bf16>,
     gate: &mut DTensor<bf16>,
     up: &mut DTensor<bf16>,
 ) -> Result<()> {
-    ops::rms_norm(gpu, h, w.pre_ffn_norm, x, cfg.rms_norm_eps)?;
-    ops::gemm_nt(gpu, x, w.gate, Some(gate), None, false)?;
-    ops::gemm_nt(gpu, x, w.up, Some(up), None, false)?;
+    ops::rms_norm(gpu, h, w.pre_ffn_norm(), x, cfg.rms_norm_eps)?;
+    ops::gemm_nt(gpu, x, w.gate(), Some(gate), None, false)?;
+    ops::gemm_nt(gpu, x, w.up(), Some(up), None, false)?;
     Ok(())
 }
 
@@ -164,18 +135,18 @@ pub(super) fn mlp_in(
 pub(super) fn mlp_act(
     gpu: &Gpu,
     cfg: &ModelConfig,
-    w: &MlpWeights,
+    w: &DeviceLayer,
     h: &DTensor<bf16>,
     x: &mut DTensor<bf16>,
     act: &mut DTensor<bf16>,
     scratch: Option<(&mut DTensor<bf16>, &mut DTensor<bf16>)>,
 ) -> Result<()> {
     if ops::gate_up_fused(gpu, cfg.hidden_size) {
-        ops::rms_norm(gpu, h, w.pre_ffn_norm, x, cfg.rms_norm_eps)?;
-        ops::gate_up_act(gpu, x, w.gate, w.up, act)?;
+        ops::rms_norm(gpu, h, w.pre_ffn_norm(), x, cfg.rms_norm_eps)?;
+        ops::gate_up_act(gpu, x, w.gate(), w.up(), act)?;
         return Ok(());
     }
-    let (n, i) = (h.rows(), w.gate.rows());
+    let (n, i) = (h.rows(), w.gate().rows());
     let mut owned = None;
     let (gate, up) = match scratch {
         Some(s) => s,
@@ -195,11 +166,11 @@ pub(super) fn mlp_act(
 /// `y = act·W_downᵀ` ([N, H], the down_proj output before the post-FFN norm).
 pub(super) fn mlp_down(
     gpu: &Gpu,
-    w: &MlpWeights,
+    w: &DeviceLayer,
     act: &DTensor<bf16>,
     y: &mut DTensor<bf16>,
 ) -> Result<()> {
-    ops::gemm_nt(gpu, act, w.down, Some(y), None, false)?;
+    ops::gemm_nt(gpu, act, w.down(), Some(y), None, false)?;
     Ok(())
 }
 
@@ -207,10 +178,10 @@ pub(super) fn mlp_down(
 pub(super) fn mlp_residual(
     gpu: &Gpu,
     cfg: &ModelConfig,
-    w: &MlpWeights,
+    w: &DeviceLayer,
     h: &mut DTensor<bf16>,
     y: &DTensor<bf16>,
 ) -> Result<()> {
-    ops::rms_norm_residual(gpu, h, y, w.post_ffn_norm, cfg.rms_norm_eps)?;
+    ops::rms_norm_residual(gpu, h, y, w.post_ffn_norm(), cfg.rms_norm_eps)?;
     Ok(())
 }

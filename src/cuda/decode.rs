@@ -30,8 +30,9 @@
 //! All work is queued on the model's one stream; `step` and `prefill` download the logits
 //! (`[V]` f32), `step_greedy` and `prefill_greedy` pick on the device and download one id.
 
+use super::block::DeviceLayer;
 use super::gpu::{DTensor, Gpu};
-use super::model::{DeviceLayer, GpuModel};
+use super::model::GpuModel;
 use super::ops::{self, DecodeAttnParams, DecodeWorkspace, RowStatsOut};
 use super::prof::range;
 use crate::config::ModelConfig;
@@ -349,11 +350,11 @@ fn step_layer(
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
 
     // --- attention block
-    ops::rms_norm(gpu, &b.h, &w.input_norm, &mut b.x, eps)?;
-    ops::gemv(gpu, &b.x, &w.q, Some(&mut b.q), None, None)?;
-    ops::gemv(gpu, &b.x, &w.k, Some(&mut b.k), None, None)?;
-    ops::gemv(gpu, &b.x, &w.v, Some(&mut b.v), None, None)?;
-    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+    ops::rms_norm(gpu, &b.h, w.input_norm(), &mut b.x, eps)?;
+    ops::gemv(gpu, &b.x, w.q(), Some(&mut b.q), None, None)?;
+    ops::gemv(gpu, &b.x, w.k(), Some(&mut b.k), None, None)?;
+    ops::gemv(gpu, &b.x, w.v(), Some(&mut b.v), None, None)?;
+    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
         ops::rms_norm_inplace(gpu, &mut b.q, qn, eps)?;
         ops::rms_norm_inplace(gpu, &mut b.k, kn, eps)?;
     }
@@ -385,14 +386,14 @@ fn step_layer(
         splits,
     };
     ops::decode_attention(gpu, &b.q, &kv.k, &kv.v, &mut b.att, &mut b.ws, &ap)?;
-    ops::gemv(gpu, &b.att, &w.o, Some(&mut b.y), None, None)?;
-    ops::rms_norm_residual(gpu, &mut b.h, &b.y, &w.post_attn_norm, eps)?;
+    ops::gemv(gpu, &b.att, w.o(), Some(&mut b.y), None, None)?;
+    ops::rms_norm_residual(gpu, &mut b.h, &b.y, w.post_attn_norm(), eps)?;
 
     // --- MLP block
-    ops::rms_norm(gpu, &b.h, &w.pre_ffn_norm, &mut b.x, eps)?;
-    ops::gemv_gelu(gpu, &b.x, &w.gate, &w.up, &mut b.act)?;
-    ops::gemv(gpu, &b.act, &w.down, Some(&mut b.y), None, None)?;
-    ops::rms_norm_residual(gpu, &mut b.h, &b.y, &w.post_ffn_norm, eps)?;
+    ops::rms_norm(gpu, &b.h, w.pre_ffn_norm(), &mut b.x, eps)?;
+    ops::gemv_gelu(gpu, &b.x, w.gate(), w.up(), &mut b.act)?;
+    ops::gemv(gpu, &b.act, w.down(), Some(&mut b.y), None, None)?;
+    ops::rms_norm_residual(gpu, &mut b.h, &b.y, w.post_ffn_norm(), eps)?;
     Ok(())
 }
 

@@ -145,34 +145,3 @@ pub fn probe(ordinal: usize) -> CudaResult<GpuInfo> {
 pub fn is_available() -> Result<GpuInfo, String> {
     probe(0).map_err(|e| e.to_string())
 }
-
-/// The `--device` flag; defined in `crate::device` so CPU-only builds parse it too.
-pub use crate::device::DeviceChoice;
-
-/// Where work will run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selected {
-    /// `reason` says why `auto` fell back to the CPU (None when the CPU was asked for).
-    Cpu {
-        reason: Option<String>,
-    },
-    Cuda(GpuInfo),
-}
-
-/// Resolves a `--device` choice. `auto` never fails (it falls back to the CPU with a reason);
-/// an explicit `cuda[:N]` that cannot be used is an error naming the flag and the cause.
-pub fn select(choice: DeviceChoice) -> crate::Result<Selected> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Selected::Cpu { reason: None }),
-        DeviceChoice::Auto => Ok(match probe(0) {
-            Ok(info) => Selected::Cuda(info),
-            Err(e) => Selected::Cpu {
-                reason: Some(format!("no usable GPU: {e}")),
-            },
-        }),
-        DeviceChoice::Cuda(n) => probe(n).map(Selected::Cuda).map_err(|e| crate::Error::Arg {
-            flag: "--device",
-            msg: format!("cuda:{n} is not usable: {e}"),
-        }),
-    }
-}

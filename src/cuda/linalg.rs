@@ -7,7 +7,7 @@ use super::error::{CudaError, CudaResult};
 use super::gpu::{DTensor, Gpu, KArg};
 use super::ops::{cfg, i32_of};
 use super::prof::range;
-use crate::calib::DeviceGram;
+use crate::engine::DeviceGram;
 use std::marker::PhantomData;
 
 /// Block width of the inverse (kernels/linalg.cu `la::SWEEP`).
@@ -512,11 +512,6 @@ pub fn repair_product_device(
 /// Wraps the backend's symmetric f32 Gram matrix [I, I] for `MlpStats::gram_device`.
 pub fn device_gram(g: DTensor<f32>) -> DeviceGram {
     DeviceGram(std::sync::Arc::new(g))
-}
-
-/// The f32 Gram matrix inside a `DeviceGram` (None if it holds something else).
-pub fn gram_tensor(g: &DeviceGram) -> Option<&DTensor<f32>> {
-    g.0.downcast_ref::<DTensor<f32>>()
 }
 
 /// diag(G) in f64 ([n]), downloaded.

@@ -4,15 +4,15 @@
 //! no NVIDIA driver.
 //!
 //! Module map:
-//! - `device` — `probe` / `is_available` (never panic), `DeviceChoice` (`--device`), `select`
+//! - `device` — `probe` / `is_available` (never panic); `--device` is resolved in `crate::device`
 //! - `gpu`    — `Gpu` (context, stream, module, function cache), `DTensor` device buffers
 //! - `ops`    — one launcher file per kernel file (`ops/X.rs` ↔ kernels/X.cu), with shape and
-//!   alignment preconditions; `ops::gemm_policy` picks the GEMM kernel
+//!   alignment preconditions; `ops::gemm::policy` picks the GEMM kernel
 //! - `model`  — `GpuModel`, the forward pass mirroring `crate::model::Model` (and `eval::LogitModel`)
 //! - `decode` — `GpuDecoder`, KV-cache decoding mirroring `crate::decode::Decoder` (and the
 //!   `decode::Engine` that `bench` and `generate` drive)
 //! - `linalg` — f64 GEMM, SPD inverse, greedy OBS and the repair product on the device (the
-//!   `prune::Solver::Cuda` side of `compile`'s scoring)
+//!   `linalg::Solver::Cuda` side of `compile`'s scoring)
 //! - `backend` — `CudaBackend`, the calibration `calib::Backend` (`whittle compile --device cuda`)
 //! - `error`  — `CudaError` (reaches `crate::Error` as `Error::Cuda`)
 //! - `prof`   — NVTX ranges (feature `nvtx`)
@@ -34,7 +34,7 @@ mod tma;
 
 pub use backend::CudaBackend;
 pub use decode::GpuDecoder;
-pub use device::{is_available, probe, select, DeviceChoice, GpuInfo, Selected};
+pub use device::{is_available, probe, GpuInfo};
 pub use error::CudaError;
 pub use gpu::{DTensor, Gpu, FATBIN, PTXAS_REPORT};
 pub use model::{GpuModel, LogitStats, MlpStats, Residency};

@@ -16,15 +16,16 @@
 //! given). For calibration without downloads, `enable_mlp_stats` accumulates Σa and Σa² per neuron
 //! (f64) and optionally the Gram matrix Σ a aᵀ (f32) on the device, read back by `take_mlp_stats`.
 
-use super::block::{self, AttnScratch, AttnWeights, MlpWeights};
+use super::block::{self, AttnScratch, DeviceLayer, KvSink};
 use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
 use super::ops::{self, RowStatsOut};
 use super::prof::range;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::layer::Layer;
 use crate::model::{untied_head, Batch, Event, Model, Observer};
-use crate::registry::{self, layer_has, layer_name, layer_shape, LayerTensor};
+use crate::registry::{self, layer_name, layer_shape};
 use crate::safetensors::WeightStore;
 use half::bf16;
 use std::path::{Path, PathBuf};
@@ -40,101 +41,36 @@ pub enum Residency {
 }
 
 /// One layer's weights on the host, already in the device formats (bf16 matrices, f32 norms).
-struct HostLayer {
-    input_norm: Vec<f32>,     // [H]
-    q: Vec<bf16>,             // [nh·d, H]
-    k: Vec<bf16>,             // [nkv·d, H]
-    v: Vec<bf16>,             // [nkv·d, H]
-    o: Vec<bf16>,             // [H, nh·d]
-    q_norm: Option<Vec<f32>>, // [d]
-    k_norm: Option<Vec<f32>>, // [d]
-    post_attn_norm: Vec<f32>, // [H]
-    pre_ffn_norm: Vec<f32>,   // [H]
-    gate: Vec<bf16>,          // [I, H]
-    up: Vec<bf16>,            // [I, H]
-    down: Vec<bf16>,          // [H, I]
-    post_ffn_norm: Vec<f32>,  // [H]
+type HostLayer = Layer<Vec<bf16>, Vec<f32>>;
+
+/// A layer's device buffers, zeroed, at `cfg`'s shapes (the streamed model's staging set).
+fn alloc_layer(gpu: &Gpu, cfg: &ModelConfig) -> CudaResult<DeviceLayer> {
+    Layer::try_build(
+        cfg,
+        |t| DTensor::zeros(gpu, &layer_shape(cfg, t)),
+        |t| DTensor::zeros(gpu, &layer_shape(cfg, t)),
+    )
 }
 
-/// One layer's weights on the device (shapes as in `HostLayer`).
-pub(super) struct DeviceLayer {
-    pub(super) input_norm: DTensor<f32>,
-    pub(super) q: DTensor<bf16>,
-    pub(super) k: DTensor<bf16>,
-    pub(super) v: DTensor<bf16>,
-    pub(super) o: DTensor<bf16>,
-    pub(super) q_norm: Option<DTensor<f32>>,
-    pub(super) k_norm: Option<DTensor<f32>>,
-    pub(super) post_attn_norm: DTensor<f32>,
-    pub(super) pre_ffn_norm: DTensor<f32>,
-    pub(super) gate: DTensor<bf16>,
-    pub(super) up: DTensor<bf16>,
-    pub(super) down: DTensor<bf16>,
-    pub(super) post_ffn_norm: DTensor<f32>,
+/// Copies `w` into the staging buffers `d` (same shapes).
+fn copy_layer(gpu: &Gpu, d: &mut DeviceLayer, w: &HostLayer) -> CudaResult<()> {
+    let _r = range("upload layer");
+    for (t, m) in w.mats() {
+        if let Some(dm) = d.mat_mut(t) {
+            dm.copy_from_host(gpu, m)?;
+        }
+    }
+    for (t, v) in w.vecs() {
+        if let Some(dv) = d.vec_mut(t) {
+            dv.copy_from_host(gpu, v)?;
+        }
+    }
+    Ok(())
 }
 
-/// Receives each layer's K and V ([N, nkv·d] each; K after the q/k norm and RoPE, as attention
-/// consumes them) during a forward pass: how `GpuDecoder::prefill` fills its cache.
-pub(super) type KvSink<'a> = dyn FnMut(usize, &DTensor<bf16>, &DTensor<bf16>) -> Result<()> + 'a;
-
-impl DeviceLayer {
-    pub(super) fn attn(&self) -> AttnWeights<'_> {
-        block::attn_weights!(self)
-    }
-
-    pub(super) fn mlp(&self) -> MlpWeights<'_> {
-        block::mlp_weights!(self)
-    }
-
-    fn alloc(gpu: &Gpu, cfg: &ModelConfig) -> CudaResult<DeviceLayer> {
-        let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        Ok(DeviceLayer {
-            input_norm: DTensor::zeros(gpu, &[h])?,
-            q: DTensor::zeros(gpu, &[qd, h])?,
-            k: DTensor::zeros(gpu, &[kvd, h])?,
-            v: DTensor::zeros(gpu, &[kvd, h])?,
-            o: DTensor::zeros(gpu, &[h, qd])?,
-            q_norm: if cfg.qk_norm {
-                Some(DTensor::zeros(gpu, &[d])?)
-            } else {
-                None
-            },
-            k_norm: if cfg.qk_norm {
-                Some(DTensor::zeros(gpu, &[d])?)
-            } else {
-                None
-            },
-            post_attn_norm: DTensor::zeros(gpu, &[h])?,
-            pre_ffn_norm: DTensor::zeros(gpu, &[h])?,
-            gate: DTensor::zeros(gpu, &[i, h])?,
-            up: DTensor::zeros(gpu, &[i, h])?,
-            down: DTensor::zeros(gpu, &[h, i])?,
-            post_ffn_norm: DTensor::zeros(gpu, &[h])?,
-        })
-    }
-
-    fn upload(&mut self, gpu: &Gpu, w: &HostLayer) -> CudaResult<()> {
-        let _r = range("upload layer");
-        self.input_norm.copy_from_host(gpu, &w.input_norm)?;
-        self.q.copy_from_host(gpu, &w.q)?;
-        self.k.copy_from_host(gpu, &w.k)?;
-        self.v.copy_from_host(gpu, &w.v)?;
-        self.o.copy_from_host(gpu, &w.o)?;
-        if let (Some(dq), Some(hq)) = (self.q_norm.as_mut(), w.q_norm.as_ref()) {
-            dq.copy_from_host(gpu, hq)?;
-        }
-        if let (Some(dk), Some(hk)) = (self.k_norm.as_mut(), w.k_norm.as_ref()) {
-            dk.copy_from_host(gpu, hk)?;
-        }
-        self.post_attn_norm.copy_from_host(gpu, &w.post_attn_norm)?;
-        self.pre_ffn_norm.copy_from_host(gpu, &w.pre_ffn_norm)?;
-        self.gate.copy_from_host(gpu, &w.gate)?;
-        self.up.copy_from_host(gpu, &w.up)?;
-        self.down.copy_from_host(gpu, &w.down)?;
-        self.post_ffn_norm.copy_from_host(gpu, &w.post_ffn_norm)?;
-        Ok(())
-    }
+/// `w` borrowed as slices, as `block::upload` takes it.
+fn slices(w: &HostLayer) -> Layer<&[bf16], &[f32]> {
+    w.as_ref().map(|_, m| &m[..], |_, v| &v[..])
 }
 
 /// Per-neuron statistics of one layer's MLP activation (the `down_proj` input).
@@ -176,7 +112,7 @@ pub struct GpuModel {
     stats: Mutex<Option<Vec<DeviceStats>>>,
 }
 
-use crate::cpu::bf16::to_bf16;
+use crate::cpu::convert::to_bf16;
 
 /// A CPU model's matrix in bf16 (bf16 bits as they are).
 fn mat_to_bf16(m: crate::decode::Mat<'_>) -> Vec<bf16> {
@@ -199,51 +135,14 @@ fn read_f32(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<f32>
     store.f32_checked(name, shape)
 }
 
-impl HostLayer {
-    fn load(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<HostLayer> {
-        let m = |t: LayerTensor| read_bf16(store, &layer_name(l, t), &layer_shape(cfg, t));
-        let f = |t: LayerTensor| read_f32(store, &layer_name(l, t), &layer_shape(cfg, t));
-        let opt = |t: LayerTensor| {
-            if layer_has(cfg, t) {
-                f(t).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        Ok(HostLayer {
-            input_norm: f(LayerTensor::InputNorm)?,
-            q: m(LayerTensor::Q)?,
-            k: m(LayerTensor::K)?,
-            v: m(LayerTensor::V)?,
-            o: m(LayerTensor::O)?,
-            q_norm: opt(LayerTensor::QNorm)?,
-            k_norm: opt(LayerTensor::KNorm)?,
-            post_attn_norm: f(LayerTensor::PostAttnNorm)?,
-            pre_ffn_norm: f(LayerTensor::PreFfnNorm)?,
-            gate: m(LayerTensor::Gate)?,
-            up: m(LayerTensor::Up)?,
-            down: m(LayerTensor::Down)?,
-            post_ffn_norm: f(LayerTensor::PostFfnNorm)?,
-        })
-    }
-
-    fn from_cpu(w: &crate::model::LayerWeights) -> HostLayer {
-        HostLayer {
-            input_norm: w.input_norm.clone(),
-            q: to_bf16(&w.q),
-            k: to_bf16(&w.k),
-            v: to_bf16(&w.v),
-            o: to_bf16(&w.o),
-            q_norm: w.q_norm.clone(),
-            k_norm: w.k_norm.clone(),
-            post_attn_norm: w.post_attn_norm.clone(),
-            pre_ffn_norm: w.pre_ffn_norm.clone(),
-            gate: to_bf16(&w.gate),
-            up: to_bf16(&w.up),
-            down: to_bf16(&w.down),
-            post_ffn_norm: w.post_ffn_norm.clone(),
-        }
-    }
+/// Layer `l` of the checkpoint in the device formats: matrices as bf16 (BF16 bits as stored,
+/// F32/F16 rounded to nearest even), norm weights in f32.
+pub(super) fn read_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<HostLayer> {
+    Layer::try_build(
+        cfg,
+        |t| read_bf16(store, &layer_name(l, t), &layer_shape(cfg, t)),
+        |t| read_f32(store, &layer_name(l, t), &layer_shape(cfg, t)),
+    )
 }
 
 /// Scratch activations of one forward call ([N, ·] bf16).
@@ -271,7 +170,7 @@ impl GpuModel {
         };
         let final_norm = read_f32(&store, registry::FINAL_NORM, &[cfg.hidden_size])?;
         let host = (0..cfg.num_layers)
-            .map(|l| HostLayer::load(&store, &cfg, l))
+            .map(|l| read_layer(&store, &cfg, l))
             .collect::<Result<Vec<_>>>()?;
         Self::build(
             dir.to_path_buf(),
@@ -288,7 +187,9 @@ impl GpuModel {
     /// Uploads an already loaded CPU model (its f32 weights rounded to bf16).
     pub fn from_cpu(model: &Model, gpu: Arc<Gpu>, residency: Residency) -> Result<GpuModel> {
         let host = (0..model.cfg.num_layers)
-            .map(|l| HostLayer::from_cpu(&model.layer(l)))
+            .map(|l| {
+                (model.held_layer(l).as_ref()).map(|_, m| mat_to_bf16(m.mat()), |_, v| v.clone())
+            })
             .collect();
         let lm = model.lm_head_table().map(mat_to_bf16);
         Self::build(
@@ -324,14 +225,12 @@ impl GpuModel {
             Residency::Resident => {
                 let mut v = Vec::with_capacity(host.len());
                 for w in &host {
-                    let mut d = DeviceLayer::alloc(&gpu, &cfg)?;
-                    d.upload(&gpu, w)?;
-                    v.push(d);
+                    v.push(block::upload(&gpu, &cfg, slices(w))?);
                 }
                 Layers::Resident(v)
             }
             Residency::Streamed => Layers::Streamed {
-                stage: Box::new(Mutex::new(DeviceLayer::alloc(&gpu, &cfg)?)),
+                stage: Box::new(Mutex::new(alloc_layer(&gpu, &cfg)?)),
                 host,
             },
         };
@@ -490,7 +389,7 @@ impl GpuModel {
                 Layers::Resident(v) => self.layer(l, &v[l], &mut a, batch, obs, st, kv)?,
                 Layers::Streamed { host, stage } => {
                     let mut s = stage.lock().unwrap_or_else(|p| p.into_inner());
-                    s.upload(gpu, &host[l])?;
+                    copy_layer(gpu, &mut s, &host[l])?;
                     self.layer(l, &s, &mut a, batch, obs, st, kv)?;
                 }
             }
@@ -513,11 +412,10 @@ impl GpuModel {
     ) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
-        block::attention(gpu, cfg, l, &w.attn(), &mut a.h, &mut a.s, batch, kv)?;
-        let mw = w.mlp();
+        block::attention(gpu, cfg, l, w, &mut a.h, &mut a.s, batch, kv)?;
         match stats {
             Some(s) => {
-                block::mlp_in(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
+                block::mlp_in(gpu, cfg, w, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
                 ops::gelu_mul(
                     gpu,
                     &a.gate,
@@ -533,14 +431,14 @@ impl GpuModel {
             }
             None if a.act_f32.is_none() => {
                 let scratch = Some((&mut a.gate, &mut a.up));
-                block::mlp_act(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.act, scratch)?
+                block::mlp_act(gpu, cfg, w, &a.h, &mut a.s.x, &mut a.act, scratch)?
             }
             None => {
-                block::mlp_in(gpu, cfg, &mw, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
+                block::mlp_in(gpu, cfg, w, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
                 ops::gelu_mul(gpu, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?
             }
         }
-        block::mlp_down(gpu, &mw, &a.act, &mut a.s.y)?;
+        block::mlp_down(gpu, w, &a.act, &mut a.s.y)?;
         if let (Some(f), Some(af)) = (obs.as_mut(), a.act_f32.as_ref()) {
             f(Event::MlpAct {
                 layer: l,
@@ -548,7 +446,7 @@ impl GpuModel {
                 out: &self.download_f32(&a.s.y)?,
             });
         }
-        block::mlp_residual(gpu, cfg, &mw, &mut a.h, &a.s.y)?;
+        block::mlp_residual(gpu, cfg, w, &mut a.h, &a.s.y)?;
         if let Some(f) = obs.as_mut() {
             f(Event::LayerOut {
                 layer: l,
@@ -583,7 +481,7 @@ impl GpuModel {
             Layers::Resident(v) => f(&v[l]),
             Layers::Streamed { host, stage } => {
                 let mut s = stage.lock().unwrap_or_else(|p| p.into_inner());
-                s.upload(&self.gpu, &host[l])?;
+                copy_layer(&self.gpu, &mut s, &host[l])?;
                 f(&s)
             }
         }

@@ -3,7 +3,7 @@
 //! its solver in `cuda::linalg`). Each launcher checks the shapes and preconditions its kernel
 //! relies on (returning `CudaError::Precondition` naming the kernel), picks the grid and the
 //! dynamic shared memory, and keeps the one `unsafe` launch local with a `SAFETY:` note. Shapes
-//! in comments are row-major. `gemm_policy` decides which GEMM kernel runs (`WHITTLE_GEMM`, the
+//! in comments are row-major. `gemm::policy` decides which GEMM kernel runs (`WHITTLE_GEMM`, the
 //! self-checks of the wgmma kernels). This file holds only what the launchers share; callers
 //! name everything as `ops::foo`.
 //!
@@ -15,7 +15,6 @@ mod convert;
 mod decode;
 mod embed;
 mod gemm;
-mod gemm_policy;
 mod head;
 mod mlp;
 mod norm;
@@ -32,12 +31,9 @@ pub use decode::{
 };
 pub use embed::embed;
 pub use gemm::{
-    gate_up_act, gate_up_act_with, gemm_nt, gemm_nt_launch, gemm_nt_with, gram_accumulate,
-    gram_accumulate_with, gram_symmetrize, transpose,
-};
-pub use gemm_policy::{
-    auto_gemm_kernel, gate_up_fused, gemm_kernel_name, kernel_summary, sm90_gemm_enabled,
-    sm90_kernel_enabled, GemmKernel,
+    auto_gemm_kernel, gate_up_act, gate_up_act_with, gate_up_fused, gemm_kernel_name, gemm_nt,
+    gemm_nt_launch, gemm_nt_with, gram_accumulate, gram_accumulate_with, gram_symmetrize,
+    kernel_summary, sm90_gemm_enabled, sm90_kernel_enabled, transpose, GemmKernel,
 };
 pub use head::{kl_rows, row_stats, softcap, RowStatsOut};
 pub use mlp::{gelu_mul, scale_rows_stats, token_weights};

@@ -2,8 +2,8 @@
 //! kernel agrees with the mma.sync one before `GemmKernel::Auto` trusts it, the choice itself,
 //! and the summary of the chosen kernels for reports.
 
-use super::attention::{flash_kernel_name, flash_warps};
-use super::gemm::{
+use super::super::attention::{flash_kernel_name, flash_warps};
+use super::{
     gate_up_act_with, gemm_nt_launch, gemm_nt_with, gram_accumulate_with, gram_symmetrize,
 };
 use crate::cuda::error::{CudaError, CudaResult};

@@ -3,7 +3,8 @@
 //! matrix `G += Aᵀ·A`, and the transpose and symmetrize helpers. Which kernel runs is
 //! `gemm_policy`'s decision.
 
-use super::gemm_policy::{resolve_kernel, GemmKernel};
+mod policy;
+
 use super::mlp::gelu_mul;
 use super::{cfg, expect_inner, expect_outputs, expect_shape, i32_of, MAX_GRID_YZ};
 use crate::cuda::error::{CudaError, CudaResult};
@@ -11,6 +12,11 @@ use crate::cuda::gpu::{DTensor, Gpu, KArg};
 use crate::cuda::prof::range;
 use crate::cuda::tma;
 use half::bf16;
+use policy::resolve_kernel;
+pub use policy::{
+    auto_gemm_kernel, gate_up_fused, gemm_kernel_name, kernel_summary, sm90_gemm_enabled,
+    sm90_kernel_enabled, GemmKernel,
+};
 
 /// Dynamic shared memory of the GEMM kernels: 4 stages × (128 + 128) × 32 bf16.
 const GEMM_SMEM: u32 = 4 * (128 + 128) * 32 * 2;
