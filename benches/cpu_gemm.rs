@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 use whittle::cpu::bf16::{self, Kernel};
+use whittle::cpu::decode::Mat;
 use whittle::cpu::ops;
-use whittle::decode::Mat;
 
 fn values(n: usize) -> Vec<f32> {
     (0..n)

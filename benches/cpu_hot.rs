@@ -21,15 +21,15 @@ use half::bf16;
 use serde_json::json;
 use std::hint::black_box;
 use std::path::Path;
-use whittle::calib::MlpStats;
-use whittle::config::ModelConfig;
+use whittle::checkpoint::config::ModelConfig;
+use whittle::checkpoint::registry::registry;
+use whittle::checkpoint::safetensors::{encode_header, Dtype, HeaderEntry};
+use whittle::compile::calib::MlpStats;
 use whittle::cpu::attention::{attention, AttnShape};
+use whittle::cpu::decode::{gemv_mat, Decoder, Mat};
+use whittle::cpu::model::{Batch, Model};
 use whittle::cpu::ops;
-use whittle::decode::{gemv_mat, Decoder, Mat};
-use whittle::model::{Batch, Model};
-use whittle::registry::registry;
 use whittle::rng::XorShift64;
-use whittle::safetensors::{encode_header, Dtype, HeaderEntry};
 
 const HIDDEN: usize = 640;
 const MLP: usize = 2048;
@@ -135,12 +135,14 @@ fn stats(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    let (w, st) = whittle::prune::synthetic_problem(512, HIDDEN, 7);
-    let solver = whittle::prune::Solver::Cpu;
+    let (w, st) = whittle::compile::prune::synthetic_problem(512, HIDDEN, 7);
+    let solver = whittle::compile::prune::Solver::Cpu;
     let mut g = c.benchmark_group("obs");
     g.sample_size(10);
     g.bench_function("obs_select", |b| {
-        b.iter(|| whittle::prune::obs_removal_order(&w, HIDDEN, &st, 256, 1e-3, &solver).unwrap())
+        b.iter(|| {
+            whittle::compile::prune::obs_removal_order(&w, HIDDEN, &st, 256, 1e-3, &solver).unwrap()
+        })
     });
     g.finish();
 }

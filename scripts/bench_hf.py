@@ -6,7 +6,7 @@ usage: bench_hf.py MODEL [MODEL ...] [--device cpu|cuda] [--json] [--json-out FI
                    [--prefill-batch 8] [--prefill-len 512] [--rag-len 2048]
                    [--decode-prompt 512] [--decode-tokens 128]
 
-Same protocol as `whittle bench` (src/bench.rs), so the two JSON outputs have the same shape:
+Same protocol as `whittle bench` (src/serve/bench.rs), so the two JSON outputs have the same shape:
   * model: AutoModelForCausalLM, attn_implementation="eager", fp32 on CPU, bf16 on CUDA, eval,
     torch.inference_mode;
   * prompts: the text of --prompt-file (default src/bench_prompt.txt, the text whittle compiles

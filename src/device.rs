@@ -15,11 +15,11 @@
 //! `decode::Engine` (batched prefill and `cuda::GpuDecoder`), with the same residency rule as
 //! `eval`. `bench --forward` has no GPU path: it says so and runs on the CPU.
 
-use crate::calib::{Backend, CpuBackend};
-use crate::decode::Engine;
+use crate::compile::calib::{Backend, CpuBackend};
+use crate::cpu::decode::Engine;
+use crate::cpu::model::Model;
 use crate::error::{Error, Result};
-use crate::eval::LogitModel;
-use crate::model::Model;
+use crate::serve::eval::LogitModel;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -271,8 +271,8 @@ impl Device {
 fn bf16_weight_bytes(dirs: &[&Path]) -> Result<u64> {
     let mut total = 0u64;
     for dir in dirs {
-        let cfg = crate::config::ModelConfig::from_dir(dir)?;
-        total += crate::registry::registry(&cfg, true)
+        let cfg = crate::checkpoint::config::ModelConfig::from_dir(dir)?;
+        total += crate::checkpoint::registry::registry(&cfg, true)
             .iter()
             .map(|s| 2 * s.numel() as u64)
             .sum::<u64>();

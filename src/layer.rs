@@ -15,8 +15,8 @@
 //!
 //! Loading, widening, uploading and slicing are each one `build` / `map` / `try_map`.
 
-use crate::config::ModelConfig;
-use crate::registry::{layer_has, Kind, LayerTensor};
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::{layer_has, Kind, LayerTensor};
 
 const N: usize = LayerTensor::ALL.len();
 
@@ -263,7 +263,7 @@ impl Layer<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Half;
+    use crate::checkpoint::registry::Half;
 
     #[test]
     fn slots_follow_the_registry_order() {

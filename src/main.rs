@@ -7,9 +7,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
-use whittle::eval::{evaluate, make_windows};
-use whittle::model::Model;
-use whittle::tokenizer::{read_text, Tokenizer};
+use whittle::checkpoint::tokenizer::{read_text, Tokenizer};
+use whittle::cpu::model::Model;
+use whittle::serve::eval::{evaluate, make_windows};
 
 #[global_allocator]
 static ALLOC: whittle::mem::CountingAlloc = whittle::mem::CountingAlloc;
@@ -81,7 +81,7 @@ struct EvalArgs {
     model: PathBuf,
     /// UTF-8 text to evaluate on: FILE, or NAME=FILE, repeatable (one report row per text).
     #[arg(long, value_name = "[NAME=]FILE")]
-    text: Vec<whittle::tasks::NamedText>,
+    text: Vec<whittle::serve::tasks::NamedText>,
     /// Window length in tokens, BOS included.
     #[arg(long, default_value_t = 512)]
     seq: usize,
@@ -121,7 +121,7 @@ struct CompileArgs {
     /// holds conversations ({"messages": [{"role", "content"}, ...]}, rendered in Gemma's chat
     /// format) or {"text": ...} documents, one per line.
     #[arg(long, num_args = 1..)]
-    calib: Vec<whittle::calib::CalibSource>,
+    calib: Vec<whittle::compile::calib::CalibSource>,
     /// Pre-tokenized calibration: safetensors with an integer input_ids [n, seq] (BOS included).
     #[arg(long, conflicts_with = "calib")]
     calib_ids: Option<PathBuf>,
@@ -134,8 +134,8 @@ struct CompileArgs {
     seq: usize,
     /// Neuron score: obs, energy or magnitude (obs + sequential measured best on Gemma 3 270M,
     /// see README).
-    #[arg(long, default_value = "obs", value_parser = lib_parser(whittle::prune::Method::parse))]
-    method: whittle::prune::Method,
+    #[arg(long, default_value = "obs", value_parser = lib_parser(whittle::compile::prune::Method::parse))]
+    method: whittle::compile::prune::Method,
     /// Calibrate layer l on the already-pruned layers < l and re-fit against that stream (the
     /// default).
     #[arg(long, conflicts_with = "one_shot")]
@@ -158,8 +158,8 @@ struct CompileArgs {
     /// square, which the post-FFN RMSNorm divides out; measured best), `uniform` (the down_proj
     /// output error itself) or `out-resid` (also ÷ the residual's mean square).
     #[arg(long, default_value = "out",
-          value_parser = lib_parser(whittle::calib::TokenWeight::parse))]
-    token_weight: whittle::calib::TokenWeight,
+          value_parser = lib_parser(whittle::compile::calib::TokenWeight::parse))]
+    token_weight: whittle::compile::calib::TokenWeight,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     /// `all` or a comma list (`default,throughput`) compiles several in one run: -o is then a
     /// folder holding one output folder per tier, named by the tier.
@@ -343,7 +343,8 @@ fn load_windows(model_dir: &std::path::Path, win: &WindowArgs, bos: u32) -> Resu
             let need = n.saturating_mul(win.seq.saturating_sub(1));
             let mut bytes = need.saturating_mul(16).max(1 << 16);
             loop {
-                let (text, whole) = whittle::tokenizer::read_text_prefix(&win.text, bytes)?;
+                let (text, whole) =
+                    whittle::checkpoint::tokenizer::read_text_prefix(&win.text, bytes)?;
                 let ids = tok.encode(&text)?;
                 if whole || ids.len() >= need.saturating_add(64) {
                     break ids;
@@ -369,7 +370,7 @@ fn load_windows(model_dir: &std::path::Path, win: &WindowArgs, bos: u32) -> Resu
 
 /// `eval --tasks` and/or several `--text`: one capability report (markdown table or JSON).
 fn cmd_eval_report(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
-    use whittle::tasks;
+    use whittle::serve::tasks;
     // Everything the user gave is checked before a model is loaded.
     let names = a.tasks.as_deref().map(tasks::parse_list).transpose()?;
     let task_data = names
@@ -414,7 +415,7 @@ fn cmd_eval_report(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result
         .transpose()?;
     for task in &task_data {
         let reqs = tasks::requests(task, &tok, bos)?;
-        let run = |m: &dyn whittle::eval::LogitModel, who: &str| {
+        let run = |m: &dyn whittle::serve::eval::LogitModel, who: &str| {
             let pb = progress(reqs.len(), &format!("{} {who}", task.name));
             let t = Instant::now();
             let sc = tasks::score(m, &reqs, task.items.len(), |i| pb.set_position(i as u64))?;
@@ -564,7 +565,7 @@ fn cmd_eval(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     if a.text.is_empty() && a.tasks.is_none() {
         anyhow::bail!("eval needs --text [NAME=]FILE (repeatable), --tasks LIST, or both");
     }
-    whittle::tasks::check_text_names(&a.text)?;
+    whittle::serve::tasks::check_text_names(&a.text)?;
     if a.tasks.is_some() || a.text.len() > 1 {
         return cmd_eval_report(a, device);
     }
@@ -647,7 +648,7 @@ fn cmd_bench(a: BenchArgs, device: whittle::device::DeviceChoice) -> Result<()> 
         return cmd_bench_forward(a);
     }
     let dev = open_device(device, None)?;
-    use whittle::bench::{self, Protocol, Subject};
+    use whittle::serve::bench::{self, Protocol, Subject};
     let mut p = if a.quick {
         Protocol::quick()
     } else {
@@ -725,7 +726,8 @@ fn cmd_bench_forward(a: BenchArgs) -> Result<()> {
     };
     let windows = load_windows(&a.model, &win, model.cfg.bos_token_id)?;
     let pb = progress(windows.len() * 2, "bench");
-    let (no_head, with_head) = whittle::bench::forward_throughput(&model, &windows, || pb.inc(1))?;
+    let (no_head, with_head) =
+        whittle::serve::bench::forward_throughput(&model, &windows, || pb.inc(1))?;
     pb.finish_and_clear();
     let out = json!({
         "model": a.model.display().to_string(),
@@ -753,8 +755,8 @@ fn cmd_bench_forward(a: BenchArgs) -> Result<()> {
 
 fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     use std::io::Write;
-    use whittle::decode::Sampling;
-    use whittle::generate::{
+    use whittle::cpu::decode::Sampling;
+    use whittle::serve::generate::{
         chat_prompt, generate, has_chat_template, prompt_ids, stop_tokens, GenOptions, StopReason,
         TextStream,
     };
@@ -866,7 +868,7 @@ fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Resul
 /// The compile targets the width flags ask for, and whether -o is a folder of several outputs.
 fn compile_targets(
     a: &CompileArgs,
-    cfg: &whittle::config::ModelConfig,
+    cfg: &whittle::checkpoint::config::ModelConfig,
 ) -> Result<(Vec<whittle::compile::Target>, bool)> {
     use whittle::compile::{Target, Width, TIERS};
     // Several widths: one output folder each under -o, named by the request.
@@ -910,14 +912,14 @@ fn compile_targets(
         return several(a.keep_ratios.iter().map(|&r| Width::KeepRatio(r)).collect());
     }
     let width = if a.max_gib.is_some() || a.max_params.is_some() {
-        let store = whittle::safetensors::WeightStore::open(&a.model)?;
+        let store = whittle::checkpoint::safetensors::WeightStore::open(&a.model)?;
         let max_bytes = match a.max_gib {
             Some(g) => {
                 anyhow::ensure!(
                     g.is_finite() && g > 0.0,
                     "--max-gib {g}: give a positive number of GiB"
                 );
-                Some((g * whittle::inspect::GIB) as u64)
+                Some((g * whittle::compile::inspect::GIB) as u64)
             }
             None => None,
         };
@@ -950,9 +952,9 @@ fn ceiling_holdout(a: &CompileArgs) -> Option<usize> {
 fn compile_to_ceiling(
     a: &CompileArgs,
     dev: &whittle::device::Device,
-    ceiling: whittle::width::Ceiling,
+    ceiling: whittle::compile::width::Ceiling,
     plan: &whittle::compile::Plan,
-    calib: Option<whittle::calib::CalibSet>,
+    calib: Option<whittle::compile::calib::CalibSet>,
 ) -> Result<()> {
     let mut calib = calib.context("a quality ceiling is measured on held-out calibration text: give --calib FILE (or --calib-ids)")?;
     // A pre-tokenized set is what it is: its default slice is an eighth of it.
@@ -961,7 +963,7 @@ fn compile_to_ceiling(
         (None, Some(_)) => (calib.n_seq / 8).max(1),
         (None, None) => ceiling_holdout(a).unwrap_or(1),
     };
-    let held = whittle::ceiling::hold_out(&mut calib, n)?;
+    let held = whittle::compile::ceiling::hold_out(&mut calib, n)?;
     eprintln!(
         "{}: {} calibration sequences, {} held out to measure each probe",
         ceiling.flag(),
@@ -969,11 +971,12 @@ fn compile_to_ceiling(
         held.windows.len()
     );
     let t = Instant::now();
-    let load = |d: &std::path::Path| -> whittle::error::Result<Box<dyn whittle::eval::LogitModel>> {
-        Ok(dev.load_eval_models(&[d])?.remove(0))
-    };
+    let load =
+        |d: &std::path::Path| -> whittle::error::Result<Box<dyn whittle::serve::eval::LogitModel>> {
+            Ok(dev.load_eval_models(&[d])?.remove(0))
+        };
     let pb = progress(0, "probe");
-    let found = whittle::ceiling::search(
+    let found = whittle::compile::ceiling::search(
         &a.model,
         &a.output,
         &calib,
@@ -1020,7 +1023,7 @@ fn compile_to_ceiling(
 fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     let dev = open_device(device, None)?;
     use whittle::compile::{compile_batch, resolve_targets, streams_needed, CompileOptions};
-    let cfg = whittle::config::ModelConfig::from_dir(&a.model)?;
+    let cfg = whittle::checkpoint::config::ModelConfig::from_dir(&a.model)?;
     let (targets, several) = compile_targets(&a, &cfg)?;
     let opts = CompileOptions {
         method: a.method,
@@ -1034,8 +1037,8 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         force: a.force,
         batch_seqs: a.batch,
         ceiling: match (a.max_kl, a.max_ppl_ratio) {
-            (Some(x), _) => Some(whittle::width::Ceiling::Kl(x)),
-            (_, Some(r)) => Some(whittle::width::Ceiling::PplRatio(r)),
+            (Some(x), _) => Some(whittle::compile::width::Ceiling::Kl(x)),
+            (_, Some(r)) => Some(whittle::compile::width::Ceiling::PplRatio(r)),
             _ => None,
         },
     };
@@ -1052,14 +1055,17 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
             .with_context(|| format!("creating the output folder {}", a.output.display()))?;
     }
     for t in &targets {
-        whittle::writer::check_destination(&a.model, &t.output, a.force)?;
+        whittle::compile::writer::check_destination(&a.model, &t.output, a.force)?;
     }
     let needs_calib = opts.needs_calib();
     let calib = if let Some(p) = &a.calib_ids {
-        Some(whittle::calib::CalibSet::from_ids_file(p, cfg.vocab_size)?)
+        Some(whittle::compile::calib::CalibSet::from_ids_file(
+            p,
+            cfg.vocab_size,
+        )?)
     } else if !a.calib.is_empty() {
         let tok = Tokenizer::from_dir(&a.model)?;
-        let c = whittle::calib::CalibSet::from_texts(
+        let c = whittle::compile::calib::CalibSet::from_texts(
             &tok,
             &a.calib,
             a.samples.unwrap_or(128) + ceiling_holdout(&a).unwrap_or(0),
@@ -1095,7 +1101,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         "--holdout is for --max-kl / --max-ppl-ratio: without a quality ceiling every sequence calibrates"
     );
     let n_streams = streams_needed(&opts, targets.len(), calib.is_some());
-    let mut backends: Vec<Box<dyn whittle::calib::Backend>> =
+    let mut backends: Vec<Box<dyn whittle::compile::calib::Backend>> =
         (0..n_streams).map(|_| dev.backend()).collect();
     let tokens = calib.as_ref().map_or(0, |c| c.tokens());
     let need = whittle::compile::run_memory_bytes(
@@ -1116,7 +1122,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         None => None,
     };
     if let Some((b, what)) = budget {
-        let gib = |x: u64| x as f64 / whittle::inspect::GIB;
+        let gib = |x: u64| x as f64 / whittle::compile::inspect::GIB;
         anyhow::ensure!(
             need <= b,
             "this run needs about {:.2} GiB ({n_streams} calibration stream(s) of {tokens} tokens × hidden {}{}), more than the {} ({:.2} GiB); compile fewer widths per run, use --one-shot (one stream for all widths), fewer --samples, or raise --max-memory",
@@ -1147,7 +1153,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
             format!(
                 "; {} width(s), {n_streams} stream(s), ~{:.2} GiB",
                 targets.len(),
-                need as f64 / whittle::inspect::GIB
+                need as f64 / whittle::compile::inspect::GIB
             )
         } else {
             String::new()
@@ -1158,11 +1164,12 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let t = Instant::now();
     // The trait objects' 'static bound shortened to the borrow's, as the library's slice takes.
     fn borrow<'a>(
-        b: &'a mut Box<dyn whittle::calib::Backend>,
-    ) -> &'a mut (dyn whittle::calib::Backend + 'a) {
+        b: &'a mut Box<dyn whittle::compile::calib::Backend>,
+    ) -> &'a mut (dyn whittle::compile::calib::Backend + 'a) {
         &mut **b
     }
-    let mut refs: Vec<&mut dyn whittle::calib::Backend> = backends.iter_mut().map(borrow).collect();
+    let mut refs: Vec<&mut dyn whittle::compile::calib::Backend> =
+        backends.iter_mut().map(borrow).collect();
     let outs = compile_batch(
         &a.model,
         &targets,
@@ -1291,7 +1298,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Eval(a) => cmd_eval(a, cli.device),
         Cmd::Inspect { model, json } => {
-            let s = whittle::inspect::summarize(&model)?;
+            let s = whittle::compile::inspect::summarize(&model)?;
             if json {
                 println!("{}", s.to_json());
             } else {

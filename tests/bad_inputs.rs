@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use whittle::model::Model;
+use whittle::cpu::model::Model;
 use whittle::Error;
 
 fn load_err(dir: &std::path::Path) -> (Error, String) {

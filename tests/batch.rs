@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use whittle::safetensors::WeightStore;
+use whittle::checkpoint::safetensors::WeightStore;
 
 /// Every safetensors and config file of two outputs, byte for byte (the reports differ in
 /// timings and the batch record).

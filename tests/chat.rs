@@ -1,12 +1,12 @@
 //! Conversations as calibration text: Gemma's chat turn format (the template's semantics, see
-//! src/chat.rs) and `.jsonl` calibration files.
+//! src/checkpoint/chat.rs) and `.jsonl` calibration files.
 
 mod common;
 use common::*;
 use serde_json::json;
-use whittle::calib::{CalibSet, CalibSource};
-use whittle::chat::{read_calibration_text, render, user_turn};
-use whittle::tokenizer::Tokenizer;
+use whittle::checkpoint::chat::{read_calibration_text, render, user_turn};
+use whittle::checkpoint::tokenizer::Tokenizer;
+use whittle::compile::calib::{CalibSet, CalibSource};
 
 #[test]
 fn renders_like_gemmas_chat_template() {

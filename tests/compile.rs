@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
-use whittle::model::{Batch, Model};
-use whittle::safetensors::{encode_header, HeaderEntry, WeightStore};
+use whittle::checkpoint::safetensors::{encode_header, HeaderEntry, WeightStore};
+use whittle::cpu::model::{Batch, Model};
 
 /// Every tensor of two checkpoints: same names, dtypes, shapes and bytes.
 fn assert_same_tensors(a: &Path, b: &Path) {
@@ -234,11 +234,11 @@ fn repair_and_sequential_reduce_kl() {
         assert_eq!(code, 0, "{name}: {err}");
         let orig = Model::load(&m).unwrap();
         let comp = Model::load(&out).unwrap();
-        let tok = whittle::tokenizer::Tokenizer::from_dir(&m).unwrap();
+        let tok = whittle::checkpoint::tokenizer::Tokenizer::from_dir(&m).unwrap();
         let ids = tok
             .encode(&std::fs::read_to_string(&text).unwrap())
             .unwrap();
-        let w = whittle::eval::make_windows(&ids, 24, Some(24), 2, &text)
+        let w = whittle::serve::eval::make_windows(&ids, 24, Some(24), 2, &text)
             .unwrap()
             .concat();
         kls.push((name, kl_on(&orig, &comp, &w, 24)));
@@ -633,7 +633,8 @@ fn renamed_copy(src: &Path, dst: &Path, rename: impl Fn(&str) -> String) {
             std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
         }
     }
-    let f = whittle::safetensors::SafeFile::open(&src.join("model.safetensors")).unwrap();
+    let f =
+        whittle::checkpoint::safetensors::SafeFile::open(&src.join("model.safetensors")).unwrap();
     let mut order: Vec<_> = f.tensors.iter().collect();
     order.sort_by_key(|(_, t)| t.start);
     let entries: Vec<HeaderEntry> = order

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use std::path::Path;
-use whittle::config::{Arch, LayerType, ModelConfig, Rope};
+use whittle::checkpoint::config::{Arch, LayerType, ModelConfig, Rope};
 
 fn parse(v: serde_json::Value) -> Result<ModelConfig, String> {
     ModelConfig::from_json_str(&v.to_string(), Path::new("config.json")).map_err(|e| e.to_string())
@@ -279,7 +279,7 @@ fn family(model_type: &str) -> serde_json::Value {
 /// tests/fixtures/llama-config/expected.json (scripts/make_llama_config_fixture.py).
 #[test]
 fn llama_family_fixtures_parse_as_transformers_reads_them() {
-    use whittle::config::{Activation, NormWeight, RopeScaling};
+    use whittle::checkpoint::config::{Activation, NormWeight, RopeScaling};
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let e: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("llama-config/expected.json")).unwrap())
@@ -365,7 +365,7 @@ fn llama_family_fixtures_parse_as_transformers_reads_them() {
 
 #[test]
 fn llama_family_defaults_are_the_config_classes_defaults() {
-    use whittle::config::{AttnBias, LayerNorms};
+    use whittle::checkpoint::config::{AttnBias, LayerNorms};
     let mut v = family("llama");
     v.as_object_mut().unwrap().remove("num_key_value_heads");
     v.as_object_mut().unwrap().remove("bos_token_id");
@@ -535,7 +535,7 @@ fn llama_family_bad_configs_name_the_field_and_what_is_supported() {
 
 #[test]
 fn gemma_quirks_are_the_gemma_values() {
-    use whittle::config::{Activation, AttnBias, LayerNorms, NormWeight};
+    use whittle::checkpoint::config::{Activation, AttnBias, LayerNorms, NormWeight};
     for t in ["gemma2", "gemma3_text"] {
         let c = parse(base(t)).unwrap();
         assert_eq!(c.mlp_act, Activation::GeluTanh);

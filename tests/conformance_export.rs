@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use whittle::model::{Batch, Model};
-use whittle::safetensors::{encode_header, Dtype, HeaderEntry, SafeFile, TensorRef};
+use whittle::checkpoint::safetensors::{encode_header, Dtype, HeaderEntry, SafeFile, TensorRef};
+use whittle::cpu::model::{Batch, Model};
 
 #[test]
 fn export_compiled_fixtures_for_transformers() {

@@ -5,7 +5,7 @@
 mod common;
 
 use whittle::cpu::bf16::{self, Kernel, Precision};
-use whittle::decode::Mat;
+use whittle::cpu::decode::Mat;
 
 /// Deterministic values spread over several binades, with exact zeros and a few tiny ones.
 fn values(n: usize, seed: u64) -> Vec<f32> {

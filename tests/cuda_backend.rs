@@ -23,13 +23,15 @@ use gpu_common::{gpu, ids, real_model, root};
 use common::check::rows_rel_l2;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use whittle::calib::{Backend, Capture, CpuBackend, Layout, StatsSpec, Stream, TokenWeight};
-use whittle::config::ModelConfig;
+use whittle::checkpoint::config::ModelConfig;
+use whittle::checkpoint::registry::{Half, Kind, LayerTensor};
+use whittle::checkpoint::safetensors::WeightStore;
+use whittle::compile::calib::{
+    Backend, Capture, CpuBackend, Layout, StatsSpec, Stream, TokenWeight,
+};
+use whittle::cpu::model::{load_layer, Batch, Event, Model};
 use whittle::cuda::{CudaBackend, GpuModel, Residency};
 use whittle::layer::Layer;
-use whittle::model::{load_layer, Batch, Event, Model};
-use whittle::registry::{Half, Kind, LayerTensor};
-use whittle::safetensors::WeightStore;
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)

@@ -31,9 +31,9 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use whittle::cpu::model::Batch;
 use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut};
 use whittle::cuda::{DTensor, Gpu, GpuModel, Residency};
-use whittle::model::Batch;
 
 const SHAPES: &str = include_str!("../scripts/device/bench_shapes.json");
 
@@ -537,7 +537,7 @@ fn bench_kernels() {
             &[rows, nkv * d],
             sets,
         );
-        let rope = whittle::config::Rope {
+        let rope = whittle::checkpoint::config::Rope {
             theta: 10000.0,
             linear_factor: 1.0,
         };
@@ -676,7 +676,7 @@ fn bench_calib() {
     let gm = GpuModel::load(&model, gpu.clone(), Residency::Resident).unwrap();
     gpu.synchronize().unwrap();
     let load_s = t0.elapsed().as_secs_f64();
-    let calib = whittle::calib::CalibSet::from_ids_file(&ids, gm.cfg.vocab_size).unwrap();
+    let calib = whittle::compile::calib::CalibSet::from_ids_file(&ids, gm.cfg.vocab_size).unwrap();
     let (n_seq, seq) = (calib.n_seq, calib.seq_len);
     let run = |b: usize| {
         let s0 = b * batch_seqs;

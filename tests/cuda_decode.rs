@@ -36,16 +36,16 @@ use common::check::assert_rows_rel_l2 as check;
 use half::bf16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use whittle::config::Rope;
+use whittle::checkpoint::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
+use whittle::cpu::decode::{argmax, layer_slots, slot_of, Decoder, Engine};
+use whittle::cpu::model::{Batch, Model};
 use whittle::cpu::ops as cpu;
 use whittle::cuda::ops::{
     self, decode_attention_kernel, plan_decode_splits, DecodeAttnParams, DecodeWorkspace,
     DECODE_MAX_SPLITS,
 };
 use whittle::cuda::{DTensor, GpuDecoder, GpuModel, Residency};
-use whittle::decode::{argmax, layer_slots, slot_of, Decoder, Engine};
-use whittle::model::{Batch, Model};
 
 // ---------------------------------------------------------------------------------------------
 // Runs everywhere (host-side planning)
@@ -840,14 +840,14 @@ fn greedy_check(name: &str, cpu: &Model, gm: &GpuModel, prompt: usize, n: usize)
     eprintln!("{name}: {checked} of {n} steps had a large margin; {agreed} picks agreed overall");
 
     // Free-running: identical tokens up to the first small-margin step.
-    let opts = whittle::generate::GenOptions {
+    let opts = whittle::serve::generate::GenOptions {
         max_new_tokens: n,
-        sampling: whittle::decode::Sampling::Greedy,
+        sampling: whittle::cpu::decode::Sampling::Greedy,
         seed: 0,
         stop: Vec::new(),
     };
-    let c = whittle::generate::generate(cpu, &ids, &opts, |_| Ok(())).unwrap();
-    let g = whittle::generate::generate(gm, &ids, &opts, |_| Ok(())).unwrap();
+    let c = whittle::serve::generate::generate(cpu, &ids, &opts, |_| Ok(())).unwrap();
+    let g = whittle::serve::generate::generate(gm, &ids, &opts, |_| Ok(())).unwrap();
     assert_eq!(c.tokens, cpu_tokens, "CPU generate = teacher-forced CPU");
     let sure = sure.unwrap_or(n);
     assert_eq!(

@@ -16,7 +16,7 @@ use gpu_common::{
 
 use common::check::assert_rel_l2 as check;
 use half::bf16;
-use whittle::config::Rope;
+use whittle::checkpoint::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
 use whittle::cpu::ops as cpu;
 use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut};
@@ -577,7 +577,7 @@ fn gate_up_act_matches_cpu() {
 #[test]
 #[ignore = "needs a GPU"]
 fn token_weights_and_scaled_stats_match_cpu() {
-    use whittle::calib::TokenWeight;
+    use whittle::compile::calib::TokenWeight;
     let g = gpu();
     let eps = 1e-6f32;
     for (i, &(rows, hd, cols)) in [(1, 1, 1), (37, 640, 130), (300, 2304, 96), (129, 33, 2053)]

@@ -1,5 +1,5 @@
 //! The device's f64 linear algebra (kernels/linalg.cu, src/cuda/linalg.rs) against the host
-//! reference (src/linalg.rs, src/prune.rs): GEMM on strided windows, the SPD inverse and its
+//! reference (src/cpu/linalg.rs, src/compile/prune.rs): GEMM on strided windows, the SPD inverse and its
 //! not-positive-definite pivot, greedy OBS selection and the repair product.
 //!
 //! Ignored without a GPU; `make test-emu` runs them on the CPU through tests/emu.
@@ -9,10 +9,10 @@ mod common;
 mod gpu_common;
 
 use gpu_common::gpu;
+use whittle::compile::prune::{self, Solver};
+use whittle::cpu::linalg;
 use whittle::cuda::linalg::{device_gram, dgemm, spd_inverse, View, ViewMut};
 use whittle::cuda::DTensor;
-use whittle::linalg;
-use whittle::prune::{self, Solver};
 
 use prune::synthetic_noise as noise;
 

@@ -16,8 +16,8 @@ use gpu_common::{gpu, ids, real_model, root};
 
 use common::check::rows_rel_l2;
 use std::path::Path;
+use whittle::cpu::model::{Batch, Event, Model};
 use whittle::cuda::{GpuModel, Residency};
-use whittle::model::{Batch, Event, Model};
 
 #[derive(Default)]
 struct Trace {

@@ -6,12 +6,12 @@
 mod common;
 use common::check::rel_l2;
 use std::path::{Path, PathBuf};
-use whittle::config::LayerType;
-use whittle::decode::{
+use whittle::checkpoint::config::LayerType;
+use whittle::checkpoint::safetensors::{SafeFile, TensorRef};
+use whittle::cpu::decode::{
     argmax, layer_slots, sample, slot_of, visible_range, Decoder, Engine, Rng, Sampling,
 };
-use whittle::model::{Batch, Model};
-use whittle::safetensors::{SafeFile, TensorRef};
+use whittle::cpu::model::{Batch, Model};
 
 /// Per-position relative L2 tolerance of decoded logits vs the full recompute.
 const TOL: f64 = 1e-4;
@@ -299,7 +299,7 @@ fn top_p_sampling_is_seeded_and_follows_the_distribution() {
 /// (tails of the 16-lane loop) and a matrix big enough for the parallel path.
 #[test]
 fn bf16_gemv_is_bit_identical_to_f32() {
-    use whittle::decode::{gemv_mat, Mat};
+    use whittle::cpu::decode::{gemv_mat, Mat};
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -332,9 +332,9 @@ fn bf16_gemv_is_bit_identical_to_f32() {
 /// forward_fixtures.rs).
 #[test]
 fn bf16_checkpoints_are_held_as_bf16() {
-    use whittle::decode::Mat;
-    use whittle::model::{load_layer, Table};
-    use whittle::safetensors::WeightStore;
+    use whittle::checkpoint::safetensors::WeightStore;
+    use whittle::cpu::decode::Mat;
+    use whittle::cpu::model::{load_layer, Table};
     let dir = fixture("tiny-gemma3");
     let g3 = Model::load(&dir).unwrap();
     let store = WeightStore::open(&dir).unwrap();

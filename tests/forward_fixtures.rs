@@ -6,8 +6,8 @@
 mod common;
 use common::check::rows_rel_l2;
 use std::path::{Path, PathBuf};
-use whittle::model::{Batch, Event, Model};
-use whittle::safetensors::SafeFile;
+use whittle::checkpoint::safetensors::SafeFile;
+use whittle::cpu::model::{Batch, Event, Model};
 
 const TOL: f64 = 1e-4;
 
@@ -34,7 +34,7 @@ impl Reference {
             .tensors
             .get(name)
             .unwrap_or_else(|| panic!("reference has no {name}"));
-        whittle::safetensors::TensorRef {
+        whittle::checkpoint::safetensors::TensorRef {
             name,
             file: &self.file,
             info,
@@ -44,7 +44,7 @@ impl Reference {
     }
     fn ids(&self) -> (Vec<u32>, Batch) {
         let info = &self.file.tensors["input_ids"];
-        let ids = whittle::safetensors::TensorRef {
+        let ids = whittle::checkpoint::safetensors::TensorRef {
             name: "input_ids",
             file: &self.file,
             info,

@@ -29,10 +29,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use whittle::chat::jsonl_calibration_text;
-use whittle::config::ModelConfig;
+use whittle::checkpoint::chat::jsonl_calibration_text;
+use whittle::checkpoint::config::ModelConfig;
+use whittle::checkpoint::safetensors::{
+    encode_header, parse_header_bytes, Dtype, HeaderEntry, WeightStore,
+};
 use whittle::rng::Rng;
-use whittle::safetensors::{encode_header, parse_header_bytes, Dtype, HeaderEntry, WeightStore};
 
 /// The largest single allocation a target may make. Inputs are at most [`MAX_INPUT`] bytes, so
 /// anything near this size is sized from a number in the input, not from its length.
@@ -907,7 +909,7 @@ fn harness_reports_panics_and_large_allocations() {
     assert!(fail.contains("bytes at once (bound"), "{fail}");
 }
 
-/// What the fuzzer found in the config parser (both fixed in src/config.rs): a layer count that
+/// What the fuzzer found in the config parser (both fixed in src/checkpoint/config.rs): a layer count that
 /// sized a table before any check (abort asking for 2^53 bytes), and a non-object
 /// `rope_scaling` that panicked when the parser set its `rope_theta`.
 #[test]

@@ -5,10 +5,12 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use whittle::decode::{argmax, Decoder, Sampling};
-use whittle::generate::{chat_prompt, generate, stop_tokens, GenOptions, StopReason, TextStream};
-use whittle::model::Model;
-use whittle::tokenizer::Tokenizer;
+use whittle::checkpoint::tokenizer::Tokenizer;
+use whittle::cpu::decode::{argmax, Decoder, Sampling};
+use whittle::cpu::model::Model;
+use whittle::serve::generate::{
+    chat_prompt, generate, stop_tokens, GenOptions, StopReason, TextStream,
+};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,14 +3,14 @@
 
 mod common;
 use common::*;
-use whittle::registry::Group;
-use whittle::safetensors::WeightStore;
+use whittle::checkpoint::registry::Group;
+use whittle::checkpoint::safetensors::WeightStore;
 
 #[test]
 fn counts_match_the_checkpoint() {
     for name in ["tiny-gemma2", "tiny-gemma3", "tiny-gemma3-mm"] {
         let dir = fixture(name);
-        let s = whittle::inspect::summarize(&dir).unwrap();
+        let s = whittle::compile::inspect::summarize(&dir).unwrap();
         let store = WeightStore::open(&dir).unwrap();
         let (mut numel, mut bytes, mut outside_lm) = (0u64, 0u64, 0u64);
         for f in &store.files {
@@ -76,7 +76,7 @@ fn cli_inspect_json() {
 #[test]
 fn tier_sizes_are_what_compile_writes() {
     for name in ["tiny-gemma3", "tiny-gemma3-mm"] {
-        let s = whittle::inspect::summarize(&fixture(name)).unwrap();
+        let s = whittle::compile::inspect::summarize(&fixture(name)).unwrap();
         let names: Vec<&str> = s.tiers.iter().map(|t| t.name).collect();
         assert_eq!(
             names,
@@ -98,7 +98,7 @@ fn tier_sizes_are_what_compile_writes() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let written = whittle::inspect::summarize(&out).unwrap();
+        let written = whittle::compile::inspect::summarize(&out).unwrap();
         assert_eq!(written.cfg.intermediate_size, t.width, "{name}");
         assert_eq!(written.total_params, t.params, "{name}");
         assert_eq!(written.weight_bytes, t.weight_bytes, "{name}");

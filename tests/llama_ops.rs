@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use std::path::Path;
-use whittle::config::NormWeight;
+use whittle::checkpoint::config::NormWeight;
 use whittle::cpu::{act, bias, norm, ops};
 
 fn expected_ops() -> Value {

@@ -7,9 +7,9 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
-use whittle::config::ModelConfig;
-use whittle::safetensors::WeightStore;
-use whittle::writer::{check_destination, LayerCut};
+use whittle::checkpoint::config::ModelConfig;
+use whittle::checkpoint::safetensors::WeightStore;
+use whittle::compile::writer::{check_destination, LayerCut};
 
 /// Exit 1 with every `want` in the message (a clap usage error would be 2, a panic 101, an
 /// abort 134).
@@ -48,10 +48,10 @@ fn full_cuts(cfg: &ModelConfig) -> Vec<LayerCut> {
         .collect()
 }
 
-fn write_with(dest: &whittle::writer::Destination, m: &Path) -> whittle::Result<()> {
+fn write_with(dest: &whittle::compile::writer::Destination, m: &Path) -> whittle::Result<()> {
     let store = WeightStore::open(m).unwrap();
     let cfg = ModelConfig::from_dir(m).unwrap();
-    whittle::writer::write_model(
+    whittle::compile::writer::write_model(
         dest,
         &store,
         &cfg,
@@ -594,7 +594,7 @@ fn duplicate_keys_and_phantom_index_entries() {
     let p = d.path().join("dup.safetensors");
     let e = r#"{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"#;
     raw_safetensors(&p, &format!(r#"{{"a":{e},"a":{e}}}"#), &[0u8; 8]);
-    let err = match whittle::safetensors::SafeFile::open(&p) {
+    let err = match whittle::checkpoint::safetensors::SafeFile::open(&p) {
         Ok(_) => panic!("a duplicate key was accepted"),
         Err(e) => e.to_string(),
     };

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use whittle::config::{ModelConfig, RopeParams, RopeScaling};
+use whittle::checkpoint::config::{ModelConfig, RopeParams, RopeScaling};
 use whittle::cpu::{ops, rope};
 
 fn fixtures() -> PathBuf {
@@ -136,7 +136,7 @@ fn gemma_tables_are_the_same_table_stage_within_one_ulp_of_frequencies() {
         let (c0, s0) = ops::rope_tables(t, d, theta, factor);
         let (c1, s1) = rope::tables_from_inv(t, &inv, 1.0);
         assert!(c0 == c1 && s0 == s1, "d {d} θ {theta} factor {factor}");
-        let p = RopeParams::from(whittle::config::Rope {
+        let p = RopeParams::from(whittle::checkpoint::config::Rope {
             theta,
             linear_factor: factor,
         });

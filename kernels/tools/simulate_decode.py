@@ -14,7 +14,7 @@ references:
   GQA, softcap, windows shorter and longer than the cache, one and many splits.
 - the GEMV lane/chunk mapping (aligned U-chunk batches and the unaligned element loop) for
   M = 1..8 and ragged K, N.
-- the split planning of src/cuda/ops.rs (`plan_decode_splits`, copied below): every key in
+- the split planning of src/cuda/ops/decode.rs (`plan_decode_splits`, copied below): every key in
   exactly one split, none empty.
 
 Values are float64; bf16 rounding is not modelled (the kernels' arithmetic order is, roughly).
@@ -47,12 +47,12 @@ def plan_decode_splits(n_keys, n_heads, sms, forced=None):  # ops.rs
     return chunk, splits
 
 
-def visible(pos, window):  # src/decode.rs visible_range
+def visible(pos, window):  # src/cpu/decode.rs visible_range
     lo = max(0, pos + 1 - window) if window is not None else 0
     return lo, pos + 1 - lo
 
 
-def layer_slots(window, max_len):  # src/decode.rs layer_slots
+def layer_slots(window, max_len):  # src/cpu/decode.rs layer_slots
     if window is not None and window < max_len:
         return window, True
     return max_len, False

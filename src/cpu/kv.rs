@@ -1,9 +1,9 @@
-//! KV-cache slot arithmetic shared by the CPU decoder (`crate::decode`) and the GPU one
+//! KV-cache slot arithmetic shared by the CPU decoder (`crate::cpu::decode`) and the GPU one
 //! (`crate::cuda::GpuDecoder` and its launchers): how many slots a layer's cache has, which slot a
 //! position lives in, and which positions a query sees. Pure functions of positions and windows,
 //! so both engines lay out and walk their caches identically.
 
-/// Slots per KV head of a layer's cache and whether they form a ring (`crate::decode`'s module
+/// Slots per KV head of a layer's cache and whether they form a ring (`crate::cpu::decode`'s module
 /// docs): `(W, true)` for a sliding layer whose window W is below `max_len`, else `(max_len, false)`.
 /// The GPU decoder (`cuda::GpuDecoder`) lays its cache out with the same function.
 pub fn layer_slots(window: Option<usize>, max_len: usize) -> (usize, bool) {

@@ -1,6 +1,10 @@
-//! The CPU path: plain f32 reference ops, multi-threaded with rayon, the bf16-input GEMM
-//! that `--precision bf16` puts under the projections and the LM head, the decode GEMV over f32
-//! or bf16 weights (`gemv`) and the bf16 ↔ f32 conversions (`convert`).
+//! The CPU engine, the reference every other path is checked against (the CUDA engine in
+//! src/cuda is its twin): the forward pass (`model`), KV-cache decoding (`decode`, with the slot
+//! arithmetic both engines share in `kv`), plain f32 ops multi-threaded with rayon (`ops`,
+//! `attention`, `act`, `bias`, `norm`, `rope`), the bf16-input GEMM that `--precision bf16`
+//! puts under the projections and the LM head (`bf16`), the decode GEMV over f32 or bf16 weights
+//! (`gemv`), the bf16 ↔ f32 conversions (`convert`) and the f64 linear algebra of the re-fit
+//! (`linalg`).
 
 pub mod act;
 pub mod attention;
@@ -10,8 +14,11 @@ pub mod attention;
 pub mod bf16;
 pub mod bias;
 pub mod convert;
+pub mod decode;
 pub mod gemv;
 pub mod kv;
+pub mod linalg;
+pub mod model;
 pub mod norm;
 pub mod ops;
 pub mod rope;

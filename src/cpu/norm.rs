@@ -4,7 +4,7 @@
 //! summation order as Gemma's (transformers' fp32 path multiplies before any downcast).
 
 use super::ops;
-use crate::config::NormWeight;
+use crate::checkpoint::config::NormWeight;
 use rayon::prelude::*;
 
 /// In place on every row of `x` ([rows, w.len()]).

@@ -11,7 +11,7 @@
 //! so Gemma outputs stay byte-identical; its table stage is the same as [`tables_from_inv`], and
 //! its inverse frequencies are within one ulp of [`inv_freq`]'s (tested).
 
-use crate::config::{RopeParams, RopeScaling};
+use crate::checkpoint::config::{RopeParams, RopeScaling};
 use std::f64::consts::PI;
 
 /// `θ^(2i/d)` for i in 0..d/2, as torch computes `base ** (arange(0, d, 2).float() / d)`.

@@ -1,4 +1,4 @@
-//! `CudaBackend`: the calibration `Backend` of `crate::calib` on the GPU, so `whittle compile`
+//! `CudaBackend`: the calibration `Backend` of `crate::compile::calib` on the GPU, so `whittle compile`
 //! runs unchanged with `--device cuda`. The layer halves are `GpuModel::layer`'s kernel sequence
 //! (same ops, same order, same shapes), so the hidden states and activations a compile sees are
 //! the GPU model's bf16 values.
@@ -32,17 +32,17 @@
 use super::block::{self, AttnScratch, DeviceLayer};
 use super::gpu::{DTensor, Gpu};
 use super::ops;
-use crate::calib::{
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::Half;
+use crate::checkpoint::safetensors::WeightStore;
+use crate::compile::calib::{
     started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
     Streams, TokenWeight,
 };
-use crate::config::ModelConfig;
+use crate::cpu::model::{embed_rows_from_store, Batch};
 use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
 use crate::layer::Layer;
-use crate::model::{embed_rows_from_store, Batch};
-use crate::registry::Half;
-use crate::safetensors::WeightStore;
 use half::bf16;
 use std::sync::Arc;
 
@@ -222,8 +222,8 @@ impl Backend for CudaBackend {
         2 // bf16 hidden states on the device
     }
 
-    fn solver(&self) -> crate::linalg::Solver {
-        crate::linalg::Solver::Cuda(self.gpu.clone())
+    fn solver(&self) -> crate::cpu::linalg::Solver {
+        crate::cpu::linalg::Solver::Cuda(self.gpu.clone())
     }
 
     fn kernels(&self, cfg: &ModelConfig) -> Option<String> {

@@ -1,15 +1,15 @@
 //! The transformer block's kernel sequence on the device, written once: `GpuModel`'s forward
 //! pass (and through it `GpuDecoder::prefill`) and the calibration `CudaBackend` both run these,
 //! so the two cannot drift apart. The order and rounding points are those of the CPU reference
-//! (`crate::model`), checked by tests/cuda_model.rs and tests/cuda_backend.rs.
+//! (`crate::cpu::model`), checked by tests/cuda_model.rs and tests/cuda_backend.rs.
 
 use super::gpu::{DTensor, Gpu};
 use super::ops::{self, AttnParams};
-use crate::config::ModelConfig;
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::{layer_shape, LayerTensor};
+use crate::cpu::model::Batch;
 use crate::error::Result;
 use crate::layer::Layer;
-use crate::model::Batch;
-use crate::registry::{layer_shape, LayerTensor};
 use half::bf16;
 
 /// One layer's weights on the device: bf16 matrices, f32 norm weights (shapes on `Layer`'s

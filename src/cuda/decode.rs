@@ -6,7 +6,7 @@
 //! Per layer, K and V are bf16 `[n_kv, slots, d]` on the device, K after the q/k norm and RoPE.
 //! `decode::layer_slots` decides the geometry exactly as for the CPU cache: a sliding layer whose
 //! window W is below `max_len` is a ring of W slots (position j in slot j % W), every other layer
-//! has `max_len` slots (position j in slot j). See src/decode.rs and kernels/decode.cu.
+//! has `max_len` slots (position j in slot j). See src/cpu/decode.rs and kernels/decode.cu.
 //!
 //! # Prefill
 //!
@@ -35,10 +35,10 @@ use super::gpu::{DTensor, Gpu};
 use super::model::GpuModel;
 use super::ops::{self, DecodeAttnParams, DecodeWorkspace, RowStatsOut};
 use super::prof::range;
-use crate::config::ModelConfig;
-use crate::decode::{layer_slots, slot_of, Decode, Engine};
+use crate::checkpoint::config::ModelConfig;
+use crate::cpu::decode::{layer_slots, slot_of, Decode, Engine};
+use crate::cpu::model::Batch;
 use crate::error::{Error, Result};
-use crate::model::Batch;
 use half::bf16;
 
 /// One layer's cache.

@@ -1,6 +1,6 @@
 //! f64 linear algebra on the device for `compile`'s scoring and repair (kernels/linalg.cu):
 //! GEMM on strided views, the SPD inverse by blocked sweeps, greedy structured OBS and the
-//! least-squares repair product. The host versions in `crate::linalg` / `crate::prune` are the
+//! least-squares repair product. The host versions in `crate::cpu::linalg` / `crate::compile::prune` are the
 //! reference (tests/cuda_linalg.rs); the results agree up to rounding.
 
 use super::error::{CudaError, CudaResult};
@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 
 /// Block width of the inverse (kernels/linalg.cu `la::SWEEP`).
 const SWEEP: usize = 64;
-/// Pending rank-1 OBS updates before a fold (`la::MAX_PENDING`, src/prune.rs `OBS_BLOCK`).
+/// Pending rank-1 OBS updates before a fold (`la::MAX_PENDING`, src/compile/prune.rs `OBS_BLOCK`).
 const PENDING: usize = 32;
 
 /// A [rows, cols] window of a row-major f64 device matrix (leading dimension `ld`), checked to

@@ -8,8 +8,8 @@
 //! - `gpu`    — `Gpu` (context, stream, module, function cache), `DTensor` device buffers
 //! - `ops`    — one launcher file per kernel file (`ops/X.rs` ↔ kernels/X.cu), with shape and
 //!   alignment preconditions; `ops::gemm::policy` picks the GEMM kernel
-//! - `model`  — `GpuModel`, the forward pass mirroring `crate::model::Model` (and `eval::LogitModel`)
-//! - `decode` — `GpuDecoder`, KV-cache decoding mirroring `crate::decode::Decoder` (and the
+//! - `model`  — `GpuModel`, the forward pass mirroring `crate::cpu::model::Model` (and `eval::LogitModel`)
+//! - `decode` — `GpuDecoder`, KV-cache decoding mirroring `crate::cpu::decode::Decoder` (and the
 //!   `decode::Engine` that `bench` and `generate` drive)
 //! - `linalg` — f64 GEMM, SPD inverse, greedy OBS and the repair product on the device (the
 //!   `linalg::Solver::Cuda` side of `compile`'s scoring)

@@ -1,4 +1,4 @@
-//! The GPU forward pass: the same decoder as `crate::model` (the CPU oracle), in bf16 storage
+//! The GPU forward pass: the same decoder as `crate::cpu::model` (the CPU oracle), in bf16 storage
 //! with f32 accumulation, rounding where transformers' bf16 path rounds (embedding × bf16
 //! sqrt(H), RMSNorm output, every Linear output, RoPE output, attention output, gelu and gelu·up,
 //! the residual adds). The API mirrors `Model`: `forward_hidden(ids, batch, observer)` returns
@@ -21,12 +21,12 @@ use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
 use super::ops::{self, RowStatsOut};
 use super::prof::range;
-use crate::config::ModelConfig;
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::{self, layer_name, layer_shape};
+use crate::checkpoint::safetensors::WeightStore;
+use crate::cpu::model::{untied_head, Batch, Event, Model, Observer};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
-use crate::model::{untied_head, Batch, Event, Model, Observer};
-use crate::registry::{self, layer_name, layer_shape};
-use crate::safetensors::WeightStore;
 use half::bf16;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -115,10 +115,10 @@ pub struct GpuModel {
 use crate::cpu::convert::to_bf16;
 
 /// A CPU model's matrix in bf16 (bf16 bits as they are).
-fn mat_to_bf16(m: crate::decode::Mat<'_>) -> Vec<bf16> {
+fn mat_to_bf16(m: crate::cpu::decode::Mat<'_>) -> Vec<bf16> {
     match m {
-        crate::decode::Mat::F32(x) => to_bf16(x),
-        crate::decode::Mat::Bf16(x) => x.iter().map(|&b| bf16::from_bits(b)).collect(),
+        crate::cpu::decode::Mat::F32(x) => to_bf16(x),
+        crate::cpu::decode::Mat::Bf16(x) => x.iter().map(|&b| bf16::from_bits(b)).collect(),
     }
 }
 
@@ -565,10 +565,10 @@ pub struct LogitStats {
     pub target_logit: Option<Vec<f32>>,
 }
 
-/// The evaluation protocol (`crate::eval`) over the GPU forward pass: hidden states and logits
+/// The evaluation protocol (`crate::serve::eval`) over the GPU forward pass: hidden states and logits
 /// computed on the device and downloaded (bf16 hidden values, f32 logits); scoring stays on the
 /// host.
-impl crate::eval::LogitModel for GpuModel {
+impl crate::serve::eval::LogitModel for GpuModel {
     fn cfg(&self) -> &ModelConfig {
         &self.cfg
     }

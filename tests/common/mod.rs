@@ -6,9 +6,9 @@ pub mod check;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use whittle::config::ModelConfig;
-use whittle::registry::registry;
-use whittle::safetensors::{encode_header, Dtype, HeaderEntry};
+use whittle::checkpoint::config::ModelConfig;
+use whittle::checkpoint::registry::registry;
+use whittle::checkpoint::safetensors::{encode_header, Dtype, HeaderEntry};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

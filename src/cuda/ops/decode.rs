@@ -325,7 +325,7 @@ pub fn decode_rope_kv(
     slots: usize,
     pos: usize,
     slot: usize,
-    rope: crate::config::Rope,
+    rope: crate::checkpoint::config::Rope,
 ) -> CudaResult<()> {
     const K_NAME: &str = "decode_rope_kv_bf16";
     let _r = range("rope");

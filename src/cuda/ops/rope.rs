@@ -17,7 +17,7 @@ pub fn rope(
     n_kv_heads: usize,
     head_dim: usize,
     seq_len: usize,
-    rope: crate::config::Rope,
+    rope: crate::checkpoint::config::Rope,
 ) -> CudaResult<()> {
     const K_NAME: &str = "rope_qk_bf16";
     let _r = range("rope");

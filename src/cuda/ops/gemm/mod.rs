@@ -1,7 +1,7 @@
 //! Launchers of kernels/gemm.cu: the bf16 tensor-core GEMM `Y = X·Wᵀ` (mma.sync, the sm_90a
 //! wgmma kernel and its TMA-fed persistent sibling), the fused gate/up activation, the Gram
 //! matrix `G += Aᵀ·A`, and the transpose and symmetrize helpers. Which kernel runs is
-//! `gemm_policy`'s decision.
+//! `policy`'s decision.
 
 mod policy;
 

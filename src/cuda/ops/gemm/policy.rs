@@ -230,7 +230,7 @@ fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> 
 /// The kernels the hot ops of `cfg`'s model choose on this GPU, for reports (`whittle_report.json`
 /// `gpu_kernels`, `whittle bench --json` `kernels`): the projections' GEMM, whether gate/up is
 /// fused, the Gram matrix's kernel, attention's. Runs the self-checks on first use.
-pub fn kernel_summary(gpu: &Gpu, cfg: &crate::config::ModelConfig) -> String {
+pub fn kernel_summary(gpu: &Gpu, cfg: &crate::checkpoint::config::ModelConfig) -> String {
     let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let gemm = gemm_kernel_name(auto_gemm_kernel(gpu, h), h);
     let gram = match auto_gemm_kernel(gpu, 8) {

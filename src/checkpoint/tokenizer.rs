@@ -21,7 +21,7 @@ impl Tokenizer {
                         .into(),
             });
         }
-        crate::safetensors::check_input_file(dir, &path)?;
+        crate::checkpoint::safetensors::check_input_file(dir, &path)?;
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
             path: path.clone(),
             msg: format!("cannot load: {e}"),
@@ -59,7 +59,7 @@ impl Tokenizer {
 
 /// Reads a text file, with clear errors for missing, non-UTF-8 and empty files.
 pub fn read_text(path: &Path) -> Result<String> {
-    crate::safetensors::check_regular(path)?;
+    crate::checkpoint::safetensors::check_regular(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     text_from_bytes(path, bytes)
 }
@@ -68,7 +68,7 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// character is split), and whether that is the whole file.
 pub fn read_text_prefix(path: &Path, max_bytes: usize) -> Result<(String, bool)> {
     use std::io::Read;
-    crate::safetensors::check_regular(path)?;
+    crate::checkpoint::safetensors::check_regular(path)?;
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
     f.take(max_bytes as u64 + 1)

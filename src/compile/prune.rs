@@ -13,11 +13,11 @@
 //! mode, and C = E[a_ref·aᵀ] (original model's activations × pruned stream's) with
 //! `--sequential`, so each layer is re-fit against the *original* layer's output.
 
-use crate::calib::MlpStats;
+use crate::checkpoint::registry::{Half, Kind, LayerTensor};
+use crate::compile::calib::MlpStats;
+use crate::cpu::linalg::{matmul, spd_inverse};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
-use crate::linalg::{matmul, spd_inverse};
-use crate::registry::{Half, Kind, LayerTensor};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Method {
     }
 }
 
-pub use crate::linalg::Solver;
+pub use crate::cpu::linalg::Solver;
 
 #[cfg(feature = "cuda")]
 fn gpu_err(e: crate::cuda::CudaError) -> Error {

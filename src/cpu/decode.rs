@@ -34,7 +34,7 @@
 //! results to f32 matrices (tests/decode.rs) at ~1.9× the tokens/s on Gemma 3 270M
 //! (`WHITTLE_CPU_WEIGHTS=f32` holds f32 instead, for comparison).
 
-use crate::config::{LayerType, ModelConfig};
+use crate::checkpoint::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::gemv::dot_body;
 pub use crate::cpu::gemv::{gemv_mat, Mat, WeightElem};
@@ -42,9 +42,9 @@ use crate::cpu::ops;
 // The slot arithmetic is shared with the GPU decoder; re-exported so `decode::slot_of` etc. keep
 // working.
 pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
+use crate::cpu::model::{embed, mlp_block, Batch, Model, Table};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
-use crate::model::{embed, mlp_block, Batch, Model, Table};
 use rayon::prelude::*;
 
 // ----------------------------------------------------------------------------------- cache
@@ -164,7 +164,7 @@ impl<'m> Decoder<'m> {
     /// A decoder able to hold `max_len` positions (prompt + generated tokens).
     pub fn new(model: &'m Model, max_len: usize) -> Decoder<'m> {
         let cfg = &model.cfg;
-        let mk = |r: crate::config::Rope| {
+        let mk = |r: crate::checkpoint::config::Rope| {
             ops::rope_tables(max_len, cfg.head_dim, r.theta, r.linear_factor)
         };
         Decoder {
@@ -436,7 +436,11 @@ fn attend(
 }
 
 /// The MLP half of a layer for one token (GEMVs): `h += post_ffn_norm(down(gelu(gate)·up))`.
-fn mlp_step(cfg: &crate::config::ModelConfig, w: &Layer<Table, Vec<f32>>, h: &mut [f32]) {
+fn mlp_step(
+    cfg: &crate::checkpoint::config::ModelConfig,
+    w: &Layer<Table, Vec<f32>>,
+    h: &mut [f32],
+) {
     let hd = cfg.hidden_size;
     let i = w.width;
     let mut x = h.to_vec();

@@ -6,25 +6,35 @@
 //! original`); only one layer's weights are widened at a time, so peak memory is one layer + the
 //! activations (+ the [I, I] statistics) whatever the depth.
 
-use crate::calib::{Backend, CalibSet, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight};
-use crate::config::ModelConfig;
-use crate::engine::EngineLayer;
-use crate::error::{Error, Result};
-use crate::layer::Layer;
-use crate::prune::{
+pub mod calib;
+pub mod ceiling;
+pub mod inspect;
+pub mod prune;
+pub mod report;
+pub mod width;
+pub mod writer;
+
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::{layer_name, registry, LayerTensor};
+use crate::checkpoint::safetensors::WeightStore;
+use crate::compile::calib::{
+    Backend, CalibSet, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight,
+};
+use crate::compile::prune::{
     energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
     Method,
 };
-use crate::registry::{layer_name, registry, LayerTensor};
-use crate::report::{
+use crate::compile::report::{
     BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, Timings, WidthRequest,
 };
-use crate::safetensors::WeightStore;
-use crate::writer::{round_to_dtype, write_model, LayerCut};
+use crate::compile::writer::{round_to_dtype, write_model, LayerCut};
+use crate::engine::EngineLayer;
+use crate::error::{Error, Result};
+use crate::layer::Layer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use crate::width::{resolve_width, ResolvedWidth, Width, TIERS};
+pub use crate::compile::width::{resolve_width, ResolvedWidth, Width, TIERS};
 
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
@@ -44,7 +54,7 @@ pub struct CompileOptions {
     /// Calibration sequences per backend call.
     pub batch_seqs: usize,
     /// `--max-kl` / `--max-ppl-ratio`: search the narrowest width within this (`ceiling::search`).
-    pub ceiling: Option<crate::width::Ceiling>,
+    pub ceiling: Option<crate::compile::width::Ceiling>,
 }
 
 impl Default for CompileOptions {
@@ -57,7 +67,7 @@ impl Default for CompileOptions {
             damp: 0.001,
             token_weight: TokenWeight::Out,
             width: Width::Tier("throughput".into()),
-            multiple_of: crate::width::DEFAULT_MULTIPLE_OF,
+            multiple_of: crate::compile::width::DEFAULT_MULTIPLE_OF,
             force: false,
             batch_seqs: 8,
             ceiling: None,
@@ -71,7 +81,7 @@ impl CompileOptions {
     /// `ceiling::search`) takes only the checked `Plan`.
     pub fn validate(&self) -> Result<Plan> {
         check_damp(self.damp)?;
-        crate::width::check_multiple_of(self.multiple_of)?;
+        crate::compile::width::check_multiple_of(self.multiple_of)?;
         if let Some(c) = self.ceiling {
             c.validate()?;
         }
@@ -270,8 +280,8 @@ struct FullSizes {
 }
 
 fn full_sizes(store: &WeightStore, cfg: &ModelConfig) -> Result<FullSizes> {
-    let untied = crate::model::untied_head(cfg, store)?;
-    let (other_params, other_bytes) = crate::inspect::passthrough(store, cfg, untied);
+    let untied = crate::cpu::model::untied_head(cfg, store)?;
+    let (other_params, other_bytes) = crate::compile::inspect::passthrough(store, cfg, untied);
     let bytes = other_bytes
         + registry(cfg, untied)
             .iter()
@@ -304,7 +314,8 @@ pub fn widest_within(
     let m = resolve_width(n, &Width::Size(n), multiple_of)?.multiple;
     let full = full_sizes(store, cfg)?;
     let fits = |w: usize| -> Result<(bool, u64, u64)> {
-        let (p, b) = crate::inspect::sizes_at_width(store, cfg, full.params, full.bytes, w)?;
+        let (p, b) =
+            crate::compile::inspect::sizes_at_width(store, cfg, full.params, full.bytes, w)?;
         Ok((
             max_bytes.map_or(true, |x| b <= x) && max_params.map_or(true, |x| p <= x),
             p,
@@ -322,7 +333,7 @@ pub fn widest_within(
     }
     let (_, p_min, b_min) = fits(m)?;
     let (_, p_zero, b_zero) = fits(0)?;
-    let gib = crate::inspect::GIB;
+    let gib = crate::compile::inspect::GIB;
     let (flag, msg) = match (max_bytes, max_params) {
         (Some(x), _) if b_min > x => (
             "--max-gib",
@@ -356,7 +367,7 @@ fn select_widths(
     stats: &MlpStats,
     ks: &[usize],
     damp: f64,
-    solver: &crate::linalg::Solver,
+    solver: &crate::cpu::linalg::Solver,
 ) -> Result<Vec<Vec<usize>>> {
     Ok(match method {
         Method::Magnitude => {
@@ -402,7 +413,7 @@ pub fn compile_batch(
     // Fail on the destination before spending minutes calibrating.
     let dests = targets
         .iter()
-        .map(|t| crate::writer::check_destination(input, &t.output, opts.force))
+        .map(|t| crate::compile::writer::check_destination(input, &t.output, opts.force))
         .collect::<Result<Vec<_>>>()?;
     let rws = resolve_targets(cfg.intermediate_size, targets, opts.multiple_of)?;
     let ks: Vec<usize> = rws.iter().map(|r| r.width).collect();
@@ -448,8 +459,8 @@ pub fn compile_batch(
     // Every output goes beside the others: room for all of them, checked before calibrating.
     let mut room = 0u64;
     for (dest, &k) in dests.iter().zip(&ks) {
-        room += crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?.1;
-        crate::writer::check_room(dest, room)?;
+        room += crate::compile::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?.1;
+        crate::compile::writer::check_room(dest, room)?;
     }
     let mut t = Timings::default();
     let down_dtype = |l: usize| {
@@ -525,7 +536,7 @@ pub fn compile_batch(
         }
     };
     for l in 0..cfg.num_layers {
-        let w = crate::model::load_layer(&store, &cfg, l)?;
+        let w = crate::cpu::model::load_layer(&store, &cfg, l)?;
         let n = w.width;
         // One statistics set per stream; one-shot shares one across every width.
         for (s, backend) in backends.iter_mut().enumerate() {
@@ -588,7 +599,7 @@ pub fn compile_batch(
         b.finish();
     }
 
-    let gib = crate::inspect::GIB;
+    let gib = crate::compile::inspect::GIB;
     let batch = (targets.len() > 1).then(|| BatchReport {
         widths: ks.clone(),
         outputs: targets
@@ -619,7 +630,7 @@ pub fn compile_batch(
         let new_cfg = cfg.with_intermediate_size(k);
         let p1 = params(&new_cfg, untied) + other_params;
         let (p_after, mlp_bytes_after) =
-            crate::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
+            crate::compile::inspect::sizes_at_width(&store, &cfg, p0, bytes_before, k)?;
         debug_assert_eq!(p_after, p1);
         let mut report = CompileReport {
             whittle_version: env!("CARGO_PKG_VERSION"),

@@ -12,9 +12,9 @@
 //! src/cuda/model.rs). The scoring itself (log-softmax, KL, argmax) always runs on the host in
 //! f64, so the two differ only by what the forward pass computes.
 
-use crate::config::ModelConfig;
+use crate::checkpoint::config::ModelConfig;
+use crate::cpu::model::{Batch, Model};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model};
 use rayon::prelude::*;
 use std::path::Path;
 

@@ -29,10 +29,10 @@
 //! Data: JSON Lines from scripts/get-tasks.py, a header line with the item count then the
 //! dataset's raw documents.
 
+use crate::checkpoint::tokenizer::Tokenizer;
+use crate::cpu::model::Batch;
 use crate::error::{Error, Result};
-use crate::eval::{argmax, log_sum_exp, LogitModel};
-use crate::model::Batch;
-use crate::tokenizer::Tokenizer;
+use crate::serve::eval::{argmax, log_sum_exp, LogitModel};
 use rayon::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! config implies and its role. The loader checks a checkpoint against it, the scorer and the
 //! rewriter find the MLP tensors they slice through it, and `inspect` counts parameters with it.
 
-use crate::config::ModelConfig;
+use crate::checkpoint::config::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LayerTensor {

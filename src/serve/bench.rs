@@ -27,11 +27,11 @@
 //! `--quick` shrinks the shapes (2 × 128 prefill, 256-token RAG, 64 + 32 decode, 5 runs,
 //! 2 repeats) for smoke tests; the JSON records the shapes used.
 
-use crate::decode::Engine;
+use crate::checkpoint::tokenizer::Tokenizer;
+use crate::compile::inspect::{Summary, GIB};
+use crate::cpu::decode::Engine;
+use crate::cpu::model::{Batch, Model};
 use crate::error::{Error, Result};
-use crate::inspect::{Summary, GIB};
-use crate::model::{Batch, Model};
-use crate::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -133,7 +133,7 @@ pub struct Subject {
 
 impl Subject {
     pub fn new(dir: &Path, engine: Box<dyn Engine>, prompt_text: &str) -> Result<Subject> {
-        let summary = crate::inspect::summarize(dir)?;
+        let summary = crate::compile::inspect::summarize(dir)?;
         let tok = Tokenizer::from_dir(dir)?;
         let text_ids = tok.encode(prompt_text)?;
         if text_ids.is_empty() {

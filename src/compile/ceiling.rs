@@ -10,14 +10,14 @@
 //! the ceiling and the next narrower one beyond it — and the chosen probe's folder becomes OUT,
 //! its report carrying the measured curve.
 
-use crate::calib::Backend;
-use crate::calib::CalibSet;
+use crate::checkpoint::config::ModelConfig;
+use crate::compile::calib::Backend;
+use crate::compile::calib::CalibSet;
+use crate::compile::report::{CeilingReport, HeldOutReport};
+use crate::compile::width::Point;
 use crate::compile::{compile_batch, resolve_width, Outcome, Plan, Progress, Target, Width};
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, LogitModel};
-use crate::report::{CeilingReport, HeldOutReport};
-use crate::width::Point;
+use crate::serve::eval::{evaluate, LogitModel};
 use std::path::{Path, PathBuf};
 
 /// Sequences of a calibration set moved out of it for the ceiling's evaluation.
@@ -93,7 +93,7 @@ pub fn search(
         Error::Other("ceiling::search: the plan has no quality ceiling".to_string())
     })?;
     let cfg = ModelConfig::from_dir(input)?;
-    let dest = crate::writer::check_destination(input, out, opts.force)?;
+    let dest = crate::compile::writer::check_destination(input, out, opts.force)?;
     let n = cfg.intermediate_size;
     let m = resolve_width(n, &Width::Size(n), opts.multiple_of)?.multiple;
     let candidates: Vec<usize> = (1..=n / m).map(|j| j * m).filter(|&w| w < n).collect();
@@ -207,7 +207,7 @@ pub fn search(
     let text = serde_json::to_string_pretty(&outcome.report.to_json())
         .map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(&rp, text).map_err(|e| Error::io(&rp, e))?;
-    crate::writer::install(&dir, &dest)?;
+    crate::compile::writer::install(&dir, &dest)?;
     Ok(Found { outcome, curve })
 }
 

@@ -9,14 +9,14 @@
 //! accumulators, so a million calibration tokens lose no precision. Every sum has a fixed order,
 //! so results do not depend on the thread count.
 
-use crate::config::ModelConfig;
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::Half;
+use crate::checkpoint::safetensors::{SafeFile, WeightStore};
+use crate::checkpoint::tokenizer::Tokenizer;
+use crate::cpu::model::{attn_block, embed_from_store, mlp_block, Batch, Event, RopeCache};
 use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
 use crate::layer::Layer;
-use crate::model::{attn_block, embed_from_store, mlp_block, Batch, Event, RopeCache};
-use crate::registry::Half;
-use crate::safetensors::{SafeFile, WeightStore};
-use crate::tokenizer::Tokenizer;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -132,7 +132,7 @@ impl CalibSet {
         let mut ids = Vec::new();
         let mut used = Vec::new();
         for (src, &want) in sources.iter().zip(&share) {
-            let text = crate::chat::read_calibration_text(&src.path)?;
+            let text = crate::checkpoint::chat::read_calibration_text(&src.path)?;
             let t = tok.encode(&text)?;
             let avail = t.len() / chunk;
             if avail == 0 {
@@ -187,7 +187,7 @@ impl CalibSet {
                 msg: format!("shape {:?} is not [n, seq] with seq ≥ 2", info.shape),
             });
         }
-        let r = crate::safetensors::TensorRef {
+        let r = crate::checkpoint::safetensors::TensorRef {
             name: "input_ids",
             file: &f,
             info,
@@ -581,8 +581,8 @@ pub trait Backend {
 
     /// Where scoring and repair solve their f64 linear algebra for this backend (the host unless
     /// the backend has a GPU).
-    fn solver(&self) -> crate::linalg::Solver {
-        crate::linalg::Solver::Cpu
+    fn solver(&self) -> crate::cpu::linalg::Solver {
+        crate::cpu::linalg::Solver::Cpu
     }
 
     /// The input of layer 0 for `ids`: the scaled embedding rows [rows, H], rounded the way this

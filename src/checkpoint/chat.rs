@@ -10,8 +10,8 @@
 //! `<start_of_image>`, whose embedding needs the image), and the `<bos>` the template starts
 //! with is left out: whittle prepends BOS itself (to each calibration sequence, to each prompt).
 
+use crate::checkpoint::tokenizer::read_text;
 use crate::error::{Error, Result};
-use crate::tokenizer::read_text;
 use serde_json::Value;
 use std::path::Path;
 

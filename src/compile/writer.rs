@@ -7,12 +7,12 @@
 //! byte-for-byte. Files keep their names, tensor order and `__metadata__`; a sharded input gives
 //! a sharded output with the same index layout.
 
-use crate::config::ModelConfig;
-use crate::error::{Error, Result};
-use crate::registry::{layer_name, LayerTensor};
-use crate::safetensors::{
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::{layer_name, LayerTensor};
+use crate::checkpoint::safetensors::{
     check_input_file, check_link, encode_header, first_non_finite, Dtype, HeaderEntry, WeightStore,
 };
+use crate::error::{Error, Result};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::File;
@@ -576,7 +576,8 @@ pub fn write_model(
             .expect("file")
             .to_string_lossy()
             .into_owned();
-        let mut order: Vec<(&String, &crate::safetensors::TensorInfo)> = f.tensors.iter().collect();
+        let mut order: Vec<(&String, &crate::checkpoint::safetensors::TensorInfo)> =
+            f.tensors.iter().collect();
         order.sort_by_key(|(_, t)| t.start);
         let entries: Vec<HeaderEntry> = order
             .iter()

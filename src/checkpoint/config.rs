@@ -305,7 +305,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        crate::safetensors::check_input_file(dir, &path)?;
+        crate::checkpoint::safetensors::check_input_file(dir, &path)?;
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         Self::from_json_str(&text, &path)
     }
@@ -320,7 +320,7 @@ impl ModelConfig {
     /// Llama family the engines do not run yet.
     pub fn from_dir_any_family(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        crate::safetensors::check_input_file(dir, &path)?;
+        crate::checkpoint::safetensors::check_input_file(dir, &path)?;
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         Self::from_json_str_any_family(&text, &path)
     }

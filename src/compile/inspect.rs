@@ -1,11 +1,11 @@
 //! `whittle inspect`: the numbers a model card's size table uses, counted from the registry and
 //! the checkpoint's own tensor bytes.
 
-use crate::config::ModelConfig;
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::registry::{registry, Group};
+use crate::checkpoint::safetensors::WeightStore;
+use crate::cpu::model::untied_head;
 use crate::error::Result;
-use crate::model::untied_head;
-use crate::registry::{registry, Group};
-use crate::safetensors::WeightStore;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,7 +42,7 @@ pub fn sizes_at_width(
     bytes: u64,
     width: usize,
 ) -> Result<(u64, u64)> {
-    use crate::registry::{layer_name, LayerTensor};
+    use crate::checkpoint::registry::{layer_name, LayerTensor};
     let cut = (cfg.intermediate_size - width.min(cfg.intermediate_size)) as u64;
     let hd = cfg.hidden_size as u64;
     let mut removed_bytes = 0u64;
@@ -81,11 +81,11 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
     }
     let total_params = params.values().sum();
     let mut tiers = Vec::new();
-    for &(name, _) in crate::width::TIERS {
-        let w = crate::width::resolve_width(
+    for &(name, _) in crate::compile::width::TIERS {
+        let w = crate::compile::width::resolve_width(
             cfg.intermediate_size,
-            &crate::width::Width::Tier(name.into()),
-            crate::width::DEFAULT_MULTIPLE_OF,
+            &crate::compile::width::Width::Tier(name.into()),
+            crate::compile::width::DEFAULT_MULTIPLE_OF,
         )?
         .width;
         let (p, b) = sizes_at_width(&store, &cfg, total_params, weight_bytes, w)?;
@@ -166,7 +166,7 @@ impl Summary {
             .layer_types
             .iter()
             .enumerate()
-            .filter(|(_, t)| **t == crate::config::LayerType::Full)
+            .filter(|(_, t)| **t == crate::checkpoint::config::LayerType::Full)
             .map(|(i, _)| i.to_string())
             .collect();
         s += &format!("architecture      {}\n", c.model_type());

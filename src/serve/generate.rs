@@ -8,16 +8,16 @@
 //! after emitting one of them (the stop token is part of the returned ids, as in
 //! `transformers.generate`, but is not printed) or after `max_new_tokens`.
 
-use crate::decode::{sample, Engine, Rng, Sampling};
+use crate::checkpoint::tokenizer::Tokenizer;
+use crate::cpu::decode::{sample, Engine, Rng, Sampling};
 use crate::error::{Error, Result};
-use crate::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
 
 /// Gemma's user → model turn (what the chat template renders for one user message with
 /// `add_generation_prompt`, without the leading `<bos>`, which whittle prepends itself).
-pub use crate::chat::user_turn as chat_prompt;
+pub use crate::checkpoint::chat::user_turn as chat_prompt;
 
 /// Whether the model folder ships a chat template (instruction-tuned checkpoints do): a non-empty
 /// `chat_template` in tokenizer_config.json, or a `chat_template.jinja` / `chat_template.json`
@@ -63,7 +63,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    crate::safetensors::check_regular(path)?;
+    crate::checkpoint::safetensors::check_regular(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text)
         .map(Some)

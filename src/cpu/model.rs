@@ -6,15 +6,15 @@
 //! caller that evaluates many windows (`eval`) keeps them all. The decoder layer is a free
 //! function over a borrowed `Layer<&[f32]>` so both use the same code.
 
-use crate::config::{LayerType, ModelConfig};
+use crate::checkpoint::config::{LayerType, ModelConfig};
+use crate::checkpoint::registry::{self, layer_name, layer_shape, LayerTensor};
+use crate::checkpoint::safetensors::WeightStore;
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::convert::widen_bf16_into;
 use crate::cpu::gemv::Mat;
 use crate::cpu::{bf16, ops};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
-use crate::registry::{self, layer_name, layer_shape, LayerTensor};
-use crate::safetensors::WeightStore;
 use std::path::{Path, PathBuf};
 
 /// Layer `l` of the checkpoint in f32 (widened from its dtype), HF `[out, in]` layout.
@@ -45,7 +45,7 @@ pub struct RopeCache {
 
 impl RopeCache {
     pub fn new(cfg: &ModelConfig, seq_len: usize) -> RopeCache {
-        let mk = |r: crate::config::Rope| {
+        let mk = |r: crate::checkpoint::config::Rope| {
             ops::rope_tables(seq_len, cfg.head_dim, r.theta, r.linear_factor)
         };
         RopeCache {
@@ -254,13 +254,13 @@ pub fn embed_rows_from_store(
     let es = t.info.dtype.size();
     let mut out = vec![0f32; ids.len() * hd]; // [N, H]
     let one_row = |id: usize, row: &mut [f32]| -> Result<()> {
-        let sub = crate::safetensors::TensorInfo {
+        let sub = crate::checkpoint::safetensors::TensorInfo {
             dtype: t.info.dtype,
             shape: vec![hd],
             start: t.info.start + id * hd * es,
             end: t.info.start + (id + 1) * hd * es,
         };
-        crate::safetensors::TensorRef {
+        crate::checkpoint::safetensors::TensorRef {
             name: t.name,
             file: t.file,
             info: &sub,

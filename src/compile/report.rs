@@ -4,7 +4,7 @@
 //! `serde_json::Value` (`to_json`), whose map sorts the keys: the file's key order is
 //! alphabetical, as it has always been.
 
-use crate::width::{Point, Width};
+use crate::compile::width::{Point, Width};
 use serde::Serialize;
 use serde_json::Value;
 
