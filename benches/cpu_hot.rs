@@ -27,8 +27,9 @@ use whittle::checkpoint::safetensors::{encode_header, Dtype, HeaderEntry};
 use whittle::compile::calib::MlpStats;
 use whittle::cpu::attention::{attention, AttnShape};
 use whittle::cpu::decode::{gemv_mat, Decoder, Mat};
-use whittle::cpu::model::{Batch, Model};
+use whittle::cpu::model::Model;
 use whittle::cpu::ops;
+use whittle::engine::Batch;
 use whittle::rng::XorShift64;
 
 const HIDDEN: usize = 640;

@@ -16,10 +16,10 @@
 //! `eval`. `bench --forward` has no GPU path: it says so and runs on the CPU.
 
 use crate::compile::calib::{Backend, CpuBackend};
-use crate::cpu::decode::Engine;
 use crate::cpu::model::Model;
+use crate::engine::Engine;
+use crate::engine::LogitModel;
 use crate::error::{Error, Result};
-use crate::serve::eval::LogitModel;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;

@@ -1,9 +1,15 @@
-//! What the engines (CPU, CUDA) hand to the code that drives them, below both: the layer
-//! handle a calibration backend returns from `load_layer` and takes back in its run calls, and
-//! the Gram matrix a GPU backend leaves on its device.
+//! The interfaces between the engines (CPU in src/cpu, CUDA in src/cuda) and the code that
+//! drives them, below both so neither side imports the other: the shape of a batch (`Batch`),
+//! what a forward pass shows an observer (`Event`, `Observer`), what evaluation needs of a model
+//! (`LogitModel`), what serving needs (`Engine`, `Decode`), the layer handle a calibration
+//! backend returns from `load_layer` and takes back in its run calls (`EngineLayer`), and the
+//! Gram matrix a GPU backend leaves on its device (`DeviceGram`). The calibration backend trait
+//! itself (`compile::calib::Backend`) stays beside the statistics types its methods take.
 
+use crate::checkpoint::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::layer::Layer;
+use std::path::Path;
 
 /// A decoder layer's weights as the engine that loaded them holds them: returned by
 /// `calib::Backend::load_layer` / `load_pruned` and passed back to the same backend's run
@@ -66,4 +72,95 @@ impl std::fmt::Debug for DeviceGram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DeviceGram")
     }
+}
+
+// ----------------------------------------------------------------------------------- batches
+
+/// Shape of a batch of equal-length sequences laid out row after row: `[n_seq · seq_len, H]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    pub n_seq: usize,
+    pub seq_len: usize,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.n_seq * self.seq_len
+    }
+}
+
+// ----------------------------------------------------------------------------------- observing a forward pass
+
+/// What the forward pass shows an observer (tests compare these with transformers' hooks;
+/// calibration accumulates statistics from `MlpAct`).
+pub enum Event<'a> {
+    /// Scaled embeddings, the input of layer 0: [N, H].
+    Embeds(&'a [f32]),
+    /// Input of `down_proj` in `layer`, `gelu_tanh(gate)·up`: [N, I], and `down_proj`'s output
+    /// before the post-FFN norm: [N, H] (calibration weighs tokens by its RMS).
+    MlpAct {
+        layer: usize,
+        act: &'a [f32],
+        out: &'a [f32],
+    },
+    /// Output of decoder layer `layer`: [N, H].
+    LayerOut { layer: usize, hidden: &'a [f32] },
+}
+
+pub type Observer<'o> = Option<&'o mut dyn FnMut(Event<'_>)>;
+
+// ----------------------------------------------------------------------------------- logits (eval, tasks)
+
+/// What the evaluation protocol needs of a model: the final-normed hidden states of a batch and
+/// the logits of some of their rows.
+pub trait LogitModel {
+    fn cfg(&self) -> &ModelConfig;
+    /// The model folder (named in error messages).
+    fn dir(&self) -> &Path;
+    /// All layers and the final norm: normed hidden rows [N, H] in f32.
+    fn forward_hidden(&self, ids: &[u32], batch: Batch) -> Result<Vec<f32>>;
+    /// Logits `[rows, V]` of normed hidden rows `[rows, H]`, final softcap applied.
+    fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>>;
+}
+
+// ----------------------------------------------------------------------------------- serving (bench, generate)
+
+/// A model that serves requests: batched prefill without a cache, and KV-cache decoding. The CPU
+/// `Model` (f32) and the GPU `cuda::GpuModel` (bf16) implement it; `bench` and `generate` are
+/// written against it, so both engines are measured and driven by the same code.
+pub trait Engine {
+    fn cfg(&self) -> &ModelConfig;
+    /// What runs, for reports: `whittle cpu f32`, `whittle cpu bf16` or `whittle cuda bf16`.
+    fn name(&self) -> String;
+    /// Where it runs: `cpu` or the GPU's description.
+    fn device(&self) -> String;
+    /// The GPU kernels the hot ops chose on this device (reports; `None` on the CPU).
+    fn kernels(&self) -> Option<String> {
+        None
+    }
+    /// One batched forward pass over `batch` sequences (no cache), the LM head on the last
+    /// position of each sequence only, and the greedy pick of each: `[n_seq]` token ids.
+    fn last_token_picks(&self, ids: &[u32], batch: Batch) -> Result<Vec<u32>>;
+    /// A KV-cache decoder for one sequence of up to `max_len` positions.
+    fn decoder(&self, max_len: usize) -> Result<Box<dyn Decode + '_>>;
+}
+
+/// Incremental decoding of one sequence (`Decoder` on the CPU, `cuda::GpuDecoder` on a GPU).
+pub trait Decode {
+    /// Runs the prompt, filling the cache (which must be empty); logits `[V]` of its last token.
+    fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
+    /// Decodes one token at position `pos()`; its logits `[V]`.
+    fn step(&mut self, id: u32) -> Result<Vec<f32>>;
+    /// `argmax(prefill(ids))` (an engine may pick without handing the logits over).
+    fn prefill_greedy(&mut self, ids: &[u32]) -> Result<u32> {
+        Ok(crate::cpu::ops::argmax(&self.prefill(ids)?) as u32)
+    }
+    /// `argmax(step(id))`.
+    fn step_greedy(&mut self, id: u32) -> Result<u32> {
+        Ok(crate::cpu::ops::argmax(&self.step(id)?) as u32)
+    }
+    /// The position the next token takes.
+    fn pos(&self) -> usize;
+    /// Starts a new sequence (keeps the allocations).
+    fn reset(&mut self);
 }

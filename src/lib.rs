@@ -4,7 +4,8 @@
 //! - `checkpoint` — what a model folder holds: config.json as data (`config`), the one list of
 //!   tensors (`registry`), memory-mapped safetensors, the tokenizer and chat template
 //! - `layer`      — `Layer<M, V>`: one decoder layer's tensors in any storage, one slot per registry entry
-//! - `engine`     — what the engines hand their drivers (the calibration layer handle, the device Gram)
+//! - `engine`     — the interfaces between engines and their drivers (`Batch`, `Observer`,
+//!   `LogitModel`, `Engine` / `Decode`, the calibration layer handle, the device Gram)
 //! - `cpu`        — the CPU engine, the reference: ops, GEMM/GEMV, attention, the forward pass
 //!   (`cpu::model`), KV-cache decoding (`cpu::decode`), f64 linear algebra (`cpu::linalg`)
 //! - `cuda`       — the CUDA engine, its twin (feature `cuda`)

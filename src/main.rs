@@ -415,7 +415,7 @@ fn cmd_eval_report(a: EvalArgs, device: whittle::device::DeviceChoice) -> Result
         .transpose()?;
     for task in &task_data {
         let reqs = tasks::requests(task, &tok, bos)?;
-        let run = |m: &dyn whittle::serve::eval::LogitModel, who: &str| {
+        let run = |m: &dyn whittle::engine::LogitModel, who: &str| {
             let pb = progress(reqs.len(), &format!("{} {who}", task.name));
             let t = Instant::now();
             let sc = tasks::score(m, &reqs, task.items.len(), |i| pb.set_position(i as u64))?;
@@ -972,7 +972,7 @@ fn compile_to_ceiling(
     );
     let t = Instant::now();
     let load =
-        |d: &std::path::Path| -> whittle::error::Result<Box<dyn whittle::serve::eval::LogitModel>> {
+        |d: &std::path::Path| -> whittle::error::Result<Box<dyn whittle::engine::LogitModel>> {
             Ok(dev.load_eval_models(&[d])?.remove(0))
         };
     let pb = progress(0, "probe");

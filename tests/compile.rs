@@ -7,7 +7,8 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use whittle::checkpoint::safetensors::{encode_header, HeaderEntry, WeightStore};
-use whittle::cpu::model::{Batch, Model};
+use whittle::cpu::model::Model;
+use whittle::engine::Batch;
 
 /// Every tensor of two checkpoints: same names, dtypes, shapes and bytes.
 fn assert_same_tensors(a: &Path, b: &Path) {

@@ -6,7 +6,8 @@
 mod common;
 use common::*;
 use whittle::checkpoint::safetensors::{encode_header, Dtype, HeaderEntry, SafeFile, TensorRef};
-use whittle::cpu::model::{Batch, Model};
+use whittle::cpu::model::Model;
+use whittle::engine::Batch;
 
 #[test]
 fn export_compiled_fixtures_for_transformers() {

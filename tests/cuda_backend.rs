@@ -29,8 +29,9 @@ use whittle::checkpoint::safetensors::WeightStore;
 use whittle::compile::calib::{
     Backend, Capture, CpuBackend, Layout, StatsSpec, Stream, TokenWeight,
 };
-use whittle::cpu::model::{load_layer, Batch, Event, Model};
+use whittle::cpu::model::{load_layer, Model};
 use whittle::cuda::{CudaBackend, GpuModel, Residency};
+use whittle::engine::{Batch, Event};
 use whittle::layer::Layer;
 
 fn fixture(name: &str) -> PathBuf {

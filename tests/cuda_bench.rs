@@ -31,9 +31,9 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use whittle::cpu::model::Batch;
 use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut};
 use whittle::cuda::{DTensor, Gpu, GpuModel, Residency};
+use whittle::engine::Batch;
 
 const SHAPES: &str = include_str!("../scripts/device/bench_shapes.json");
 

@@ -38,14 +38,16 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use whittle::checkpoint::config::Rope;
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
-use whittle::cpu::decode::{argmax, layer_slots, slot_of, Decoder, Engine};
-use whittle::cpu::model::{Batch, Model};
+use whittle::cpu::decode::{argmax, layer_slots, slot_of, Decoder};
+use whittle::cpu::model::Model;
 use whittle::cpu::ops as cpu;
 use whittle::cuda::ops::{
     self, decode_attention_kernel, plan_decode_splits, DecodeAttnParams, DecodeWorkspace,
     DECODE_MAX_SPLITS,
 };
 use whittle::cuda::{DTensor, GpuDecoder, GpuModel, Residency};
+use whittle::engine::Batch;
+use whittle::engine::Engine;
 
 // ---------------------------------------------------------------------------------------------
 // Runs everywhere (host-side planning)

@@ -16,8 +16,9 @@ use gpu_common::{gpu, ids, real_model, root};
 
 use common::check::rows_rel_l2;
 use std::path::Path;
-use whittle::cpu::model::{Batch, Event, Model};
+use whittle::cpu::model::Model;
 use whittle::cuda::{GpuModel, Residency};
+use whittle::engine::{Batch, Event};
 
 #[derive(Default)]
 struct Trace {

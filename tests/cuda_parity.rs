@@ -14,8 +14,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use whittle::cpu::model::{Batch, Event, Model};
+use whittle::cpu::model::Model;
 use whittle::cuda::{Gpu, GpuModel, Residency};
+use whittle::engine::{Batch, Event};
 
 fn write_f32(path: &Path, x: &[f32]) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());

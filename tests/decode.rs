@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use whittle::checkpoint::config::LayerType;
 use whittle::checkpoint::safetensors::{SafeFile, TensorRef};
 use whittle::cpu::decode::{
-    argmax, layer_slots, sample, slot_of, visible_range, Decoder, Engine, Rng, Sampling,
+    argmax, layer_slots, sample, slot_of, visible_range, Decoder, Rng, Sampling,
 };
-use whittle::cpu::model::{Batch, Model};
+use whittle::cpu::model::Model;
+use whittle::engine::Batch;
+use whittle::engine::Engine;
 
 /// Per-position relative L2 tolerance of decoded logits vs the full recompute.
 const TOL: f64 = 1e-4;

@@ -7,7 +7,8 @@ mod common;
 use common::check::rows_rel_l2;
 use std::path::{Path, PathBuf};
 use whittle::checkpoint::safetensors::SafeFile;
-use whittle::cpu::model::{Batch, Event, Model};
+use whittle::cpu::model::Model;
+use whittle::engine::{Batch, Event};
 
 const TOL: f64 = 1e-4;
 

@@ -16,8 +16,9 @@ use crate::compile::calib::CalibSet;
 use crate::compile::report::{CeilingReport, HeldOutReport};
 use crate::compile::width::Point;
 use crate::compile::{compile_batch, resolve_width, Outcome, Plan, Progress, Target, Width};
+use crate::engine::LogitModel;
 use crate::error::{Error, Result};
-use crate::serve::eval::{evaluate, LogitModel};
+use crate::serve::eval::evaluate;
 use std::path::{Path, PathBuf};
 
 /// Sequences of a calibration set moved out of it for the ceiling's evaluation.

@@ -42,7 +42,8 @@ use crate::cpu::ops;
 // The slot arithmetic is shared with the GPU decoder; re-exported so `decode::slot_of` etc. keep
 // working.
 pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
-use crate::cpu::model::{embed, mlp_block, Batch, Model, Table};
+use crate::cpu::model::{embed, mlp_block, Model, Table};
+use crate::engine::{Batch, Decode, Engine};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use rayon::prelude::*;
@@ -458,46 +459,6 @@ fn mlp_step(
 }
 
 // ----------------------------------------------------------------------------------- engines
-
-/// A model that serves requests: batched prefill without a cache, and KV-cache decoding. The CPU
-/// `Model` (f32) and the GPU `cuda::GpuModel` (bf16) implement it; `bench` and `generate` are
-/// written against it, so both engines are measured and driven by the same code.
-pub trait Engine {
-    fn cfg(&self) -> &ModelConfig;
-    /// What runs, for reports: `whittle cpu f32`, `whittle cpu bf16` or `whittle cuda bf16`.
-    fn name(&self) -> String;
-    /// Where it runs: `cpu` or the GPU's description.
-    fn device(&self) -> String;
-    /// The GPU kernels the hot ops chose on this device (reports; `None` on the CPU).
-    fn kernels(&self) -> Option<String> {
-        None
-    }
-    /// One batched forward pass over `batch` sequences (no cache), the LM head on the last
-    /// position of each sequence only, and the greedy pick of each: `[n_seq]` token ids.
-    fn last_token_picks(&self, ids: &[u32], batch: Batch) -> Result<Vec<u32>>;
-    /// A KV-cache decoder for one sequence of up to `max_len` positions.
-    fn decoder(&self, max_len: usize) -> Result<Box<dyn Decode + '_>>;
-}
-
-/// Incremental decoding of one sequence (`Decoder` on the CPU, `cuda::GpuDecoder` on a GPU).
-pub trait Decode {
-    /// Runs the prompt, filling the cache (which must be empty); logits `[V]` of its last token.
-    fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
-    /// Decodes one token at position `pos()`; its logits `[V]`.
-    fn step(&mut self, id: u32) -> Result<Vec<f32>>;
-    /// `argmax(prefill(ids))` (an engine may pick without handing the logits over).
-    fn prefill_greedy(&mut self, ids: &[u32]) -> Result<u32> {
-        Ok(argmax(&self.prefill(ids)?))
-    }
-    /// `argmax(step(id))`.
-    fn step_greedy(&mut self, id: u32) -> Result<u32> {
-        Ok(argmax(&self.step(id)?))
-    }
-    /// The position the next token takes.
-    fn pos(&self) -> usize;
-    /// Starts a new sequence (keeps the allocations).
-    fn reset(&mut self);
-}
 
 impl Decode for Decoder<'_> {
     fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {

@@ -13,6 +13,7 @@ use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::convert::widen_bf16_into;
 use crate::cpu::gemv::Mat;
 use crate::cpu::{bf16, ops};
+use crate::engine::{Batch, Event, Observer};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use std::path::{Path, PathBuf};
@@ -21,19 +22,6 @@ use std::path::{Path, PathBuf};
 pub fn load_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<Layer<Vec<f32>>> {
     let get = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
     Layer::try_build(cfg, get, get)
-}
-
-/// Shape of a batch of equal-length sequences laid out row after row: `[n_seq · seq_len, H]`.
-#[derive(Debug, Clone, Copy)]
-pub struct Batch {
-    pub n_seq: usize,
-    pub seq_len: usize,
-}
-
-impl Batch {
-    pub fn rows(&self) -> usize {
-        self.n_seq * self.seq_len
-    }
 }
 
 /// RoPE tables for one sequence length, one per layer type.
@@ -63,24 +51,6 @@ impl RopeCache {
         (c, s)
     }
 }
-
-/// What the forward pass shows an observer (tests compare these with transformers' hooks;
-/// calibration accumulates statistics from `MlpAct`).
-pub enum Event<'a> {
-    /// Scaled embeddings, the input of layer 0: [N, H].
-    Embeds(&'a [f32]),
-    /// Input of `down_proj` in `layer`, `gelu_tanh(gate)·up`: [N, I], and `down_proj`'s output
-    /// before the post-FFN norm: [N, H] (calibration weighs tokens by its RMS).
-    MlpAct {
-        layer: usize,
-        act: &'a [f32],
-        out: &'a [f32],
-    },
-    /// Output of decoder layer `layer`: [N, H].
-    LayerOut { layer: usize, hidden: &'a [f32] },
-}
-
-pub type Observer<'o> = Option<&'o mut dyn FnMut(Event<'_>)>;
 
 /// One decoder layer in place on `h` ([N, H]).
 pub fn layer_forward(

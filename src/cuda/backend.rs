@@ -39,7 +39,8 @@ use crate::compile::calib::{
     started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
     Streams, TokenWeight,
 };
-use crate::cpu::model::{embed_rows_from_store, Batch};
+use crate::cpu::model::embed_rows_from_store;
+use crate::engine::Batch;
 use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
 use crate::layer::Layer;

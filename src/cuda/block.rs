@@ -7,7 +7,7 @@ use super::gpu::{DTensor, Gpu};
 use super::ops::{self, AttnParams};
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{layer_shape, LayerTensor};
-use crate::cpu::model::Batch;
+use crate::engine::Batch;
 use crate::error::Result;
 use crate::layer::Layer;
 use half::bf16;

@@ -36,8 +36,9 @@ use super::model::GpuModel;
 use super::ops::{self, DecodeAttnParams, DecodeWorkspace, RowStatsOut};
 use super::prof::range;
 use crate::checkpoint::config::ModelConfig;
-use crate::cpu::decode::{layer_slots, slot_of, Decode, Engine};
-use crate::cpu::model::Batch;
+use crate::cpu::decode::{layer_slots, slot_of};
+use crate::engine::Batch;
+use crate::engine::{Decode, Engine};
 use crate::error::{Error, Result};
 use half::bf16;
 

@@ -24,7 +24,8 @@ use super::prof::range;
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{self, layer_name, layer_shape};
 use crate::checkpoint::safetensors::WeightStore;
-use crate::cpu::model::{untied_head, Batch, Event, Model, Observer};
+use crate::cpu::model::{untied_head, Model};
+use crate::engine::{Batch, Event, Observer};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use half::bf16;
@@ -568,7 +569,7 @@ pub struct LogitStats {
 /// The evaluation protocol (`crate::serve::eval`) over the GPU forward pass: hidden states and logits
 /// computed on the device and downloaded (bf16 hidden values, f32 logits); scoring stays on the
 /// host.
-impl crate::serve::eval::LogitModel for GpuModel {
+impl crate::engine::LogitModel for GpuModel {
     fn cfg(&self) -> &ModelConfig {
         &self.cfg
     }

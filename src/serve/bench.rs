@@ -29,8 +29,9 @@
 
 use crate::checkpoint::tokenizer::Tokenizer;
 use crate::compile::inspect::{Summary, GIB};
-use crate::cpu::decode::Engine;
-use crate::cpu::model::{Batch, Model};
+use crate::cpu::model::Model;
+use crate::engine::Batch;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

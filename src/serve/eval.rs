@@ -13,22 +13,11 @@
 //! f64, so the two differ only by what the forward pass computes.
 
 use crate::checkpoint::config::ModelConfig;
-use crate::cpu::model::{Batch, Model};
+use crate::cpu::model::Model;
+use crate::engine::{Batch, LogitModel};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::Path;
-
-/// What the evaluation protocol needs of a model: the final-normed hidden states of a batch and
-/// the logits of some of their rows.
-pub trait LogitModel {
-    fn cfg(&self) -> &ModelConfig;
-    /// The model folder (named in error messages).
-    fn dir(&self) -> &Path;
-    /// All layers and the final norm: normed hidden rows [N, H] in f32.
-    fn forward_hidden(&self, ids: &[u32], batch: Batch) -> Result<Vec<f32>>;
-    /// Logits `[rows, V]` of normed hidden rows `[rows, H]`, final softcap applied.
-    fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>>;
-}
 
 impl LogitModel for Model {
     fn cfg(&self) -> &ModelConfig {

@@ -9,7 +9,8 @@
 //! `transformers.generate`, but is not printed) or after `max_new_tokens`.
 
 use crate::checkpoint::tokenizer::Tokenizer;
-use crate::cpu::decode::{sample, Engine, Rng, Sampling};
+use crate::cpu::decode::{sample, Rng, Sampling};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;

@@ -30,9 +30,10 @@
 //! dataset's raw documents.
 
 use crate::checkpoint::tokenizer::Tokenizer;
-use crate::cpu::model::Batch;
+use crate::engine::Batch;
+use crate::engine::LogitModel;
 use crate::error::{Error, Result};
-use crate::serve::eval::{argmax, log_sum_exp, LogitModel};
+use crate::serve::eval::{argmax, log_sum_exp};
 use rayon::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use whittle::cpu::model::Batch;
 use whittle::cuda::Gpu;
+use whittle::engine::Batch;
 use whittle::rng::XorShift64;
 
 use half::bf16;
