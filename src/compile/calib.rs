@@ -13,6 +13,7 @@ use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::Half;
 use crate::checkpoint::safetensors::{SafeFile, WeightStore};
 use crate::checkpoint::tokenizer::Tokenizer;
+use crate::cpu::gemm::{gemm, Parallelism, View, ViewMut};
 use crate::cpu::model::{attn_block, embed_from_store, mlp_block, RopeCache};
 use crate::engine::EngineLayer;
 use crate::engine::{Batch, Event};
@@ -395,42 +396,15 @@ impl TokenWeight {
 
 /// `dst[m, n] (row stride ld) = xᵀ·y` over `k` rows: element (i, r) of xᵀ at x[r·ld + i],
 /// (r, j) of y at y[r·ld + j] (f32, all cores).
-///
-/// # Safety
-/// Every addressed element of x, y and dst must be in bounds, and dst must not overlap them.
-unsafe fn gemm_tn_f32(
-    dst: *mut f32,
-    x: *const f32,
-    y: *const f32,
-    ld: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            ld as isize,
-            false,
-            x,
-            ld as isize,
-            1,
-            y,
-            1,
-            ld as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        )
-    }
+fn gemm_tn_f32(dst: &mut [f32], x: &[f32], y: &[f32], ld: usize, m: usize, n: usize, k: usize) {
+    gemm(
+        ViewMut::rows(dst, m, n, ld),
+        View::transposed(x, m, k, ld),
+        View::rows(y, k, n, ld),
+        None,
+        1.0,
+        Parallelism::Rayon(rayon::current_num_threads()),
+    )
 }
 
 /// `acc[I, I] += xᵀ·y` for x, y [rows, I]: one f32 GEMM per ≤ 2048-row slab, added in f64.
@@ -439,18 +413,7 @@ fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
     let mut tmp = vec![0f32; w * w];
     for r0 in (0..rows).step_by(SLAB) {
         let m = (r0 + SLAB).min(rows) - r0;
-        // SAFETY: x and y hold [rows, w] (asserted by callers), tmp is [w, w] and distinct.
-        unsafe {
-            gemm_tn_f32(
-                tmp.as_mut_ptr(),
-                x[r0 * w..].as_ptr(),
-                y[r0 * w..].as_ptr(),
-                w,
-                w,
-                w,
-                m,
-            )
-        };
+        gemm_tn_f32(&mut tmp, &x[r0 * w..], &y[r0 * w..], w, w, w, m);
         acc.par_chunks_mut(1 << 14)
             .zip(tmp.par_chunks(1 << 14))
             .for_each(|(a, t)| a.iter_mut().zip(t).for_each(|(a, &t)| *a += t as f64));
@@ -471,11 +434,10 @@ fn add_gram_sym(acc: &mut [f64], x: &[f32], rows: usize, w: usize) {
         let m = (r0 + SLAB).min(rows) - r0;
         for b0 in (0..w).step_by(GRAM_BLOCK) {
             let bm = GRAM_BLOCK.min(w - b0);
-            let xb = x[r0 * w + b0..].as_ptr(); // columns b0.. of rows r0..
-                                                // SAFETY: x holds [rows, w] (asserted by the caller); xᵀ reads columns b0..b0+bm and
-                                                // y columns b0..w of rows r0..r0+m; dst is rows b0..b0+bm, columns b0..w of tmp
-                                                // [w, w], distinct from x.
-            unsafe { gemm_tn_f32(tmp[b0 * w + b0..].as_mut_ptr(), xb, xb, w, bm, w - b0, m) };
+            // Columns b0.. of rows r0.. of x: xᵀ reads columns b0..b0+bm, y columns b0..w; dst is
+            // rows b0..b0+bm, columns b0..w of tmp [w, w].
+            let xb = &x[r0 * w + b0..];
+            gemm_tn_f32(&mut tmp[b0 * w + b0..], xb, xb, w, bm, w - b0, m);
         }
         // Row i of acc: block-upper entries from tmp's row i, the rest mirrored from column i.
         let tmp = &tmp;

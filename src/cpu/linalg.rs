@@ -2,6 +2,7 @@
 //! row-major `[n, n]` slices. Sizes are the MLP width (2k–37k), so the O(n³) steps run on all
 //! cores; results do not depend on the thread count (every reduction has a fixed order).
 
+use crate::cpu::gemm::{gemm, Parallelism, View, ViewMut};
 use rayon::prelude::*;
 
 /// Where the dense f64 linear algebra of OBS scoring and repair runs: the host (the reference)
@@ -32,30 +33,14 @@ pub fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     if m == 0 || n == 0 {
         return c;
     }
-    // SAFETY: lengths checked above; c is a fresh buffer distinct from a and b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        )
-    }
+    gemm(
+        ViewMut::rows(&mut c, m, n, n),
+        View::rows(a, m, k, k),
+        View::rows(b, k, n, n),
+        None,
+        1.0,
+        Parallelism::Rayon(rayon::current_num_threads()),
+    );
     c
 }
 

@@ -3,7 +3,7 @@
 //! arithmetic both engines share in `kv`), plain f32 ops multi-threaded with rayon (`ops`,
 //! `attention`, `act`, `bias`, `norm`, `rope`), the bf16-input GEMM that `--precision bf16`
 //! puts under the projections and the LM head (`bf16`), the decode GEMV over f32 or bf16 weights
-//! (`gemv`), the bf16 ↔ f32 conversions (`convert`) and the f64 linear algebra of the re-fit
+//! (`gemv`), the one safe wrapper of the `gemm` crate (`gemm`), the bf16 ↔ f32 conversions (`convert`) and the f64 linear algebra of the re-fit
 //! (`linalg`).
 
 pub mod act;
@@ -15,6 +15,7 @@ pub mod bf16;
 pub mod bias;
 pub mod convert;
 pub mod decode;
+pub mod gemm;
 pub mod gemv;
 pub mod kv;
 pub mod linalg;

@@ -3,6 +3,7 @@
 //! the order changes the rounding (the `(1+w)` multiply before any downcast, the scale applied
 //! after the dot product, softcap before the mask).
 
+use crate::cpu::gemm::{gemm, Parallelism, View, ViewMut};
 use crate::cpu::gemv::Mat;
 use rayon::prelude::*;
 
@@ -57,31 +58,14 @@ pub fn linear_into_ld(
     if let Some(kernel) = super::bf16::active() {
         return super::bf16::linear(kernel, x, Mat::F32(w), m, k, n, y, ld);
     }
-    // SAFETY: the three buffers are distinct slices whose lengths were checked above against
-    // the strides given; gemm reads x and w and writes only y.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            ld as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize, // rhs = wᵀ: column j of rhs is row j of w
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m * n * k),
-        )
-    }
+    gemm(
+        ViewMut::rows(y, m, n, ld),
+        View::rows(x, m, k, k),
+        View::transposed(w, k, n, k), // wᵀ: column j is row j of w
+        None,
+        1.0,
+        parallelism(m * n * k),
+    )
 }
 
 /// Strided single-threaded GEMM for attention blocks: `c[m,n] = scale · a[m,k] · b[n,k]ᵀ` where
@@ -104,30 +88,14 @@ pub fn gemm_nt_strided(
     }
     assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (n - 1) * b_rs + k);
     assert!(c.len() >= (m - 1) * c_rs + n);
-    // SAFETY: bounds of every strided view were asserted above; c does not alias a or b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            c_rs as isize,
-            false,
-            a.as_ptr(),
-            1,
-            a_rs as isize,
-            b.as_ptr(),
-            b_rs as isize,
-            1,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    gemm(
+        ViewMut::rows(c, m, n, c_rs),
+        View::rows(a, m, k, a_rs),
+        View::transposed(b, k, n, b_rs),
+        None,
+        scale,
+        Parallelism::None,
+    )
 }
 
 /// `c[m,n] = a[m,k] · b[k,n]` with row strides (b row-major `[k, n]`), single-threaded.
@@ -148,33 +116,17 @@ pub fn gemm_nn_strided(
     }
     assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (k.max(1) - 1) * b_rs + n);
     assert!(c.len() >= (m - 1) * c_rs + n);
-    // SAFETY: as above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            c_rs as isize,
-            false,
-            a.as_ptr(),
-            1,
-            a_rs as isize,
-            b.as_ptr(),
-            1,
-            b_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    gemm(
+        ViewMut::rows(c, m, n, c_rs),
+        View::rows(a, m, k, a_rs),
+        View::rows(b, k, n, b_rs),
+        None,
+        1.0,
+        Parallelism::None,
+    )
 }
 
-fn parallelism(flops: usize) -> gemm::Parallelism {
+fn parallelism(flops: usize) -> Parallelism {
     let t = rayon::current_num_threads();
     if t > 1 && flops > 1 << 18 {
         gemm::Parallelism::Rayon(t)
