@@ -42,7 +42,7 @@ use crate::cpu::ops;
 // The slot arithmetic is shared with the GPU decoder; re-exported so `decode::slot_of` etc. keep
 // working.
 pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
-use crate::cpu::model::{embed, mlp_block, Model, Table};
+use crate::cpu::model::{embed, mlp_block, qkv, Model, Table};
 use crate::engine::{Batch, Decode, Engine};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
@@ -291,15 +291,7 @@ impl<'m> Decoder<'m> {
             cfg.num_heads,
             cfg.num_kv_heads,
         );
-        let mut x = h.to_vec(); // [T, H]
-        ops::rms_norm(&mut x, w.input_norm(), cfg.rms_norm_eps);
-        let mut q = ops::linear(&x, w.q(), t, hd, nh * d); // [T, nh, d]
-        let mut k = ops::linear(&x, w.k(), t, hd, nkv * d); // [T, nkv, d]
-        let v = ops::linear(&x, w.v(), t, hd, nkv * d); // [T, nkv, d]
-        if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
-            ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
-            ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
-        }
+        let (mut q, mut k, v) = qkv(cfg, w, h, t); // [T, nh, d], [T, nkv, d] ×2
         let (cos, sin) = self.rope(l);
         ops::apply_rope(&mut q, t, nh, d, cos, sin);
         ops::apply_rope(&mut k, t, nkv, d, cos, sin);

@@ -84,15 +84,7 @@ pub fn attn_block(
     );
 
     // --- attention block
-    let mut x = h.to_vec(); // [N, H]
-    ops::rms_norm(&mut x, w.input_norm(), cfg.rms_norm_eps);
-    let mut q = ops::linear(&x, w.q(), n, hd, nh * d); // [N, nh, d]
-    let mut k = ops::linear(&x, w.k(), n, hd, nkv * d); // [N, nkv, d]
-    let v = ops::linear(&x, w.v(), n, hd, nkv * d); // [N, nkv, d]
-    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
-        ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
-        ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
-    }
+    let (mut q, mut k, v) = qkv(cfg, w, h, n);
     let (cos, sin) = rope.get(cfg.layer_types[l]);
     for b in 0..batch.n_seq {
         let t = batch.seq_len;
@@ -132,6 +124,29 @@ pub fn attn_block(
     let mut y = ops::linear(&att, w.o(), n, nh * d, hd); // [N, H]
     ops::rms_norm(&mut y, w.post_attn_norm(), cfg.rms_norm_eps);
     ops::add_into(h, &y);
+}
+
+/// The attention inputs of `n` rows of `h` ([n, H]): `input_norm`, the q/k/v projections and the
+/// q/k norms where the model has them — `([n, nh·d], [n, nkv·d], [n, nkv·d])`, before RoPE.
+/// Batched passes and the decoder's prefill share it so both round the same way.
+pub fn qkv(
+    cfg: &ModelConfig,
+    w: &Layer<&[f32]>,
+    h: &[f32],
+    n: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (hd, d) = (cfg.hidden_size, cfg.head_dim);
+    let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+    let mut x = h.to_vec(); // [N, H]
+    ops::rms_norm(&mut x, w.input_norm(), cfg.rms_norm_eps);
+    let mut q = ops::linear(&x, w.q(), n, hd, nh * d); // [N, nh, d]
+    let mut k = ops::linear(&x, w.k(), n, hd, nkv * d); // [N, nkv, d]
+    let v = ops::linear(&x, w.v(), n, hd, nkv * d); // [N, nkv, d]
+    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
+        ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
+        ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
+    }
+    (q, k, v)
 }
 
 /// The MLP half of a layer: `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`,
