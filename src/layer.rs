@@ -3,8 +3,9 @@
 //! `Layer<M, V>` has a slot per `registry::LayerTensor` — matrices (`Kind::Matrix`) stored as `M`,
 //! vectors (norm weights, `Kind::Vector`) as `V` — built from the registry's list, so a model
 //! family with other tensors adds registry entries, not structs. A slot is empty when the
-//! architecture lacks the tensor (q/k norms before Gemma-3) or when a layer holds only part of
-//! itself (the pruned MLP half that `--sequential` re-runs).
+//! architecture lacks the tensor (q/k norms before Gemma-3, biases and post-norms outside their
+//! families) or when a layer holds only part of itself (the pruned MLP half that `--sequential`
+//! re-runs).
 //!
 //! The storages in use:
 //! - `Layer<Vec<f32>>`: f32 as loaded (compile's scoring, the CPU model of an F32 checkpoint);
@@ -198,16 +199,29 @@ impl<M, V> Layer<M, V> {
     pub fn o(&self) -> &M {
         self.mat(LayerTensor::O) // [H, nh·d]
     }
-    /// Gemma-3's per-head query norm, None without qk_norm.
+    /// The per-head query norm (Gemma-3, Qwen3), None without qk_norm.
     pub fn q_norm(&self) -> Option<&V> {
         self.vec_opt(LayerTensor::QNorm) // [d]
     }
-    /// Gemma-3's per-head key norm, None without qk_norm.
+    /// The per-head key norm (Gemma-3, Qwen3), None without qk_norm.
     pub fn k_norm(&self) -> Option<&V> {
         self.vec_opt(LayerTensor::KNorm) // [d]
     }
-    pub fn post_attn_norm(&self) -> &V {
-        self.vec(LayerTensor::PostAttnNorm) // [H]
+    /// q/k/v projection biases (Qwen2), None where the projections have none.
+    pub fn qkv_bias(&self) -> Option<(&V, &V, &V)> {
+        Some((
+            self.vec_opt(LayerTensor::QBias)?, // [nh·d]
+            self.vec_opt(LayerTensor::KBias)?, // [nkv·d]
+            self.vec_opt(LayerTensor::VBias)?, // [nkv·d]
+        ))
+    }
+    /// o_proj's bias, None where it has none.
+    pub fn o_bias(&self) -> Option<&V> {
+        self.vec_opt(LayerTensor::OBias) // [H]
+    }
+    /// Gemma's norm of the attention output, None in the Llama family.
+    pub fn post_attn_norm(&self) -> Option<&V> {
+        self.vec_opt(LayerTensor::PostAttnNorm) // [H]
     }
     pub fn pre_ffn_norm(&self) -> &V {
         self.vec(LayerTensor::PreFfnNorm) // [H]
@@ -221,8 +235,10 @@ impl<M, V> Layer<M, V> {
     pub fn down(&self) -> &M {
         self.mat(LayerTensor::Down) // [H, I]
     }
-    pub fn post_ffn_norm(&self) -> &V {
-        self.vec(LayerTensor::PostFfnNorm) // [H]
+    /// Gemma's norm of the MLP output, None in the Llama family (the MLP output then enters the
+    /// residual stream as it is).
+    pub fn post_ffn_norm(&self) -> Option<&V> {
+        self.vec_opt(LayerTensor::PostFfnNorm) // [H]
     }
 }
 

@@ -204,13 +204,16 @@ fn wrong_dtype() {
 fn unknown_model_type() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config();
-    cfg["model_type"] = json!("llama");
+    cfg["model_type"] = json!("phi3");
     write_model(d.path(), &tiny_config());
     std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
     let (e, s) = load_err(d.path());
     assert!(matches!(e, Error::UnsupportedModel { .. }), "{s}");
     assert!(
-        s.contains("\"llama\"") && s.contains("gemma2") && s.contains("gemma3_text"),
+        s.contains("\"phi3\"")
+            && s.contains("gemma2")
+            && s.contains("gemma3_text")
+            && s.contains("qwen3"),
         "{s}"
     );
 }

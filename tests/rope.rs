@@ -44,7 +44,7 @@ fn fixture_tables_match_transformers() {
     let e = expected();
     let t = e["positions"].as_u64().unwrap() as usize;
     for (name, f) in e["fixtures"].as_object().unwrap() {
-        let cfg = ModelConfig::from_dir_any_family(&fixtures().join(name)).unwrap();
+        let cfg = ModelConfig::from_dir(&fixtures().join(name)).unwrap();
         let p = cfg.rope_params(0);
         let (inv, scale) = rope::inv_freq(cfg.head_dim, &p);
         let (w, n) = compare(&inv, &f32s(&f["rope"]["inv_freq"]));
@@ -72,7 +72,7 @@ fn every_rope_spelling_resolves_as_transformers_resolves_it() {
     let e = expected();
     for case in e["rope_cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let cfg = ModelConfig::from_json_str_any_family(
+        let cfg = ModelConfig::from_json_str(
             &case["config"].to_string(),
             Path::new("config.json"),
         )

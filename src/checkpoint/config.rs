@@ -3,11 +3,9 @@
 //! `rope_local_base_freq` + `rope_scaling`; 5.x: `rope_parameters`, with or without per-layer-type
 //! sub-objects; `layer_types` present or derived from the window pattern).
 //!
-//! Two families: Gemma 2 / 3 (what the engines run) and the Llama family (`llama`, `mistral`,
-//! `qwen2`, `qwen3`), which is read here with every difference from Gemma a field
-//! ([`Activation`], [`NormWeight`], [`LayerNorms`], [`AttnBias`], [`RopeScaling`], no embedding
-//! scale, no softcaps) but not run yet: [`ModelConfig::from_dir`] refuses it at load, and
-//! [`ModelConfig::from_dir_any_family`] reads it.
+//! Two families: Gemma 2 / 3 and the Llama family (`llama`, `mistral`, `qwen2`, `qwen3`), every
+//! difference from Gemma a field ([`Activation`], [`NormWeight`], [`LayerNorms`], [`AttnBias`],
+//! [`RopeScaling`], no embedding scale, no softcaps) that the engines read.
 //!
 //! Defaults for absent fields are the ones transformers' own config classes use (5.24 for the
 //! Llama family), so a config that loads there means the same thing here.
@@ -16,12 +14,8 @@ use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// What the engines run (and what loading a checkpoint accepts).
+/// What loading a checkpoint accepts.
 pub const SUPPORTED_MODEL_TYPES: &str =
-    "\"gemma2\", \"gemma3_text\", \"gemma3\" (the language model of the multimodal checkpoint)";
-
-/// What [`ModelConfig::from_json_str_any_family`] reads.
-pub const PARSED_MODEL_TYPES: &str =
     "\"gemma2\", \"gemma3_text\", \"gemma3\" (the language model of \
      the multimodal checkpoint), \"llama\", \"mistral\", \"qwen2\", \"qwen3\"";
 
@@ -69,7 +63,7 @@ impl Arch {
         }
     }
 
-    /// Gemma 2 / 3: the family the engines run today.
+    /// Gemma 2 / 3 (the CUDA engine's only family so far).
     pub fn is_gemma(self) -> bool {
         matches!(self, Arch::Gemma2 | Arch::Gemma3Text)
     }
@@ -310,27 +304,7 @@ impl ModelConfig {
         Self::from_json_str(&text, &path)
     }
 
-    /// The config of a checkpoint the engines run: a Llama-family config is refused here with
-    /// the same message as any other unsupported model_type.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        Self::parse_json(text, path, false)
-    }
-
-    /// Reads every family this module understands ([`PARSED_MODEL_TYPES`]), including the
-    /// Llama family the engines do not run yet.
-    pub fn from_dir_any_family(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        crate::checkpoint::safetensors::check_input_file(dir, &path)?;
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        Self::from_json_str_any_family(&text, &path)
-    }
-
-    /// [`Self::from_dir_any_family`] on the file's text.
-    pub fn from_json_str_any_family(text: &str, path: &Path) -> Result<Self> {
-        Self::parse_json(text, path, true)
-    }
-
-    fn parse_json(text: &str, path: &Path, any_family: bool) -> Result<Self> {
         let raw: Value = serde_json::from_str(text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             msg: e.to_string(),
@@ -339,11 +313,9 @@ impl ModelConfig {
             path: path.to_path_buf(),
             v: &raw,
             scope: "",
-            any_family,
         }
         .parse(raw.clone())
     }
-
     /// The checkpoint's own `model_type` ("gemma3" for the multimodal wrapper).
     pub fn model_type(&self) -> &'static str {
         if self.multimodal {
@@ -485,8 +457,6 @@ struct Parser<'a> {
     v: &'a Value,
     /// Where `v` sits in the file, for messages ("" at the top level).
     scope: &'static str,
-    /// Read the Llama family too (false: refuse it as unsupported, as loading does).
-    any_family: bool,
 }
 
 impl Parser<'_> {
@@ -540,7 +510,6 @@ impl Parser<'_> {
             path: self.path.clone(),
             v: &merged,
             scope: "text_config",
-            any_family: false,
         }
         .parse(raw)?;
         cfg.multimodal = true;
@@ -614,16 +583,12 @@ impl Parser<'_> {
             return self.parse_multimodal(raw);
         }
         let arch = match Arch::from_model_type(model_type) {
-            Some(a) if a.is_gemma() || self.any_family => a,
-            _ => {
+            Some(a) => a,
+            None => {
                 return Err(Error::UnsupportedModel {
                     path: self.path.clone(),
                     model_type: model_type.to_string(),
-                    supported: if self.any_family {
-                        PARSED_MODEL_TYPES
-                    } else {
-                        SUPPORTED_MODEL_TYPES
-                    },
+                    supported: SUPPORTED_MODEL_TYPES,
                 })
             }
         };

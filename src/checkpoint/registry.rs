@@ -1,8 +1,8 @@
-//! The one tensor registry: every tensor a Gemma checkpoint holds, its HF name, the shape the
-//! config implies and its role. The loader checks a checkpoint against it, the scorer and the
+//! The one tensor registry: every tensor a checkpoint of a supported family holds, its HF name,
+//! the shape the config implies and its role. The loader checks a checkpoint against it, the scorer and the
 //! rewriter find the MLP tensors they slice through it, and `inspect` counts parameters with it.
 
-use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::config::{LayerNorms, ModelConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LayerTensor {
@@ -11,6 +11,11 @@ pub enum LayerTensor {
     K,
     V,
     O,
+    /// q/k/v/o projection biases (Qwen2's q/k/v; Llama's with `attention_bias`).
+    QBias,
+    KBias,
+    VBias,
+    OBias,
     QNorm,
     KNorm,
     PostAttnNorm,
@@ -22,12 +27,16 @@ pub enum LayerTensor {
 }
 
 impl LayerTensor {
-    pub const ALL: [LayerTensor; 13] = [
+    pub const ALL: [LayerTensor; 17] = [
         LayerTensor::InputNorm,
         LayerTensor::Q,
         LayerTensor::K,
         LayerTensor::V,
         LayerTensor::O,
+        LayerTensor::QBias,
+        LayerTensor::KBias,
+        LayerTensor::VBias,
+        LayerTensor::OBias,
         LayerTensor::QNorm,
         LayerTensor::KNorm,
         LayerTensor::PostAttnNorm,
@@ -38,22 +47,33 @@ impl LayerTensor {
         LayerTensor::PostFfnNorm,
     ];
 
-    fn suffix(self) -> &'static str {
-        match self {
-            LayerTensor::InputNorm => "input_layernorm.weight",
-            LayerTensor::Q => "self_attn.q_proj.weight",
-            LayerTensor::K => "self_attn.k_proj.weight",
-            LayerTensor::V => "self_attn.v_proj.weight",
-            LayerTensor::O => "self_attn.o_proj.weight",
-            LayerTensor::QNorm => "self_attn.q_norm.weight",
-            LayerTensor::KNorm => "self_attn.k_norm.weight",
-            LayerTensor::PostAttnNorm => "post_attention_layernorm.weight",
-            LayerTensor::PreFfnNorm => "pre_feedforward_layernorm.weight",
-            LayerTensor::Gate => "mlp.gate_proj.weight",
-            LayerTensor::Up => "mlp.up_proj.weight",
-            LayerTensor::Down => "mlp.down_proj.weight",
-            LayerTensor::PostFfnNorm => "post_feedforward_layernorm.weight",
-        }
+    /// The name under `model.layers.{i}.`. The layer norms' names come from the family's
+    /// `LayerNorms` (Llama's `post_attention_layernorm` is its pre-MLP norm); `None` for a norm
+    /// the family does not have.
+    fn suffix(self, norms: &LayerNorms) -> Option<String> {
+        let norm = |n: Option<&str>| n.map(|n| format!("{n}.weight"));
+        Some(
+            match self {
+                LayerTensor::InputNorm => return norm(Some(norms.pre_attn)),
+                LayerTensor::PostAttnNorm => return norm(norms.post_attn),
+                LayerTensor::PreFfnNorm => return norm(Some(norms.pre_mlp)),
+                LayerTensor::PostFfnNorm => return norm(norms.post_mlp),
+                LayerTensor::Q => "self_attn.q_proj.weight",
+                LayerTensor::K => "self_attn.k_proj.weight",
+                LayerTensor::V => "self_attn.v_proj.weight",
+                LayerTensor::O => "self_attn.o_proj.weight",
+                LayerTensor::QBias => "self_attn.q_proj.bias",
+                LayerTensor::KBias => "self_attn.k_proj.bias",
+                LayerTensor::VBias => "self_attn.v_proj.bias",
+                LayerTensor::OBias => "self_attn.o_proj.bias",
+                LayerTensor::QNorm => "self_attn.q_norm.weight",
+                LayerTensor::KNorm => "self_attn.k_norm.weight",
+                LayerTensor::Gate => "mlp.gate_proj.weight",
+                LayerTensor::Up => "mlp.up_proj.weight",
+                LayerTensor::Down => "mlp.down_proj.weight",
+            }
+            .to_string(),
+        )
     }
 
     /// Where the tensor's index is in `ALL` (and so in a `Layer`'s slots).
@@ -61,10 +81,17 @@ impl LayerTensor {
         self as usize
     }
 
-    /// A 2-D projection (bf16 on the device) or a 1-D vector (norm weights, f32 on the device).
+    /// A 2-D projection (bf16 on the device) or a 1-D vector (norm weights and biases, f32 on
+    /// the device).
     pub fn kind(self) -> Kind {
-        match self.group() {
-            Group::Attention | Group::Mlp => Kind::Matrix,
+        match self {
+            LayerTensor::Q
+            | LayerTensor::K
+            | LayerTensor::V
+            | LayerTensor::O
+            | LayerTensor::Gate
+            | LayerTensor::Up
+            | LayerTensor::Down => Kind::Matrix,
             _ => Kind::Vector,
         }
     }
@@ -83,7 +110,14 @@ impl LayerTensor {
 
     pub fn group(self) -> Group {
         match self {
-            LayerTensor::Q | LayerTensor::K | LayerTensor::V | LayerTensor::O => Group::Attention,
+            LayerTensor::Q
+            | LayerTensor::K
+            | LayerTensor::V
+            | LayerTensor::O
+            | LayerTensor::QBias
+            | LayerTensor::KBias
+            | LayerTensor::VBias
+            | LayerTensor::OBias => Group::Attention,
             LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down => Group::Mlp,
             _ => Group::Norm,
         }
@@ -160,8 +194,13 @@ impl TensorSpec {
     }
 }
 
-pub fn layer_name(layer: usize, t: LayerTensor) -> String {
-    format!("model.layers.{layer}.{}", t.suffix())
+/// The checkpoint name of layer `layer`'s tensor `t` in `cfg`'s family. Panics for a tensor the
+/// family lacks (`layer_has` false): asking for one is a bug in the caller.
+pub fn layer_name(cfg: &ModelConfig, layer: usize, t: LayerTensor) -> String {
+    let suffix = t
+        .suffix(&cfg.norms)
+        .unwrap_or_else(|| panic!("{} has no {t:?}", cfg.model_type()));
+    format!("model.layers.{layer}.{suffix}")
 }
 
 pub const EMBED: &str = "model.embed_tokens.weight";
@@ -176,6 +215,9 @@ pub fn layer_shape(cfg: &ModelConfig, t: LayerTensor) -> Vec<usize> {
         | LayerTensor::PostAttnNorm
         | LayerTensor::PreFfnNorm
         | LayerTensor::PostFfnNorm => vec![h],
+        LayerTensor::QBias => vec![cfg.q_dim()],
+        LayerTensor::KBias | LayerTensor::VBias => vec![cfg.kv_dim()],
+        LayerTensor::OBias => vec![h],
         LayerTensor::Q => vec![cfg.q_dim(), h],
         LayerTensor::K | LayerTensor::V => vec![cfg.kv_dim(), h],
         LayerTensor::O => vec![h, cfg.q_dim()],
@@ -187,7 +229,14 @@ pub fn layer_shape(cfg: &ModelConfig, t: LayerTensor) -> Vec<usize> {
 
 /// Does this architecture have this per-layer tensor?
 pub fn layer_has(cfg: &ModelConfig, t: LayerTensor) -> bool {
-    !matches!(t, LayerTensor::QNorm | LayerTensor::KNorm) || cfg.qk_norm
+    match t {
+        LayerTensor::QNorm | LayerTensor::KNorm => cfg.qk_norm,
+        LayerTensor::QBias | LayerTensor::KBias | LayerTensor::VBias => cfg.attn_bias.qkv,
+        LayerTensor::OBias => cfg.attn_bias.o,
+        LayerTensor::PostAttnNorm => cfg.norms.post_attn.is_some(),
+        LayerTensor::PostFfnNorm => cfg.norms.post_mlp.is_some(),
+        _ => true,
+    }
 }
 
 /// Every tensor of the checkpoint in file order conventions (embedding, layers, final norm).
@@ -202,7 +251,7 @@ pub fn registry(cfg: &ModelConfig, untied_head: bool) -> Vec<TensorSpec> {
         for t in LayerTensor::ALL {
             if layer_has(cfg, t) {
                 v.push(TensorSpec {
-                    name: layer_name(l, t),
+                    name: layer_name(cfg, l, t),
                     shape: layer_shape(cfg, t),
                     role: Role::Layer(l, t),
                 });

@@ -48,7 +48,7 @@ pub fn sizes_at_width(
     let mut removed_bytes = 0u64;
     for l in 0..cfg.num_layers {
         for t in [LayerTensor::Gate, LayerTensor::Up, LayerTensor::Down] {
-            removed_bytes += cut * hd * store.get(&layer_name(l, t))?.info.dtype.size() as u64;
+            removed_bytes += cut * hd * store.get(&layer_name(cfg, l, t))?.info.dtype.size() as u64;
         }
     }
     Ok((

@@ -465,7 +465,7 @@ pub fn compile_batch(
     let mut t = Timings::default();
     let down_dtype = |l: usize| {
         store
-            .get(&layer_name(l, LayerTensor::Down))
+            .get(&layer_name(&cfg, l, LayerTensor::Down))
             .map(|t| t.info.dtype)
     };
 

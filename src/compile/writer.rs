@@ -560,7 +560,7 @@ pub fn write_model(
     let mut mlp: HashMap<String, (usize, LayerTensor)> = HashMap::new();
     for l in 0..cfg.num_layers {
         for t in [LayerTensor::Gate, LayerTensor::Up, LayerTensor::Down] {
-            let name = layer_name(l, t);
+            let name = layer_name(cfg, l, t);
             mlp.insert(store.naming.file_name(&name).into_owned(), (l, t));
         }
     }

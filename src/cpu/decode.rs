@@ -18,7 +18,7 @@
 //!   one the full-sequence path uses.
 //!
 //! RoPE tables are built once for `0..max_len` with the same f32 formula as
-//! `RopeCache` (`ops::rope_tables`), so position `p` rotates by the same angles either way.
+//! `RopeCache` (`rope::layer_tables`), so position `p` rotates by the same angles either way.
 //!
 //! # Numerics
 //!
@@ -34,15 +34,15 @@
 //! results to f32 matrices (tests/decode.rs) at ~1.9× the tokens/s on Gemma 3 270M
 //! (`WHITTLE_CPU_WEIGHTS=f32` holds f32 instead, for comparison).
 
-use crate::checkpoint::config::{LayerType, ModelConfig};
+use crate::checkpoint::config::{Activation, LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::gemv::dot_body;
 pub use crate::cpu::gemv::{gemv_mat, Mat, WeightElem};
-use crate::cpu::ops;
+use crate::cpu::{act, bias, ops, rope};
 // The slot arithmetic is shared with the GPU decoder; re-exported so `decode::slot_of` etc. keep
 // working.
 pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
-use crate::cpu::model::{embed, mlp_block, qkv, Model, Table};
+use crate::cpu::model::{attn_out, embed, mlp_block, qkv, Model, Table};
 use crate::engine::{Batch, Decode, Engine};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
@@ -165,14 +165,11 @@ impl<'m> Decoder<'m> {
     /// A decoder able to hold `max_len` positions (prompt + generated tokens).
     pub fn new(model: &'m Model, max_len: usize) -> Decoder<'m> {
         let cfg = &model.cfg;
-        let mk = |r: crate::checkpoint::config::Rope| {
-            ops::rope_tables(max_len, cfg.head_dim, r.theta, r.linear_factor)
-        };
         Decoder {
             model,
             cache: KvCache::new(model, max_len),
-            rope_full: mk(cfg.rope_full),
-            rope_sliding: mk(cfg.rope_sliding),
+            rope_full: rope::layer_tables(cfg, max_len, LayerType::Full),
+            rope_sliding: rope::layer_tables(cfg, max_len, LayerType::Sliding),
         }
     }
 
@@ -234,7 +231,7 @@ impl<'m> Decoder<'m> {
             self.attn_prefill(l, &w, &mut h, ids.len());
             mlp_block(cfg, l, &w, &mut h, &mut None);
         }
-        ops::rms_norm(&mut h, &model.final_norm, cfg.rms_norm_eps);
+        crate::cpu::model::norm(cfg, &mut h, &model.final_norm);
         self.cache.len = ids.len();
         Ok(h)
     }
@@ -259,7 +256,7 @@ impl<'m> Decoder<'m> {
             self.attn_step(l, w, &mut h, p);
             mlp_step(cfg, w, &mut h);
         }
-        ops::rms_norm_row(&mut h, &model.final_norm, cfg.rms_norm_eps);
+        norm_row(cfg, &mut h, &model.final_norm);
         self.cache.len = p + 1;
         Ok(h)
     }
@@ -285,8 +282,7 @@ impl<'m> Decoder<'m> {
     /// `model::attn_block` on a whole prompt (same ops in the same order), keeping K and V.
     fn attn_prefill(&mut self, l: usize, w: &Layer<&[f32]>, h: &mut [f32], t: usize) {
         let cfg = &self.model.cfg;
-        let (hd, d, nh, nkv) = (
-            cfg.hidden_size,
+        let (d, nh, nkv) = (
             cfg.head_dim,
             cfg.num_heads,
             cfg.num_kv_heads,
@@ -312,8 +308,7 @@ impl<'m> Decoder<'m> {
         ); // [T, nh·d]
         self.cache.write(l, 0, &k, &v);
         drop((q, k, v));
-        let mut y = ops::linear(&att, w.o(), t, nh * d, hd); // [T, H]
-        ops::rms_norm(&mut y, w.post_attn_norm(), cfg.rms_norm_eps);
+        let y = attn_out(cfg, w, &att, t); // [T, H]
         ops::add_into(h, &y);
     }
 
@@ -327,16 +322,21 @@ impl<'m> Decoder<'m> {
             cfg.num_kv_heads,
         );
         let mut x = h.to_vec(); // [H]
-        ops::rms_norm_row(&mut x, w.input_norm(), cfg.rms_norm_eps);
+        norm_row(cfg, &mut x, w.input_norm());
         let mut q = gemv_mat(&x, w.q().mat(), hd, nh * d); // [nh, d]
         let mut k = gemv_mat(&x, w.k().mat(), hd, nkv * d); // [nkv, d]
-        let v = gemv_mat(&x, w.v().mat(), hd, nkv * d); // [nkv, d]
+        let mut v = gemv_mat(&x, w.v().mat(), hd, nkv * d); // [nkv, d]
+        if let Some((qb, kb, vb)) = w.qkv_bias() {
+            bias::add_bias_rows(&mut q, qb);
+            bias::add_bias_rows(&mut k, kb);
+            bias::add_bias_rows(&mut v, vb);
+        }
         if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
             for row in q.chunks_exact_mut(d) {
-                ops::rms_norm_row(row, qn, cfg.rms_norm_eps);
+                norm_row(cfg, row, qn);
             }
             for row in k.chunks_exact_mut(d) {
-                ops::rms_norm_row(row, kn, cfg.rms_norm_eps);
+                norm_row(cfg, row, kn);
             }
         }
         let half = d / 2;
@@ -361,7 +361,12 @@ impl<'m> Decoder<'m> {
             cfg.attn_softcap,
         ); // [nh·d]
         let mut y = gemv_mat(&att, w.o().mat(), nh * d, hd); // [H]
-        ops::rms_norm_row(&mut y, w.post_attn_norm(), cfg.rms_norm_eps);
+        if let Some(b) = w.o_bias() {
+            bias::add_bias_rows(&mut y, b);
+        }
+        if let Some(pn) = w.post_attn_norm() {
+            norm_row(cfg, &mut y, pn);
+        }
         for (a, b) in h.iter_mut().zip(&y) {
             *a += b;
         }
@@ -428,7 +433,13 @@ fn attend(
     out
 }
 
-/// The MLP half of a layer for one token (GEMVs): `h += post_ffn_norm(down(gelu(gate)·up))`.
+/// RMSNorm of one row with the model's weight convention.
+fn norm_row(cfg: &ModelConfig, x: &mut [f32], w: &[f32]) {
+    crate::cpu::norm::rms_norm_row(x, w, cfg.rms_norm_eps, cfg.norm_weight);
+}
+
+/// The MLP half of a layer for one token (GEMVs): `h += post_ffn_norm(down(act(gate)·up))`, the
+/// post-norm where the model has one.
 fn mlp_step(
     cfg: &crate::checkpoint::config::ModelConfig,
     w: &Layer<Table, Vec<f32>>,
@@ -437,14 +448,25 @@ fn mlp_step(
     let hd = cfg.hidden_size;
     let i = w.width;
     let mut x = h.to_vec();
-    ops::rms_norm_row(&mut x, w.pre_ffn_norm(), cfg.rms_norm_eps);
+    norm_row(cfg, &mut x, w.pre_ffn_norm());
     let mut a = gemv_mat(&x, w.gate().mat(), hd, i);
     let up = gemv_mat(&x, w.up().mat(), hd, i);
-    for (g, &u) in a.iter_mut().zip(&up) {
-        *g = ops::gelu_tanh(*g) * u;
+    match cfg.mlp_act {
+        Activation::GeluTanh => {
+            for (g, &u) in a.iter_mut().zip(&up) {
+                *g = ops::gelu_tanh(*g) * u;
+            }
+        }
+        Activation::Silu => {
+            for (g, &u) in a.iter_mut().zip(&up) {
+                *g = act::silu(*g) * u;
+            }
+        }
     }
     let mut y = gemv_mat(&a, w.down().mat(), i, hd);
-    ops::rms_norm_row(&mut y, w.post_ffn_norm(), cfg.rms_norm_eps);
+    if let Some(pn) = w.post_ffn_norm() {
+        norm_row(cfg, &mut y, pn);
+    }
     for (a, b) in h.iter_mut().zip(&y) {
         *a += b;
     }

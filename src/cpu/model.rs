@@ -1,18 +1,20 @@
-//! The CPU forward pass of Gemma-2 / Gemma-3 text models — the reference every other path is
-//! checked against, matched to transformers fp32 eager.
+//! The CPU forward pass of Gemma-2 / Gemma-3 and Llama-family text models — the reference every
+//! other path is checked against, matched to transformers fp32 eager. Family quirks (activation,
+//! norm weight convention, post-norms, biases, RoPE scaling) are read from the config and the
+//! layer's slots, never from the family's name.
 //!
 //! Weights are widened from the checkpoint dtype to f32 once, when a layer is loaded
 //! (`load_layer`); a caller that streams layers (calibration) loads and drops one at a time, a
 //! caller that evaluates many windows (`eval`) keeps them all. The decoder layer is a free
 //! function over a borrowed `Layer<&[f32]>` so both use the same code.
 
-use crate::checkpoint::config::{LayerType, ModelConfig};
+use crate::checkpoint::config::{Activation, LayerType, ModelConfig};
 use crate::checkpoint::registry::{self, layer_name, layer_shape, LayerTensor};
 use crate::checkpoint::safetensors::WeightStore;
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::convert::widen_bf16_into;
 use crate::cpu::gemv::Mat;
-use crate::cpu::{bf16, ops};
+use crate::cpu::{act, bf16, bias, ops, rope};
 use crate::engine::{Batch, Event, Observer};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
@@ -20,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 /// Layer `l` of the checkpoint in f32 (widened from its dtype), HF `[out, in]` layout.
 pub fn load_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<Layer<Vec<f32>>> {
-    let get = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
+    let get = |t: LayerTensor| store.f32_checked(&layer_name(cfg, l, t), &layer_shape(cfg, t));
     Layer::try_build(cfg, get, get)
 }
 
@@ -33,13 +35,10 @@ pub struct RopeCache {
 
 impl RopeCache {
     pub fn new(cfg: &ModelConfig, seq_len: usize) -> RopeCache {
-        let mk = |r: crate::checkpoint::config::Rope| {
-            ops::rope_tables(seq_len, cfg.head_dim, r.theta, r.linear_factor)
-        };
         RopeCache {
             seq_len,
-            full: mk(cfg.rope_full),
-            sliding: mk(cfg.rope_sliding),
+            full: rope::layer_tables(cfg, seq_len, LayerType::Full),
+            sliding: rope::layer_tables(cfg, seq_len, LayerType::Sliding),
         }
     }
 
@@ -66,7 +65,8 @@ pub fn layer_forward(
     mlp_block(cfg, l, w, h, obs);
 }
 
-/// The attention half of a layer: `h += post_attn_norm(o_proj(attn(input_norm(h))))`.
+/// The attention half of a layer: `h += post_attn_norm(o_proj(attn(input_norm(h))))` (Gemma),
+/// `h += o_proj(attn(input_norm(h)))` without the post-norm (the Llama family).
 pub fn attn_block(
     cfg: &ModelConfig,
     l: usize,
@@ -121,13 +121,30 @@ pub fn attn_block(
         },
     ); // [N, nh·d]
     drop((q, k, v));
-    let mut y = ops::linear(&att, w.o(), n, nh * d, hd); // [N, H]
-    ops::rms_norm(&mut y, w.post_attn_norm(), cfg.rms_norm_eps);
+    let y = attn_out(cfg, w, &att, n); // [N, H]
     ops::add_into(h, &y);
 }
 
-/// The attention inputs of `n` rows of `h` ([n, H]): `input_norm`, the q/k/v projections and the
-/// q/k norms where the model has them — `([n, nh·d], [n, nkv·d], [n, nkv·d])`, before RoPE.
+/// What the attention of `n` rows (`att` [n, nh·d]) adds to the residual stream: o_proj, its
+/// bias and the post-attention norm where the model has them ([n, H]).
+pub fn attn_out(cfg: &ModelConfig, w: &Layer<&[f32]>, att: &[f32], n: usize) -> Vec<f32> {
+    let mut y = ops::linear(att, w.o(), n, cfg.q_dim(), cfg.hidden_size); // [n, H]
+    if let Some(b) = w.o_bias() {
+        bias::add_bias_rows(&mut y, b);
+    }
+    if let Some(pn) = w.post_attn_norm() {
+        norm(cfg, &mut y, pn);
+    }
+    y
+}
+
+/// RMSNorm of every row of `x` with the model's weight convention.
+pub fn norm(cfg: &ModelConfig, x: &mut [f32], w: &[f32]) {
+    crate::cpu::norm::rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_weight);
+}
+
+/// The attention inputs of `n` rows of `h` ([n, H]): `input_norm`, the q/k/v projections, their
+/// biases and the q/k norms where the model has them — `([n, nh·d], [n, nkv·d], [n, nkv·d])`, before RoPE.
 /// Batched passes and the decoder's prefill share it so both round the same way.
 pub fn qkv(
     cfg: &ModelConfig,
@@ -138,19 +155,25 @@ pub fn qkv(
     let (hd, d) = (cfg.hidden_size, cfg.head_dim);
     let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
     let mut x = h.to_vec(); // [N, H]
-    ops::rms_norm(&mut x, w.input_norm(), cfg.rms_norm_eps);
+    norm(cfg, &mut x, w.input_norm());
     let mut q = ops::linear(&x, w.q(), n, hd, nh * d); // [N, nh, d]
     let mut k = ops::linear(&x, w.k(), n, hd, nkv * d); // [N, nkv, d]
-    let v = ops::linear(&x, w.v(), n, hd, nkv * d); // [N, nkv, d]
+    let mut v = ops::linear(&x, w.v(), n, hd, nkv * d); // [N, nkv, d]
+    if let Some((qb, kb, vb)) = w.qkv_bias() {
+        bias::add_bias_rows(&mut q, qb);
+        bias::add_bias_rows(&mut k, kb);
+        bias::add_bias_rows(&mut v, vb);
+    }
     if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
-        ops::rms_norm(&mut q, qn, cfg.rms_norm_eps);
-        ops::rms_norm(&mut k, kn, cfg.rms_norm_eps);
+        norm(cfg, &mut q, qn);
+        norm(cfg, &mut k, kn);
     }
     (q, k, v)
 }
 
-/// The MLP half of a layer: `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`,
-/// `x = pre_ffn_norm(h)`; the observer sees the down_proj input.
+/// The MLP half of a layer: `h += post_ffn_norm(down(act(gate(x))·up(x)))`, `x = pre_ffn_norm(h)`
+/// (`act` gelu_tanh for Gemma, SiLU for the Llama family, which has no post-FFN norm); the
+/// observer sees the down_proj input and output.
 pub fn mlp_block(
     cfg: &ModelConfig,
     l: usize,
@@ -162,11 +185,11 @@ pub fn mlp_block(
     assert_eq!(h.len() % hd, 0);
     let n = h.len() / hd;
     let mut x = h.to_vec(); // [N, H]
-    ops::rms_norm(&mut x, w.pre_ffn_norm(), cfg.rms_norm_eps);
+    norm(cfg, &mut x, w.pre_ffn_norm());
     let i = w.width;
     let mut a = ops::linear(&x, w.gate(), n, hd, i); // [N, I]
     let up = ops::linear(&x, w.up(), n, hd, i); // [N, I]
-    ops::gelu_mul(&mut a, &up);
+    act_mul(cfg, &mut a, &up);
     drop(up);
     ops::linear_into(&a, w.down(), n, i, hd, &mut x);
     if let Some(f) = obs.as_mut() {
@@ -177,7 +200,9 @@ pub fn mlp_block(
         });
     }
     let mut y = x; // [N, H]
-    ops::rms_norm(&mut y, w.post_ffn_norm(), cfg.rms_norm_eps);
+    if let Some(pn) = w.post_ffn_norm() {
+        norm(cfg, &mut y, pn);
+    }
     ops::add_into(h, &y);
     if let Some(f) = obs.as_mut() {
         f(Event::LayerOut {
@@ -187,7 +212,16 @@ pub fn mlp_block(
     }
 }
 
-/// Gather embedding rows and multiply by sqrt(H) (f32, as transformers fp32 does).
+/// `gate = act(gate) · up` with the model's gate activation (both `[rows, I]`).
+pub fn act_mul(cfg: &ModelConfig, gate: &mut [f32], up: &[f32]) {
+    match cfg.mlp_act {
+        Activation::GeluTanh => ops::gelu_mul(gate, up),
+        Activation::Silu => act::silu_mul(gate, up),
+    }
+}
+
+/// Gather embedding rows and multiply by sqrt(H) where the family scales them (f32, as
+/// transformers fp32 does).
 pub fn embed(cfg: &ModelConfig, table: Mat<'_>, ids: &[u32]) -> Result<Vec<f32>> {
     let hd = cfg.hidden_size;
     let scale = cfg.embed_scale_f32();
@@ -351,9 +385,9 @@ impl Model {
         l: usize,
         keep_bf16: bool,
     ) -> Result<Layer<Table, Vec<f32>>> {
-        let f32s = |t: LayerTensor| store.f32_checked(&layer_name(l, t), &layer_shape(cfg, t));
+        let f32s = |t: LayerTensor| store.f32_checked(&layer_name(cfg, l, t), &layer_shape(cfg, t));
         if keep_bf16 {
-            let bits = |t: LayerTensor| store.bf16_checked(&layer_name(l, t), &layer_shape(cfg, t));
+            let bits = |t: LayerTensor| store.bf16_checked(&layer_name(cfg, l, t), &layer_shape(cfg, t));
             let packed = Layer::try_build(cfg, bits, |t| f32s(t).map(Some))?;
             if packed.mats().all(|(_, m)| m.is_some()) {
                 return Ok(packed.map(
@@ -458,7 +492,7 @@ impl Model {
             let w = self.layer_in(l, &mut scratch);
             layer_forward(&self.cfg, l, &w, &mut h, batch, &rope, &mut obs);
         }
-        ops::rms_norm(&mut h, &self.final_norm, self.cfg.rms_norm_eps);
+        norm(&self.cfg, &mut h, &self.final_norm);
         Ok(h)
     }
 

@@ -11,7 +11,7 @@
 //! so Gemma outputs stay byte-identical; its table stage is the same as [`tables_from_inv`], and
 //! its inverse frequencies are within one ulp of [`inv_freq`]'s (tested).
 
-use crate::checkpoint::config::{RopeParams, RopeScaling};
+use crate::checkpoint::config::{LayerType, ModelConfig, RopeParams, RopeScaling};
 use std::f64::consts::PI;
 
 /// `θ^(2i/d)` for i in 0..d/2, as torch computes `base ** (arange(0, d, 2).float() / d)`.
@@ -152,4 +152,20 @@ pub fn tables_from_inv(t: usize, inv: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>
         }
     }
     (cos, sin)
+}
+
+/// The tables a layer of type `lt` in `cfg` rotates by, for positions `0..t` (`[t, d/2]` each).
+/// Gemma keeps [`super::ops::rope_tables`] so its outputs stay byte-identical to earlier
+/// releases (its frequencies are within an ulp of [`inv_freq`]'s); every other family follows
+/// transformers' `rope_parameters` here.
+pub fn layer_tables(cfg: &ModelConfig, t: usize, lt: LayerType) -> (Vec<f32>, Vec<f32>) {
+    let (gemma, params) = match lt {
+        LayerType::Full => (cfg.rope_full, cfg.rope_params_full),
+        LayerType::Sliding => (cfg.rope_sliding, cfg.rope_params_sliding),
+    };
+    if cfg.arch.is_gemma() {
+        super::ops::rope_tables(t, cfg.head_dim, gemma.theta, gemma.linear_factor)
+    } else {
+        tables(t, cfg.head_dim, &params)
+    }
 }

@@ -4,6 +4,7 @@
 //! (`crate::cpu::model`), checked by tests/cuda_model.rs and tests/cuda_backend.rs.
 
 use super::gpu::{DTensor, Gpu};
+use super::GEMMA_ONLY;
 use super::ops::{self, AttnParams};
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{layer_shape, LayerTensor};
@@ -107,7 +108,7 @@ pub(super) fn attention(
     };
     ops::attention(gpu, &s.q, &s.k, &s.v, &mut s.att, &p)?;
     ops::gemm_nt(gpu, &s.att, w.o(), Some(&mut s.y), None, false)?;
-    ops::rms_norm_residual(gpu, h, &s.y, w.post_attn_norm(), eps)?;
+    ops::rms_norm_residual(gpu, h, &s.y, w.post_attn_norm().expect(GEMMA_ONLY), eps)?;
     Ok(())
 }
 
@@ -182,6 +183,6 @@ pub(super) fn mlp_residual(
     h: &mut DTensor<bf16>,
     y: &DTensor<bf16>,
 ) -> Result<()> {
-    ops::rms_norm_residual(gpu, h, y, w.post_ffn_norm(), cfg.rms_norm_eps)?;
+    ops::rms_norm_residual(gpu, h, y, w.post_ffn_norm().expect(GEMMA_ONLY), cfg.rms_norm_eps)?;
     Ok(())
 }

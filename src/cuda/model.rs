@@ -139,10 +139,18 @@ fn read_f32(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<f32>
 /// Layer `l` of the checkpoint in the device formats: matrices as bf16 (BF16 bits as stored,
 /// F32/F16 rounded to nearest even), norm weights in f32.
 pub(super) fn read_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<HostLayer> {
+    if !cfg.arch.is_gemma() {
+        return Err(crate::error::Error::Other(format!(
+            "{}: the CUDA engine runs Gemma 2 / 3 only so far; run this {} model with \
+             --device cpu",
+            store.dir.display(),
+            cfg.model_type()
+        )));
+    }
     Layer::try_build(
         cfg,
-        |t| read_bf16(store, &layer_name(l, t), &layer_shape(cfg, t)),
-        |t| read_f32(store, &layer_name(l, t), &layer_shape(cfg, t)),
+        |t| read_bf16(store, &layer_name(cfg, l, t), &layer_shape(cfg, t)),
+        |t| read_f32(store, &layer_name(cfg, l, t), &layer_shape(cfg, t)),
     )
 }
 
