@@ -19,6 +19,12 @@ fn export_compiled_fixtures_for_transformers() {
         ("tiny-gemma3", "0.75", "energy"),
         // Multimodal: transformers must load the compiled Gemma3ForConditionalGeneration.
         ("tiny-gemma3-mm", "0.75", "obs"),
+        // The Llama family: llama3 RoPE + untied bf16, a sliding window, q/k/v biases + yarn,
+        // q/k norms.
+        ("tiny-llama", "0.5", "obs"),
+        ("tiny-mistral", "0.75", "obs"),
+        ("tiny-qwen2", "0.5", "energy"),
+        ("tiny-qwen3", "0.75", "obs"),
     ] {
         let out = root.join(name);
         let o = cpu_cmd()
