@@ -154,12 +154,13 @@ struct CompileArgs {
     /// Ridge for OBS and repair, as a fraction of the mean activation energy.
     #[arg(long, default_value_t = 0.001)]
     damp: f64,
-    /// How calibration tokens are weighed: `out` (default: ÷ each token's MLP-output mean
-    /// square, which the post-FFN RMSNorm divides out; measured best), `uniform` (the down_proj
-    /// output error itself) or `out-resid` (also ÷ the residual's mean square).
-    #[arg(long, default_value = "out",
-          value_parser = lib_parser(whittle::compile::calib::TokenWeight::parse))]
-    token_weight: whittle::compile::calib::TokenWeight,
+    /// How calibration tokens are weighed: `out` (÷ each token's MLP-output mean square, which
+    /// the post-FFN RMSNorm divides out; Gemma's default, measured best there), `next-norm`
+    /// (÷ the mean square of the residual after the MLP's add, which the next layer's norm
+    /// divides out; the Llama family's default), `uniform` (the down_proj output error itself)
+    /// or `out-resid` (÷ both the output's and the residual's mean squares).
+    #[arg(long, value_parser = lib_parser(whittle::compile::calib::TokenWeight::parse))]
+    token_weight: Option<whittle::compile::calib::TokenWeight>,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     /// `all` or a comma list (`default,throughput`) compiles several in one run: -o is then a
     /// folder holding one output folder per tier, named by the tier.

@@ -305,6 +305,50 @@ fn token_weighting_is_applied_and_recorded() {
     assert_eq!(down, downs[1], "the default is not --token-weight out");
 }
 
+/// The Llama family has no post-FFN norm: its default weighting is next-norm, and next-norm is
+/// a weighting of its own (not uniform's or out's statistics).
+#[test]
+fn llama_family_defaults_to_next_norm_weighting() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-qwen2");
+    let text = fixture("eval-text.txt");
+    let compile = |name: &str, extra: &[&str]| -> (Value, Vec<u8>) {
+        let out = d.path().join(name);
+        let mut args = vec![
+            "compile",
+            s(&m),
+            "-o",
+            s(&out),
+            "--keep-ratio",
+            "0.5",
+            "--calib",
+            s(&text),
+            "--seq",
+            "24",
+            "--samples",
+            "8",
+        ];
+        args.extend(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{name}: {err}");
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("whittle_report.json")).unwrap(),
+        )
+        .unwrap();
+        let st = WeightStore::open(&out).unwrap();
+        let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
+        (r, t.bytes().to_vec())
+    };
+    let (r, default) = compile("default", &[]);
+    assert_eq!(r["token_weight"], "next-norm");
+    let (_, next) = compile("next-norm", &["--token-weight", "next-norm"]);
+    assert_eq!(default, next, "the default is not --token-weight next-norm");
+    for other in ["uniform", "out"] {
+        let (_, down) = compile(other, &["--token-weight", other]);
+        assert_ne!(down, next, "{other} and next-norm gave the same down_proj");
+    }
+}
+
 #[test]
 fn bad_width_requests() {
     let d = tempfile::tempdir().unwrap();

@@ -265,8 +265,7 @@ fn gemma3_multimodal_with_intermediate_size_changes_the_text_config_only() {
 // ---- The Llama family (llama, mistral, qwen2, qwen3): read, not yet run.
 
 fn parse_any(v: serde_json::Value) -> Result<ModelConfig, String> {
-    ModelConfig::from_json_str(&v.to_string(), Path::new("config.json"))
-        .map_err(|e| e.to_string())
+    ModelConfig::from_json_str(&v.to_string(), Path::new("config.json")).map_err(|e| e.to_string())
 }
 
 fn family(model_type: &str) -> serde_json::Value {

@@ -72,11 +72,8 @@ fn every_rope_spelling_resolves_as_transformers_resolves_it() {
     let e = expected();
     for case in e["rope_cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let cfg = ModelConfig::from_json_str(
-            &case["config"].to_string(),
-            Path::new("config.json"),
-        )
-        .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let cfg = ModelConfig::from_json_str(&case["config"].to_string(), Path::new("config.json"))
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(
             cfg.head_dim as u64,
             case["head_dim"].as_u64().unwrap(),

@@ -338,6 +338,10 @@ pub enum TokenWeight {
     /// 1/(ms(y_t)·ms(x_t)), x_t the residual entering the MLP: the error is also diluted by the
     /// residual it is added to.
     OutResid,
+    /// 1/ms(x_t + y_t): the residual after the MLP's add, which the next layer's input norm
+    /// divides by its RMS. For families without a post-FFN norm (the Llama family), where the
+    /// MLP output enters the residual stream unnormalised.
+    NextNorm,
 }
 
 impl TokenWeight {
@@ -346,7 +350,24 @@ impl TokenWeight {
             TokenWeight::Uniform => "uniform",
             TokenWeight::Out => "out",
             TokenWeight::OutResid => "out-resid",
+            TokenWeight::NextNorm => "next-norm",
         }
+    }
+
+    /// The default for `cfg`'s family: `Out` where a post-FFN norm divides the MLP output by
+    /// its RMS (Gemma, measured best there), `NextNorm` where the output joins the residual
+    /// stream as it is (the Llama family; the README's weighting table).
+    pub fn default_for(cfg: &crate::checkpoint::config::ModelConfig) -> TokenWeight {
+        if cfg.norms.post_mlp.is_some() {
+            TokenWeight::Out
+        } else {
+            TokenWeight::NextNorm
+        }
+    }
+
+    /// Whether `weights` reads the residual entering the MLP.
+    pub fn needs_resid(self) -> bool {
+        matches!(self, TokenWeight::OutResid | TokenWeight::NextNorm)
     }
 
     pub fn parse(s: &str) -> Result<TokenWeight> {
@@ -354,17 +375,19 @@ impl TokenWeight {
             "uniform" => Ok(TokenWeight::Uniform),
             "out" => Ok(TokenWeight::Out),
             "out-resid" => Ok(TokenWeight::OutResid),
+            "next-norm" => Ok(TokenWeight::NextNorm),
             other => Err(Error::Arg {
                 flag: "--token-weight",
                 msg: format!(
-                    "unknown token weighting \"{other}\"; choose uniform, out or out-resid"
+                    "unknown token weighting \"{other}\"; choose uniform, out, out-resid or \
+                     next-norm"
                 ),
             }),
         }
     }
 
     /// Per-row weights for MLP outputs `out` [rows, H] entering the residual `resid` [rows, H]
-    /// (needed for `OutResid` only); `None` for `Uniform`.
+    /// (needed where `needs_resid`); `None` for `Uniform`.
     pub fn weights(
         self,
         out: &[f32],
@@ -387,6 +410,23 @@ impl TokenWeight {
                     out.par_chunks(hd)
                         .zip(resid.par_chunks(hd))
                         .map(|(o, x)| (1.0 / ((ms(o) + eps as f64) * (ms(x) + eps as f64))) as f32)
+                        .collect(),
+                )
+            }
+            TokenWeight::NextNorm => {
+                let resid = resid.expect("NextNorm needs the residual");
+                Some(
+                    out.par_chunks(hd)
+                        .zip(resid.par_chunks(hd))
+                        .map(|(o, x)| {
+                            let ms = o
+                                .iter()
+                                .zip(x)
+                                .map(|(&o, &x)| ((o + x) as f64).powi(2))
+                                .sum::<f64>()
+                                / hd as f64;
+                            (1.0 / (ms + eps as f64)) as f32
+                        })
                         .collect(),
                 )
             }
@@ -842,7 +882,7 @@ impl Backend for CpuBackend {
         let cap = self.capture.as_mut().ok_or_else(|| {
             Error::Other("run_mlp asked for statistics before begin_stats".into())
         })?;
-        let resid = (cap.spec.token_weight == TokenWeight::OutResid).then(|| h.to_vec()); // [rows, H]
+        let resid = cap.spec.token_weight.needs_resid().then(|| h.to_vec()); // [rows, H]
         let (hd, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let mut res = Ok(());
         let mut obs = |ev: Event<'_>| {
@@ -884,6 +924,15 @@ mod tests {
             .unwrap();
         assert!(
             (w[0] - 1.0 / 9.0).abs() < 1e-7 && (w[1] - 4.0).abs() < 1e-6,
+            "{w:?}"
+        );
+        // next-norm: the residual after the add, rows [4, 2, 4, 2] (ms 10) and [2.5, .5, .5, .5]
+        // (ms 1.75).
+        let w = TokenWeight::NextNorm
+            .weights(&out, Some(&resid), hd, 0.0)
+            .unwrap();
+        assert!(
+            (w[0] - 0.1).abs() < 1e-7 && (w[1] - 1.0 / 1.75).abs() < 1e-6,
             "{w:?}"
         );
         // eps keeps an all-zero output finite.

@@ -46,8 +46,9 @@ pub struct CompileOptions {
     pub target_original: bool,
     pub repair: bool,
     pub damp: f64,
-    /// How calibration tokens are weighed in the statistics.
-    pub token_weight: TokenWeight,
+    /// How calibration tokens are weighed in the statistics (None: the family's default,
+    /// `TokenWeight::default_for`).
+    pub token_weight: Option<TokenWeight>,
     pub width: Width,
     pub multiple_of: usize,
     pub force: bool,
@@ -65,7 +66,7 @@ impl Default for CompileOptions {
             target_original: false,
             repair: true,
             damp: 0.001,
-            token_weight: TokenWeight::Out,
+            token_weight: None,
             width: Width::Tier("throughput".into()),
             multiple_of: crate::compile::width::DEFAULT_MULTIPLE_OF,
             force: false,
@@ -486,12 +487,15 @@ pub fn compile_batch(
     };
     t.calibrate += t0.elapsed().as_secs_f64();
 
+    let token_weight = opts
+        .token_weight
+        .unwrap_or_else(|| TokenWeight::default_for(&cfg));
     let solver = backends[0].solver();
     let spec = |n: usize| StatsSpec {
         width: n,
         gram: need_gram,
         cross: cross && opts.repair,
-        token_weight: opts.token_weight,
+        token_weight,
         // The solver runs where the calibration ran (`Backend::solver`).
         gram_on_device: true,
     };
@@ -645,7 +649,7 @@ pub fn compile_batch(
             }),
             repair: opts.repair,
             damp: opts.damp,
-            token_weight: opts.token_weight.name(),
+            token_weight: token_weight.name(),
             width_request: WidthRequest::from(&target.width),
             multiple_of: rw.multiple,
             intermediate_size_before: cfg.intermediate_size,

@@ -282,11 +282,7 @@ impl<'m> Decoder<'m> {
     /// `model::attn_block` on a whole prompt (same ops in the same order), keeping K and V.
     fn attn_prefill(&mut self, l: usize, w: &Layer<&[f32]>, h: &mut [f32], t: usize) {
         let cfg = &self.model.cfg;
-        let (d, nh, nkv) = (
-            cfg.head_dim,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-        );
+        let (d, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let (mut q, mut k, v) = qkv(cfg, w, h, t); // [T, nh, d], [T, nkv, d] ×2
         let (cos, sin) = self.rope(l);
         ops::apply_rope(&mut q, t, nh, d, cos, sin);

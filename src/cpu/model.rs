@@ -387,7 +387,8 @@ impl Model {
     ) -> Result<Layer<Table, Vec<f32>>> {
         let f32s = |t: LayerTensor| store.f32_checked(&layer_name(cfg, l, t), &layer_shape(cfg, t));
         if keep_bf16 {
-            let bits = |t: LayerTensor| store.bf16_checked(&layer_name(cfg, l, t), &layer_shape(cfg, t));
+            let bits =
+                |t: LayerTensor| store.bf16_checked(&layer_name(cfg, l, t), &layer_shape(cfg, t));
             let packed = Layer::try_build(cfg, bits, |t| f32s(t).map(Some))?;
             if packed.mats().all(|(_, m)| m.is_some()) {
                 return Ok(packed.map(

@@ -174,6 +174,14 @@ impl CudaBackend {
                     (Capture::Stats, Some(Capturing::Device(d))) => {
                         // Weighted: w from y (and the input residual, still in h), then the
                         // statistics of the scaled rows.
+                        if d.spec.token_weight == TokenWeight::NextNorm {
+                            return Err(Error::Arg {
+                                flag: "--token-weight",
+                                msg: "next-norm is not on the CUDA engine yet; use --device cpu \
+                                      or another weighting"
+                                    .into(),
+                            });
+                        }
                         let mut wt = DTensor::zeros(gpu, &[n])?; // [N]
                         let resid = (d.spec.token_weight == TokenWeight::OutResid).then_some(&*h);
                         ops::token_weights(gpu, &y, resid, &mut wt, eps)?;
@@ -199,7 +207,10 @@ impl CudaBackend {
                         let wide = |t: &DTensor<bf16>| -> Result<Vec<f32>> {
                             Ok(t.to_host(gpu)?.into_iter().map(|v| v.to_f32()).collect())
                         };
-                        let resid = (hc.spec.token_weight == TokenWeight::OutResid)
+                        let resid = hc
+                            .spec
+                            .token_weight
+                            .needs_resid()
                             .then(|| wide(h))
                             .transpose()?;
                         hc.record(c, &wide(&act)?, &wide(&y)?, resid.as_deref(), hd, eps)?;

@@ -4,8 +4,8 @@
 //! (`crate::cpu::model`), checked by tests/cuda_model.rs and tests/cuda_backend.rs.
 
 use super::gpu::{DTensor, Gpu};
-use super::GEMMA_ONLY;
 use super::ops::{self, AttnParams};
+use super::GEMMA_ONLY;
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{layer_shape, LayerTensor};
 use crate::engine::Batch;
@@ -183,6 +183,12 @@ pub(super) fn mlp_residual(
     h: &mut DTensor<bf16>,
     y: &DTensor<bf16>,
 ) -> Result<()> {
-    ops::rms_norm_residual(gpu, h, y, w.post_ffn_norm().expect(GEMMA_ONLY), cfg.rms_norm_eps)?;
+    ops::rms_norm_residual(
+        gpu,
+        h,
+        y,
+        w.post_ffn_norm().expect(GEMMA_ONLY),
+        cfg.rms_norm_eps,
+    )?;
     Ok(())
 }

@@ -30,12 +30,12 @@
 //! All work is queued on the model's one stream; `step` and `prefill` download the logits
 //! (`[V]` f32), `step_greedy` and `prefill_greedy` pick on the device and download one id.
 
-use super::GEMMA_ONLY;
 use super::block::DeviceLayer;
 use super::gpu::{DTensor, Gpu};
 use super::model::GpuModel;
 use super::ops::{self, DecodeAttnParams, DecodeWorkspace, RowStatsOut};
 use super::prof::range;
+use super::GEMMA_ONLY;
 use crate::checkpoint::config::ModelConfig;
 use crate::cpu::decode::{layer_slots, slot_of};
 use crate::engine::Batch;
@@ -389,13 +389,25 @@ fn step_layer(
     };
     ops::decode_attention(gpu, &b.q, &kv.k, &kv.v, &mut b.att, &mut b.ws, &ap)?;
     ops::gemv(gpu, &b.att, w.o(), Some(&mut b.y), None, None)?;
-    ops::rms_norm_residual(gpu, &mut b.h, &b.y, w.post_attn_norm().expect(GEMMA_ONLY), eps)?;
+    ops::rms_norm_residual(
+        gpu,
+        &mut b.h,
+        &b.y,
+        w.post_attn_norm().expect(GEMMA_ONLY),
+        eps,
+    )?;
 
     // --- MLP block
     ops::rms_norm(gpu, &b.h, w.pre_ffn_norm(), &mut b.x, eps)?;
     ops::gemv_gelu(gpu, &b.x, w.gate(), w.up(), &mut b.act)?;
     ops::gemv(gpu, &b.act, w.down(), Some(&mut b.y), None, None)?;
-    ops::rms_norm_residual(gpu, &mut b.h, &b.y, w.post_ffn_norm().expect(GEMMA_ONLY), eps)?;
+    ops::rms_norm_residual(
+        gpu,
+        &mut b.h,
+        &b.y,
+        w.post_ffn_norm().expect(GEMMA_ONLY),
+        eps,
+    )?;
     Ok(())
 }
 
