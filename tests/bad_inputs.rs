@@ -334,3 +334,52 @@ fn eval_rejects_bad_seq_and_windows() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--windows"), "{err}");
 }
+
+/// A config that promises biases the checkpoint lacks (tiny-llama with `attention_bias` set):
+/// loading names the first missing bias, and so does `compile`.
+#[test]
+fn missing_bias_tensor_is_named() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let d = tempfile::tempdir().unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    cfg["attention_bias"] = json!(true);
+    std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+    let (e, s) = load_err(d.path());
+    assert!(matches!(e, Error::MissingTensor { .. }), "{s}");
+    assert!(s.contains("model.layers.0.self_attn.q_proj.bias"), "{s}");
+
+    let o_dir = tempfile::tempdir().unwrap();
+    let out = o_dir.path().join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_whittle"))
+        .args([
+            "compile",
+            d.path().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--keep-ratio",
+            "0.5",
+            "--device",
+            "cpu",
+            "--method",
+            "magnitude",
+            "--no-repair",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !out.exists(), "{err}");
+    assert!(
+        err.contains("q_proj.bias") && !err.contains("panicked"),
+        "{err}"
+    );
+}
