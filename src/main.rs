@@ -212,6 +212,20 @@ struct CompileArgs {
     /// Calibration sequences per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// After each layer's re-fit, refine its kept gate, up and down together by a few epochs of
+    /// Adam against what the full MLP adds to the residual stream on the calibration tokens
+    /// (held-out tokens decide which epoch is kept; never worse there than the re-fit).
+    #[arg(long, conflicts_with = "one_shot")]
+    reconstruct: bool,
+    /// --reconstruct: passes over the training tokens (1 to 100).
+    #[arg(long, default_value_t = 2, requires = "reconstruct")]
+    recon_epochs: usize,
+    /// --reconstruct: Adam's step, a fraction of each matrix's RMS, in (0, 0.1].
+    #[arg(long, default_value_t = 1e-3, requires = "reconstruct")]
+    recon_lr: f64,
+    /// --reconstruct: calibration tokens used per layer (spread over the set; 1 in 8 held out).
+    #[arg(long, default_value_t = 16384, requires = "reconstruct")]
+    recon_tokens: usize,
 }
 
 /// `--refit-target`: what a sequentially pruned MLP is re-fit to reproduce.
@@ -1042,6 +1056,14 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
             (_, Some(r)) => Some(whittle::compile::width::Ceiling::PplRatio(r)),
             _ => None,
         },
+        reconstruct: a
+            .reconstruct
+            .then_some(whittle::compile::reconstruct::ReconOptions {
+                epochs: a.recon_epochs,
+                lr: a.recon_lr,
+                tokens: a.recon_tokens,
+                ..Default::default()
+            }),
     };
     let opts = opts.validate()?;
     // Validate widths and destinations before reading any calibration text.

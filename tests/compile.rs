@@ -812,3 +812,118 @@ fn multimodal_gemma3_prunes_the_language_model_and_copies_the_rest() {
         );
     }
 }
+
+/// `--reconstruct` rewrites gate, up and down of every layer it improves, records what it did,
+/// and gives the same bytes for any thread count.
+#[test]
+fn reconstruction_is_recorded_and_thread_independent() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-gemma3");
+    let text = fixture("eval-text.txt");
+    let compile = |name: &str, extra: &[&str]| -> std::path::PathBuf {
+        let out = d.path().join(name);
+        let mut args = vec![
+            "compile",
+            s(&m),
+            "-o",
+            s(&out),
+            "--keep-ratio",
+            "0.5",
+            "--calib",
+            s(&text),
+            "--seq",
+            "64",
+            "--samples",
+            "16",
+        ];
+        args.extend(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{name}: {err}");
+        out
+    };
+    let recon = [
+        "--reconstruct",
+        "--recon-epochs",
+        "3",
+        "--recon-lr",
+        "0.003",
+    ];
+    let plain = compile("plain", &[]);
+    let one = compile("one", &[&["--threads", "1"][..], &recon[..]].concat());
+    let two = compile("two", &[&["--threads", "2"][..], &recon[..]].concat());
+    let bytes = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    assert!(
+        bytes(&one) == bytes(&two),
+        "--threads changed the reconstruction"
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join("whittle_report.json")).unwrap())
+            .unwrap();
+    let rec = &r["reconstruction"];
+    assert_eq!(rec["epochs"], 3);
+    let layers = rec["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4);
+    let (a, b) = (
+        WeightStore::open(&plain).unwrap(),
+        WeightStore::open(&one).unwrap(),
+    );
+    for (l, lr) in layers.iter().enumerate() {
+        let held: Vec<f64> = lr["heldout_loss"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(held.len(), 4);
+        let kept = lr["kept_epoch"].as_u64().unwrap() as usize;
+        // The kept point is the best held-out one, never worse than the re-fit it started from.
+        assert!(held.iter().all(|&h| held[kept] <= h), "layer {l}: {lr}");
+        let gate = |st: &WeightStore| {
+            st.get(&format!("model.layers.{l}.mlp.gate_proj.weight"))
+                .unwrap()
+                .bytes()
+                .to_vec()
+        };
+        assert_eq!(
+            kept > 0,
+            gate(&a) != gate(&b),
+            "layer {l}: gate_proj changed iff an epoch was kept"
+        );
+    }
+    assert!(
+        layers.iter().any(|l| l["kept_epoch"].as_u64().unwrap() > 0),
+        "no layer improved: {rec}"
+    );
+    assert!(r["timings_s"]["reconstruct"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn reconstruction_flags_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-gemma3");
+    let text = fixture("eval-text.txt");
+    let out = d.path().join("o");
+    for (extra, want) in [
+        (&["--reconstruct", "--one-shot"][..], "--one-shot"),
+        (&["--reconstruct", "--recon-lr", "0"][..], "--recon-lr"),
+        (
+            &["--reconstruct", "--recon-epochs", "0"][..],
+            "--recon-epochs",
+        ),
+        (
+            &["--reconstruct", "--recon-tokens", "8"][..],
+            "--recon-tokens",
+        ),
+        (&["--recon-epochs", "3"][..], "--reconstruct"),
+    ] {
+        let mut args = vec!["compile", s(&m), "-o", s(&out), "--calib", s(&text)];
+        args.extend(extra);
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0, "{extra:?} was accepted");
+        assert!(
+            err.contains(want) && !err.contains("panicked"),
+            "{extra:?}: {err}"
+        );
+        assert!(!out.exists());
+    }
+}

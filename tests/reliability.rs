@@ -44,6 +44,7 @@ fn full_cuts(cfg: &ModelConfig) -> Vec<LayerCut> {
         .map(|_| LayerCut {
             kept: (0..cfg.intermediate_size).collect(),
             down: None,
+            gate_up: None,
         })
         .collect()
 }

@@ -10,6 +10,7 @@ pub mod calib;
 pub mod ceiling;
 pub mod inspect;
 pub mod prune;
+pub mod reconstruct;
 pub mod report;
 pub mod width;
 pub mod writer;
@@ -24,6 +25,7 @@ use crate::compile::prune::{
     energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
     Method,
 };
+use crate::compile::reconstruct::{LayerRecon, MlpWeights, ReconOptions};
 use crate::compile::report::{
     BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, Timings, WidthRequest,
 };
@@ -56,6 +58,8 @@ pub struct CompileOptions {
     pub batch_seqs: usize,
     /// `--max-kl` / `--max-ppl-ratio`: search the narrowest width within this (`ceiling::search`).
     pub ceiling: Option<crate::compile::width::Ceiling>,
+    /// `--reconstruct`: refine each pruned MLP by Adam after the re-fit (`reconstruct`).
+    pub reconstruct: Option<ReconOptions>,
 }
 
 impl Default for CompileOptions {
@@ -69,6 +73,7 @@ impl Default for CompileOptions {
             token_weight: None,
             width: Width::Tier("throughput".into()),
             multiple_of: crate::compile::width::DEFAULT_MULTIPLE_OF,
+            reconstruct: None,
             force: false,
             batch_seqs: 8,
             ceiling: None,
@@ -85,6 +90,17 @@ impl CompileOptions {
         crate::compile::width::check_multiple_of(self.multiple_of)?;
         if let Some(c) = self.ceiling {
             c.validate()?;
+        }
+        if let Some(r) = &self.reconstruct {
+            r.validate()?;
+            if !self.sequential {
+                return Err(Error::Arg {
+                    flag: "--reconstruct",
+                    msg: "reconstruction refines each layer on the pruned model's own stream; \
+                          drop --one-shot"
+                        .into(),
+                });
+            }
         }
         Ok(Plan { opts: self.clone() })
     }
@@ -106,7 +122,7 @@ impl std::ops::Deref for Plan {
 impl Plan {
     /// Whether the run reads calibration text: every method but magnitude, and any re-fit.
     pub fn needs_calib(&self) -> bool {
-        self.method != Method::Magnitude || self.repair
+        self.method != Method::Magnitude || self.repair || self.reconstruct.is_some()
     }
 
     /// Whether the statistics hold the [I, I] Gram matrix (OBS, or the re-fit).
@@ -394,6 +410,37 @@ fn select_widths(
 /// same options. One-shot: the original model is calibrated once for all widths. Sequential:
 /// `backends[t]` holds width t's pruned stream; each layer's weights are loaded once and run on
 /// every stream. `backends` needs `streams_needed(..)` entries.
+/// At most `max` rows of the pruned stream's hidden states ([rows, H] each batch, `total` rows
+/// in all), spread evenly over every batch: the MLP inputs reconstruction trains on (called
+/// between the statistics pass and the pruned MLP's run, when the stream holds them).
+fn mlp_inputs(
+    backend: &dyn Backend,
+    hd: usize,
+    nb: usize,
+    total: usize,
+    max: usize,
+) -> Result<Vec<f32>> {
+    let pick = crate::compile::reconstruct::spread(total, max);
+    let mut out = Vec::with_capacity(pick.len() * hd); // [n, H]
+    let (mut next, mut base) = (0usize, 0usize);
+    for b in 0..nb {
+        let h = backend.hidden(Stream::Pruned, b)?; // [rows, H]
+        let rows = h.len() / hd;
+        while next < pick.len() && pick[next] < base + rows {
+            let r = pick[next] - base;
+            out.extend_from_slice(&h[r * hd..(r + 1) * hd]);
+            next += 1;
+        }
+        base += rows;
+    }
+    if next != pick.len() || base != total {
+        return Err(Error::Other(format!(
+            "reconstruction: the calibration stream holds {base} rows, {total} expected"
+        )));
+    }
+    Ok(out)
+}
+
 pub fn compile_batch(
     input: &Path,
     targets: &[Target],
@@ -464,11 +511,8 @@ pub fn compile_batch(
         crate::compile::writer::check_room(dest, room)?;
     }
     let mut t = Timings::default();
-    let down_dtype = |l: usize| {
-        store
-            .get(&layer_name(&cfg, l, LayerTensor::Down))
-            .map(|t| t.info.dtype)
-    };
+    let dtype_of =
+        |l: usize, t: LayerTensor| store.get(&layer_name(&cfg, l, t)).map(|t| t.info.dtype);
 
     // Hidden states of all calibration tokens, held by each backend: the pruned stream, and for
     // `--refit-target original` the original model's stream beside it.
@@ -521,6 +565,7 @@ pub fn compile_batch(
         .map(|_| Vec::with_capacity(cfg.num_layers))
         .collect();
     let mut layer_reports: Vec<Vec<LayerReport>> = vec![Vec::new(); targets.len()];
+    let mut recon_reports: Vec<Vec<LayerRecon>> = vec![Vec::new(); targets.len()];
     let layer_report = |l: usize, kept: &[usize], stats: &MlpStats| {
         let mean_sq = stats.mean_sq();
         let kept_energy: f64 = kept.iter().map(|&j| mean_sq[j]).sum();
@@ -576,15 +621,44 @@ pub fn compile_batch(
                         )));
                     }
                     // Continue with exactly what will be written.
-                    round_to_dtype(&mut d, down_dtype(l)?);
+                    round_to_dtype(&mut d, dtype_of(l, LayerTensor::Down)?);
                     Some(d)
                 } else {
                     None
                 };
                 t.repair += t0.elapsed().as_secs_f64();
+                let mut down = down;
+                let mut gate_up = None;
+                if let (Some(ro), Some(c)) = (&opts.reconstruct, calib) {
+                    let t0 = Instant::now();
+                    let h = mlp_inputs(&**backend, hd, nb, c.tokens(), ro.tokens)?; // [n, H]
+                    let cut = slice_mlp(&w, hd, &kept, down.take());
+                    let start = MlpWeights {
+                        gate: cut.gate().clone(),
+                        up: cut.up().clone(),
+                        down: cut.down().clone(),
+                    };
+                    let dt = dtype_of(l, LayerTensor::Gate)?;
+                    let round = |x: &mut [f32]| round_to_dtype(x, dt);
+                    let pb = crate::compile::reconstruct::Problem {
+                        cfg: &cfg,
+                        full: &w,
+                        h: &h,
+                        round: &round,
+                    };
+                    let (best, rep) = crate::compile::reconstruct::reconstruct(&pb, l, start, ro)?;
+                    down = Some(best.down);
+                    gate_up = Some((best.gate, best.up));
+                    recon_reports[i].push(rep);
+                    t.reconstruct += t0.elapsed().as_secs_f64();
+                }
                 if opts.sequential && calib.is_some() {
                     let t0 = Instant::now();
-                    let cut = slice_mlp(&w, hd, &kept, down.clone());
+                    let mut cut = slice_mlp(&w, hd, &kept, down.clone());
+                    if let Some((g, u)) = &gate_up {
+                        cut.set_mat(LayerTensor::Gate, g.clone());
+                        cut.set_mat(LayerTensor::Up, u.clone());
+                    }
                     let wp = backend.load_pruned(&cfg, &w, &cut)?;
                     for b in 0..nb {
                         backend.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::None, true)?;
@@ -592,7 +666,11 @@ pub fn compile_batch(
                     t.calibrate += t0.elapsed().as_secs_f64();
                 }
                 layer_reports[i].push(layer_report(l, &kept, &stats));
-                cuts[i].push(LayerCut { kept, down });
+                cuts[i].push(LayerCut {
+                    kept,
+                    down,
+                    gate_up,
+                });
             }
         }
     }
@@ -670,6 +748,15 @@ pub fn compile_batch(
             layers: std::mem::take(&mut layer_reports[i]),
             batch: batch.clone(),
             ceiling: None,
+            reconstruction: opts
+                .reconstruct
+                .map(|r| crate::compile::report::ReconReport {
+                    epochs: r.epochs,
+                    lr: r.lr,
+                    tokens: r.tokens,
+                    batch: r.batch,
+                    layers: std::mem::take(&mut recon_reports[i]),
+                }),
             timings_s: t,
             peak_rss_mib: None,
             peak_heap_mib: None,

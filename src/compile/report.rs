@@ -47,6 +47,9 @@ pub struct CompileReport {
     /// Only in a `--max-kl` / `--max-ppl-ratio` run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<CeilingReport>,
+    /// Only with `--reconstruct`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconstruction: Option<ReconReport>,
     pub timings_s: Timings,
     pub peak_rss_mib: Option<f64>,
     pub peak_heap_mib: Option<f64>,
@@ -62,6 +65,16 @@ impl CompileReport {
     pub fn params_saved_pct(&self) -> f64 {
         100.0 * (1.0 - self.params_after as f64 / self.params_before as f64)
     }
+}
+
+/// `--reconstruct`'s settings and what it did layer by layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconReport {
+    pub epochs: usize,
+    pub lr: f64,
+    pub tokens: usize,
+    pub batch: usize,
+    pub layers: Vec<crate::compile::reconstruct::LayerRecon>,
 }
 
 /// The width as the user asked for it: `{"tier": ..}`, `{"keep_ratio": ..}` or
@@ -139,5 +152,7 @@ pub struct Timings {
     pub calibrate: f64,
     pub score: f64,
     pub repair: f64,
+    /// `--reconstruct` (0 without it).
+    pub reconstruct: f64,
     pub write: f64,
 }

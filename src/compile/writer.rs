@@ -25,6 +25,9 @@ pub struct LayerCut {
     pub kept: Vec<usize>,
     /// Re-fit down_proj [H, K] in f32, or None to slice the original columns.
     pub down: Option<Vec<f32>>,
+    /// Reconstructed gate and up [K, H] in f32 (`--reconstruct`), or None to slice the original
+    /// rows.
+    pub gate_up: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Weight formats that are never copied into the output (the output is safetensors only).
@@ -630,12 +633,19 @@ pub fn write_model(
                                 &buf
                             }
                         },
-                        _ => {
-                            for &j in &cut.kept {
-                                buf.extend_from_slice(&src[j * hd * es..(j + 1) * hd * es]);
+                        _ => match &cut.gate_up {
+                            Some((g, u)) => {
+                                let m = if role == LayerTensor::Gate { g } else { u };
+                                f32_to_dtype(m, t.dtype, &mut buf);
+                                &buf
                             }
-                            &buf
-                        }
+                            None => {
+                                for &j in &cut.kept {
+                                    buf.extend_from_slice(&src[j * hd * es..(j + 1) * hd * es]);
+                                }
+                                &buf
+                            }
+                        },
                     }
                 }
             };
@@ -647,7 +657,12 @@ pub fn write_model(
                     msg: format!(
                         "the output would hold a non-finite value (NaN or Inf) at element {at}{}; \
                          nothing was written",
-                        if mlp.get(*name).is_some_and(|(l, _)| cuts[*l].down.is_some()) {
+                        if mlp
+                            .get(*name)
+                            .is_some_and(|(l, _)| cuts[*l].gate_up.is_some())
+                        {
+                            " of a reconstructed MLP (lower --recon-lr)"
+                        } else if mlp.get(*name).is_some_and(|(l, _)| cuts[*l].down.is_some()) {
                             " of the re-fit down_proj (raise --damp, or --no-repair)"
                         } else {
                             " (the input holds it)"

@@ -31,6 +31,15 @@ pub fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f32, convention: NormWeight
     }
 }
 
+/// The factor a normalised value is multiplied by for stored weight `w`.
+#[inline]
+pub fn scale(convention: NormWeight, w: f32) -> f32 {
+    match convention {
+        NormWeight::OnePlus => 1.0 + w,
+        NormWeight::Plain => w,
+    }
+}
+
 /// `1 / sqrt(mean(x²) + eps)`, summed in order as [`ops::rms_norm_row`] sums.
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
     let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
