@@ -45,6 +45,9 @@ configs=(
   "energy-tw-seq-1408|--intermediate-size 1408 --method energy --no-repair --sequential --token-weight out"
   "obs-repair-tw-seq-1792|--intermediate-size 1792 --method obs --sequential --token-weight out"
   "obs-repair-tw-seq-1024|--intermediate-size 1024 --method obs --sequential --token-weight out"
+  # Whole-MLP reconstruction after the re-fit (`-recon`, defaults: 2 epochs, step 1e-3 × RMS,
+  # 16384 tokens; `-reconE-LR` names other settings).
+  "obs-repair-tw-seq-recon-1408|--intermediate-size 1408 --method obs --sequential --token-weight out --reconstruct"
 )
 
 if [ ! -f "$out/original.json" ]; then

@@ -119,9 +119,20 @@ struct CompileArgs {
     output: PathBuf,
     /// Calibration text, optionally weighted: FILE or FILE:WEIGHT (repeatable). A .jsonl file
     /// holds conversations ({"messages": [{"role", "content"}, ...]}, rendered in Gemma's chat
-    /// format) or {"text": ...} documents, one per line.
+    /// format) or {"text": ...} documents, one per line. `self` (or `self:WEIGHT`) has the model
+    /// write its own calibration text, sampled from BOS (see --calib-seed); the ids used are
+    /// saved with the output as calibration-ids.safetensors. A file named self is ./self.
     #[arg(long, num_args = 1..)]
     calib: Vec<whittle::compile::calib::CalibSource>,
+    /// `--calib self`: the sampling seed (the same seed gives the same text).
+    #[arg(long, default_value_t = 0)]
+    calib_seed: u64,
+    /// `--calib self`: sampling temperature, > 0.
+    #[arg(long, default_value_t = 1.0)]
+    calib_temperature: f32,
+    /// `--calib self`: nucleus (top-p) mass, in (0, 1].
+    #[arg(long, default_value_t = 0.95)]
+    calib_top_p: f32,
     /// Pre-tokenized calibration: safetensors with an integer input_ids [n, seq] (BOS included).
     #[arg(long, conflicts_with = "calib")]
     calib_ids: Option<PathBuf>,
@@ -1035,6 +1046,52 @@ fn compile_to_ceiling(
     Ok(())
 }
 
+/// `--calib self`: `n` sequences of `--seq` ids the model samples from BOS, on the compile's
+/// device; the model is loaded for this and dropped before calibration.
+fn self_calibration(
+    a: &CompileArgs,
+    dev: &whittle::device::Device,
+    cfg: &whittle::checkpoint::config::ModelConfig,
+    tok: &Tokenizer,
+    n: usize,
+) -> whittle::Result<whittle::compile::calib::Generated> {
+    use whittle::compile::selfgen::{generate_sequences, SelfGenOptions};
+    let bos = cfg.bos_token_id;
+    if bos as usize >= tok.vocab_size().min(cfg.vocab_size) {
+        return Err(whittle::Error::Arg {
+            flag: "--calib",
+            msg: format!(
+                "self: the model's BOS id {bos} (bos_token_id in {}) is not in its tokenizer's \
+                 vocabulary ({} tokens), so there is nothing to start sampling from; give a \
+                 calibration file instead",
+                a.model.join("config.json").display(),
+                tok.vocab_size()
+            ),
+        });
+    }
+    let stop = whittle::serve::generate::stop_tokens(&a.model, Some(tok))?;
+    let engines = dev.load_engines(&[&a.model])?;
+    let o = SelfGenOptions {
+        seed: a.calib_seed,
+        temperature: a.calib_temperature,
+        top_p: a.calib_top_p,
+    };
+    eprintln!(
+        "--calib self: sampling {n} sequences of {} tokens (seed {}, temperature {}, top-p {})",
+        a.seq, o.seed, o.temperature, o.top_p
+    );
+    let (ids, report) = generate_sequences(&*engines[0], n, a.seq, bos, &stop, &o, |done| {
+        if done % 8 == 0 || done == n {
+            eprintln!("  generated {done}/{n} sequences");
+        }
+    })?;
+    let mut text = String::new();
+    for (i, seq) in ids.chunks(a.seq).enumerate() {
+        text += &format!("=== sequence {i}\n{}\n", tok.decode(seq)?);
+    }
+    Ok(whittle::compile::calib::Generated { ids, report, text })
+}
+
 fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     let dev = open_device(device, None)?;
     use whittle::compile::{compile_batch, resolve_targets, streams_needed, CompileOptions};
@@ -1088,12 +1145,14 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         )?)
     } else if !a.calib.is_empty() {
         let tok = Tokenizer::from_dir(&a.model)?;
+        let mut gen = |n: usize| self_calibration(&a, &dev, &cfg, &tok, n);
         let c = whittle::compile::calib::CalibSet::from_texts(
             &tok,
             &a.calib,
             a.samples.unwrap_or(128) + ceiling_holdout(&a).unwrap_or(0),
             a.seq,
             cfg.bos_token_id,
+            Some(&mut gen),
         )?;
         if let Some(n) = a.samples {
             let n = n + ceiling_holdout(&a).unwrap_or(0);

@@ -128,17 +128,7 @@ fn jsonl_calibration_equals_its_rendered_text() {
 
     let tok = Tokenizer::from_dir(&fixture("tiny-gemma3")).unwrap();
     let set = |p: &std::path::Path| {
-        CalibSet::from_texts(
-            &tok,
-            &[CalibSource {
-                path: p.to_path_buf(),
-                weight: 1.0,
-            }],
-            6,
-            24,
-            2,
-        )
-        .unwrap()
+        CalibSet::from_texts(&tok, &[CalibSource::file(p, 1.0)], 6, 24, 2, None).unwrap()
     };
     let (a, b) = (set(&jsonl), set(&rendered));
     assert_eq!(a.n_seq, 6);

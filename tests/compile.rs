@@ -927,3 +927,108 @@ fn reconstruction_flags_are_checked() {
         assert!(!out.exists());
     }
 }
+
+/// `--calib self`: a seed gives the same sequences (and model) every time, another seed other
+/// ones; the ids saved beside the report repeat the compile through `--calib-ids`; the report
+/// names the seed and the token counts.
+#[test]
+fn self_calibration_is_seeded_and_reproducible() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-gemma3");
+    let text = fixture("eval-text.txt");
+    let compile = |name: &str, extra: &[&str]| -> std::path::PathBuf {
+        let out = d.path().join(name);
+        let mut args = vec!["compile", s(&m), "-o", s(&out), "--keep-ratio", "0.5"];
+        if !extra.contains(&"--calib-ids") {
+            args.extend(["--seq", "32", "--samples", "6"]);
+        }
+        args.extend(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{name}: {err}");
+        out
+    };
+    let text_half = format!("{}:0.5", s(&text));
+    let mix = ["--calib", "self:0.5", &text_half];
+    let a = compile("a", &[&mix[..], &["--calib-seed", "7"][..]].concat());
+    let b = compile(
+        "b",
+        &[&mix[..], &["--calib-seed", "7", "--threads", "1"][..]].concat(),
+    );
+    let c = compile("c", &[&mix[..], &["--calib-seed", "8"][..]].concat());
+    let file = |p: &Path, f: &str| std::fs::read(p.join(f)).unwrap();
+    assert!(file(&a, "calibration-ids.safetensors") == file(&b, "calibration-ids.safetensors"));
+    assert!(file(&a, "model.safetensors") == file(&b, "model.safetensors"));
+    assert!(file(&a, "calibration-ids.safetensors") != file(&c, "calibration-ids.safetensors"));
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("whittle_report.json")).unwrap())
+            .unwrap();
+    let cal = &r["calibration"];
+    assert_eq!(cal["self_generated"]["seed"], 7);
+    assert_eq!(cal["self_generated"]["sequences"], 3);
+    assert_eq!(cal["self_generated"]["tokens"], 96);
+    assert_eq!(cal["sources"][0]["path"], "self");
+    assert_eq!(cal["sources"][0]["sequences"], 3);
+    assert_eq!(cal["sources"][1]["sequences"], 3);
+    assert!(std::fs::read_to_string(a.join("calibration-self.txt"))
+        .unwrap()
+        .contains("=== sequence 2"));
+    // The saved ids repeat the compile exactly.
+    let ids = a.join("calibration-ids.safetensors");
+    let again = compile("again", &["--calib-ids", s(&ids)]);
+    assert!(file(&a, "model.safetensors") == file(&again, "model.safetensors"));
+    // A text-only compile saves nothing extra.
+    let plain = compile("plain", &["--calib", s(&text)]);
+    assert!(!plain.join("calibration-ids.safetensors").exists());
+}
+
+#[test]
+fn self_calibration_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-gemma3");
+    let out = d.path().join("o");
+    let base = [
+        "compile",
+        s(&m),
+        "-o",
+        s(&out),
+        "--keep-ratio",
+        "0.5",
+        "--seq",
+        "32",
+    ];
+    for (extra, want) in [
+        (&["--calib", "self:0"][..], "positive"),
+        (
+            &["--calib", "self", "--calib-temperature", "0"][..],
+            "temperature",
+        ),
+        (&["--calib", "self", "--calib-top-p", "1.5"][..], "top-p"),
+    ] {
+        let (code, _, err) = run(&[&base[..], extra].concat());
+        assert_ne!(code, 0, "{extra:?} was accepted");
+        assert!(
+            err.contains(want) && !err.contains("panicked"),
+            "{extra:?}: {err}"
+        );
+        assert!(!out.exists());
+    }
+    // A BOS id the tokenizer does not have (here beyond the vocabulary, which the config check
+    // catches first for every command).
+    let bad = d.path().join("bad-bos");
+    std::fs::create_dir(&bad).unwrap();
+    for f in std::fs::read_dir(&m).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, bad.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(bad.join("config.json")).unwrap()).unwrap();
+    let vocab = cfg["vocab_size"].as_u64().unwrap();
+    cfg["bos_token_id"] = serde_json::json!(vocab + 5);
+    std::fs::write(bad.join("config.json"), cfg.to_string()).unwrap();
+    let (code, _, err) = run(&["compile", s(&bad), "-o", s(&out), "--calib", "self"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("bos_token_id") && !err.contains("panicked"),
+        "{err}"
+    );
+}

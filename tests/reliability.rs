@@ -58,6 +58,7 @@ fn write_with(dest: &whittle::compile::writer::Destination, m: &Path) -> whittle
         &cfg,
         &full_cuts(&cfg),
         cfg.intermediate_size,
+        &[],
         || json!({}),
         |_| {},
     )

@@ -855,3 +855,23 @@ pub fn parse_header_bytes(
 ) -> Result<(usize, BTreeMap<String, TensorInfo>)> {
     parse_header(path, buf).map(|(start, tensors, _)| (start, tensors))
 }
+
+/// A whole safetensors file holding one I64 tensor `name` of `shape` (small files: calibration
+/// ids saved beside a compiled model).
+pub fn encode_i64_tensor(name: &str, data: &[i64], shape: &[usize]) -> Vec<u8> {
+    let entry = HeaderEntry {
+        name: name.to_string(),
+        dtype: Dtype::I64,
+        shape: shape.to_vec(),
+    };
+    assert_eq!(
+        entry.nbytes(),
+        8 * data.len(),
+        "{name}: data does not fill {shape:?}"
+    );
+    let mut out = encode_header(&[entry], None);
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}

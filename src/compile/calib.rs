@@ -23,32 +23,72 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// A calibration text and its share of the sequences (`FILE` or `FILE:WEIGHT`).
+/// Where a calibration source's sequences come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalibInput {
+    /// A text file (`.txt`, or `.jsonl` conversations / documents).
+    File(PathBuf),
+    /// Sequences the model writes itself, sampled from BOS (`self`; `compile::selfgen`).
+    Model,
+}
+
+/// A calibration source and its share of the sequences: `FILE`, `FILE:WEIGHT`, `self` or
+/// `self:WEIGHT` (a file named `self` is `./self`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalibSource {
-    pub path: PathBuf,
+    pub input: CalibInput,
     pub weight: f64,
+}
+
+impl CalibSource {
+    pub fn file(path: impl Into<PathBuf>, weight: f64) -> CalibSource {
+        CalibSource {
+            input: CalibInput::File(path.into()),
+            weight,
+        }
+    }
+
+    /// The path, or `self` for generated sequences (reports, messages).
+    pub fn name(&self) -> PathBuf {
+        match &self.input {
+            CalibInput::File(p) => p.clone(),
+            CalibInput::Model => PathBuf::from("self"),
+        }
+    }
 }
 
 impl FromStr for CalibSource {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if let Some((p, w)) = s.rsplit_once(':') {
-            if let Ok(w) = w.parse::<f64>() {
-                if !(w > 0.0 && w.is_finite()) {
+        let (name, weight) = match s.rsplit_once(':') {
+            Some((p, w)) => match w.parse::<f64>() {
+                Ok(w) if !(w > 0.0 && w.is_finite()) => {
                     return Err(format!("weight in \"{s}\" must be a positive number"));
                 }
-                return Ok(CalibSource {
-                    path: p.into(),
-                    weight: w,
-                });
-            }
-        }
+                Ok(w) => (p, w),
+                Err(_) => (s, 1.0),
+            },
+            None => (s, 1.0),
+        };
         Ok(CalibSource {
-            path: s.into(),
-            weight: 1.0,
+            input: if name == "self" {
+                CalibInput::Model
+            } else {
+                CalibInput::File(name.into())
+            },
+            weight,
         })
     }
+}
+
+/// Sequences a model wrote for calibration (`self`).
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// `[n, seq_len]`, BOS first.
+    pub ids: Vec<u32>,
+    pub report: crate::compile::selfgen::SelfGenReport,
+    /// The sequences decoded, for people to read (saved beside the report).
+    pub text: String,
 }
 
 /// What one source contributed (reported in whittle_report.json).
@@ -67,6 +107,8 @@ pub struct CalibSet {
     pub n_seq: usize,
     pub seq_len: usize,
     pub sources: Vec<SourceUse>,
+    /// The `self` sequences and how they were made, when a source is `self`.
+    pub generated: Option<Generated>,
 }
 
 impl CalibSet {
@@ -75,13 +117,16 @@ impl CalibSet {
     }
 
     /// Texts are tokenized without special tokens and cut like eval windows (BOS + seq-1 tokens,
-    /// consecutive, non-overlapping); source i contributes round(n · wᵢ / Σw) sequences.
+    /// consecutive, non-overlapping); source i contributes round(n · wᵢ / Σw) sequences. A
+    /// `self` source's sequences come from `generate` (n sequences → [n, seq_len] ids and what
+    /// made them).
     pub fn from_texts(
         tok: &Tokenizer,
         sources: &[CalibSource],
         n_samples: usize,
         seq_len: usize,
         bos: u32,
+        mut generate: Option<&mut dyn FnMut(usize) -> Result<Generated>>,
     ) -> Result<CalibSet> {
         if sources.is_empty() {
             return Err(Error::Arg {
@@ -124,7 +169,7 @@ impl CalibSet {
                 msg: format!(
                     "{}:{} gets none of the {n_samples} sequences at that weight; raise its \
                      weight or --samples, or leave it out",
-                    src.path.display(),
+                    src.name().display(),
                     src.weight
                 ),
             });
@@ -133,13 +178,39 @@ impl CalibSet {
         // Grown as the texts are cut, not sized from --samples (which may be far beyond them).
         let mut ids = Vec::new();
         let mut used = Vec::new();
+        let mut generated = None;
         for (src, &want) in sources.iter().zip(&share) {
-            let text = crate::checkpoint::chat::read_calibration_text(&src.path)?;
+            let path = match &src.input {
+                CalibInput::File(p) => p,
+                CalibInput::Model => {
+                    let g = generate.as_mut().ok_or_else(|| Error::Arg {
+                        flag: "--calib",
+                        msg: "self: this command cannot generate calibration text".into(),
+                    })?;
+                    let g = g(want)?;
+                    if g.ids.len() != want * seq_len {
+                        return Err(Error::Other(format!(
+                            "self-generated calibration: {} ids for {want} sequences of {seq_len}",
+                            g.ids.len()
+                        )));
+                    }
+                    ids.extend_from_slice(&g.ids);
+                    used.push(SourceUse {
+                        path: src.name(),
+                        weight: src.weight,
+                        sequences: want,
+                        tokens: want * seq_len,
+                    });
+                    generated = Some(g);
+                    continue;
+                }
+            };
+            let text = crate::checkpoint::chat::read_calibration_text(path)?;
             let t = tok.encode(&text)?;
             let avail = t.len() / chunk;
             if avail == 0 {
                 return Err(Error::Text {
-                    path: src.path.clone(),
+                    path: path.clone(),
                     msg: format!(
                         "too short for one calibration sequence: {} tokens, --seq {seq_len} needs {chunk}",
                         t.len()
@@ -150,7 +221,7 @@ impl CalibSet {
             if take < want {
                 eprintln!(
                     "note: {} holds {avail} sequences of {seq_len} tokens; asked for {want}, using {take}",
-                    src.path.display()
+                    path.display()
                 );
             }
             for c in t.chunks_exact(chunk).take(take) {
@@ -158,7 +229,7 @@ impl CalibSet {
                 ids.extend_from_slice(c);
             }
             used.push(SourceUse {
-                path: src.path.clone(),
+                path: path.clone(),
                 weight: src.weight,
                 sequences: take,
                 tokens: take * seq_len,
@@ -170,6 +241,7 @@ impl CalibSet {
             n_seq,
             seq_len,
             sources: used,
+            generated,
         })
     }
 
@@ -220,6 +292,7 @@ impl CalibSet {
                 sequences: n_seq,
                 tokens: n_seq * seq_len,
             }],
+            generated: None,
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod prune;
 pub mod reconstruct;
 pub mod report;
+pub mod selfgen;
 pub mod width;
 pub mod writer;
 
@@ -705,7 +706,28 @@ pub fn compile_batch(
                 tokens: s.tokens,
             })
             .collect(),
+        self_generated: c.generated.as_ref().map(|g| g.report.clone()),
     });
+    // A self-generated set is saved with each output, so the compile can be repeated with
+    // `--calib-ids` (and the text read).
+    let extras: Vec<(String, Vec<u8>)> = match calib.and_then(|c| Some((c, c.generated.as_ref()?)))
+    {
+        Some((c, g)) => vec![
+            (
+                "calibration-ids.safetensors".to_string(),
+                crate::checkpoint::safetensors::encode_i64_tensor(
+                    "input_ids",
+                    &c.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    &[c.n_seq, c.seq_len],
+                ),
+            ),
+            (
+                "calibration-self.txt".to_string(),
+                g.text.clone().into_bytes(),
+            ),
+        ],
+        None => Vec::new(),
+    };
     let mut outcomes = Vec::with_capacity(targets.len());
     for (i, (target, cuts)) in targets.iter().zip(cuts).enumerate() {
         let (rw, k) = (rws[i], ks[i]);
@@ -776,6 +798,7 @@ pub fn compile_batch(
             &cfg,
             &cuts,
             k,
+            &extras,
             || {
                 let mut r = report.clone();
                 let mut tt = t;

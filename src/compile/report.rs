@@ -103,6 +103,10 @@ pub struct CalibrationReport {
     pub seq_len: usize,
     pub tokens: usize,
     pub sources: Vec<SourceReport>,
+    /// With a `self` source: how its sequences were sampled (the ids are saved beside the
+    /// report as `calibration-ids.safetensors`, for `--calib-ids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_generated: Option<crate::compile::selfgen::SelfGenReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -538,6 +538,7 @@ pub fn write_model(
     cfg: &ModelConfig,
     cuts: &[LayerCut],
     width: usize,
+    extras: &[(String, Vec<u8>)],
     report: impl FnOnce() -> Value,
     mut progress: impl FnMut(u64),
 ) -> Result<WriteStats> {
@@ -754,6 +755,9 @@ pub fn write_model(
         std::io::copy(&mut src, &mut w).map_err(|e| Error::io(&dst, e))?;
         w.flush().map_err(|e| Error::io(&dst, e))?;
         limit = w.left;
+    }
+    for (name, bytes) in extras {
+        write_small(name, bytes, &mut limit)?;
     }
     let rep = serde_json::to_string_pretty(&report()).expect("json") + "\n";
     write_small("whittle_report.json", rep.as_bytes(), &mut limit)?;
