@@ -58,7 +58,9 @@ pub fn generate_sequences(
     o: &SelfGenOptions,
     mut progress: impl FnMut(usize),
 ) -> Result<(Vec<u32>, SelfGenReport)> {
-    if !(o.temperature > 0.0 && o.temperature.is_finite()) || !(o.top_p > 0.0 && o.top_p <= 1.0) {
+    let in_range =
+        o.temperature > 0.0 && o.temperature.is_finite() && o.top_p > 0.0 && o.top_p <= 1.0;
+    if !in_range {
         return Err(Error::Arg {
             flag: "--calib",
             msg: format!(
