@@ -16,7 +16,7 @@
 //! minibatch order comes from a fixed seed and every product is a GEMM whose result does not
 //! depend on the thread count, so the output is byte-identical for any `--threads`.
 
-use crate::checkpoint::config::{Activation, ModelConfig};
+use crate::checkpoint::config::ModelConfig;
 use crate::cpu::gemm::{gemm, Parallelism, View, ViewMut};
 use crate::cpu::{act, model, ops};
 use crate::error::{Error, Result};
@@ -128,29 +128,6 @@ struct Forward {
     o: Vec<f32>, // [m, H] post(y)
 }
 
-fn act_scalar(cfg: &ModelConfig, x: f32) -> f32 {
-    match cfg.mlp_act {
-        Activation::GeluTanh => ops::gelu_tanh(x),
-        Activation::Silu => act::silu(x),
-    }
-}
-
-/// d act / dx.
-fn act_grad(cfg: &ModelConfig, x: f32) -> f32 {
-    match cfg.mlp_act {
-        Activation::GeluTanh => {
-            const K: f32 = 0.797_884_6; // sqrt(2/pi)
-            const C: f32 = 0.044715;
-            let t = ops::tanh_fast(K * (x + C * x * x * x));
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * C * x * x)
-        }
-        Activation::Silu => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 + x * (1.0 - s))
-        }
-    }
-}
-
 fn forward(cfg: &ModelConfig, post: Option<&[f32]>, p: &MlpWeights, x: &[f32]) -> Forward {
     let hd = cfg.hidden_size;
     let m = x.len() / hd;
@@ -160,7 +137,7 @@ fn forward(cfg: &ModelConfig, post: Option<&[f32]>, p: &MlpWeights, x: &[f32]) -
     let a: Vec<f32> = g
         .par_iter()
         .zip(&u)
-        .map(|(&g, &u)| act_scalar(cfg, g) * u)
+        .map(|(&g, &u)| act::apply(cfg.mlp_act, g) * u)
         .collect();
     let y = ops::linear(&a, &p.down, m, k, hd);
     let mut o = y.clone();
@@ -241,7 +218,12 @@ fn loss_grad(
         .par_iter()
         .zip(&f.g)
         .zip(&f.u)
-        .map(|((&da, &g), &u)| (da * u * act_grad(cfg, g), da * act_scalar(cfg, g)))
+        .map(|((&da, &g), &u)| {
+            (
+                da * u * act::grad(cfg.mlp_act, g),
+                da * act::apply(cfg.mlp_act, g),
+            )
+        })
         .unzip();
     // dG, dU [K, H] = dgᵀ·x, duᵀ·x.
     let tn = |d: &[f32]| {

@@ -1,6 +1,7 @@
 //! The Llama family's MLP activation: `silu(gate) · up`, in f32 as torch computes `F.silu`
 //! (`x / (1 + e^(-x))`) followed by the elementwise product.
 
+use crate::checkpoint::config::Activation;
 use rayon::prelude::*;
 
 /// Elements per rayon task.
@@ -23,4 +24,31 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
                 *g = silu(*g) * u;
             }
         });
+}
+
+/// The gate activation `a` of one value (decode steps, reconstruction).
+#[inline]
+pub fn apply(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::GeluTanh => super::ops::gelu_tanh(x),
+        Activation::Silu => silu(x),
+    }
+}
+
+/// `d apply(a, x) / dx`, beside the forward it differentiates (`compile::reconstruct`): gelu_tanh
+/// through the same tanh as the forward, SiLU as `σ(x)·(1 + x·(1 − σ(x)))`.
+#[inline]
+pub fn grad(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::GeluTanh => {
+            const K: f32 = 0.797_884_6; // sqrt(2/pi)
+            const C: f32 = 0.044715;
+            let t = super::ops::tanh_fast(K * (x + C * x * x * x));
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * C * x * x)
+        }
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 + x * (1.0 - s))
+        }
+    }
 }

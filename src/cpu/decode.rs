@@ -34,7 +34,7 @@
 //! results to f32 matrices (tests/decode.rs) at ~1.9× the tokens/s on Gemma 3 270M
 //! (`WHITTLE_CPU_WEIGHTS=f32` holds f32 instead, for comparison).
 
-use crate::checkpoint::config::{Activation, LayerType, ModelConfig};
+use crate::checkpoint::config::{LayerType, ModelConfig};
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::gemv::dot_body;
 pub use crate::cpu::gemv::{gemv_mat, Mat, WeightElem};
@@ -447,17 +447,8 @@ fn mlp_step(
     norm_row(cfg, &mut x, w.pre_ffn_norm());
     let mut a = gemv_mat(&x, w.gate().mat(), hd, i);
     let up = gemv_mat(&x, w.up().mat(), hd, i);
-    match cfg.mlp_act {
-        Activation::GeluTanh => {
-            for (g, &u) in a.iter_mut().zip(&up) {
-                *g = ops::gelu_tanh(*g) * u;
-            }
-        }
-        Activation::Silu => {
-            for (g, &u) in a.iter_mut().zip(&up) {
-                *g = act::silu(*g) * u;
-            }
-        }
+    for (g, &u) in a.iter_mut().zip(&up) {
+        *g = act::apply(cfg.mlp_act, *g) * u;
     }
     let mut y = gemv_mat(&a, w.down().mat(), i, hd);
     if let Some(pn) = w.post_ffn_norm() {
