@@ -48,6 +48,7 @@ configs=(
   # Whole-MLP reconstruction after the re-fit (`-recon`, defaults: 2 epochs, step 1e-3 × RMS,
   # 16384 tokens; `-reconE-LR` names other settings).
   "obs-repair-tw-seq-recon-1408|--intermediate-size 1408 --method obs --sequential --token-weight out --reconstruct"
+  "obs-repair-tw-seq-recon4-0.003-1408|--intermediate-size 1408 --method obs --sequential --token-weight out --reconstruct --recon-epochs 4 --recon-lr 0.003"
 )
 
 if [ ! -f "$out/original.json" ]; then
