@@ -9,6 +9,8 @@ use whittle::engine::Batch;
 use whittle::rng::XorShift64;
 
 use half::bf16;
+use whittle::checkpoint::config::{Activation, RopeParams, RopeScaling};
+use whittle::cuda::ops::RopeFreqs;
 use whittle::cuda::DTensor;
 
 /// Deterministic values uniform in [-scale, scale), rounded to bf16 (so the CPU reference sees
@@ -23,9 +25,20 @@ pub fn rand_vals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The CPU reference of the MLP's input side, `gelu_tanh(x·W_gateᵀ)·(x·W_upᵀ)` for x [m, k] and
+/// The CPU reference of the MLP's activation, `f(gate)·up` in place on `gate` (`f` gelu_tanh or
+/// SiLU: the CPU model's `act_mul` per activation).
+pub fn cpu_act_mul(f: Activation, gate: &mut [f32], up: &[f32]) {
+    match f {
+        Activation::GeluTanh => whittle::cpu::ops::gelu_mul(gate, up),
+        Activation::Silu => whittle::cpu::act::silu_mul(gate, up),
+    }
+}
+
+/// The CPU reference of the MLP's input side, `f(x·W_gateᵀ)·(x·W_upᵀ)` for x [m, k] and
 /// W_gate, W_up [n, k], with gate and up rounded to bf16 as the Linear outputs they are.
+#[allow(clippy::too_many_arguments)]
 pub fn cpu_gate_up_act(
+    f: Activation,
     x: &[f32],
     wg: &[f32],
     wu: &[f32],
@@ -33,12 +46,52 @@ pub fn cpu_gate_up_act(
     k: usize,
     n: usize,
 ) -> Vec<f32> {
-    use whittle::cpu::ops::{gelu_mul, linear};
+    use whittle::cpu::ops::linear;
     let round =
         |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect() };
     let mut act = round(linear(x, wg, m, k, n));
-    gelu_mul(&mut act, &round(linear(x, wu, m, k, n)));
+    cpu_act_mul(f, &mut act, &round(linear(x, wu, m, k, n)));
     act
+}
+
+/// The activations the MLP kernels take.
+pub const ACTIVATIONS: [Activation; 2] = [Activation::GeluTanh, Activation::Silu];
+
+/// The device RoPE frequencies of `p` for head size `d` (what `ops::ModelRope` uploads).
+pub fn rope_freqs(g: &Gpu, d: usize, p: &RopeParams) -> RopeFreqs {
+    let (inv, scale) = whittle::cpu::rope::inv_freq(d, p);
+    RopeFreqs {
+        inv_freq: up_f32(g, &inv, &[d / 2]),
+        scale,
+    }
+}
+
+/// Llama 3.1's RoPE scaling, and a yarn one (Qwen-style, attention factor 0.1·ln(4) + 1): the
+/// scalings beyond Gemma's uniform factor.
+pub fn llama3_rope() -> RopeParams {
+    RopeParams {
+        theta: 500_000.0,
+        scaling: RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        },
+    }
+}
+
+pub fn yarn_rope(truncate: bool) -> RopeParams {
+    RopeParams {
+        theta: 1_000_000.0,
+        scaling: RopeScaling::Yarn {
+            factor: 4.0,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            original_max_position_embeddings: 4096.0,
+            truncate,
+        },
+    }
 }
 
 pub fn bf(x: &[f32]) -> Vec<bf16> {
