@@ -1,7 +1,8 @@
 //! The GPU decode path (kernels/decode.cu, `cuda::GpuDecoder`): every decode kernel against a
 //! plain CPU reference, then the GPU decoder against the CPU `Decoder` (the oracle) and against
 //! recomputing the whole sequence with the GPU's batched forward pass, on the tiny fixtures
-//! (window 16; prompts shorter and longer than the window, steps that wrap the ring) and on
+//! (Gemma 2 / 3 and the Llama family; window 16 where there is one; prompts shorter and longer
+//! than the window, steps that wrap the ring) and on
 //! models/gemma-3-270m when present; greedy picks; the CLI's `--device cuda` generate and bench.
 //!
 //! Comparisons go through `common::check::rows_rel_l2` (per row ‖Δ‖/‖ref‖; any NaN fails), and
@@ -11,12 +12,14 @@
 //! - kernels: bf16 outputs 1e-2 and f32 outputs 1e-5, as tests/cuda_kernels.rs (inputs rounded to
 //!   bf16 first, so the CPU sees the GPU's values; the only differences are the bf16 output
 //!   rounding, 2^-9 relative, and the f32 summation order).
-//! - decoder logits vs the CPU decoder: 5e-2, the budget tests/cuda_model.rs sets for the GPU
-//!   forward vs the CPU forward on the same fixtures (bf16 weights and activations against f32).
+//! - decoder logits vs the CPU decoder: `bf16_budget` (5e-2 on Gemma's fixtures, more on the
+//!   Llama family's, which transformers' own bf16 path rounds as far), the budget
+//!   tests/cuda_model.rs sets for the GPU forward vs the CPU forward on the same fixtures (bf16
+//!   weights and activations against f32).
 //!   A step rounds at the same points as the batched GPU forward, so decoding adds only f32
 //!   summation-order changes, far below one bf16 ulp per value; a wrong slot, position, window
 //!   or split merge gives O(1) errors.
-//! - decoder vs the GPU's own full recompute: the same 5e-2 (both are bf16 paths; they differ by
+//! - decoder vs the GPU's own full recompute: the same budget (both are bf16 paths; they differ by
 //!   the flash kernel rounding p to bf16 and by summation order); split counts 1 vs several:
 //!   1e-2 (f32 merge order only).
 //!
@@ -28,8 +31,8 @@ mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{
-    bf, cpu_gate_up_act, down, gpu, llama3_rope, poisoned_bf16, poisoned_f32, rand_vals,
-    real_model, root, rope_freqs, up_bf16, yarn_rope, ACTIVATIONS,
+    bf, bf16_budget, cpu_gate_up_act, down, gpu, llama3_rope, poisoned_bf16, poisoned_f32,
+    rand_vals, real_model, root, rope_freqs, up_bf16, yarn_rope, ACTIVATIONS,
 };
 
 use common::check::assert_rows_rel_l2 as check;
@@ -98,9 +101,6 @@ fn decode_attention_instantiation_follows_head_dim() {
 
 const BF16_TOL: f64 = 1e-2;
 const F32_TOL: f64 = 1e-5;
-/// GPU decoder vs CPU decoder, and vs the GPU full recompute (see the module docs).
-const DECODE_TOL: f64 = 5e-2;
-
 /// The NaN `poisoned_bf16` fills with (unwritten cache slots must still hold it).
 const NAN_BF16: u16 = 0x7fc1;
 
@@ -667,12 +667,13 @@ fn decoder_matches_cpu(name: &str) {
         assert_eq!(cfg.sliding_window, 16, "the fixtures have a window of 16");
     }
     let ids = seq_ids(cfg.vocab_size, cfg.bos_token_id, 48, 777);
+    let tol = bf16_budget(name);
     // short prompt, steps wrap the ring twice
-    let a = decode_vs_cpu(name, &cpu, &gm, &ids[..40], 5, 40, DECODE_TOL);
+    let a = decode_vs_cpu(name, &cpu, &gm, &ids[..40], 5, 40, tol);
     // prompt longer than the window (prefill keeps only its last 16 rows in the ring)
-    let b = decode_vs_cpu(name, &cpu, &gm, &ids[..48], 20, 64, DECODE_TOL);
+    let b = decode_vs_cpu(name, &cpu, &gm, &ids[..48], 20, 64, tol);
     // one token prompt (BOS), capacity below the window: no ring at all
-    let c = decode_vs_cpu(name, &cpu, &gm, &ids[..12], 1, 12, DECODE_TOL);
+    let c = decode_vs_cpu(name, &cpu, &gm, &ids[..12], 1, 12, tol);
     eprintln!(
         "{name}: worst vs cpu {:.2e}, vs gpu recompute {:.2e}",
         a.0.max(b.0).max(c.0),

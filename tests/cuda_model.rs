@@ -13,7 +13,7 @@
 mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{gpu, ids, real_model, root};
+use gpu_common::{bf16_budget, gpu, ids, real_model, root};
 
 use common::check::rows_rel_l2;
 use std::path::Path;
@@ -276,13 +276,14 @@ fn tiny_gemma3_gpu_matches_cpu() {
     );
 }
 
-/// A Llama-family fixture at two batch shapes, the budget of the Gemma fixtures.
+/// A Llama-family fixture at two batch shapes, within its bf16 budget (`bf16_budget`: these
+/// fixtures are far more sensitive to bf16 rounding than Gemma's, in transformers too).
 fn llama_family(name: &str, shapes: [(usize, usize); 2]) {
     let dir = root().join("tests/fixtures").join(name);
     for (n_seq, seq_len) in shapes {
         let tol = Tol {
-            hidden: 5e-2,
-            logits: 5e-2,
+            hidden: bf16_budget(name),
+            logits: bf16_budget(name),
             top1: 0.9,
         };
         compare(
