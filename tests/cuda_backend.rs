@@ -18,7 +18,7 @@
 mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{gpu, ids, real_model, root};
+use gpu_common::{bf16_budget, gpu, ids, real_model, root};
 
 use common::check::rows_rel_l2;
 use serde_json::Value;
@@ -152,10 +152,13 @@ fn backend_layers_equal_gpu_model_bitwise() {
                 .unwrap();
             let sc = cpu.take_stats().unwrap();
             let hc = cpu.hidden(Stream::Pruned, 0).unwrap();
-            let e = rows_rel_l2(&format!("{name} layer {l}"), &h, &hc, cfg.hidden_size, 5e-2)
+            // (Both backends carry their own stream from their own embeddings, so the error
+            // grows layer by layer as in a forward pass: the fixture's bf16 budget.)
+            let tol = bf16_budget(name);
+            let e = rows_rel_l2(&format!("{name} layer {l}"), &h, &hc, cfg.hidden_size, tol)
                 .unwrap_or_else(|e| panic!("{e}"));
             let eg = rel_f64(st.gram.as_ref().unwrap(), sc.gram.as_ref().unwrap());
-            assert!(eg < 5e-2, "{name}: layer {l} Gram vs CPU {eg:.2e}");
+            assert!(eg < tol, "{name}: layer {l} Gram vs CPU {eg:.2e}");
             eprintln!(
                 "{name} layer {l}: GPU backend vs CPU backend, worst row {e:.2e}, Gram {eg:.2e}"
             );
