@@ -41,11 +41,11 @@ __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
 __device__ __forceinline__ float round_bf(float x) { return bf2f(f2bf(x)); }
 
 // ---------------------------------------------------------------------------------------------
-// The MLP activation (Gemma's gelu_pytorch_tanh), in transformers' bf16 rounding order: gate and
-// up are Linear outputs (bf16), F.gelu of the bf16 gate is rounded to bf16, then the product of
-// two bf16 tensors is rounded. `gate` and `up` are the f32 values before the Linear's rounding
-// (rounding an already-bf16 value again changes nothing). mlp.cu, decode.cu and the fused
-// gate/up GEMM (gemm.cu) all call this one function.
+// The MLP activations (Gemma's gelu_pytorch_tanh, the Llama family's SiLU) in transformers'
+// bf16 rounding order: gate and up are Linear outputs (bf16), the activation of the bf16 gate is
+// rounded to bf16, then the product of two bf16 tensors is rounded. `gate` and `up` are the f32
+// values before the Linear's rounding (rounding an already-bf16 value again changes nothing).
+// mlp.cu, decode.cu and the fused gate/up GEMM (gemm.cu) all call act_mul_bf16.
 
 __device__ __forceinline__ float gelu_tanh(float x) {
   const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
@@ -54,6 +54,35 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 
 __device__ __forceinline__ float gelu_mul_bf16(float gate, float up) {
   return round_bf(round_bf(gelu_tanh(round_bf(gate))) * round_bf(up));
+}
+
+// The Llama family's SiLU, as torch spells it (`x / (1 + exp(-x))`, accurate expf: exp(-x)
+// overflows to +inf for x < -88 and the quotient is -0), and silu·up with the rounding of
+// gelu_mul_bf16 (F.silu of a bf16 tensor is rounded to bf16, then the bf16 product).
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float silu_mul_bf16(float gate, float up) {
+  return round_bf(round_bf(silu(round_bf(gate))) * round_bf(up));
+}
+
+// The MLP's gate activation as the kernels take it (an `int act` argument; the host maps
+// `config::Activation` onto these in src/cuda/ops/mlp.rs).
+constexpr int ACT_GELU_TANH = 0, ACT_SILU = 1;
+
+// act(gate)·up in bf16 with transformers' rounding, for the activation `act` (uniform per launch).
+__device__ __forceinline__ float act_mul_bf16(int act, float gate, float up) {
+  return act == ACT_SILU ? silu_mul_bf16(gate, up) : gelu_mul_bf16(gate, up);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE: cos and sin of position `pos` for frequency i of a layer's inverse frequencies
+// inv_freq [d/2], scaled by `scale` (rope.cu's header). rope.cu's batched rotation and decode.cu's
+// step both call this, so prefill and step rotate a position identically.
+__device__ __forceinline__ void rope_cos_sin(const float* __restrict__ inv_freq, int i, int pos, float scale,
+                                             float& c, float& s) {
+  const float ang = (float)pos * inv_freq[i];
+  c = cosf(ang) * scale;
+  s = sinf(ang) * scale;
 }
 
 // ---------------------------------------------------------------------------------------------

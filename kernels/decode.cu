@@ -1,7 +1,7 @@
 // decode.cu — the single-token (decode) path over a device KV cache: a memory-bound GEMV for the
-// Linear layers and the LM head, the GEMV fused with gelu·up for the MLP, split-K decode
-// attention over the cache (flash-decoding), RoPE of the step's q/k fused with the cache write,
-// and the batched cache write that fills the cache after a prefill.
+// Linear layers and the LM head, the GEMV fused with act·up for the MLP (gelu_tanh or SiLU),
+// split-K decode attention over the cache (flash-decoding), RoPE of the step's q/k fused with the
+// cache write, and the batched cache write that fills the cache after a prefill.
 //
 // Cache layout (src/cuda/decode.rs, the same as the CPU decoder's `KvCache` in src/decode.rs):
 // per layer, K and V are bf16 [n_kv, slots, d] (one contiguous run of slots per KV head), K after
@@ -22,10 +22,11 @@
 //   value first (the final logit softcap, fused into the LM head). Needs K % 8 == 0 (16-byte
 //   aligned rows of 256-byte aligned allocations); decode_gemv_bf16_unaligned takes any K with
 //   scalar loads (same mapping, element per lane).
-// decode_gemv_gelu_bf16_m{1,8}: act = bf16(bf16(gelu_tanh(bf16(x·Wgᵀ))) · bf16(x·Wuᵀ)): the gate
-//   and up rows n are read by the same warp, and the activation is rounded exactly as
-//   mlp.cu's gelu_mul_stats_bf16 rounds it (gate and up are Linear outputs, rounded first).
-//   Removes two launches and the gate/up round trip through memory.
+// decode_gemv_act_bf16_m{1,8}: act = bf16(bf16(f(bf16(x·Wgᵀ))) · bf16(x·Wuᵀ)), f = gelu_tanh or
+//   SiLU by the `act` argument (common.cuh's ACT_*; ignored by the plain GEMVs): the gate and up
+//   rows n are read by the same warp, and the activation is rounded exactly as mlp.cu's
+//   act_mul_stats_bf16 rounds it (gate and up are Linear outputs, rounded first). Removes two
+//   launches and the gate/up round trip through memory.
 // decode_attention_d{32,64,128,256}: one query token per head over the cache. Grid
 //   (n_splits, nh), block 128 (4 warps); split s covers keys [s·chunk, min(n_keys, (s+1)·chunk)).
 //   A group of L = D/8 lanes handles one key (lane `sub` owns the 16-byte chunk sub of q, k, v
@@ -40,8 +41,9 @@
 //   −inf − −inf is avoided by using 0 as the base then). Every split has at least one key (the
 //   host plans them so), so l > 0 at the end.
 // decode_rope_kv_bf16: RoPE of the step's q (in place, nh heads) and k (nkv heads) at position
-//   pos with the exact formula of rope.cu (f32 inv_freq, accurate cosf/sinf, one rounding), k
-//   written rotated into cache slot `slot`, v copied there. One thread per rotation pair.
+//   pos with the exact formula of rope.cu (the layer's inv_freq and scale, common.cuh's
+//   rope_cos_sin, one rounding), k written rotated into cache slot `slot`, v copied there. One
+//   thread per rotation pair.
 // decode_kv_write_bf16: copies the rows of a prefill's K and V ([T, nkv, d], after norm and RoPE)
 //   for positions pos0 + r into their slots, skipping rows r < first (rows a ring would overwrite
 //   within the same write, first = T − slots on a ring, as the CPU cache's write does), so no two
@@ -66,12 +68,13 @@ __device__ __forceinline__ void unpack8(const uint4 u, float (&f)[8]) {
   }
 }
 
-// Stores output (row m, column n) of a GEMV: y/yf [M, N] (either may be null).
-template <bool GELU>
+// Stores output (row m, column n) of a GEMV: y/yf [M, N] (either may be null). ACT: act(a)·b
+// with the activation `act` (ACT_*), else a with the optional softcap.
+template <bool ACT>
 __device__ __forceinline__ void gemv_store(float a, float b, bf16* __restrict__ y, float* __restrict__ yf,
-                                           size_t o, float softcap) {
-  if constexpr (GELU) {
-    const float v = gelu_mul_bf16(a, b);
+                                           size_t o, float softcap, int act) {
+  if constexpr (ACT) {
+    const float v = act_mul_bf16(act, a, b);
     if (y) y[o] = f2bf(v);
     if (yf) yf[o] = v;
   } else {
@@ -82,16 +85,16 @@ __device__ __forceinline__ void gemv_store(float a, float b, bf16* __restrict__ 
 }
 
 // One warp per output row n (see the header). x [M, K], w/w2 [N, K] with K % 8 == 0; M <= MAXM.
-template <int MAXM, bool GELU>
+template <int MAXM, bool ACT>
 __device__ __forceinline__ void gemv(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                      const bf16* __restrict__ w2, bf16* __restrict__ y, float* __restrict__ yf,
-                                     int M, int N, int K, float softcap) {
+                                     int M, int N, int K, float softcap, int act) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
   if (n >= N) return;  // uniform per warp
   const int kc = K >> 3;
   const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)n * K);
-  const uint4* wr2 = GELU ? reinterpret_cast<const uint4*>(w2 + (size_t)n * K) : nullptr;
+  const uint4* wr2 = ACT ? reinterpret_cast<const uint4*>(w2 + (size_t)n * K) : nullptr;
   const uint4* xr = reinterpret_cast<const uint4*>(x);
   float acc[MAXM], acc2[MAXM];
 #pragma unroll
@@ -104,7 +107,7 @@ __device__ __forceinline__ void gemv(const bf16* __restrict__ x, const bf16* __r
     for (int u = 0; u < U; ++u) {
       const int c = c0 + 32 * u;
       wv[u] = c < kc ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
-      if constexpr (GELU) wv2[u] = c < kc ? __ldcs(wr2 + c) : make_uint4(0, 0, 0, 0);
+      if constexpr (ACT) wv2[u] = c < kc ? __ldcs(wr2 + c) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -112,7 +115,7 @@ __device__ __forceinline__ void gemv(const bf16* __restrict__ x, const bf16* __r
       if (c >= kc) break;
       float wf[8], w2f[8];
       unpack8(wv[u], wf);
-      if constexpr (GELU) unpack8(wv2[u], w2f);
+      if constexpr (ACT) unpack8(wv2[u], w2f);
 #pragma unroll
       for (int m = 0; m < MAXM; ++m) {
         if (m < M) {
@@ -121,7 +124,7 @@ __device__ __forceinline__ void gemv(const bf16* __restrict__ x, const bf16* __r
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
             acc[m] = fmaf(xf[e], wf[e], acc[m]);
-            if constexpr (GELU) acc2[m] = fmaf(xf[e], w2f[e], acc2[m]);
+            if constexpr (ACT) acc2[m] = fmaf(xf[e], w2f[e], acc2[m]);
           }
         }
       }
@@ -130,12 +133,12 @@ __device__ __forceinline__ void gemv(const bf16* __restrict__ x, const bf16* __r
 #pragma unroll
   for (int m = 0; m < MAXM; ++m) {
     acc[m] = warp_sum(acc[m]);
-    if constexpr (GELU) acc2[m] = warp_sum(acc2[m]);
+    if constexpr (ACT) acc2[m] = warp_sum(acc2[m]);
   }
   if (lane == 0) {
 #pragma unroll
     for (int m = 0; m < MAXM; ++m)
-      if (m < M) gemv_store<GELU>(acc[m], acc2[m], y, yf, (size_t)m * N + n, softcap);
+      if (m < M) gemv_store<ACT>(acc[m], acc2[m], y, yf, (size_t)m * N + n, softcap, act);
   }
 }
 
@@ -275,24 +278,25 @@ __device__ __forceinline__ void attend(const bf16* __restrict__ q, const bf16* _
 
 // ---------------------------------------------------------------------------------------------
 // GEMV. Grid CEIL_DIV(N, 8), block 256. x [M, K], w (and w2) [N, K] bf16 with K % 8 == 0 (the
-// _unaligned entry: any K); y [M, N] bf16 and/or yf [M, N] f32 (null: not written).
-#define GEMV_ENTRY(NAME, MAXM, GELU)                                                                   \
+// _unaligned entry: any K); y [M, N] bf16 and/or yf [M, N] f32 (null: not written); act: the
+// activation of the fused act·up entries (ACT_*), ignored by the others.
+#define GEMV_ENTRY(NAME, MAXM, ACT)                                                                    \
   extern "C" __global__ void __launch_bounds__(dec::GEMV_THREADS)                                      \
       NAME(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ w2,        \
-           bf16* __restrict__ y, float* __restrict__ yf, int M, int N, int K, float softcap) {         \
-    dec::gemv<MAXM, GELU>(x, w, w2, y, yf, M, N, K, softcap);                                          \
+           bf16* __restrict__ y, float* __restrict__ yf, int M, int N, int K, float softcap, int act) { \
+    dec::gemv<MAXM, ACT>(x, w, w2, y, yf, M, N, K, softcap, act);                                      \
   }
 GEMV_ENTRY(decode_gemv_bf16_m1, 1, false)
 GEMV_ENTRY(decode_gemv_bf16_m8, 8, false)
-GEMV_ENTRY(decode_gemv_gelu_bf16_m1, 1, true)
-GEMV_ENTRY(decode_gemv_gelu_bf16_m8, 8, true)
+GEMV_ENTRY(decode_gemv_act_bf16_m1, 1, true)
+GEMV_ENTRY(decode_gemv_act_bf16_m8, 8, true)
 
 // Any K (rows need not be 16-byte aligned): lane l reads elements l, l+32, … with scalar loads.
-// w2 non-null selects the fused gelu·up output (softcap ignored then), as the GELU entries.
+// w2 non-null selects the fused act·up output (softcap ignored then), as the ACT entries.
 extern "C" __global__ void __launch_bounds__(dec::GEMV_THREADS)
     decode_gemv_bf16_unaligned(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                const bf16* __restrict__ w2, bf16* __restrict__ y, float* __restrict__ yf, int M,
-                               int N, int K, float softcap) {
+                               int N, int K, float softcap, int act) {
   constexpr int MAXM = 8;
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * dec::GEMV_WARPS + (threadIdx.x >> 5);
@@ -325,9 +329,9 @@ extern "C" __global__ void __launch_bounds__(dec::GEMV_THREADS)
       if (m >= M) continue;
       const size_t o = (size_t)m * N + n;
       if (wr2) {
-        dec::gemv_store<true>(acc[m], acc2[m], y, yf, o, softcap);
+        dec::gemv_store<true>(acc[m], acc2[m], y, yf, o, softcap, act);
       } else {
-        dec::gemv_store<false>(acc[m], 0.0f, y, yf, o, softcap);
+        dec::gemv_store<false>(acc[m], 0.0f, y, yf, o, softcap, act);
       }
     }
   }
@@ -373,19 +377,17 @@ extern "C" __global__ void __launch_bounds__(256)
 // ---------------------------------------------------------------------------------------------
 // RoPE of one token at position `pos` + cache write. Grid CEIL_DIV(d/2, 128), block 128.
 // q [nh, d] rotated in place; k, v [nkv, d] read; kc, vc [nkv, slots, d]: slot `slot` of every KV
-// head receives rotated k and v.
+// head receives rotated k and v. inv_freq [d/2] f32 and scale: the layer's, as rope_qk_bf16's.
 extern "C" __global__ void __launch_bounds__(128)
     decode_rope_kv_bf16(bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-                        bf16* __restrict__ kc, bf16* __restrict__ vc, int nh, int nkv, int d, int pos, int slot,
-                        int slots, float theta, float linear_factor) {
+                        bf16* __restrict__ kc, bf16* __restrict__ vc, const float* __restrict__ inv_freq, int nh,
+                        int nkv, int d, int pos, int slot, int slots, float scale) {
   const int half = d / 2;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= half) return;
   // The angle exactly as rope.cu computes it (prefill and step rotate position p identically).
-  const float expo = (float)(2 * i) / (float)d;
-  const float inv_freq = (1.0f / powf(theta, expo)) / linear_factor;
-  const float ang = (float)pos * inv_freq;
-  const float c = cosf(ang), s = sinf(ang);
+  float c, s;
+  rope_cos_sin(inv_freq, i, pos, scale, c, s);
   for (int hh = 0; hh < nh; ++hh) {
     bf16* x = q + (size_t)hh * d;
     const float a = bf2f(x[i]), b = bf2f(x[i + half]);

@@ -455,7 +455,8 @@ extern "C" __global__ void __launch_bounds__(gemm90::THREADS, 1)
 // - `mode` MODE_GATE_UP fuses the MLP's input side: the W stage is W_gate rows [n0, n0+128) over
 //   W_up rows [n0, n0+128) (two 128-row boxes, maps tw and tw2), so each consumer holds gate and
 //   up for the same 128 output columns (accumulators j < 16 and j + 16) and writes
-//   act = gelu_tanh(gate)·up in bf16 (gelu_mul_bf16: transformers' rounding). Gate and up never
+//   act = f(gate)·up in bf16, f gelu_tanh or SiLU by the mode (act_mul_bf16: transformers'
+//   rounding). Gate and up never
 //   reach memory: the separate path writes and re-reads both [M, I] (4 passes of M·I·2 bytes).
 // - Preconditions (host): compute capability 9.0, K % 8 == 0 and 16-byte aligned bases (TMA
 //   strides are multiples of 16 bytes). The host checks it once against gemm_nt_bf16 before use.
@@ -467,6 +468,7 @@ constexpr int EMPTY_ARRIVALS = 8;  // 2 consumer warpgroups × 4 warps
 // Tiles, alignment slack for the 1024-byte atoms, then 2 × STAGES mbarriers of 8 bytes.
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
 
+// MODE_GATE_UP + ACT_* (common.cuh) selects the gate activation: 2 gelu_tanh, 3 SiLU.
 constexpr int MODE_PLAIN = 0, MODE_GRAM = 1, MODE_GATE_UP = 2;
 
 // Gram mode: G is symmetric and gram_symmetrize_f32 mirrors every 128 × 128 block below the
@@ -477,9 +479,9 @@ __device__ __forceinline__ bool skip_tile(int tile, int gm, int mode) {
 }
 
 // MODE_GATE_UP's epilogue: accumulator columns j < 16 are gate, j + 16 the up of the same output
-// columns n0 + 8j + 2t + e; act rows m0 + 16w + g (+8).
+// columns n0 + 8j + 2t + e; act rows m0 + 16w + g (+8); fn the activation (ACT_*).
 __device__ __forceinline__ void store_gate_up(const float (&acc)[128], bf16* __restrict__ act, int ldc, int m0,
-                                              int n0, int M, int N) {
+                                              int n0, int M, int N, int fn) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int j = 0; j < 16; ++j)
@@ -487,15 +489,16 @@ __device__ __forceinline__ void store_gate_up(const float (&acc)[128], bf16* __r
     for (int h = 0; h < 2; ++h) {
       const int i = 4 * j + 2 * h;
       gemm::store_pair(act, nullptr, ldc, 0, m0 + w * 16 + g + 8 * h, n0 + 8 * j + 2 * t, M, N,
-                       gelu_mul_bf16(acc[i], acc[i + 64]), gelu_mul_bf16(acc[i + 1], acc[i + 65]));
+                       act_mul_bf16(fn, acc[i], acc[i + 64]), act_mul_bf16(fn, acc[i + 1], acc[i + 65]));
     }
 }
 }  // namespace gemm90t
 
 // Grid (min(tiles, SMs)), block 384, dynamic smem gemm90t::SMEM_BYTES. tx: X [M, K] as a 2-D map
 // (dims {K, M}, box {64, 128}); tw: W [N, K] (dims {K, N}, box {64, 256}); both bf16, 128B swizzle.
-// mode: MODE_PLAIN (Y = X·Wᵀ), MODE_GRAM (see skip_tile), MODE_GATE_UP (tw = W_gate, tw2 = W_up,
-// both [N = I, K] with boxes {64, 128}; Yb = act [M, N]; tw2 is ignored by the other modes).
+// mode: MODE_PLAIN (Y = X·Wᵀ), MODE_GRAM (see skip_tile), MODE_GATE_UP + ACT_* (tw = W_gate,
+// tw2 = W_up, both [N = I, K] with boxes {64, 128}; Yb = act [M, N]; tw2 is ignored by the other
+// modes).
 extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
     gemm_nt_bf16_sm90_tma(const __grid_constant__ TmaMap tx, const __grid_constant__ TmaMap tw,
                           const __grid_constant__ TmaMap tw2, bf16* __restrict__ Yb, float* __restrict__ Yf,
@@ -506,7 +509,7 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t full0 = base + STAGES * STAGE_BYTES, empty0 = full0 + STAGES * 8;
   const int tid = threadIdx.x, wg = tid >> 7;
-  const bool gate_up = mode == MODE_GATE_UP;
+  const bool gate_up = mode >= MODE_GATE_UP;
   const int bn = gate_up ? BN / 2 : BN;  // output columns per tile
   const int gm = CEIL_DIV(M, BM), tiles = gm * CEIL_DIV(N, bn), ktiles = CEIL_DIV(K, BK);
   if (tid == 0) {
@@ -568,7 +571,7 @@ extern "C" __global__ void __launch_bounds__(gemm90t::THREADS, 1)
       wgmma_fence_acc(acc);
       if (held >= 0 && lane == 0) mbar_arrive(empty0 + 8 * held);
       if (gate_up) {
-        store_gate_up(acc, Yb, ldc, m0 + c * 64, n0, M, N);
+        store_gate_up(acc, Yb, ldc, m0 + c * 64, n0, M, N, mode - MODE_GATE_UP);
       } else {
         gemm90::store_acc(acc, Yb, Yf, ldc, accumulate, m0 + c * 64, n0, M, N);
       }

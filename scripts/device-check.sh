@@ -129,6 +129,10 @@ NEEDED=(
   scripts/device/ratios.py
   tests/fixtures/tiny-gemma2/config.json tests/fixtures/tiny-gemma2/model.safetensors
   tests/fixtures/tiny-gemma3/config.json tests/fixtures/tiny-gemma3/model.safetensors
+  tests/fixtures/tiny-llama/config.json tests/fixtures/tiny-llama/model.safetensors
+  tests/fixtures/tiny-mistral/config.json tests/fixtures/tiny-mistral/model.safetensors
+  tests/fixtures/tiny-qwen2/config.json tests/fixtures/tiny-qwen2/model.safetensors
+  tests/fixtures/tiny-qwen3/config.json tests/fixtures/tiny-qwen3/model.safetensors
 )
 
 dry_run() {

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use whittle::checkpoint::config::{Activation, NormWeight};
 use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut};
 use whittle::cuda::{DTensor, Gpu, GpuModel, Residency};
 use whittle::engine::Batch;
@@ -390,7 +391,8 @@ fn bench_kernels() {
         // is two of the rows above plus gelu_mul_stats' pass.
         if s(e, "label").contains("gate_proj") && ops::gate_up_fused(&g, k) {
             let t = time_op(&g, &m, sets, |i| {
-                ops::gate_up_act(&g, &xs[i], &ws[i], &ws[i], &mut ys[i]).unwrap()
+                ops::gate_up_act(&g, Activation::GeluTanh, &xs[i], &ws[i], &ws[i], &mut ys[i])
+                    .unwrap()
             });
             let mut alt = e.clone();
             alt["key"] = format!("{} fused gate/up + gelu", s(e, "key")).into();
@@ -507,7 +509,7 @@ fn bench_kernels() {
         let w = DTensor::from_host(&g, &rand_f32(cols, 10, 0.1), &[cols]).unwrap();
         let mut y = zeros::<bf16>(&g, &[rows, cols], sets);
         let t = time_op(&g, &m, sets, |s| {
-            ops::rms_norm(&g, &x[s], &w, &mut y[s], 1e-6).unwrap()
+            ops::rms_norm(&g, &x[s], &w, &mut y[s], 1e-6, NormWeight::OnePlus).unwrap()
         });
         r.add(
             e,
@@ -537,12 +539,17 @@ fn bench_kernels() {
             &[rows, nkv * d],
             sets,
         );
-        let rope = whittle::checkpoint::config::Rope {
+        let p = whittle::checkpoint::config::RopeParams {
             theta: 10000.0,
-            linear_factor: 1.0,
+            scaling: whittle::checkpoint::config::RopeScaling::Default,
+        };
+        let (inv, scale) = whittle::cpu::rope::inv_freq(d, &p);
+        let rope = ops::RopeFreqs {
+            inv_freq: DTensor::from_host(&g, &inv, &[d / 2]).unwrap(),
+            scale,
         };
         let t = time_op(&g, &m, sets, |s| {
-            ops::rope(&g, &mut q[s], Some(&mut k[s]), nh, nkv, d, rows, rope).unwrap()
+            ops::rope(&g, &mut q[s], Some(&mut k[s]), nh, nkv, d, rows, &rope).unwrap()
         });
         r.add(
             e,
@@ -566,8 +573,9 @@ fn bench_kernels() {
         let mut s1 = DTensor::<f64>::zeros(&g, &[cols]).unwrap();
         let mut s2 = DTensor::<f64>::zeros(&g, &[cols]).unwrap();
         let t = time_op(&g, &m, sets, |s| {
-            ops::gelu_mul(
+            ops::act_mul(
                 &g,
+                Activation::GeluTanh,
                 &gate[s],
                 &up[s],
                 &mut act[s],
@@ -579,7 +587,7 @@ fn bench_kernels() {
         r.add(
             e,
             "gelu_mul_stats",
-            "gelu_mul_stats_bf16",
+            "act_mul_stats_bf16",
             &t,
             sets,
             0.0,

@@ -11,15 +11,16 @@ mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{
-    cpu_gate_up_act, down, gpu, poisoned_bf16, poisoned_f32, rand_vals, up_bf16, up_f32,
+    cpu_act_mul, cpu_gate_up_act, down, gpu, llama3_rope, poisoned_bf16, poisoned_f32, rand_vals,
+    rope_freqs, up_bf16, up_f32, yarn_rope, ACTIVATIONS,
 };
 
 use common::check::assert_rel_l2 as check;
 use half::bf16;
-use whittle::checkpoint::config::Rope;
+use whittle::checkpoint::config::{Activation, NormWeight, Rope, RopeParams};
 use whittle::cpu::attention::{attention as cpu_attention, AttnShape};
 use whittle::cpu::ops as cpu;
-use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut};
+use whittle::cuda::ops::{self, AttnKernel, AttnParams, GemmKernel, RowStatsOut, TokenWeightMode};
 use whittle::cuda::{is_available, DTensor, Gpu};
 use whittle::device::{select, DeviceChoice, Selected};
 
@@ -383,154 +384,258 @@ fn attention_matches_cpu() {
 // ---------------------------------------------------------------------------------------------
 // Norms, RoPE, MLP activation
 
+/// The CPU's RMSNorm in a weight convention (Gemma's `cpu::ops::rms_norm` is `OnePlus`).
+fn cpu_norm(x: &mut [f32], w: &[f32], conv: NormWeight) {
+    whittle::cpu::norm::rms_norm(x, w, 1e-6, conv);
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn rms_norm_matches_cpu() {
     let g = gpu();
-    for (i, &(rows, cols)) in [(5, 640), (3, 2304), (7, 255), (1, 1), (1000, 32), (33, 256)]
+    for conv in [NormWeight::OnePlus, NormWeight::Plain] {
+        for (i, &(rows, cols)) in [(5, 640), (3, 2304), (7, 255), (1, 1), (1000, 32), (33, 256)]
+            .iter()
+            .enumerate()
+        {
+            let x = rand_vals(rows * cols, 20 + i as u64, 3.0);
+            let y = rand_vals(rows * cols, 40 + i as u64, 3.0);
+            // Plain weights sit near 1 (a Llama checkpoint's), Gemma's offsets near 0.
+            let off = if conv == NormWeight::Plain { 1.0 } else { 0.0 };
+            let w: Vec<f32> = rand_vals(cols, 60 + i as u64, 0.5)
+                .into_iter()
+                .map(|v| bf16::from_f32(v + off).to_f32())
+                .collect();
+            let wd = up_f32(&g, &w, &[cols]);
+            let mut want = x.clone();
+            cpu_norm(&mut want, &w, conv);
+            if conv == NormWeight::OnePlus {
+                let mut gemma = x.clone();
+                cpu::rms_norm(&mut gemma, &w, 1e-6);
+                assert_eq!(gemma, want, "cpu::norm OnePlus is cpu::ops::rms_norm");
+            }
+            let what = |op: &str| format!("rms_norm {conv:?} {op} {rows}x{cols}");
+            // out of place
+            let xd = up_bf16(&g, &x, &[rows, cols]);
+            let mut o = poisoned_bf16(&g, &[rows, cols]);
+            ops::rms_norm(&g, &xd, &wd, &mut o, 1e-6, conv).unwrap();
+            let out = down(&g, &o);
+            check(&what("out of place"), &out, &want, BF16_TOL);
+            if conv == NormWeight::Plain {
+                // LlamaRMSNorm's bf16 rounding: bf16(w · bf16(x̂)), x̂ from the CPU's f32 x̂.
+                let mut xh = x.clone();
+                cpu_norm(&mut xh, &vec![1.0; cols], NormWeight::Plain);
+                for (j, (&o, &v)) in out.iter().zip(&xh).enumerate() {
+                    let r = bf16::from_f32(bf16::from_f32(v).to_f32() * w[j % cols]).to_f32();
+                    // x̂ itself may differ by an f32 ulp (sum order), moving a bf16 rounding.
+                    assert!(
+                        o == r || (o - r).abs() <= r.abs() * 1e-2,
+                        "{}: element {j}: {o} vs {r}",
+                        what("rounding")
+                    );
+                }
+            }
+            // in place
+            let mut xi = up_bf16(&g, &x, &[rows, cols]);
+            ops::rms_norm_inplace(&g, &mut xi, &wd, 1e-6, conv).unwrap();
+            assert_eq!(down(&g, &xi), out, "{}", what("in place"));
+            // residual: h += norm(y)
+            let mut ny = y.clone();
+            cpu_norm(&mut ny, &w, conv);
+            let want_h: Vec<f32> = x.iter().zip(&ny).map(|(a, b)| a + b).collect();
+            let mut h = up_bf16(&g, &x, &[rows, cols]);
+            let yd = up_bf16(&g, &y, &[rows, cols]);
+            ops::rms_norm_residual(&g, &mut h, &yd, &wd, 1e-6, conv).unwrap();
+            check(&what("residual"), &down(&g, &h), &want_h, BF16_TOL);
+        }
+    }
+}
+
+/// `h = bf16(h + y)` (a block output without a post-norm) and `out = bf16(y + b)` (a Linear's
+/// bias on its f32 output) are each one rounding of the f32 result: bitwise equal to the CPU's
+/// `add_into` / `add_bias_rows` rounded.
+#[test]
+#[ignore = "needs a GPU"]
+fn residual_add_and_bias_add_match_cpu() {
+    let g = gpu();
+    for (i, &(rows, cols)) in [(1, 1), (5, 640), (7, 255), (129, 96), (3, 4097)]
         .iter()
         .enumerate()
     {
-        let x = rand_vals(rows * cols, 20 + i as u64, 3.0);
-        let y = rand_vals(rows * cols, 40 + i as u64, 3.0);
-        let w = rand_vals(cols, 60 + i as u64, 0.5);
-        let wd = up_f32(&g, &w, &[cols]);
+        let n = rows * cols;
+        let x = rand_vals(n, 200 + i as u64, 4.0);
+        let y = rand_vals(n, 220 + i as u64, 4.0);
         let mut want = x.clone();
-        cpu::rms_norm(&mut want, &w, 1e-6);
-        // out of place
-        let xd = up_bf16(&g, &x, &[rows, cols]);
-        let mut o = poisoned_bf16(&g, &[rows, cols]);
-        ops::rms_norm(&g, &xd, &wd, &mut o, 1e-6).unwrap();
-        check(
-            &format!("rms_norm {rows}x{cols}"),
-            &down(&g, &o),
-            &want,
-            BF16_TOL,
-        );
-        // in place
-        let mut xi = up_bf16(&g, &x, &[rows, cols]);
-        ops::rms_norm_inplace(&g, &mut xi, &wd, 1e-6).unwrap();
-        check(
-            &format!("rms_norm in place {rows}x{cols}"),
-            &down(&g, &xi),
-            &want,
-            BF16_TOL,
-        );
-        // residual: h += norm(y)
-        let mut ny = y.clone();
-        cpu::rms_norm(&mut ny, &w, 1e-6);
-        let want_h: Vec<f32> = x.iter().zip(&ny).map(|(a, b)| a + b).collect();
+        cpu::add_into(&mut want, &y);
         let mut h = up_bf16(&g, &x, &[rows, cols]);
-        let yd = up_bf16(&g, &y, &[rows, cols]);
-        ops::rms_norm_residual(&g, &mut h, &yd, &wd, 1e-6).unwrap();
-        check(
-            &format!("rms_norm residual {rows}x{cols}"),
-            &down(&g, &h),
-            &want_h,
-            BF16_TOL,
-        );
+        ops::residual_add(&g, &mut h, &up_bf16(&g, &y, &[rows, cols])).unwrap();
+        let want: Vec<f32> = want.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        assert_eq!(down(&g, &h), want, "residual_add {rows}x{cols}");
+
+        // The f32 product, not bf16 values: the bias joins before the only rounding.
+        let yf: Vec<f32> = (0..n).map(|j| y[j] * 1.001 + 1e-3 * j as f32).collect();
+        let b = rand_vals(cols, 240 + i as u64, 2.0);
+        let mut want = yf.clone();
+        whittle::cpu::bias::add_bias_rows(&mut want, &b);
+        let mut o = poisoned_bf16(&g, &[rows, cols]);
+        ops::bias_add(
+            &g,
+            &up_f32(&g, &yf, &[rows, cols]),
+            &up_f32(&g, &b, &[cols]),
+            &mut o,
+        )
+        .unwrap();
+        let want: Vec<f32> = want.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        assert_eq!(down(&g, &o), want, "bias_add {rows}x{cols}");
     }
+    // A bias that is not a row of y is refused, naming the kernel.
+    let e = ops::bias_add(
+        &g,
+        &up_f32(&g, &[0.0; 6], &[2, 3]),
+        &up_f32(&g, &[0.0; 4], &[4]),
+        &mut poisoned_bf16(&g, &[2, 3]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bias_add_bf16"), "{e}");
 }
 
 #[test]
 #[ignore = "needs a GPU"]
 fn rope_matches_cpu() {
     let g = gpu();
-    // (n_seq, T, nh, nkv, d, theta, factor)
+    let linear = |theta: f64, factor: f64| {
+        RopeParams::from(Rope {
+            theta,
+            linear_factor: factor,
+        })
+    };
+    let (llama3, yarn) = (llama3_rope(), yarn_rope);
+    // (n_seq, T, nh, nkv, d, params)
     let cases = [
-        (2, 40, 4, 2, 32, 10_000.0, 1.0),
-        (1, 600, 8, 4, 256, 10_000.0, 1.0),
-        (3, 17, 4, 1, 256, 1_000_000.0, 8.0),
-        (1, 5000, 1, 1, 128, 10_000.0, 1.0),
+        (2, 40, 4, 2, 32, linear(10_000.0, 1.0)),
+        (1, 600, 8, 4, 256, linear(10_000.0, 1.0)),
+        (3, 17, 4, 1, 256, linear(1_000_000.0, 8.0)),
+        (1, 5000, 1, 1, 128, linear(10_000.0, 1.0)),
+        (2, 300, 4, 2, 64, llama3),
+        (1, 9000, 2, 1, 128, llama3),
+        (3, 33, 6, 2, 128, yarn(true)),
+        (1, 5000, 2, 2, 64, yarn(false)),
+        (1, 7, 3, 1, 10, yarn(true)),
     ];
-    for (ci, &(n_seq, t, nh, nkv, d, theta, factor)) in cases.iter().enumerate() {
+    for (ci, &(n_seq, t, nh, nkv, d, p)) in cases.iter().enumerate() {
         let n = n_seq * t;
         let q = rand_vals(n * nh * d, 700 + ci as u64, 2.0);
         let k = rand_vals(n * nkv * d, 800 + ci as u64, 2.0);
-        let (cos, sin) = cpu::rope_tables(t, d, theta, factor);
-        let (mut wq, mut wk) = (q.clone(), k.clone());
-        for b in 0..n_seq {
-            cpu::apply_rope(
-                &mut wq[b * t * nh * d..(b + 1) * t * nh * d],
-                t,
-                nh,
-                d,
-                &cos,
-                &sin,
-            );
-            cpu::apply_rope(
-                &mut wk[b * t * nkv * d..(b + 1) * t * nkv * d],
-                t,
-                nkv,
-                d,
-                &cos,
-                &sin,
-            );
-        }
+        let rotate = |(cos, sin): (Vec<f32>, Vec<f32>)| {
+            let (mut wq, mut wk) = (q.clone(), k.clone());
+            for b in 0..n_seq {
+                let (qs, ks) = (t * nh * d, t * nkv * d);
+                cpu::apply_rope(&mut wq[b * qs..(b + 1) * qs], t, nh, d, &cos, &sin);
+                cpu::apply_rope(&mut wk[b * ks..(b + 1) * ks], t, nkv, d, &cos, &sin);
+            }
+            (wq, wk)
+        };
+        let (wq, wk) = rotate(whittle::cpu::rope::tables(t, d, &p));
         let mut qd = up_bf16(&g, &q, &[n, nh * d]);
         let mut kd = up_bf16(&g, &k, &[n, nkv * d]);
-        let rope = Rope {
-            theta,
-            linear_factor: factor,
-        };
-        ops::rope(&g, &mut qd, Some(&mut kd), nh, nkv, d, t, rope).unwrap();
-        let what = format!("rope n_seq={n_seq} T={t} d={d} theta={theta} factor={factor}");
-        check(&format!("{what} q"), &down(&g, &qd), &wq, BF16_TOL);
-        check(&format!("{what} k"), &down(&g, &kd), &wk, BF16_TOL);
+        ops::rope(
+            &g,
+            &mut qd,
+            Some(&mut kd),
+            nh,
+            nkv,
+            d,
+            t,
+            &rope_freqs(&g, d, &p),
+        )
+        .unwrap();
+        let what = format!("rope n_seq={n_seq} T={t} d={d} {p:?}");
+        let (gq, gk) = (down(&g, &qd), down(&g, &kd));
+        check(&format!("{what} q"), &gq, &wq, BF16_TOL);
+        check(&format!("{what} k"), &gk, &wk, BF16_TOL);
+        // Gemma's CPU engines rotate by `cpu::ops::rope_tables` (f32 powf): its frequencies are
+        // within an ulp of `inv_freq`'s, so the GPU stays as close to those tables.
+        if let Some(r) = p.uniform() {
+            let (gq_want, gk_want) = rotate(cpu::rope_tables(t, d, r.theta, r.linear_factor));
+            check(&format!("{what} q (Gemma tables)"), &gq, &gq_want, BF16_TOL);
+            check(&format!("{what} k (Gemma tables)"), &gk, &gk_want, BF16_TOL);
+        }
     }
 }
 
 #[test]
 #[ignore = "needs a GPU"]
-fn gelu_mul_and_stats_match_cpu() {
+fn act_mul_and_stats_match_cpu() {
     let g = gpu();
-    for (i, &(rows, cols)) in [
-        (1, 1),
-        (300, 100),
-        (128, 64),
-        (129, 2053),
-        (1000, 96),
-        (40, 9216),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let gate = rand_vals(rows * cols, 900 + i as u64, 4.0);
-        let up = rand_vals(rows * cols, 950 + i as u64, 2.0);
-        let mut want = gate.clone();
-        cpu::gelu_mul(&mut want, &up);
-        let (gd, ud) = (
-            up_bf16(&g, &gate, &[rows, cols]),
-            up_bf16(&g, &up, &[rows, cols]),
-        );
-        let mut act = poisoned_bf16(&g, &[rows, cols]);
-        let mut act_f = poisoned_f32(&g, &[rows, cols]);
-        // statistics accumulate: start from a known offset
-        let mut s1 = up_f32_f64(&g, &vec![1.0; cols]);
-        let mut s2 = up_f32_f64(&g, &vec![2.0; cols]);
-        ops::gelu_mul(
-            &g,
-            &gd,
-            &ud,
-            &mut act,
-            Some(&mut act_f),
-            Some((&mut s1, &mut s2)),
-        )
-        .unwrap();
-        let a = down(&g, &act);
-        check(&format!("gelu_mul {rows}x{cols}"), &a, &want, BF16_TOL);
-        assert_eq!(
-            a,
-            act_f.to_host(&g).unwrap(),
-            "f32 copy differs from the bf16 activation"
-        );
-        // statistics of exactly the bf16 activation
-        check_col_stats("gelu_mul", &g, &a, rows, cols, &s1, &s2);
+    for f in ACTIVATIONS {
+        for (i, &(rows, cols)) in [
+            (1, 1),
+            (300, 100),
+            (128, 64),
+            (129, 2053),
+            (1000, 96),
+            (40, 9216),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut gate = rand_vals(rows * cols, 900 + i as u64, 4.0);
+            if i == 0 {
+                gate[0] = -100.0; // SiLU's exp(-x) overflows: -0, not NaN
+            }
+            let up = rand_vals(rows * cols, 950 + i as u64, 2.0);
+            let mut want = gate.clone();
+            cpu_act_mul(f, &mut want, &up);
+            let (gd, ud) = (
+                up_bf16(&g, &gate, &[rows, cols]),
+                up_bf16(&g, &up, &[rows, cols]),
+            );
+            let mut act = poisoned_bf16(&g, &[rows, cols]);
+            let mut act_f = poisoned_f32(&g, &[rows, cols]);
+            // statistics accumulate: start from a known offset
+            let mut s1 = up_f32_f64(&g, &vec![1.0; cols]);
+            let mut s2 = up_f32_f64(&g, &vec![2.0; cols]);
+            ops::act_mul(
+                &g,
+                f,
+                &gd,
+                &ud,
+                &mut act,
+                Some(&mut act_f),
+                Some((&mut s1, &mut s2)),
+            )
+            .unwrap();
+            let a = down(&g, &act);
+            assert!(a.iter().all(|v| v.is_finite()), "{f:?}: non-finite");
+            check(&format!("act_mul {f:?} {rows}x{cols}"), &a, &want, BF16_TOL);
+            // transformers' rounding: bf16(bf16(f(gate)) · up), element by element.
+            let fx = |x: f32| match f {
+                Activation::GeluTanh => cpu::gelu_tanh(x),
+                Activation::Silu => whittle::cpu::act::silu(x),
+            };
+            for (j, &v) in a.iter().enumerate().step_by(97) {
+                let r = bf16::from_f32(bf16::from_f32(fx(gate[j])).to_f32() * up[j]).to_f32();
+                // f32 gelu/silu may differ from the device's by an ulp, moving a rounding.
+                assert!(
+                    v == r || (v - r).abs() <= 1e-2 * r.abs(),
+                    "{f:?} element {j}: {v} vs {r}"
+                );
+            }
+            assert_eq!(
+                a,
+                act_f.to_host(&g).unwrap(),
+                "f32 copy differs from the bf16 activation"
+            );
+            // statistics of exactly the bf16 activation
+            check_col_stats(&format!("act_mul {f:?}"), &g, &a, rows, cols, &s1, &s2);
+        }
     }
 }
 
-/// The MLP input side in one op: gelu_tanh(x·W_gateᵀ)·(x·W_upᵀ), against the CPU with each
-/// kernel this GPU has (on Hopper the fused TMA launch, also with few CTAs walking the tiles).
+/// The MLP input side in one op: f(x·W_gateᵀ)·(x·W_upᵀ) for both activations, against the CPU
+/// with each kernel this GPU has (on Hopper the fused TMA launch, also with few CTAs walking
+/// the tiles).
 #[test]
 #[ignore = "needs a GPU"]
 fn gate_up_act_matches_cpu() {
@@ -539,37 +644,39 @@ fn gate_up_act_matches_cpu() {
     if g.info.compute_capability == (9, 0) {
         kernels.extend([GemmKernel::Sm90, GemmKernel::Sm90Tma]);
     }
-    for (i, &(m, k, n)) in [
-        (1, 8, 1),
-        (200, 136, 300),
-        (129, 64, 128),
-        (33, 13, 70),
-        (300, 640, 1408),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let x = rand_vals(m * k, 60 + i as u64, 1.0);
-        let wg = rand_vals(n * k, 70 + i as u64, 0.5);
-        let wu = rand_vals(n * k, 80 + i as u64, 0.5);
-        let want = cpu_gate_up_act(&x, &wg, &wu, m, k, n);
-        let (xd, gd, ud) = (
-            up_bf16(&g, &x, &[m, k]),
-            up_bf16(&g, &wg, &[n, k]),
-            up_bf16(&g, &wu, &[n, k]),
-        );
-        for &kernel in &kernels {
-            if kernel != GemmKernel::MmaSync && k % 8 != 0 {
-                continue;
-            }
-            let mut act = poisoned_bf16(&g, &[m, n]);
-            ops::gate_up_act_with(&g, &xd, &gd, &ud, &mut act, kernel).unwrap();
-            check(
-                &format!("gate_up_act ({kernel:?}) {m}x{k} -> {n}"),
-                &down(&g, &act),
-                &want,
-                BF16_TOL,
+    for f in ACTIVATIONS {
+        for (i, &(m, k, n)) in [
+            (1, 8, 1),
+            (200, 136, 300),
+            (129, 64, 128),
+            (33, 13, 70),
+            (300, 640, 1408),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = rand_vals(m * k, 60 + i as u64, 1.0);
+            let wg = rand_vals(n * k, 70 + i as u64, 0.5);
+            let wu = rand_vals(n * k, 80 + i as u64, 0.5);
+            let want = cpu_gate_up_act(f, &x, &wg, &wu, m, k, n);
+            let (xd, gd, ud) = (
+                up_bf16(&g, &x, &[m, k]),
+                up_bf16(&g, &wg, &[n, k]),
+                up_bf16(&g, &wu, &[n, k]),
             );
+            for &kernel in &kernels {
+                if kernel != GemmKernel::MmaSync && k % 8 != 0 {
+                    continue;
+                }
+                let mut act = poisoned_bf16(&g, &[m, n]);
+                ops::gate_up_act_with(&g, f, &xd, &gd, &ud, &mut act, kernel).unwrap();
+                check(
+                    &format!("gate_up_act {f:?} ({kernel:?}) {m}x{k} -> {n}"),
+                    &down(&g, &act),
+                    &want,
+                    BF16_TOL,
+                );
+            }
         }
     }
 }
@@ -593,13 +700,18 @@ fn token_weights_and_scaled_stats_match_cpu() {
         }
         let x = rand_vals(rows * hd, 720 + i as u64, 8.0);
         let act = rand_vals(rows * cols, 740 + i as u64, 3.0);
-        for (tw, resid) in [(TokenWeight::Out, false), (TokenWeight::OutResid, true)] {
+        for (tw, mode) in [
+            (TokenWeight::Out, TokenWeightMode::Out),
+            (TokenWeight::OutResid, TokenWeightMode::OutResid),
+            (TokenWeight::NextNorm, TokenWeightMode::NextNorm),
+        ] {
+            let resid = tw.needs_resid();
             let want = tw
                 .weights(&y, resid.then_some(&x[..]), hd, eps)
                 .expect("weighted");
             let (yd, xd) = (up_bf16(&g, &y, &[rows, hd]), up_bf16(&g, &x, &[rows, hd]));
             let mut wd = poisoned_f32(&g, &[rows]);
-            ops::token_weights(&g, &yd, resid.then_some(&xd), &mut wd, eps).unwrap();
+            ops::token_weights(&g, mode, &yd, resid.then_some(&xd), &mut wd, eps).unwrap();
             let got = wd.to_host(&g).unwrap();
             for r in 0..rows {
                 let tol = 1e-5 * want[r].abs() as f64;
@@ -691,16 +803,22 @@ fn embed_gathers_and_scales() {
     let (v, h) = (50, 70);
     let table = rand_vals(v * h, 31, 1.0);
     let ids: Vec<u32> = vec![0, 49, 7, 7, 2, 31];
-    let scale = bf16::from_f64((h as f64).sqrt()).to_f32();
     let td = up_bf16(&g, &table, &[v, h]);
     let idd = DTensor::from_host(&g, &ids, &[ids.len()]).unwrap();
-    let mut o = poisoned_bf16(&g, &[ids.len(), h]);
-    ops::embed(&g, &td, &idd, &mut o, scale).unwrap();
-    let got = down(&g, &o);
-    for (r, &id) in ids.iter().enumerate() {
-        for c in 0..h {
-            let want = bf16::from_f32(table[id as usize * h + c] * scale).to_f32();
-            assert_eq!(got[r * h + c], want, "row {r} (id {id}) col {c}");
+    // Gemma's bf16 sqrt(H), and 1 (the Llama family: the rows as they are).
+    for scale in [bf16::from_f64((h as f64).sqrt()).to_f32(), 1.0] {
+        let mut o = poisoned_bf16(&g, &[ids.len(), h]);
+        ops::embed(&g, &td, &idd, &mut o, scale).unwrap();
+        let got = down(&g, &o);
+        for (r, &id) in ids.iter().enumerate() {
+            for c in 0..h {
+                let want = bf16::from_f32(table[id as usize * h + c] * scale).to_f32();
+                assert_eq!(
+                    got[r * h + c],
+                    want,
+                    "scale {scale} row {r} (id {id}) col {c}"
+                );
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The GPU forward pass (bf16) against the CPU forward pass (f32, the oracle) on the committed
-//! tiny fixtures (both attention layer types, sequences longer than the sliding window, several
-//! sequences per batch) and on models/gemma-3-270m when it has been fetched. Every observer event
+//! tiny fixtures (Gemma 2 / 3 and the Llama family's llama, mistral, qwen2, qwen3; both attention
+//! layer types, sequences longer than the sliding window and the RoPE scalings' original
+//! context, several sequences per batch) and on models/gemma-3-270m when it has been fetched. Every observer event
 //! is compared, then the final hidden states and the logits; streamed and resident weights must
 //! give bit-identical results; on-device MLP statistics must match the activations the observer
 //! saw.
@@ -12,7 +13,7 @@
 mod common;
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{gpu, ids, real_model, root};
+use gpu_common::{bf16_budget, gpu, ids, real_model, root};
 
 use common::check::rows_rel_l2;
 use std::path::Path;
@@ -273,6 +274,54 @@ fn tiny_gemma3_gpu_matches_cpu() {
         },
         tol,
     );
+}
+
+/// A Llama-family fixture at two batch shapes, within its bf16 budget (`bf16_budget`: these
+/// fixtures are far more sensitive to bf16 rounding than Gemma's, in transformers too).
+fn llama_family(name: &str, shapes: [(usize, usize); 2]) {
+    let dir = root().join("tests/fixtures").join(name);
+    for (n_seq, seq_len) in shapes {
+        let tol = Tol {
+            hidden: bf16_budget(name),
+            logits: bf16_budget(name),
+            top1: 0.9,
+        };
+        compare(
+            &format!("{name} {n_seq}x{seq_len}"),
+            &dir,
+            Batch { n_seq, seq_len },
+            tol,
+        );
+    }
+}
+
+// SiLU, plain-weight norms, no post-norms and no embedding scale in all four; llama3 RoPE past
+// its 32 original positions and an untied head (tiny-llama); a window of 16 on every layer
+// (tiny-mistral); q/k/v biases and yarn RoPE past its 64 original positions (tiny-qwen2); q/k
+// norms and an untied head (tiny-qwen3).
+
+#[test]
+#[ignore = "needs a GPU"]
+fn tiny_llama_gpu_matches_cpu() {
+    llama_family("tiny-llama", [(2, 40), (1, 130)]);
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn tiny_mistral_gpu_matches_cpu() {
+    llama_family("tiny-mistral", [(2, 40), (3, 70)]);
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn tiny_qwen2_gpu_matches_cpu() {
+    llama_family("tiny-qwen2", [(2, 40), (1, 130)]);
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn tiny_qwen3_gpu_matches_cpu() {
+    llama_family("tiny-qwen3", [(2, 40), (3, 70)]);
 }
 
 #[test]

@@ -12,8 +12,9 @@
 //! - **Statistics are accumulated on the device.** `begin_stats` allocates Σa, Σa² (f64) and the
 //!   Gram matrix (f32, upper block triangle, symmetrised by `take_stats`) on the GPU; each
 //!   `Capture::Stats` call adds its batch there (uniform weights: fused into the activation
-//!   kernel; token weights: `token_weights` + `scale_rows_stats`, then the Gram of the scaled
-//!   rows), and only `take_stats` downloads, once per layer. The cross matrix of
+//!   kernel; token weights — `out`, `out-resid`, `next-norm` — `token_weights` +
+//!   `scale_rows_stats`, then the Gram of the scaled rows), and only `take_stats` downloads, once
+//!   per layer. The cross matrix of
 //!   `--refit-target original` pairs two streams' activations and is still accumulated on the
 //!   host from downloaded activations (correct, slow; not the default).
 //! - The column sums use f64 atomics, so GPU statistics are not bitwise repeatable run to run
@@ -25,13 +26,13 @@
 //!   possibly re-fitted down rounded to bf16, the MLP norms) once after slicing. The caller
 //!   drops a handle when it is done with it, so at most one layer's weights and its pruned MLP
 //!   occupy the GPU.
-//! - **Embeddings** (`Backend::embed`) are `bf16(bf16(e) · bf16(sqrt(H)))`, exactly what the
-//!   `embed_bf16` kernel computes for `GpuModel`, computed on the host from the checkpoint rows.
-//!   The CPU backend uses f32 `e · sqrt(H)`.
+//! - **Embeddings** (`Backend::embed`) are `bf16(bf16(e) · bf16(sqrt(H)))` (`bf16(e)` where the
+//!   family does not scale them), exactly what the `embed_bf16` kernel computes for `GpuModel`,
+//!   computed on the host from the checkpoint rows. The CPU backend uses f32 `e · sqrt(H)`.
 
 use super::block::{self, AttnScratch, DeviceLayer};
 use super::gpu::{DTensor, Gpu};
-use super::ops;
+use super::ops::{self, ModelRope, TokenWeightMode};
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::Half;
 use crate::checkpoint::safetensors::WeightStore;
@@ -85,7 +86,8 @@ impl CudaBackend {
         &self.gpu
     }
 
-    /// `h += post_attn_norm(o_proj(attn(input_norm(h))))` on the device (`GpuModel::layer`).
+    /// `h += post_attn_norm(o_proj(attn(input_norm(h))))` on the device (`GpuModel::layer`; no
+    /// post-norm in the Llama family).
     fn attn_device(
         gpu: &Gpu,
         cfg: &ModelConfig,
@@ -104,10 +106,12 @@ impl CudaBackend {
             )));
         }
         let mut scratch = AttnScratch::new(gpu, cfg, n)?;
-        block::attention(gpu, cfg, l, w, h, &mut scratch, batch, None)
+        // d/2 floats per layer type: uploaded per call, next to the layer's scratch.
+        let rope = ModelRope::new(gpu, cfg)?;
+        block::attention(gpu, cfg, l, w, &rope, h, &mut scratch, batch, None)
     }
 
-    /// `h += post_ffn_norm(down(gelu_tanh(gate(x))·up(x)))`, `x = pre_ffn_norm(h)` (only when
+    /// `h += post_ffn_norm(down(act(gate(x))·up(x)))`, `x = pre_ffn_norm(h)` (only when
     /// `write`; otherwise `h` is left as it was), recording the down_proj input as `capture`
     /// asks into `capturing`.
     #[allow(clippy::too_many_arguments)]
@@ -139,8 +143,9 @@ impl CudaBackend {
                 let mut up = DTensor::zeros(gpu, &[n, i])?; // [N, I]
                 block::mlp_in(gpu, cfg, mw, h, &mut x, &mut gate, &mut up)?;
                 drop(x);
-                ops::gelu_mul(
+                ops::act_mul(
                     gpu,
+                    cfg.mlp_act,
                     &gate,
                     &up,
                     &mut act,
@@ -174,17 +179,19 @@ impl CudaBackend {
                     (Capture::Stats, Some(Capturing::Device(d))) => {
                         // Weighted: w from y (and the input residual, still in h), then the
                         // statistics of the scaled rows.
-                        if d.spec.token_weight == TokenWeight::NextNorm {
-                            return Err(Error::Arg {
-                                flag: "--token-weight",
-                                msg: "next-norm is not on the CUDA engine yet; use --device cpu \
-                                      or another weighting"
-                                    .into(),
-                            });
-                        }
+                        let mode = match d.spec.token_weight {
+                            TokenWeight::Out => TokenWeightMode::Out,
+                            TokenWeight::OutResid => TokenWeightMode::OutResid,
+                            TokenWeight::NextNorm => TokenWeightMode::NextNorm,
+                            TokenWeight::Uniform => {
+                                return Err(Error::Other(
+                                    "uniform token weights take the fused path".into(),
+                                ))
+                            }
+                        };
                         let mut wt = DTensor::zeros(gpu, &[n])?; // [N]
-                        let resid = (d.spec.token_weight == TokenWeight::OutResid).then_some(&*h);
-                        ops::token_weights(gpu, &y, resid, &mut wt, eps)?;
+                        let resid = d.spec.token_weight.needs_resid().then_some(&*h);
+                        ops::token_weights(gpu, mode, &y, resid, &mut wt, eps)?;
                         let mut scaled = DTensor::zeros(gpu, &[n, i])?; // [N, I]
                         ops::scale_rows_stats(
                             gpu,
@@ -244,8 +251,9 @@ impl Backend for CudaBackend {
 
     fn embed(&mut self, cfg: &ModelConfig, store: &WeightStore, ids: &[u32]) -> Result<Vec<f32>> {
         let mut rows = embed_rows_from_store(cfg, store, ids)?;
-        // As GpuModel: the table in bf16, times sqrt(H) rounded to bf16, the product rounded.
-        let scale = bf16::from_f64((cfg.hidden_size as f64).sqrt()).to_f32();
+        // As GpuModel: the table in bf16, times sqrt(H) rounded to bf16 (1 where the family does
+        // not scale), the product rounded.
+        let scale = super::model::embed_scale(cfg);
         for x in &mut rows {
             *x = bf16::from_f32(bf16::from_f32(*x).to_f32() * scale).to_f32();
         }

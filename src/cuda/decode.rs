@@ -18,11 +18,14 @@
 //!
 //! # Step
 //!
-//! One token at position p, per layer: RMSNorm → q/k/v GEMVs → q/k norms (Gemma-3) → RoPE of q
-//! and k fused with the cache write of slot `slot_of(p)` → decode attention over the visible
-//! positions (split-K, `ops::decode_attention`) → o GEMV → post-norm + residual → RMSNorm → the
-//! gate/up GEMV fused with gelu·up → down GEMV → post-norm + residual. Then the final norm and the
-//! LM head GEMV with the final softcap fused. Values are rounded to bf16 where the batched path
+//! One token at position p, per layer: RMSNorm → q/k/v GEMVs (+ biases: the GEMV in f32, then
+//! `bias_add`) → q/k norms (Gemma-3, Qwen3) → RoPE of q and k (the layer type's frequencies)
+//! fused with the cache write of slot `slot_of(p)` → decode attention over the visible positions
+//! (split-K, `ops::decode_attention`) → o GEMV (+ bias) → post-norm + residual (plain residual
+//! add without a post-norm) → RMSNorm → the gate/up GEMV fused with act·up → down GEMV →
+//! post-norm + residual (or plain). Then the final norm and the LM head GEMV with the final
+//! softcap fused. Which of these a layer runs is read from the config and its slots, as
+//! `block` does for the batched pass. Values are rounded to bf16 where the batched path
 //! rounds them, so a step computes what the batched forward computes for that row, up to the
 //! order of f32 sums (GEMV lanes vs GEMM tiles) and attention's p kept in f32 (the flash kernel
 //! rounds p to bf16 before p·v).
@@ -30,12 +33,11 @@
 //! All work is queued on the model's one stream; `step` and `prefill` download the logits
 //! (`[V]` f32), `step_greedy` and `prefill_greedy` pick on the device and download one id.
 
-use super::block::DeviceLayer;
+use super::block::{self, BiasScratch, DeviceLayer};
 use super::gpu::{DTensor, Gpu};
 use super::model::GpuModel;
-use super::ops::{self, DecodeAttnParams, DecodeWorkspace, RowStatsOut};
+use super::ops::{self, DecodeAttnParams, DecodeWorkspace, RopeFreqs, RowStatsOut};
 use super::prof::range;
-use super::GEMMA_ONLY;
 use crate::checkpoint::config::ModelConfig;
 use crate::cpu::decode::{layer_slots, slot_of};
 use crate::engine::Batch;
@@ -54,18 +56,20 @@ struct LayerKv {
 
 /// Scratch of one step (a single token).
 struct StepBufs {
-    ids: DTensor<u32>,    // [1]
-    h: DTensor<bf16>,     // [1, H] residual stream
-    x: DTensor<bf16>,     // [1, H] normed block input; the final-normed row
-    y: DTensor<bf16>,     // [1, H] block output before its post-norm
-    q: DTensor<bf16>,     // [1, nh·d]
-    k: DTensor<bf16>,     // [1, nkv·d]
-    v: DTensor<bf16>,     // [1, nkv·d]
-    att: DTensor<bf16>,   // [1, nh·d]
-    act: DTensor<bf16>,   // [1, I]
-    logits: DTensor<f32>, // [1, V]
-    pick: RowStatsOut,    // [1] each: argmax of the logits
-    ws: DecodeWorkspace,  // split-K partials [nh, splits, d], [nh, splits, 2]
+    ids: DTensor<u32>,            // [1]
+    h: DTensor<bf16>,             // [1, H] residual stream
+    x: DTensor<bf16>,             // [1, H] normed block input; the final-normed row
+    y: DTensor<bf16>,             // [1, H] block output before its post-norm
+    q: DTensor<bf16>,             // [1, nh·d]
+    k: DTensor<bf16>,             // [1, nkv·d]
+    v: DTensor<bf16>,             // [1, nkv·d]
+    att: DTensor<bf16>,           // [1, nh·d]
+    qkv_f32: Option<BiasScratch>, // [1, ·] f32 q/k/v before their biases' rounding
+    y_f32: Option<DTensor<f32>>,  // [1, H] f32 o_proj output with a bias
+    act: DTensor<bf16>,           // [1, I]
+    logits: DTensor<f32>,         // [1, V]
+    pick: RowStatsOut,            // [1] each: argmax of the logits
+    ws: DecodeWorkspace,          // split-K partials [nh, splits, d], [nh, splits, 2]
 }
 
 /// Prefill + step decoding of one sequence on the GPU, over a borrowed `GpuModel`.
@@ -124,6 +128,20 @@ impl<'m> GpuDecoder<'m> {
             k: DTensor::zeros(gpu, &[1, nkv * d])?,
             v: DTensor::zeros(gpu, &[1, nkv * d])?,
             att: DTensor::zeros(gpu, &[1, nh * d])?,
+            qkv_f32: if cfg.attn_bias.qkv {
+                Some(BiasScratch {
+                    q: DTensor::zeros(gpu, &[1, nh * d])?,
+                    k: DTensor::zeros(gpu, &[1, nkv * d])?,
+                    v: DTensor::zeros(gpu, &[1, nkv * d])?,
+                })
+            } else {
+                None
+            },
+            y_f32: if cfg.attn_bias.o {
+                Some(DTensor::zeros(gpu, &[1, hd])?)
+            } else {
+                None
+            },
             act: DTensor::zeros(gpu, &[1, cfg.intermediate_size])?,
             logits: DTensor::zeros(gpu, &[1, cfg.vocab_size])?,
             pick: RowStatsOut::new(gpu, 1)?,
@@ -278,9 +296,18 @@ impl<'m> GpuDecoder<'m> {
         }
         for (l, kv) in layers.iter_mut().enumerate() {
             let _r = range(format_args!("decode layer {l}"));
-            model.with_layer(l, |w| step_layer(gpu, cfg, l, w, b, kv, p, splits))?;
+            let rope = model.rope().layer(cfg, l);
+            model.with_layer(l, |w| step_layer(gpu, cfg, w, rope, b, kv, p, splits))?;
         }
-        ops::rms_norm(gpu, &b.h, model.final_norm(), &mut b.x, cfg.rms_norm_eps)?;
+        let eps = cfg.rms_norm_eps;
+        ops::rms_norm(
+            gpu,
+            &b.h,
+            model.final_norm(),
+            &mut b.x,
+            eps,
+            cfg.norm_weight,
+        )?;
         self.len = p + 1;
         Ok(())
     }
@@ -336,29 +363,61 @@ impl<'m> GpuDecoder<'m> {
     }
 }
 
+/// A Linear of the step's row: `out = bf16(x·Wᵀ)`, or with a bias `bf16(x·Wᵀ + b)` through the
+/// f32 GEMV output `yf` (one rounding, as `block::linear`).
+fn step_linear(
+    gpu: &Gpu,
+    x: &DTensor<bf16>,
+    w: &DTensor<bf16>,
+    bias: Option<&DTensor<f32>>,
+    out: &mut DTensor<bf16>,
+    yf: Option<&mut DTensor<f32>>,
+) -> Result<()> {
+    match (bias, yf) {
+        (None, _) => ops::gemv(gpu, x, w, Some(out), None, None)?,
+        (Some(bias), Some(yf)) => {
+            ops::gemv(gpu, x, w, None, Some(&mut *yf), None)?;
+            ops::bias_add(gpu, yf, bias, out)?;
+        }
+        (Some(_), None) => {
+            return Err(Error::Other(
+                "the layer has a projection bias the config does not declare; the GPU decoder \
+                 allocated no f32 scratch for it"
+                    .into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// One decoder layer for the token at position `p` (see the module docs).
 #[allow(clippy::too_many_arguments)]
 fn step_layer(
     gpu: &Gpu,
     cfg: &ModelConfig,
-    l: usize,
     w: &DeviceLayer,
+    rope: &RopeFreqs,
     b: &mut StepBufs,
     kv: &mut LayerKv,
     p: usize,
     splits: Option<usize>,
 ) -> Result<()> {
-    let eps = cfg.rms_norm_eps;
+    let (eps, conv) = (cfg.rms_norm_eps, cfg.norm_weight);
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
 
     // --- attention block
-    ops::rms_norm(gpu, &b.h, w.input_norm(), &mut b.x, eps)?;
-    ops::gemv(gpu, &b.x, w.q(), Some(&mut b.q), None, None)?;
-    ops::gemv(gpu, &b.x, w.k(), Some(&mut b.k), None, None)?;
-    ops::gemv(gpu, &b.x, w.v(), Some(&mut b.v), None, None)?;
+    ops::rms_norm(gpu, &b.h, w.input_norm(), &mut b.x, eps, conv)?;
+    let (qb, kb, vb) = match w.qkv_bias() {
+        Some((q, k, v)) => (Some(q), Some(k), Some(v)),
+        None => (None, None, None),
+    };
+    let mut f = b.qkv_f32.as_mut();
+    step_linear(gpu, &b.x, w.q(), qb, &mut b.q, f.as_mut().map(|f| &mut f.q))?;
+    step_linear(gpu, &b.x, w.k(), kb, &mut b.k, f.as_mut().map(|f| &mut f.k))?;
+    step_linear(gpu, &b.x, w.v(), vb, &mut b.v, f.as_mut().map(|f| &mut f.v))?;
     if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
-        ops::rms_norm_inplace(gpu, &mut b.q, qn, eps)?;
-        ops::rms_norm_inplace(gpu, &mut b.k, kn, eps)?;
+        ops::rms_norm_inplace(gpu, &mut b.q, qn, eps, conv)?;
+        ops::rms_norm_inplace(gpu, &mut b.k, kn, eps, conv)?;
     }
     ops::decode_rope_kv(
         gpu,
@@ -373,7 +432,7 @@ fn step_layer(
         kv.slots,
         p,
         slot_of(p, kv.slots, kv.ring),
-        cfg.rope(l),
+        rope,
     )?;
     let ap = DecodeAttnParams {
         n_heads: nh,
@@ -388,27 +447,14 @@ fn step_layer(
         splits,
     };
     ops::decode_attention(gpu, &b.q, &kv.k, &kv.v, &mut b.att, &mut b.ws, &ap)?;
-    ops::gemv(gpu, &b.att, w.o(), Some(&mut b.y), None, None)?;
-    ops::rms_norm_residual(
-        gpu,
-        &mut b.h,
-        &b.y,
-        w.post_attn_norm().expect(GEMMA_ONLY),
-        eps,
-    )?;
+    step_linear(gpu, &b.att, w.o(), w.o_bias(), &mut b.y, b.y_f32.as_mut())?;
+    block::residual(gpu, cfg, &mut b.h, &b.y, w.post_attn_norm())?;
 
     // --- MLP block
-    ops::rms_norm(gpu, &b.h, w.pre_ffn_norm(), &mut b.x, eps)?;
-    ops::gemv_gelu(gpu, &b.x, w.gate(), w.up(), &mut b.act)?;
+    ops::rms_norm(gpu, &b.h, w.pre_ffn_norm(), &mut b.x, eps, conv)?;
+    ops::gemv_act(gpu, cfg.mlp_act, &b.x, w.gate(), w.up(), &mut b.act)?;
     ops::gemv(gpu, &b.act, w.down(), Some(&mut b.y), None, None)?;
-    ops::rms_norm_residual(
-        gpu,
-        &mut b.h,
-        &b.y,
-        w.post_ffn_norm().expect(GEMMA_ONLY),
-        eps,
-    )?;
-    Ok(())
+    block::residual(gpu, cfg, &mut b.h, &b.y, w.post_ffn_norm())
 }
 
 impl Decode for GpuDecoder<'_> {

@@ -38,6 +38,3 @@ pub use device::{is_available, probe, GpuInfo};
 pub use error::CudaError;
 pub use gpu::{DTensor, Gpu, FATBIN, PTXAS_REPORT};
 pub use model::{GpuModel, LogitStats, MlpStats, Residency};
-
-/// `model::read_layer` refuses every family but Gemma, whose layers have all four norms.
-pub(crate) const GEMMA_ONLY: &str = "the CUDA engine loads Gemma layers only";

@@ -1,7 +1,10 @@
-//! The GPU forward pass: the same decoder as `crate::cpu::model` (the CPU oracle), in bf16 storage
-//! with f32 accumulation, rounding where transformers' bf16 path rounds (embedding × bf16
-//! sqrt(H), RMSNorm output, every Linear output, RoPE output, attention output, gelu and gelu·up,
-//! the residual adds). The API mirrors `Model`: `forward_hidden(ids, batch, observer)` returns
+//! The GPU forward pass: the same decoder as `crate::cpu::model` (the CPU oracle) for Gemma 2 / 3
+//! and the Llama family (llama, mistral, qwen2, qwen3), in bf16 storage with f32 accumulation,
+//! rounding where transformers' bf16 path rounds (embedding × bf16 sqrt(H) where the family
+//! scales it, RMSNorm output — and, in the Llama family's convention, the normed value before its
+//! weight —, every Linear output (after its bias), RoPE output, attention output, the activation
+//! and act·up, the residual adds). Family quirks are read from the config and the layer's slots
+//! (`block`). The API mirrors `Model`: `forward_hidden(ids, batch, observer)` returns
 //! the final-normed hidden rows in f32 and `logits(hidden)` the soft-capped logits, so a
 //! calibration or evaluation backend can hold either.
 //!
@@ -19,7 +22,7 @@
 use super::block::{self, AttnScratch, DeviceLayer, KvSink};
 use super::error::CudaResult;
 use super::gpu::{DTensor, Gpu};
-use super::ops::{self, RowStatsOut};
+use super::ops::{self, ModelRope, RowStatsOut};
 use super::prof::range;
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{self, layer_name, layer_shape};
@@ -41,7 +44,8 @@ pub enum Residency {
     Streamed,
 }
 
-/// One layer's weights on the host, already in the device formats (bf16 matrices, f32 norms).
+/// One layer's weights on the host, already in the device formats (bf16 matrices, f32 norms and
+/// biases).
 type HostLayer = Layer<Vec<bf16>, Vec<f32>>;
 
 /// A layer's device buffers, zeroed, at `cfg`'s shapes (the streamed model's staging set).
@@ -101,7 +105,7 @@ enum Layers {
     },
 }
 
-/// A Gemma-2 / Gemma-3 model on one GPU.
+/// A Gemma 2 / 3 or Llama-family model on one GPU.
 pub struct GpuModel {
     pub dir: PathBuf,
     pub cfg: ModelConfig,
@@ -109,6 +113,7 @@ pub struct GpuModel {
     embed: DTensor<bf16>,           // [V, H]
     lm_head: Option<DTensor<bf16>>, // [V, H] when untied
     final_norm: DTensor<f32>,       // [H]
+    rope: ModelRope,                // [d/2] per layer type
     layers: Layers,
     stats: Mutex<Option<Vec<DeviceStats>>>,
 }
@@ -136,17 +141,20 @@ fn read_f32(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<f32>
     store.f32_checked(name, shape)
 }
 
-/// Layer `l` of the checkpoint in the device formats: matrices as bf16 (BF16 bits as stored,
-/// F32/F16 rounded to nearest even), norm weights in f32.
-pub(super) fn read_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<HostLayer> {
-    if !cfg.arch.is_gemma() {
-        return Err(crate::error::Error::Other(format!(
-            "{}: the CUDA engine runs Gemma 2 / 3 only so far; run this {} model with \
-             --device cpu",
-            store.dir.display(),
-            cfg.model_type()
-        )));
+/// The embedding multiplier as transformers' bf16 path uses it: sqrt(H) rounded to bf16 where
+/// the family scales its embeddings (`cfg.scale_embeddings`; 25.25 for H = 640), else 1 (exact:
+/// the gather then copies the rows). `GpuModel`'s kernel and `CudaBackend::embed` both use it.
+pub(super) fn embed_scale(cfg: &ModelConfig) -> f32 {
+    if cfg.scale_embeddings {
+        bf16::from_f64((cfg.hidden_size as f64).sqrt()).to_f32()
+    } else {
+        1.0
     }
+}
+
+/// Layer `l` of the checkpoint in the device formats: matrices as bf16 (BF16 bits as stored,
+/// F32/F16 rounded to nearest even), norm weights and biases in f32.
+pub(super) fn read_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<HostLayer> {
     Layer::try_build(
         cfg,
         |t| read_bf16(store, &layer_name(cfg, l, t), &layer_shape(cfg, t)),
@@ -230,6 +238,7 @@ impl GpuModel {
             .map(|w| DTensor::from_host(&gpu, w, &vh))
             .transpose()?;
         let final_norm = DTensor::from_host(&gpu, final_norm, &[cfg.hidden_size])?;
+        let rope = ModelRope::new(&gpu, &cfg)?;
         let layers = match residency {
             Residency::Resident => {
                 let mut v = Vec::with_capacity(host.len());
@@ -250,6 +259,7 @@ impl GpuModel {
             embed,
             lm_head,
             final_norm,
+            rope,
             layers,
             stats: Mutex::new(None),
         })
@@ -303,9 +313,9 @@ impl GpuModel {
         Ok(Some(out))
     }
 
-    /// The embedding multiplier as transformers' bf16 path uses it: sqrt(H) rounded to bf16.
+    /// The embedding multiplier as transformers' bf16 path uses it (`embed_scale`).
     pub fn embed_scale(&self) -> f32 {
-        bf16::from_f64((self.cfg.hidden_size as f64).sqrt()).to_f32()
+        embed_scale(&self.cfg)
     }
 
     pub(super) fn check_ids(&self, ids: &[u32]) -> Result<()> {
@@ -404,7 +414,14 @@ impl GpuModel {
             }
         }
         drop(stats);
-        ops::rms_norm(gpu, &a.h, &self.final_norm, &mut a.s.x, cfg.rms_norm_eps)?;
+        ops::rms_norm(
+            gpu,
+            &a.h,
+            &self.final_norm,
+            &mut a.s.x,
+            cfg.rms_norm_eps,
+            cfg.norm_weight,
+        )?;
         Ok(a.s.x)
     }
 
@@ -421,12 +438,13 @@ impl GpuModel {
     ) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
-        block::attention(gpu, cfg, l, w, &mut a.h, &mut a.s, batch, kv)?;
+        block::attention(gpu, cfg, l, w, &self.rope, &mut a.h, &mut a.s, batch, kv)?;
         match stats {
             Some(s) => {
                 block::mlp_in(gpu, cfg, w, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
-                ops::gelu_mul(
+                ops::act_mul(
                     gpu,
+                    cfg.mlp_act,
                     &a.gate,
                     &a.up,
                     &mut a.act,
@@ -444,7 +462,8 @@ impl GpuModel {
             }
             None => {
                 block::mlp_in(gpu, cfg, w, &a.h, &mut a.s.x, &mut a.gate, &mut a.up)?;
-                ops::gelu_mul(gpu, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?
+                let f = cfg.mlp_act;
+                ops::act_mul(gpu, f, &a.gate, &a.up, &mut a.act, a.act_f32.as_mut(), None)?
             }
         }
         block::mlp_down(gpu, w, &a.act, &mut a.s.y)?;
@@ -478,6 +497,11 @@ impl GpuModel {
     /// The final norm's weight [H].
     pub(super) fn final_norm(&self) -> &DTensor<f32> {
         &self.final_norm
+    }
+
+    /// The RoPE frequencies of both layer types.
+    pub(super) fn rope(&self) -> &ModelRope {
+        &self.rope
     }
 
     /// Runs `f` on layer `l`'s device weights (uploading them first when streamed).

@@ -1,11 +1,14 @@
-//! Launchers of kernels/decode.cu: the few-row GEMV (plain and fused with gelu·up), split-K
+//! Launchers of kernels/decode.cu: the few-row GEMV (plain and fused with act·up), split-K
 //! decode attention over the KV cache, the step's RoPE fused with the cache write, and the
 //! batched cache write after a prefill.
 
+use super::mlp::act_arg;
+use super::rope::RopeFreqs;
 use super::{
     cfg, expect_gqa, expect_inner, expect_len, expect_outputs, expect_shape, i32_of, softcap_arg,
     MAX_GRID_YZ,
 };
+use crate::checkpoint::config::Activation;
 use crate::cpu::kv::visible_range;
 use crate::cuda::error::{CudaError, CudaResult};
 use crate::cuda::gpu::{DTensor, Gpu, KArg};
@@ -20,7 +23,7 @@ const GEMV_ROWS_PER_BLOCK: usize = 8;
 #[allow(clippy::too_many_arguments)]
 fn launch_gemv(
     gpu: &Gpu,
-    gelu: bool,
+    act: Option<Activation>,
     x: &DTensor<bf16>,
     w: &DTensor<bf16>,
     w2: Option<&DTensor<bf16>>,
@@ -30,12 +33,12 @@ fn launch_gemv(
 ) -> CudaResult<()> {
     let (m, k, n) = (x.rows(), x.cols(), w.rows());
     let aligned = k % 8 == 0;
-    let name: &'static str = match (aligned, gelu, m) {
+    let name: &'static str = match (aligned, act.is_some(), m) {
         (false, ..) => "decode_gemv_bf16_unaligned",
         (true, false, 1) => "decode_gemv_bf16_m1",
         (true, false, _) => "decode_gemv_bf16_m8",
-        (true, true, 1) => "decode_gemv_gelu_bf16_m1",
-        (true, true, _) => "decode_gemv_gelu_bf16_m8",
+        (true, true, 1) => "decode_gemv_act_bf16_m1",
+        (true, true, _) => "decode_gemv_act_bf16_m8",
     };
     if m == 0 || n == 0 {
         return Ok(());
@@ -50,6 +53,7 @@ fn launch_gemv(
         KArg::I32(i32_of(name, "N", n)?),
         KArg::I32(i32_of(name, "K", k)?),
         KArg::F32(softcap),
+        KArg::I32(act.map_or(0, act_arg)),
     ];
     // SAFETY: the callers checked x [M, K] with 1 <= M <= 8, w (and w2) [N, K], every output
     // [M, N] (or null); one warp per row n < N (the rest of the last block returns at once), each
@@ -98,26 +102,27 @@ pub fn gemv(
     let cap = softcap_arg(K_NAME, softcap)?;
     let yb = y_bf16.map_or(0, |t| t.ptr(gpu));
     let yf = y_f32.map_or(0, |t| t.ptr(gpu));
-    launch_gemv(gpu, false, x, w, None, yb, yf, cap)
+    launch_gemv(gpu, None, x, w, None, yb, yf, cap)
 }
 
 /// The MLP activation of a few rows in one pass over both weights:
-/// `act = bf16(bf16(gelu_tanh(bf16(x·gateᵀ))) · bf16(x·upᵀ))`, rounded exactly as
-/// `gemm_nt` + `gelu_mul` round it. `x` [M, K] (M <= 8), `gate`, `up` [N, K], `act` [M, N].
-pub fn gemv_gelu(
+/// `act = bf16(bf16(f(bf16(x·gateᵀ))) · bf16(x·upᵀ))` (`f` gelu_tanh or SiLU), rounded exactly
+/// as `gemm_nt` + `act_mul` round it. `x` [M, K] (M <= 8), `gate`, `up` [N, K], `act` [M, N].
+pub fn gemv_act(
     gpu: &Gpu,
+    f: Activation,
     x: &DTensor<bf16>,
     gate: &DTensor<bf16>,
     up: &DTensor<bf16>,
     act: &mut DTensor<bf16>,
 ) -> CudaResult<()> {
-    const K_NAME: &str = "decode_gemv_gelu_bf16";
+    const K_NAME: &str = "decode_gemv_act_bf16";
     let _r = range("gemv");
     gemv_check_x(K_NAME, x, gate)?;
     expect_shape(K_NAME, "up", up, gate.rows(), gate.cols())?;
     expect_shape(K_NAME, "act", act, x.rows(), gate.rows())?;
     let yb = act.ptr(gpu);
-    launch_gemv(gpu, true, x, gate, Some(up), yb, 0, 0.0)
+    launch_gemv(gpu, Some(f), x, gate, Some(up), yb, 0, 0.0)
 }
 
 /// Most splits of one head's keys in decode attention.
@@ -309,8 +314,8 @@ pub fn decode_attention(
 }
 
 /// The step's RoPE and cache write: rotates `q` [nh·d] in place and `k` [nkv·d] for position
-/// `pos` (the formula of `rope`), and stores rotated k and v [nkv·d] into slot `slot` of
-/// `k_cache`, `v_cache` [nkv, slots, d].
+/// `pos` by the layer's frequencies (the formula of `rope`), and stores rotated k and v [nkv·d]
+/// into slot `slot` of `k_cache`, `v_cache` [nkv, slots, d].
 #[allow(clippy::too_many_arguments)]
 pub fn decode_rope_kv(
     gpu: &Gpu,
@@ -325,7 +330,7 @@ pub fn decode_rope_kv(
     slots: usize,
     pos: usize,
     slot: usize,
-    rope: crate::checkpoint::config::Rope,
+    rope: &RopeFreqs,
 ) -> CudaResult<()> {
     const K_NAME: &str = "decode_rope_kv_bf16";
     let _r = range("rope");
@@ -342,6 +347,7 @@ pub fn decode_rope_kv(
             format!("slot {slot} is outside the cache's {slots} slots"),
         ));
     }
+    expect_len(K_NAME, "inv_freq", &rope.inv_freq, d / 2)?;
     expect_len(K_NAME, "q", q, n_heads * d)?;
     expect_len(K_NAME, "k", k, n_kv_heads * d)?;
     expect_len(K_NAME, "v", v, n_kv_heads * d)?;
@@ -353,17 +359,17 @@ pub fn decode_rope_kv(
         KArg::Ptr(v.ptr(gpu)),
         KArg::Ptr(k_cache.ptr(gpu)),
         KArg::Ptr(v_cache.ptr(gpu)),
+        KArg::Ptr(rope.inv_freq.ptr(gpu)),
         KArg::I32(i32_of(K_NAME, "n_heads", n_heads)?),
         KArg::I32(i32_of(K_NAME, "n_kv_heads", n_kv_heads)?),
         KArg::I32(i32_of(K_NAME, "head_dim", d)?),
         KArg::I32(i32_of(K_NAME, "pos", pos)?),
         KArg::I32(slot as i32),
         KArg::I32(i32_of(K_NAME, "slots", slots)?),
-        KArg::F32(rope.theta as f32),
-        KArg::F32(rope.linear_factor as f32),
+        KArg::F32(rope.scale),
     ];
-    // SAFETY: q holds nh·d, k and v nkv·d, the caches nkv·slots·d elements and slot < slots
-    // (checked); one thread per pair i < d/2 touches elements i and i + d/2 of each head row.
+    // SAFETY: q holds nh·d, k and v nkv·d, the caches nkv·slots·d, inv_freq d/2 elements and
+    // slot < slots (checked); one thread per pair i < d/2 touches elements i and i + d/2 of each head row.
     unsafe {
         gpu.launch(
             K_NAME,

@@ -1,7 +1,8 @@
-//! Launchers of kernels/mlp.cu: the gelu·up activation and the calibration statistics fused
-//! with it (column sums, token weights, token-weighted activations).
+//! Launchers of kernels/mlp.cu: the act·up activation (gelu_tanh or SiLU) and the calibration
+//! statistics fused with it (column sums, token weights, token-weighted activations).
 
 use super::{cfg, expect_len, expect_shape, i32_of, opt_ptr_shape, MAX_GRID_YZ};
+use crate::checkpoint::config::Activation;
 use crate::cuda::error::{CudaError, CudaResult};
 use crate::cuda::gpu::{DTensor, Gpu, KArg};
 use crate::cuda::prof::range;
@@ -40,17 +41,27 @@ fn col_stats_grid(
     Ok((cols.div_ceil(64), gy, 1))
 }
 
-/// `act = gelu_tanh(gate)·up` ([rows, I] bf16), optionally also in f32, optionally adding
-/// Σact and Σact² per column into `stats` ([I] f64 each).
-pub fn gelu_mul(
+/// The kernels' `int` for an activation (common.cuh's `ACT_*`).
+pub(super) fn act_arg(f: Activation) -> i32 {
+    match f {
+        Activation::GeluTanh => 0,
+        Activation::Silu => 1,
+    }
+}
+
+/// `act = f(gate)·up` ([rows, I] bf16; `f` gelu_tanh or SiLU, transformers' bf16 rounding),
+/// optionally also in f32, optionally adding Σact and Σact² per column into `stats` ([I] f64
+/// each).
+pub fn act_mul(
     gpu: &Gpu,
+    f: Activation,
     gate: &DTensor<bf16>,
     up: &DTensor<bf16>,
     act: &mut DTensor<bf16>,
     act_f32: Option<&mut DTensor<f32>>,
     stats: Option<(&mut DTensor<f64>, &mut DTensor<f64>)>,
 ) -> CudaResult<()> {
-    const K_NAME: &str = "gelu_mul_stats_bf16";
+    const K_NAME: &str = "act_mul_stats_bf16";
     let _r = range("mlp_act");
     let (rows, cols) = (gate.rows(), gate.cols());
     expect_shape(K_NAME, "up", up, rows, cols)?;
@@ -70,16 +81,30 @@ pub fn gelu_mul(
         KArg::Ptr(s2),
         KArg::I32(i32_of(K_NAME, "rows", rows)?),
         KArg::I32(i32_of(K_NAME, "cols", cols)?),
+        KArg::I32(act_arg(f)),
     ];
     // SAFETY: gate, up, act (and act_f32) hold rows·cols elements, the statistics cols (checked);
     // the kernel bounds-checks every row and column.
     unsafe { gpu.launch(K_NAME, cfg(grid, (32, 8, 1), 0), &args) }
 }
 
-/// Calibration token weights (`calib::TokenWeight`): `w[r] = 1/(ms(y_r)+eps)`, divided also by
-/// `ms(resid_r)+eps` when `resid` is given. `y`, `resid` [rows, H] bf16, `w` [rows] f32.
+/// How `token_weights` weighs a token (the weighted modes of `calib::TokenWeight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenWeightMode {
+    /// `1/(ms(y)+eps)`.
+    Out,
+    /// `1/((ms(y)+eps)·(ms(x)+eps))`, x the residual entering the MLP.
+    OutResid,
+    /// `1/(ms(x+y)+eps)`: what the next layer's input norm divides by without a post-FFN norm.
+    NextNorm,
+}
+
+/// Calibration token weights (`calib::TokenWeight::weights` on the device): `w[r]` from the MLP
+/// output `y` and, for every mode but `Out`, the residual `resid` entering the MLP (required
+/// then). `y`, `resid` [rows, H] bf16, `w` [rows] f32.
 pub fn token_weights(
     gpu: &Gpu,
+    mode: TokenWeightMode,
     y: &DTensor<bf16>,
     resid: Option<&DTensor<bf16>>,
     w: &mut DTensor<f32>,
@@ -88,6 +113,18 @@ pub fn token_weights(
     const K_NAME: &str = "token_weights_bf16";
     let _r = range("token_weights");
     let (rows, cols) = (y.rows(), y.cols());
+    let mode_arg = match (mode, resid.is_some()) {
+        (TokenWeightMode::Out, _) => 0,
+        (TokenWeightMode::OutResid, true) => 1,
+        (TokenWeightMode::NextNorm, true) => 2,
+        (m, false) => {
+            return Err(CudaError::pre(
+                K_NAME,
+                format!("mode {m:?} needs the residual entering the MLP"),
+            ))
+        }
+    };
+    let resid = resid.filter(|_| mode != TokenWeightMode::Out);
     let rp = opt_ptr_shape(gpu, K_NAME, "resid", resid, rows, cols)?;
     expect_len(K_NAME, "w", w, rows)?;
     if rows == 0 || cols == 0 {
@@ -100,9 +137,10 @@ pub fn token_weights(
         KArg::I32(i32_of(K_NAME, "rows", rows)?),
         KArg::I32(i32_of(K_NAME, "cols", cols)?),
         KArg::F32(eps),
+        KArg::I32(mode_arg),
     ];
-    // SAFETY: y (and resid) hold rows·cols elements and w rows (checked); one warp per row, rows
-    // past the end return before reading.
+    // SAFETY: y (and resid, present whenever the mode reads it) hold rows·cols elements and w
+    // rows (checked); one warp per row, rows past the end return before reading.
     unsafe { gpu.launch(K_NAME, cfg((rows.div_ceil(8), 1, 1), (32, 8, 1), 0), &args) }
 }
 

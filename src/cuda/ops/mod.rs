@@ -11,6 +11,7 @@
 //! file's header for where values are rounded to bf16.
 
 mod attention;
+mod bias;
 mod convert;
 mod decode;
 mod embed;
@@ -24,9 +25,10 @@ pub use attention::{
     attention, attention_smem, attention_with, flash_kernel_name, flash_warps, AttnKernel,
     AttnParams,
 };
+pub use bias::bias_add;
 pub use convert::{bf16_to_f32, f32_to_bf16};
 pub use decode::{
-    decode_attention, decode_attention_kernel, decode_rope_kv, gemv, gemv_gelu, kv_cache_write,
+    decode_attention, decode_attention_kernel, decode_rope_kv, gemv, gemv_act, kv_cache_write,
     plan_decode_splits, DecodeAttnParams, DecodeWorkspace, DECODE_MAX_SPLITS, GEMV_MAX_M,
 };
 pub use embed::embed;
@@ -36,9 +38,9 @@ pub use gemm::{
     kernel_summary, sm90_gemm_enabled, sm90_kernel_enabled, transpose, GemmKernel,
 };
 pub use head::{kl_rows, row_stats, softcap, RowStatsOut};
-pub use mlp::{gelu_mul, scale_rows_stats, token_weights};
-pub use norm::{rms_norm, rms_norm_inplace, rms_norm_residual};
-pub use rope::rope;
+pub use mlp::{act_mul, scale_rows_stats, token_weights, TokenWeightMode};
+pub use norm::{residual_add, rms_norm, rms_norm_inplace, rms_norm_residual};
+pub use rope::{rope, ModelRope, RopeFreqs};
 
 use super::error::{CudaError, CudaResult};
 use super::gpu::{DTensor, Gpu};

@@ -1,6 +1,8 @@
-//! Launchers of kernels/norm.cu: Gemma RMSNorm, in place or not, and fused with the residual add.
+//! Launchers of kernels/norm.cu: RMSNorm in either weight convention (`NormWeight`), in place or
+//! not, fused with the residual add, and the plain residual add.
 
-use super::{cfg, expect_len, i32_of};
+use super::{cfg, expect_len, i32_of, stride_blocks};
+use crate::checkpoint::config::NormWeight;
 use crate::cuda::error::{CudaError, CudaResult};
 use crate::cuda::gpu::{DTensor, Gpu, KArg};
 use crate::cuda::prof::range;
@@ -17,8 +19,17 @@ fn norm_rows(kernel: &'static str, numel: usize, w: &DTensor<f32>) -> CudaResult
     Ok((numel / cols, cols))
 }
 
+/// The kernels' `plain` argument.
+fn plain_arg(conv: NormWeight) -> i32 {
+    match conv {
+        NormWeight::OnePlus => 0,
+        NormWeight::Plain => 1,
+    }
+}
+
 /// Launches `rmsnorm_bf16` (pointers x, w, out) or `rmsnorm_residual_bf16` (h, y, w): both
-/// take three pointers, then (rows, cols, eps), with the row tensors rows·cols and w cols long.
+/// take three pointers, then (rows, cols, eps, plain), with the row tensors rows·cols and w cols
+/// long.
 fn launch_norm(
     gpu: &Gpu,
     name: &'static str,
@@ -26,6 +37,7 @@ fn launch_norm(
     rows: usize,
     cols: usize,
     eps: f32,
+    conv: NormWeight,
 ) -> CudaResult<()> {
     if rows == 0 {
         return Ok(());
@@ -37,20 +49,23 @@ fn launch_norm(
         KArg::I32(i32_of(name, "rows", rows)?),
         KArg::I32(i32_of(name, "cols", cols)?),
         KArg::F32(eps),
+        KArg::I32(plain_arg(conv)),
     ];
     // SAFETY: callers checked that both row tensors hold rows·cols elements and w holds cols;
     // one warp per row, rows >= `rows` return at once.
     unsafe { gpu.launch(name, cfg((rows.div_ceil(8), 1, 1), (256, 1, 1), 0), &args) }
 }
 
-/// Gemma RMSNorm of every row: `out = x·rsqrt(mean(x²)+eps)·(1+w)`; `w` [cols] f32, `x` and
-/// `out` hold rows × cols (per-head norms: rows of head_dim).
+/// RMSNorm of every row: `out = x̂·(1+w)` (`OnePlus`, Gemma) or `w·bf16(x̂)` (`Plain`, the Llama
+/// family), `x̂ = x·rsqrt(mean(x²)+eps)`; `w` [cols] f32, `x` and `out` hold rows × cols
+/// (per-head norms: rows of head_dim).
 pub fn rms_norm(
     gpu: &Gpu,
     x: &DTensor<bf16>,
     w: &DTensor<f32>,
     out: &mut DTensor<bf16>,
     eps: f32,
+    conv: NormWeight,
 ) -> CudaResult<()> {
     const K_NAME: &str = "rmsnorm_bf16";
     let _r = range("norm");
@@ -63,6 +78,7 @@ pub fn rms_norm(
         rows,
         cols,
         eps,
+        conv,
     )
 }
 
@@ -72,27 +88,49 @@ pub fn rms_norm_inplace(
     x: &mut DTensor<bf16>,
     w: &DTensor<f32>,
     eps: f32,
+    conv: NormWeight,
 ) -> CudaResult<()> {
     const K_NAME: &str = "rmsnorm_bf16";
     let _r = range("norm");
     let (rows, cols) = norm_rows(K_NAME, x.numel(), w)?;
     let p = x.ptr(gpu);
     // In place is allowed: each lane reads an element in the second pass before writing it.
-    launch_norm(gpu, K_NAME, [p, w.ptr(gpu), p], rows, cols, eps)
+    launch_norm(gpu, K_NAME, [p, w.ptr(gpu), p], rows, cols, eps, conv)
 }
 
-/// The residual step: `h += bf16(rmsnorm(y)·(1+w))` (two roundings, as transformers' bf16 path).
+/// The residual step after a post-norm: `h = bf16(h + norm(y))` (`norm` as `rms_norm`, rounded
+/// to bf16 first: two roundings, as transformers' bf16 path).
 pub fn rms_norm_residual(
     gpu: &Gpu,
     h: &mut DTensor<bf16>,
     y: &DTensor<bf16>,
     w: &DTensor<f32>,
     eps: f32,
+    conv: NormWeight,
 ) -> CudaResult<()> {
     const K_NAME: &str = "rmsnorm_residual_bf16";
     let _r = range("norm");
     let (rows, cols) = norm_rows(K_NAME, y.numel(), w)?;
     expect_len(K_NAME, "h", h, rows * cols)?;
     let ptrs = [h.ptr(gpu), y.ptr(gpu), w.ptr(gpu)];
-    launch_norm(gpu, K_NAME, ptrs, rows, cols, eps)
+    launch_norm(gpu, K_NAME, ptrs, rows, cols, eps, conv)
+}
+
+/// The residual step without a post-norm (the Llama family): `h = bf16(h + y)`, same shapes.
+pub fn residual_add(gpu: &Gpu, h: &mut DTensor<bf16>, y: &DTensor<bf16>) -> CudaResult<()> {
+    const K_NAME: &str = "residual_add_bf16";
+    let _r = range("residual");
+    let n = h.numel();
+    expect_len(K_NAME, "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [
+        KArg::Ptr(h.ptr(gpu)),
+        KArg::Ptr(y.ptr(gpu)),
+        KArg::I32(i32_of(K_NAME, "n", n)?),
+    ];
+    // SAFETY: h and y hold n elements (checked; distinct tensors, h borrowed mutably); a
+    // grid-stride loop over i < n.
+    unsafe { gpu.launch(K_NAME, cfg((stride_blocks(n), 1, 1), (256, 1, 1), 0), &args) }
 }

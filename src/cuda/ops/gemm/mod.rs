@@ -5,8 +5,9 @@
 
 mod policy;
 
-use super::mlp::gelu_mul;
+use super::mlp::{act_arg, act_mul};
 use super::{cfg, expect_inner, expect_outputs, expect_shape, i32_of, MAX_GRID_YZ};
+use crate::checkpoint::config::Activation;
 use crate::cuda::error::{CudaError, CudaResult};
 use crate::cuda::gpu::{DTensor, Gpu, KArg};
 use crate::cuda::prof::range;
@@ -67,8 +68,8 @@ enum TmaMode {
     Plain,
     /// The Gram matrix: only tiles touching the block-upper triangle.
     Gram,
-    /// act = gelu_tanh(X·W_gateᵀ)·(X·W_upᵀ), W = W_gate; the device address of W_up [N, K].
-    GateUp(u64),
+    /// act = f(X·W_gateᵀ)·(X·W_upᵀ), W = W_gate; the device address of W_up [N, K] and f.
+    GateUp(u64, Activation),
 }
 
 /// Where `gemm_nt_bf16_sm90_tma` writes: device addresses of the bf16 and f32 outputs (0: none),
@@ -97,7 +98,8 @@ fn launch_tma(
     let (tile_n, box_n, mode) = match y.mode {
         TmaMode::Plain => (GEMM_TMA_TILE_N, GEMM_TMA_TILE_N, 0),
         TmaMode::Gram => (GEMM_TMA_TILE_N, GEMM_TMA_TILE_N, 1),
-        TmaMode::GateUp(_) => (GEMM_TMA_TILE_N / 2, GEMM_TMA_TILE_N / 2, 2),
+        // MODE_GATE_UP + the activation (gemm.cu).
+        TmaMode::GateUp(_, f) => (GEMM_TMA_TILE_N / 2, GEMM_TMA_TILE_N / 2, 2 + act_arg(f)),
     };
     let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(tile_n);
     i32_of(TMA_NAME, "tiles", tiles)?;
@@ -108,7 +110,7 @@ fn launch_tma(
     let tx = tma::bf16_2d(TMA_NAME, xp, m, k, k, GEMM_TILE, 64)?;
     let tw = tma::bf16_2d(TMA_NAME, wp, n, k, k, box_n, 64)?;
     let tw2 = match y.mode {
-        TmaMode::GateUp(up) => tma::bf16_2d(TMA_NAME, up, n, k, k, box_n, 64)?,
+        TmaMode::GateUp(up, _) => tma::bf16_2d(TMA_NAME, up, n, k, k, box_n, 64)?,
         _ => tw,
     };
     let args = [
@@ -136,25 +138,27 @@ fn launch_tma(
     }
 }
 
-/// `act = gelu_tanh(x·W_gateᵀ)·(x·W_upᵀ)` in bf16 with transformers' rounding (each Linear output
-/// rounded, the gelu rounded, the product rounded: exactly `gemm_nt` twice then `gelu_mul`).
-/// `x` [M, K], `gate`, `up` [I, K], `act` [M, I]. On Hopper, once the TMA GEMM passed its
-/// self-check, one fused launch (gate and up never reach memory); elsewhere the three ops, with
-/// scratch for gate and up.
+/// `act = f(x·W_gateᵀ)·(x·W_upᵀ)` (`f` gelu_tanh or SiLU) in bf16 with transformers' rounding
+/// (each Linear output rounded, the activation rounded, the product rounded: exactly `gemm_nt`
+/// twice then `act_mul`). `x` [M, K], `gate`, `up` [I, K], `act` [M, I]. On Hopper, once the TMA
+/// GEMM passed its self-check, one fused launch (gate and up never reach memory); elsewhere the
+/// three ops, with scratch for gate and up.
 pub fn gate_up_act(
     gpu: &Gpu,
+    f: Activation,
     x: &DTensor<bf16>,
     gate: &DTensor<bf16>,
     up: &DTensor<bf16>,
     act: &mut DTensor<bf16>,
 ) -> CudaResult<()> {
-    gate_up_act_with(gpu, x, gate, up, act, GemmKernel::Auto)
+    gate_up_act_with(gpu, f, x, gate, up, act, GemmKernel::Auto)
 }
 
 /// `gate_up_act` with the kernel chosen by the caller: `Sm90Tma` insists on the fused launch,
 /// any other kernel runs the three separate ops on it.
 pub fn gate_up_act_with(
     gpu: &Gpu,
+    f: Activation,
     x: &DTensor<bf16>,
     gate: &DTensor<bf16>,
     up: &DTensor<bf16>,
@@ -176,7 +180,7 @@ pub fn gate_up_act_with(
             yf: 0,
             ld: i,
             accumulate: false,
-            mode: TmaMode::GateUp(up.ptr(gpu)),
+            mode: TmaMode::GateUp(up.ptr(gpu), f),
         };
         return launch_tma(gpu, (x.ptr(gpu), m), (gate.ptr(gpu), i), k, y, None);
     }
@@ -184,7 +188,7 @@ pub fn gate_up_act_with(
     let mut u = DTensor::<bf16>::zeros(gpu, &[m, i])?; // [M, I]
     gemm_nt_with(gpu, x, gate, Some(&mut g), None, false, kernel)?;
     gemm_nt_with(gpu, x, up, Some(&mut u), None, false, kernel)?;
-    gelu_mul(gpu, &g, &u, act, None, None)
+    act_mul(gpu, f, &g, &u, act, None, None)
 }
 
 /// `gemm_nt_with` on at most `ctas` CTAs where the kernel is persistent (the TMA kernel; `None`:

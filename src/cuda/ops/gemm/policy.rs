@@ -6,6 +6,7 @@ use super::super::attention::{flash_kernel_name, flash_warps};
 use super::{
     gate_up_act_with, gemm_nt_launch, gemm_nt_with, gram_accumulate_with, gram_symmetrize,
 };
+use crate::checkpoint::config::Activation;
 use crate::cuda::error::{CudaError, CudaResult};
 use crate::cuda::gpu::{DTensor, Gpu};
 use half::bf16;
@@ -208,20 +209,23 @@ fn sm90_self_check(gpu: &Gpu, kernel: GemmKernel) -> CudaResult<Option<String>> 
         if let Some(e) = first_mismatch(&want, &got, i, 0.0, 1e-4) {
             return Ok(Some(format!("Gram {e}")));
         }
-        // Gate/up mode (two W boxes per stage, the gelu epilogue) against gemm + gemm +
-        // gelu_mul on mma.sync: 200 output columns, so the second tile is ragged.
+        // Gate/up mode (two W boxes per stage, the activation epilogue, both activations)
+        // against gemm + gemm + act_mul on mma.sync: 200 output columns, so the second tile is
+        // ragged.
         let (gate, up) = (
             DTensor::from_host(gpu, &vals(200 * k), &[200, k])?,
             DTensor::from_host(gpu, &vals(200 * k), &[200, k])?,
         );
-        let act = |kern| -> CudaResult<Vec<f32>> {
-            let mut a = DTensor::<bf16>::zeros(gpu, &[m, 200])?;
-            gate_up_act_with(gpu, &x, &gate, &up, &mut a, kern)?;
-            Ok(a.to_host(gpu)?.iter().map(|v| v.to_f32()).collect())
-        };
-        let (want, got) = (act(GemmKernel::MmaSync)?, act(GemmKernel::Sm90Tma)?);
-        if let Some(e) = first_mismatch(&want, &got, 200, 1e-2, 1e-3) {
-            return Ok(Some(format!("gate/up {e}")));
+        for f in [Activation::GeluTanh, Activation::Silu] {
+            let act = |kern| -> CudaResult<Vec<f32>> {
+                let mut a = DTensor::<bf16>::zeros(gpu, &[m, 200])?;
+                gate_up_act_with(gpu, f, &x, &gate, &up, &mut a, kern)?;
+                Ok(a.to_host(gpu)?.iter().map(|v| v.to_f32()).collect())
+            };
+            let (want, got) = (act(GemmKernel::MmaSync)?, act(GemmKernel::Sm90Tma)?);
+            if let Some(e) = first_mismatch(&want, &got, 200, 1e-2, 1e-3) {
+                return Ok(Some(format!("gate/up ({f:?}) {e}")));
+            }
         }
     }
     Ok(None)
@@ -241,7 +245,7 @@ pub fn kernel_summary(gpu: &Gpu, cfg: &crate::checkpoint::config::ModelConfig) -
     };
     let attn = flash_kernel_name(d, flash_warps(gpu, d)).unwrap_or("attention_fwd_generic");
     let fused = if gate_up_fused(gpu, h) {
-        "fused with gelu·up"
+        "fused with act·up"
     } else {
         "separate"
     };
