@@ -14,9 +14,11 @@
 # Calibration: CALIB (/work/shared/data/wiki-calib.txt, else ../shared/data/wiki-calib.txt),
 # SAMPLES × SEQ tokens (128 × 512). Evaluation: DEV (wiki-dev.txt beside it), seq 512, WINDOWS
 # windows (32); tasks TASKS (arc_easy,arc_challenge,hellaswag,piqa,lambada; data/tasks from
-# `make tasks-data`), the first LIMIT items of each (100). Evaluation data is never calibrated on.
+# `make tasks-data`), the first LIMIT items of each (100; 0 skips the tasks). Evaluation data is
+# never calibrated on.
 # Results: OUT/MODEL/... (target/quality-llama): compiled folders, one JSON per evaluation,
 # weights.md / table.md. Finished steps (their JSON exists) are skipped, so a run can be resumed.
+# EXTRA: more compile flags for both modes (e.g. "--one-shot"; the table's "mode" column says).
 # env: WHITTLE (target/release/whittle), THREADS (whittle's default: all cores)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,7 +46,8 @@ case "$name" in
 esac
 [ -f "$model/model.safetensors" ] || bash scripts/get-model.sh "$name" "$model"
 mkdir -p "$out"
-common=(--calib "$calib" --samples "$samples" --seq "$seq" --force)
+# shellcheck disable=SC2206
+common=(--calib "$calib" --samples "$samples" --seq "$seq" --force ${EXTRA:-})
 
 # eval_text DIR JSON: wiki-dev against the original (KL, PPL, top-1).
 eval_text() {
@@ -85,15 +88,24 @@ case "$mode" in
     done
     ;;
   table)
-    wl=$(IFS=,; echo "${widths[*]}")
     dir=$out/widths
-    done=1
-    for w in "${widths[@]}"; do [ -f "$dir/width-$w/whittle_report.json" ] || done=0; done
-    [ $done = 1 ] || timed "$out/widths.log" "$bin" --device cpu compile "$model" -o "$dir" "${common[@]}" \
-      "${threads[@]}" --widths "$wl"
+    # Widths not compiled yet (a width folder from an earlier run, or the study's width with the
+    # default weighting copied in, is byte-identical to what a several-width run writes).
+    todo=()
+    for w in "${widths[@]}"; do [ -f "$dir/width-$w/whittle_report.json" ] || todo+=("$w"); done
+    if [ ${#todo[@]} -gt 1 ]; then
+      timed "$out/widths.log" "$bin" --device cpu compile "$model" -o "$dir" "${common[@]}" "${threads[@]}" \
+        --widths "$(IFS=,; echo "${todo[*]}")"
+    elif [ ${#todo[@]} = 1 ]; then
+      mkdir -p "$dir"
+      timed "$out/widths.log" "$bin" --device cpu compile "$model" -o "$dir/width-${todo[0]}" "${common[@]}" \
+        "${threads[@]}" --intermediate-size "${todo[0]}"
+    fi
     for w in "${widths[@]}"; do timed "$out/widths.log" eval_text "$dir/width-$w" "$dir/width-$w.json"; done
-    timed "$out/widths.log" eval_tasks "$model" "$out/original-tasks.json"
-    for w in "${widths[@]}"; do timed "$out/widths.log" eval_tasks "$dir/width-$w" "$dir/width-$w-tasks.json"; done
+    if [ "$limit" != 0 ]; then
+      timed "$out/widths.log" eval_tasks "$model" "$out/original-tasks.json"
+      for w in "${widths[@]}"; do timed "$out/widths.log" eval_tasks "$dir/width-$w" "$dir/width-$w-tasks.json"; done
+    fi
     ;;
   *) echo "bench-quality-llama: unknown mode '$mode' (weights, table)" >&2; exit 2 ;;
 esac
@@ -106,6 +118,11 @@ base = load(f"{out}/original.json")
 full = load(f"{model}/config.json")["intermediate_size"]
 head = f"{model}: original PPL {base['ppl']:.4f} on {base['tokens']} tokens of wiki-dev ({base['windows']} windows x {base['seq']})"
 
+def mode(r):
+    c = r.get("calibration", {})
+    toks = c.get("tokens") if isinstance(c, dict) else None
+    return ("sequential" if r["sequential"] else "one-shot") + (f", {toks} tok" if toks else "")
+
 def text_cols(e):
     return f"{e['ppl'] / base['ppl']:.3f} | {e['kl']:.4f} | {e['top1_agree']:.4f}"
 
@@ -116,9 +133,9 @@ if mode == "weights":
             e, r = load(f"{out}/{f}"), load(f"{out}/{f[:-5]}/whittle_report.json")
             secs = sum(r["timings_s"].values())
             rows.append((e["kl"], f"| {r['intermediate_size_after']} ({r['intermediate_size_after'] / full:.2f}) | "
-                                  f"{r['token_weight']} | {text_cols(e)} | {secs:.0f} |"))
-    lines = [head, "", "| width (keep) | token weight | PPL ratio | KL | top-1 agree | compile s |",
-             "|---|---|---|---|---|---|"] + [r for _, r in sorted(rows)]
+                                  f"{r['token_weight']} | {mode(r)} | {text_cols(e)} | {secs:.0f} |"))
+    lines = [head, "", "| width (keep) | token weight | mode | PPL ratio | KL | top-1 agree | compile s |",
+             "|---|---|---|---|---|---|---|"] + [r for _, r in sorted(rows)]
     path = f"{out}/weights.md"
 else:
     def task_cells(t):
@@ -128,12 +145,14 @@ else:
             cells.append(f"{m['acc']:.3f}" if k == "lambada" else f"{m['acc']:.3f} / {m['acc_norm']:.3f}")
         cells.append(f"{t['tasks']['lambada']['ppl']:.1f}" if "lambada" in tasks else "–")
         return " | ".join(cells)
-    n = load(f"{out}/original-tasks.json")["tasks"][tasks[0]]["items"]
+    none = " | ".join(["–"] * (len(tasks) + 1))
+    ot = f"{out}/original-tasks.json"
+    n = load(ot)["tasks"][tasks[0]]["items"] if os.path.exists(ot) else "–"
     hdr = " | ".join(("acc" if k == "lambada" else "acc / acc_norm") + f" {k}" for k in tasks)
     lines = [head, f"tasks: first {n} items of each", "",
-             f"| width (keep) | token weight | PPL ratio | KL | top-1 agree | {hdr} | lambada ppl | compile s |",
-             "|---|---|---|---|---|" + "---|" * (len(tasks) + 2)]
-    lines.append(f"| {full} (1.00) | – | 1.000 | 0 | 1 | {task_cells(load(f'{out}/original-tasks.json'))} | – |")
+             f"| width (keep) | token weight | mode | PPL ratio | KL | top-1 agree | {hdr} | lambada ppl | compile s |",
+             "|---|---|---|---|---|---|" + "---|" * (len(tasks) + 2)]
+    lines.append(f"| {full} (1.00) | – | original | 1.000 | 0 | 1 | {task_cells(load(ot)) if os.path.exists(ot) else none} | – |")
     d = f"{out}/widths"
     ws = sorted((int(f[6:]) for f in os.listdir(d) if f.startswith("width-") and os.path.isdir(f"{d}/{f}")), reverse=True)
     for w in ws:
@@ -141,8 +160,8 @@ else:
         e = load(f"{d}/width-{w}.json") if os.path.exists(f"{d}/width-{w}.json") else None
         t = load(f"{d}/width-{w}-tasks.json") if os.path.exists(f"{d}/width-{w}-tasks.json") else None
         secs = sum(r["timings_s"].values())
-        lines.append(f"| {w} ({w / full:.2f}) | {r['token_weight']} | {text_cols(e) if e else '– | – | –'} | "
-                     f"{task_cells(t) if t else ' | '.join(['–'] * (len(tasks) + 1))} | {secs:.0f} |")
+        lines.append(f"| {w} ({w / full:.2f}) | {r['token_weight']} | {mode(r)} | {text_cols(e) if e else '– | – | –'} | "
+                     f"{task_cells(t) if t else none} | {secs:.0f} |")
     path = f"{out}/table.md"
 open(path, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
