@@ -118,7 +118,7 @@ base = load(f"{out}/original.json")
 full = load(f"{model}/config.json")["intermediate_size"]
 head = f"{model}: original PPL {base['ppl']:.4f} on {base['tokens']} tokens of wiki-dev ({base['windows']} windows x {base['seq']})"
 
-def mode(r):
+def calib_mode(r):
     c = r.get("calibration", {})
     toks = c.get("tokens") if isinstance(c, dict) else None
     return ("sequential" if r["sequential"] else "one-shot") + (f", {toks} tok" if toks else "")
@@ -133,7 +133,7 @@ if mode == "weights":
             e, r = load(f"{out}/{f}"), load(f"{out}/{f[:-5]}/whittle_report.json")
             secs = sum(r["timings_s"].values())
             rows.append((e["kl"], f"| {r['intermediate_size_after']} ({r['intermediate_size_after'] / full:.2f}) | "
-                                  f"{r['token_weight']} | {mode(r)} | {text_cols(e)} | {secs:.0f} |"))
+                                  f"{r['token_weight']} | {calib_mode(r)} | {text_cols(e)} | {secs:.0f} |"))
     lines = [head, "", "| width (keep) | token weight | mode | PPL ratio | KL | top-1 agree | compile s |",
              "|---|---|---|---|---|---|---|"] + [r for _, r in sorted(rows)]
     path = f"{out}/weights.md"
@@ -160,7 +160,7 @@ else:
         e = load(f"{d}/width-{w}.json") if os.path.exists(f"{d}/width-{w}.json") else None
         t = load(f"{d}/width-{w}-tasks.json") if os.path.exists(f"{d}/width-{w}-tasks.json") else None
         secs = sum(r["timings_s"].values())
-        lines.append(f"| {w} ({w / full:.2f}) | {r['token_weight']} | {mode(r)} | {text_cols(e) if e else '– | – | –'} | "
+        lines.append(f"| {w} ({w / full:.2f}) | {r['token_weight']} | {calib_mode(r)} | {text_cols(e) if e else '– | – | –'} | "
                      f"{task_cells(t) if t else none} | {secs:.0f} |")
     path = f"{out}/table.md"
 open(path, "w").write("\n".join(lines) + "\n")
