@@ -9,8 +9,8 @@
 #        three widths (keep ≈ 0.86, 0.71, 0.53) in one `--widths` run, then wiki-dev KL / PPL
 #        ratio / top-1 against the original and the zero-shot tasks for the original and each width
 #
-# MODEL: smollm2-135m (MLP 1536 → 1344, 1088, 832) or qwen2.5-coder-0.5b (4864 → 4160, 3456,
-# 2560); widths are multiples of 64 (the --multiple-of default, clamped for small models).
+# MODEL: smollm2-135m (MLP 1536 → 1344, 1088, 832) or qwen2.5-coder-0.5b (4864 → 4224, 3456,
+# 2560): multiples of the --multiple-of default (128, clamped to 64 for SmolLM2).
 # Calibration: CALIB (/work/shared/data/wiki-calib.txt, else ../shared/data/wiki-calib.txt),
 # SAMPLES × SEQ tokens (128 × 512). Evaluation: DEV (wiki-dev.txt beside it), seq 512, WINDOWS
 # windows (32); tasks TASKS (arc_easy,arc_challenge,hellaswag,piqa,lambada; data/tasks from
@@ -41,7 +41,7 @@ threads=()
 model=models/$name
 case "$name" in
   smollm2-135m) widths=(1344 1088 832) ;;
-  qwen2.5-coder-0.5b) widths=(4160 3456 2560) ;;
+  qwen2.5-coder-0.5b) widths=(4224 3456 2560) ;;
   *) echo "bench-quality-llama: unknown model '$name' (smollm2-135m, qwen2.5-coder-0.5b)" >&2; exit 2 ;;
 esac
 [ -f "$model/model.safetensors" ] || bash scripts/get-model.sh "$name" "$model"
