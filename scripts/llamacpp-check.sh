@@ -8,6 +8,8 @@
 #      scripts/llamacpp_convert.py). The Gemma-2 fixture cannot be converted: the converter's
 #      Gemma-2 path reads only a sentencepiece tokenizer.model, which the fixtures do not have.
 #   2. Gemma 3 270M compiled to the throughput tier (16 × 256 calibration tokens of data/calib.txt).
+#   3. SmolLM2-135M-Instruct (llama arch, scripts/get-model.sh smollm2-135m) compiled the same way
+#      (MLP 1536 → 1088, the Llama family's default token weighting).
 # GGUFs are written as f32 (exact for the bf16 weights) so llama.cpp computes in f32 as whittle
 # does. Needs .venv with torch + transformers (make python-torch) and target/release/whittle.
 # env: TOKENS (24), SKIP_REAL=1 (fixture only)
@@ -50,5 +52,12 @@ if [ "${SKIP_REAL:-0}" != 1 ]; then
   convert "$out/gemma-3-270m-throughput" "$out/gemma-3-270m-throughput.gguf"
   check "$out/gemma-3-270m-throughput" "$out/gemma-3-270m-throughput.gguf"
   rm -f "$out/gemma-3-270m-throughput.gguf"
+
+  bash scripts/get-model.sh smollm2-135m models/smollm2-135m
+  "$whittle" --device cpu compile models/smollm2-135m -o "$out/smollm2-135m-throughput" \
+    --tier throughput --calib data/calib.txt --samples 16 --seq 256 --force
+  convert "$out/smollm2-135m-throughput" "$out/smollm2-135m-throughput.gguf"
+  check "$out/smollm2-135m-throughput" "$out/smollm2-135m-throughput.gguf"
+  rm -f "$out/smollm2-135m-throughput.gguf"
 fi
 echo "llamacpp-check: ok"

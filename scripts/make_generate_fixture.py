@@ -7,7 +7,7 @@ usage:
         tests/fixtures/tiny-gemma3/generate-reference.json
         tests/real-model/gemma-3-270m-generate.json   (only if models/gemma-3-270m exists)
   make_generate_fixture.py MODEL --out FILE [--prompt TEXT | --prompts A B ...]
-        [--max-new-tokens 32] [--chat]
+        [--max-new-tokens 32] [--chat] [--prepend-bos]
 
 Regenerate with
     scripts/setup-python.sh --with-torch && .venv/bin/python scripts/make_generate_fixture.py
@@ -15,7 +15,9 @@ Regenerate with
 Protocol (what tests/generate.rs replays with `whittle generate --json`):
   * model loaded as hfref.load_model does: fp32, eager attention, CPU, eval mode;
   * prompt ids = the HF tokenizer's own encoding with special tokens (BOS first), checked to be
-    BOS + the encoding without special tokens (what whittle builds);
+    BOS + the encoding without special tokens (what whittle builds). Tokenizers that add no BOS
+    (SmolLM2, Qwen2.5: add_bos_token false) need --prepend-bos: the ids are then config's
+    bos_token_id + the text ids, as whittle builds them, so both sides decode the same input;
   * model.generate(do_sample=False, max_new_tokens=N, eos_token_id=STOP) where STOP is whittle's
     stop set: config.json eos_token_id + generation_config.json eos_token_id (int or list) +
     <end_of_turn> if the tokenizer has it. Generation may end early on a stop token, which is
@@ -85,11 +87,15 @@ def stop_tokens(model_dir: str, tok) -> list[int]:
     return out
 
 
-def greedy(model, tok, text: str, n: int, stop: list[int], bos: int) -> dict:
-    ids = tok(text)["input_ids"]
+def greedy(model, tok, text: str, n: int, stop: list[int], bos: int, prepend_bos: bool = False) -> dict:
     plain = tok(text, add_special_tokens=False)["input_ids"]
-    if ids != [bos] + plain:
-        raise SystemExit(f"tokenizer's special-token encoding {ids[:4]}... is not BOS + text ids")
+    if prepend_bos:
+        ids = [bos] + plain
+    else:
+        ids = tok(text)["input_ids"]
+        if ids != [bos] + plain:
+            raise SystemExit(f"tokenizer's special-token encoding {ids[:4]}... is not BOS + text ids "
+                             "(a tokenizer that adds no BOS needs --prepend-bos)")
     x = torch.tensor([ids], dtype=torch.long)
     with torch.no_grad():
         out = model.generate(
@@ -112,7 +118,8 @@ def greedy(model, tok, text: str, n: int, stop: list[int], bos: int) -> dict:
             "top5": top5, "text": tok.decode(new, skip_special_tokens=True)}
 
 
-def make(model_dir: str, out_path: str, prompts: list[str], n: int, chat: bool, rel_model: str) -> dict:
+def make(model_dir: str, out_path: str, prompts: list[str], n: int, chat: bool, rel_model: str,
+         prepend_bos: bool = False) -> dict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -122,7 +129,7 @@ def make(model_dir: str, out_path: str, prompts: list[str], n: int, chat: bool, 
     best = None
     for p in prompts:
         text = chat_prompt(p) if chat else p
-        r = greedy(model, tok, text, n, stop, bos)
+        r = greedy(model, tok, text, n, stop, bos, prepend_bos)
         r["prompt"] = p
         if best is None or len(set(r["tokens"])) > len(set(best["tokens"])):
             best = r
@@ -131,6 +138,7 @@ def make(model_dir: str, out_path: str, prompts: list[str], n: int, chat: bool, 
         "prompt": best["prompt"],
         "chat": chat,
         "max_new_tokens": n,
+        "prepend_bos": prepend_bos,
         "stop_tokens": stop,
         "prompt_ids": best["prompt_ids"],
         "tokens": best["tokens"],
@@ -139,7 +147,7 @@ def make(model_dir: str, out_path: str, prompts: list[str], n: int, chat: bool, 
         "top5": best["top5"],
         "generate": "model.generate(do_sample=False, eos_token_id=stop_tokens), fp32, eager, CPU",
         "command": f"whittle generate {rel_model} --prompt {json.dumps(best['prompt'])} --max-new-tokens {n}"
-                   + (" --chat" if chat else "") + " --json",
+                   + (" --chat" if chat else " --no-chat") + " --json",
         **hfref.versions(),
     }
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
@@ -159,6 +167,8 @@ def main() -> int:
     ap.add_argument("--prompts", nargs="+")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--chat", action="store_true")
+    ap.add_argument("--prepend-bos", action="store_true",
+                    help="feed config's BOS + the text ids (for tokenizers that add no BOS; whittle always does)")
     args = ap.parse_args()
 
     import transformers
@@ -171,7 +181,7 @@ def main() -> int:
         if not args.out:
             ap.error("--out is required with MODEL")
         prompts = args.prompts or [args.prompt or REAL_PROMPT]
-        make(args.model, args.out, prompts, args.max_new_tokens, args.chat, args.model)
+        make(args.model, args.out, prompts, args.max_new_tokens, args.chat, args.model, args.prepend_bos)
         return 0
 
     for name in ("tiny-gemma2", "tiny-gemma3"):
