@@ -63,7 +63,7 @@ impl Arch {
         }
     }
 
-    /// Gemma 2 / 3 (the CUDA engine's only family so far).
+    /// Gemma 2 / 3 (what keeps Gemma's own RoPE table builder; `cpu::rope::layer_tables`).
     pub fn is_gemma(self) -> bool {
         matches!(self, Arch::Gemma2 | Arch::Gemma3Text)
     }
