@@ -252,40 +252,41 @@ fn repair_and_sequential_reduce_kl() {
     );
 }
 
+/// Compiles fixture `model` at keep 0.5 on the eval text with `extra` flags into `dir/name`;
+/// returns the report and layer 1's down_proj bytes.
+fn compile_down(dir: &Path, model: &str, name: &str, extra: &[&str]) -> (Value, Vec<u8>) {
+    let (m, text) = (fixture(model), fixture("eval-text.txt"));
+    let out = dir.join(name);
+    let mut args = vec![
+        "compile",
+        s(&m),
+        "-o",
+        s(&out),
+        "--keep-ratio",
+        "0.5",
+        "--calib",
+        s(&text),
+        "--seq",
+        "24",
+        "--samples",
+        "8",
+    ];
+    args.extend(extra);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{name}: {err}");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("whittle_report.json")).unwrap())
+            .unwrap();
+    let st = WeightStore::open(&out).unwrap();
+    let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
+    (r, t.bytes().to_vec())
+}
+
 /// `--token-weight` changes the statistics (so the re-fit down_proj), and the report records it.
 #[test]
 fn token_weighting_is_applied_and_recorded() {
     let d = tempfile::tempdir().unwrap();
-    let m = fixture("tiny-gemma3");
-    let text = fixture("eval-text.txt");
-    // Compiles with `extra` flags into `name`; returns the report and layer 1's down_proj bytes.
-    let compile = |name: &str, extra: &[&str]| -> (Value, Vec<u8>) {
-        let out = d.path().join(name);
-        let mut args = vec![
-            "compile",
-            s(&m),
-            "-o",
-            s(&out),
-            "--keep-ratio",
-            "0.5",
-            "--calib",
-            s(&text),
-            "--seq",
-            "24",
-            "--samples",
-            "8",
-        ];
-        args.extend(extra);
-        let (code, _, err) = run(&args);
-        assert_eq!(code, 0, "{name}: {err}");
-        let r: Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join("whittle_report.json")).unwrap(),
-        )
-        .unwrap();
-        let st = WeightStore::open(&out).unwrap();
-        let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
-        (r, t.bytes().to_vec())
-    };
+    let compile = |name: &str, extra: &[&str]| compile_down(d.path(), "tiny-gemma3", name, extra);
     let mut downs = Vec::new();
     for tw in ["uniform", "out", "out-resid"] {
         let (r, down) = compile(tw, &["--token-weight", tw]);
@@ -310,35 +311,7 @@ fn token_weighting_is_applied_and_recorded() {
 #[test]
 fn llama_family_defaults_to_next_norm_weighting() {
     let d = tempfile::tempdir().unwrap();
-    let m = fixture("tiny-qwen2");
-    let text = fixture("eval-text.txt");
-    let compile = |name: &str, extra: &[&str]| -> (Value, Vec<u8>) {
-        let out = d.path().join(name);
-        let mut args = vec![
-            "compile",
-            s(&m),
-            "-o",
-            s(&out),
-            "--keep-ratio",
-            "0.5",
-            "--calib",
-            s(&text),
-            "--seq",
-            "24",
-            "--samples",
-            "8",
-        ];
-        args.extend(extra);
-        let (code, _, err) = run(&args);
-        assert_eq!(code, 0, "{name}: {err}");
-        let r: Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join("whittle_report.json")).unwrap(),
-        )
-        .unwrap();
-        let st = WeightStore::open(&out).unwrap();
-        let t = st.get("model.layers.1.mlp.down_proj.weight").unwrap();
-        (r, t.bytes().to_vec())
-    };
+    let compile = |name: &str, extra: &[&str]| compile_down(d.path(), "tiny-qwen2", name, extra);
     let (r, default) = compile("default", &[]);
     assert_eq!(r["token_weight"], "next-norm");
     let (_, next) = compile("next-norm", &["--token-weight", "next-norm"]);
