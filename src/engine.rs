@@ -143,6 +143,69 @@ pub trait Engine {
     fn last_token_picks(&self, ids: &[u32], batch: Batch) -> Result<Vec<u32>>;
     /// A KV-cache decoder for one sequence of up to `max_len` positions.
     fn decoder(&self, max_len: usize) -> Result<Box<dyn Decode + '_>>;
+    /// `n_lanes` independent sequences of up to `max_len` positions each, decoded together one
+    /// token per lane and step. The default steps one `decoder` per lane in turn; an engine whose
+    /// single-token step is bound by reading the weights (the CPU) batches the lanes into GEMMs.
+    fn lanes(&self, n_lanes: usize, max_len: usize) -> Result<Box<dyn DecodeLanes + '_>> {
+        let decoders = (0..n_lanes)
+            .map(|_| self.decoder(max_len))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(SerialLanes { decoders }))
+    }
+}
+
+/// Several sequences decoded side by side (`Engine::lanes`): each lane has its own cache and
+/// position; a step advances any subset of the lanes by one token each.
+pub trait DecodeLanes {
+    /// Decodes `ids[r]` at lane `lanes[r]`'s next position, for every `r` (distinct lanes);
+    /// logits `[lanes.len(), V]`, row `r` for lane `lanes[r]`.
+    fn step(&mut self, lanes: &[usize], ids: &[u32]) -> Result<Vec<f32>>;
+    /// The position lane `lane`'s next token takes.
+    fn pos(&self, lane: usize) -> usize;
+    /// Starts a new sequence in lane `lane` (keeps the allocations).
+    fn reset(&mut self, lane: usize);
+}
+
+/// `DecodeLanes` from one single-sequence decoder per lane, stepped in turn.
+struct SerialLanes<'e> {
+    decoders: Vec<Box<dyn Decode + 'e>>,
+}
+
+impl DecodeLanes for SerialLanes<'_> {
+    fn step(&mut self, lanes: &[usize], ids: &[u32]) -> Result<Vec<f32>> {
+        check_lanes(lanes, ids, self.decoders.len())?;
+        let mut logits = Vec::new(); // [lanes, V]
+        for (&lane, &id) in lanes.iter().zip(ids) {
+            logits.extend(self.decoders[lane].step(id)?);
+        }
+        Ok(logits)
+    }
+    fn pos(&self, lane: usize) -> usize {
+        self.decoders[lane].pos()
+    }
+    fn reset(&mut self, lane: usize) {
+        self.decoders[lane].reset()
+    }
+}
+
+/// The `DecodeLanes::step` contract: one id per lane, lanes distinct and below `n_lanes`.
+pub fn check_lanes(lanes: &[usize], ids: &[u32], n_lanes: usize) -> Result<()> {
+    let mut seen = vec![false; n_lanes];
+    if lanes.len() != ids.len() {
+        return Err(Error::Other(format!(
+            "lane step: {} lanes but {} ids (one id per lane)",
+            lanes.len(),
+            ids.len()
+        )));
+    }
+    for &lane in lanes {
+        if lane >= n_lanes || std::mem::replace(&mut seen[lane], true) {
+            return Err(Error::Other(format!(
+                "lane step: lane {lane} is out of range (0..{n_lanes}) or named twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Incremental decoding of one sequence (`Decoder` on the CPU, `cuda::GpuDecoder` on a GPU).

@@ -1125,6 +1125,21 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let opts = opts.validate()?;
     // Validate widths and destinations before reading any calibration text.
     let rws = resolve_targets(cfg.intermediate_size, &targets, opts.multiple_of)?;
+    let mut targets = targets;
+    for (t, rw) in targets.iter_mut().zip(&rws) {
+        if let whittle::compile::Width::Size(w) = t.width {
+            if w != rw.width {
+                eprintln!(
+                    "width {w} is not a multiple of {} (--multiple-of): compiling width {}",
+                    rw.multiple, rw.width
+                );
+                if several {
+                    // Folders are named by the width they hold.
+                    t.output = a.output.join(format!("width-{}", rw.width));
+                }
+            }
+        }
+    }
     if several {
         anyhow::ensure!(
             !a.output.exists() || a.output.is_dir(),

@@ -365,3 +365,32 @@ fn bad_quality_ceilings_are_refused() {
     ]);
     assert_eq!(code, 2, "{err}"); // clap: conflicting flags
 }
+
+/// A width that is not a multiple of `--multiple-of` compiles the nearest multiple, says so, and
+/// its folder is named by the width it holds.
+#[test]
+fn widths_are_rounded_and_folders_named_by_the_width_compiled() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, ids) = synthetic_with_ids(d.path());
+    let out = d.path().join("rounded");
+    let (code, _, err) = run(&[
+        "compile",
+        s(&m),
+        "-o",
+        s(&out),
+        "--calib-ids",
+        s(&ids),
+        "--widths",
+        "40,19",
+        "--multiple-of",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("width 19 is not a multiple of"), "{err}");
+    assert!(!out.join("width-19").exists());
+    assert_eq!(
+        report(&out.join("width-20"))["intermediate_size_after"].as_u64(),
+        Some(20)
+    );
+    assert!(out.join("width-40").join("model.safetensors").exists());
+}

@@ -939,6 +939,7 @@ fn self_calibration_is_seeded_and_reproducible() {
     assert_eq!(cal["self_generated"]["seed"], 7);
     assert_eq!(cal["self_generated"]["sequences"], 3);
     assert_eq!(cal["self_generated"]["tokens"], 96);
+    assert_eq!(cal["self_generated"]["lanes"], 3);
     assert_eq!(cal["sources"][0]["path"], "self");
     assert_eq!(cal["sources"][0]["sequences"], 3);
     assert_eq!(cal["sources"][1]["sequences"], 3);

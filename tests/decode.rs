@@ -373,3 +373,178 @@ fn bf16_checkpoints_are_held_as_bf16() {
     );
     assert!(matches!(g2.head(), Mat::F32(_)));
 }
+
+/// The reference top-p sampler: the whole vocabulary sorted, then the nucleus drawn from. The
+/// library's sampler sorts only a prefix that holds the nucleus; it must pick the same token for
+/// every draw.
+fn sample_full_sort(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u32 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let mut probs: Vec<f64> = logits
+        .iter()
+        .map(|&z| ((z - m) as f64 * (1.0 / temperature as f64)).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    let mut order: Vec<u32> = (0..probs.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        probs[b as usize]
+            .total_cmp(&probs[a as usize])
+            .then(a.cmp(&b))
+    });
+    let (mut kept, mut mass) = (0usize, 0.0);
+    for &i in &order {
+        if kept > 0 && mass >= top_p as f64 {
+            break;
+        }
+        mass += probs[i as usize];
+        kept += 1;
+    }
+    let r = rng.next_f64() * mass;
+    let mut acc = 0.0;
+    for &i in &order[..kept] {
+        acc += probs[i as usize];
+        if r < acc {
+            return i;
+        }
+    }
+    order[kept - 1]
+}
+
+/// Peaked, flat (a nucleus of thousands of tokens, beyond the first sorted prefix) and tied
+/// logits over a 50k vocabulary: the prefix sort draws exactly what a full sort draws.
+#[test]
+fn top_p_prefix_sort_draws_what_a_full_sort_draws() {
+    let v = 50_000;
+    let mut gen = Rng::new(7);
+    let peaked: Vec<f32> = (0..v).map(|_| (gen.next_f64() * 20.0) as f32).collect();
+    let flat: Vec<f32> = (0..v).map(|_| (gen.next_f64() * 0.5) as f32).collect();
+    let tied: Vec<f32> = (0..v).map(|i| (i % 7) as f32 * 0.1).collect();
+    for (name, z) in [("peaked", &peaked), ("flat", &flat), ("tied", &tied)] {
+        for (t, p) in [(1.0f32, 0.95f32), (0.7, 0.5), (1.3, 0.999)] {
+            let (mut a, mut b) = (Rng::new(11), Rng::new(11));
+            for draw in 0..20 {
+                let got = sample(z, Sampling::new(t, p), &mut a);
+                let want = sample_full_sort(z, t, p, &mut b);
+                assert_eq!(got, want, "{name} logits, T {t}, top-p {p}, draw {draw}");
+            }
+        }
+    }
+}
+
+/// An engine that keeps `Engine::lanes`' default (one decoder per lane, stepped in turn), the
+/// way the GPU engine serves lanes.
+struct SerialOnly<'m>(&'m Model);
+
+impl Engine for SerialOnly<'_> {
+    fn cfg(&self) -> &whittle::checkpoint::config::ModelConfig {
+        &self.0.cfg
+    }
+    fn name(&self) -> String {
+        "serial lanes".into()
+    }
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+    fn last_token_picks(&self, ids: &[u32], batch: Batch) -> whittle::Result<Vec<u32>> {
+        self.0.last_token_picks(ids, batch)
+    }
+    fn decoder(&self, max_len: usize) -> whittle::Result<Box<dyn whittle::engine::Decode + '_>> {
+        self.0.decoder(max_len)
+    }
+}
+
+/// Three lanes over one model, staggered: lane 1 starts two steps late, lane 0 resets half-way
+/// and starts another sequence, steps name the lanes out of order and skip some. Every row of
+/// every step must equal (CPU batched lanes: within the decoder tolerance; the default serial
+/// lanes: bit for bit) what a single decoder gives for that lane's sequence. Runs past the
+/// sliding window (16) so each lane's ring wraps; tiny-qwen2 adds biases and SiLU.
+fn lanes_equal_single_decoders(name: &str) {
+    let dir = fixture(name);
+    let model = Model::load(&dir).unwrap();
+    let ids = reference_ids(&dir);
+    let v = model.cfg.vocab_size;
+    // Lane sequences: lane 0 = ids[0..20], reset, ids[5..24] (step 20 idle); lane 1 = ids[3..31]
+    // (steps 2..37 but every fifth); lane 2 = ids[10..40].
+    let script: Vec<Vec<(usize, usize)>> = (0..40)
+        .map(|step| {
+            let mut s = Vec::new();
+            if step < 20 {
+                s.push((0, step));
+            } else if step >= 21 {
+                s.push((0, 5 + step - 21));
+            }
+            if (2..37).contains(&step) && step % 5 != 4 {
+                s.push((1, 0));
+            }
+            if step < 30 {
+                s.push((2, 10 + step));
+            }
+            s.reverse();
+            s
+        })
+        .collect();
+    for serial in [false, true] {
+        let serial_engine = SerialOnly(&model);
+        let engine: &dyn Engine = if serial { &serial_engine } else { &model };
+        let mut lanes = engine.lanes(3, 40).unwrap();
+        let mut singles: Vec<Decoder> = (0..3).map(|_| Decoder::new(&model, 40)).collect();
+        let mut lane1 = 3usize; // lane 1's next index into ids
+        let mut worst = 0f64;
+        for (step, plan) in script.iter().enumerate() {
+            if step == 20 {
+                lanes.reset(0);
+                singles[0].reset();
+            }
+            let (names, toks): (Vec<usize>, Vec<u32>) = plan
+                .iter()
+                .map(|&(lane, at)| {
+                    let at = if lane == 1 {
+                        lane1 += 1;
+                        lane1 - 1
+                    } else {
+                        at
+                    };
+                    (lane, ids[at])
+                })
+                .unzip();
+            if names.is_empty() {
+                continue;
+            }
+            let z = lanes.step(&names, &toks).unwrap();
+            assert_eq!(z.len(), names.len() * v);
+            for (r, (&lane, &tok)) in names.iter().zip(&toks).enumerate() {
+                let want = singles[lane].step(tok).unwrap();
+                assert_eq!(lanes.pos(lane), singles[lane].pos(), "lane {lane} position");
+                let got = &z[r * v..(r + 1) * v];
+                if serial {
+                    assert_eq!(got, &want[..], "serial lanes, step {step}, lane {lane}");
+                } else {
+                    let e = rel_l2(got, &want);
+                    assert!(e <= TOL, "{name} step {step} lane {lane}: rel err {e:.3e}");
+                    worst = worst.max(e);
+                }
+            }
+        }
+        eprintln!("{name} lanes (serial {serial}): worst rel err {worst:.2e}");
+    }
+    // The step contract: one id per lane, lanes distinct and in range.
+    let mut lanes = Engine::lanes(&model, 2, 8).unwrap();
+    for (names, toks) in [
+        (vec![0, 0], vec![1, 2]),
+        (vec![2], vec![1]),
+        (vec![0, 1], vec![1]),
+    ] {
+        let err = lanes.step(&names, &toks).unwrap_err().to_string();
+        assert!(err.contains("lane"), "{err}");
+    }
+}
+
+#[test]
+fn tiny_gemma3_lanes_equal_single_decoders() {
+    lanes_equal_single_decoders("tiny-gemma3");
+}
+
+#[test]
+fn tiny_qwen2_lanes_equal_single_decoders() {
+    lanes_equal_single_decoders("tiny-qwen2");
+}

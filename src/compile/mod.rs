@@ -633,6 +633,12 @@ pub fn compile_batch(
                 if let (Some(ro), Some(c)) = (&opts.reconstruct, calib) {
                     let t0 = Instant::now();
                     let h = mlp_inputs(&**backend, hd, nb, c.tokens(), ro.tokens)?; // [n, H]
+                                                                                    // The rows' sequences, as `mlp_inputs` picked them.
+                    let seq: Vec<usize> =
+                        crate::compile::reconstruct::spread(c.tokens(), ro.tokens)
+                            .iter()
+                            .map(|&r| r / c.seq_len)
+                            .collect();
                     let cut = slice_mlp(&w, hd, &kept, down.take());
                     let start = MlpWeights {
                         gate: cut.gate().clone(),
@@ -645,6 +651,7 @@ pub fn compile_batch(
                         cfg: &cfg,
                         full: &w,
                         h: &h,
+                        seq: &seq,
                         round: &round,
                     };
                     let (best, rep) = crate::compile::reconstruct::reconstruct(&pb, l, start, ro)?;

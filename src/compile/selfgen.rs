@@ -9,9 +9,10 @@
 //! Every document's sampler is seeded from (seed, sequence, document), so a seed gives the same
 //! ids whatever the thread count.
 
+use crate::cpu::decode::{sample, Rng, Sampling};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::serve::generate::{generate, GenOptions};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// Sampling for self-generated calibration.
@@ -44,11 +45,24 @@ pub struct SelfGenReport {
     pub tokens: usize,
     /// Documents sampled (a sequence holds several when they end early).
     pub documents: usize,
-    /// Tokens per second of generation (sampling included).
+    /// Sequences decoded side by side (`LANES`, or fewer sequences).
+    pub lanes: usize,
+    /// Wall time of generation (sampling included; not part of `timings_s`).
+    pub seconds: f64,
+    /// Tokens per second of generation.
     pub tok_per_s: f64,
 }
 
+/// Sequences decoded side by side: the LM head and projections run as GEMMs over this many
+/// rows per step. Fixed (not taken from the thread count or memory) because which lane writes
+/// which sequence, and so the sampled ids, depend on it.
+pub const LANES: usize = 32;
+
 /// `n_seq` sequences of `seq_len` ids (BOS first) sampled from `engine`; `stop` ends a document.
+///
+/// Up to `LANES` sequences are written at once, each lane decoding its own documents; a lane
+/// that completes its sequence takes the next one not yet started. Documents are seeded by
+/// (seed, sequence, document), so the ids do not depend on which lane wrote them.
 pub fn generate_sequences(
     engine: &dyn Engine,
     n_seq: usize,
@@ -71,44 +85,81 @@ pub fn generate_sequences(
         });
     }
     let t0 = std::time::Instant::now();
-    let sampling = crate::cpu::decode::Sampling::new(o.temperature, o.top_p);
-    let mut ids = Vec::with_capacity(n_seq * seq_len); // [n_seq, seq_len]
-    let mut documents = 0usize;
-    for s in 0..n_seq {
-        ids.push(bos);
-        let mut have = 1usize;
-        let mut empty = 0usize;
-        let mut doc = 0u64;
-        while have < seq_len {
-            let opts = GenOptions {
-                max_new_tokens: seq_len - have,
-                sampling,
-                seed: doc_seed(o.seed, s as u64, doc),
-                stop: stop.to_vec(),
-            };
-            doc += 1;
-            let out = generate(engine, &[bos], &opts, |_| Ok(()))?;
-            documents += 1;
-            let body: Vec<u32> = out
-                .tokens
-                .into_iter()
-                .filter(|t| !stop.contains(t))
-                .collect();
-            if body.is_empty() {
-                // A model that ends every document at once would loop forever.
-                empty += 1;
-                if empty >= 64 {
-                    return Err(Error::Other(format!(
-                        "--calib self: the model ended 64 documents in a row without a token \
-                         (sequence {s}); it cannot write its own calibration text — give a file"
-                    )));
+    let sampling = Sampling::new(o.temperature, o.top_p);
+    let vocab = engine.cfg().vocab_size;
+    let n_lanes = LANES.min(n_seq);
+    // A document ends at a stop token or the sequence's end, so no lane holds more than
+    // `seq_len` positions (BOS plus the body of one sequence).
+    let mut dec = engine.lanes(n_lanes, seq_len)?;
+    let mut ids = vec![0u32; n_seq * seq_len]; // [n_seq, seq_len]
+    let mut lanes: Vec<Option<Lane>> = Vec::with_capacity(n_lanes);
+    let mut next_seq = 0usize;
+    for _ in 0..n_lanes {
+        lanes.push(Some(Lane::start(next_seq, o.seed, bos)));
+        ids[next_seq * seq_len] = bos;
+        next_seq += 1;
+    }
+    let (mut documents, mut done) = (0usize, 0usize);
+    loop {
+        let active: Vec<usize> = (0..n_lanes).filter(|&i| lanes[i].is_some()).collect();
+        if active.is_empty() {
+            break;
+        }
+        let input: Vec<u32> = active
+            .iter()
+            .map(|&i| lanes[i].as_ref().map_or(bos, |l| l.input))
+            .collect();
+        let logits = dec.step(&active, &input)?; // [active, V]
+        let mut picked = vec![0u32; active.len()];
+        {
+            let mut rngs: Vec<&mut Rng> = lanes.iter_mut().flatten().map(|l| &mut l.rng).collect();
+            picked
+                .par_iter_mut()
+                .zip(rngs.par_iter_mut())
+                .zip(logits.par_chunks(vocab))
+                .for_each(|((t, rng), z)| *t = sample(z, sampling, rng));
+        }
+        for (&i, &t) in active.iter().zip(&picked) {
+            let lane = lanes[i].as_mut().expect("active lane");
+            let s = lane.seq;
+            if stop.contains(&t) {
+                // The document ends; the next starts from BOS in a fresh cache.
+                documents += 1;
+                if lane.doc_len == 0 {
+                    // A model that ends every document at once would loop forever.
+                    lane.empty += 1;
+                    if lane.empty >= 64 {
+                        return Err(Error::Other(format!(
+                            "--calib self: the model ended 64 documents in a row without a \
+                             token (sequence {s}); it cannot write its own calibration text — \
+                             give a file"
+                        )));
+                    }
+                } else {
+                    lane.empty = 0;
                 }
+                lane.next_document(o.seed, bos);
+                dec.reset(i);
                 continue;
             }
-            have += body.len();
-            ids.extend_from_slice(&body);
+            ids[s * seq_len + lane.have] = t;
+            lane.have += 1;
+            lane.doc_len += 1;
+            lane.input = t;
+            if lane.have == seq_len {
+                documents += 1;
+                done += 1;
+                progress(done);
+                dec.reset(i);
+                lanes[i] = if next_seq < n_seq {
+                    ids[next_seq * seq_len] = bos;
+                    next_seq += 1;
+                    Some(Lane::start(next_seq - 1, o.seed, bos))
+                } else {
+                    None
+                };
+            }
         }
-        progress(s + 1);
     }
     let secs = t0.elapsed().as_secs_f64();
     let tokens = n_seq * seq_len;
@@ -119,6 +170,8 @@ pub fn generate_sequences(
         sequences: n_seq,
         tokens,
         documents,
+        lanes: n_lanes,
+        seconds: secs,
         tok_per_s: if secs > 0.0 {
             tokens as f64 / secs
         } else {
@@ -126,6 +179,42 @@ pub fn generate_sequences(
         },
     };
     Ok((ids, report))
+}
+
+/// One lane's place: the sequence it writes and the document it is sampling.
+struct Lane {
+    seq: usize,
+    /// Ids of the sequence written so far (BOS included).
+    have: usize,
+    doc: u64,
+    /// Tokens the current document has added.
+    doc_len: usize,
+    /// Documents in a row that ended before their first token.
+    empty: usize,
+    rng: Rng,
+    /// What the lane decodes next.
+    input: u32,
+}
+
+impl Lane {
+    fn start(seq: usize, seed: u64, bos: u32) -> Lane {
+        Lane {
+            seq,
+            have: 1,
+            doc: 0,
+            doc_len: 0,
+            empty: 0,
+            rng: Rng::new(doc_seed(seed, seq as u64, 0)),
+            input: bos,
+        }
+    }
+
+    fn next_document(&mut self, seed: u64, bos: u32) {
+        self.doc += 1;
+        self.doc_len = 0;
+        self.rng = Rng::new(doc_seed(seed, self.seq as u64, self.doc));
+        self.input = bos;
+    }
 }
 
 /// An f32 flag value as the decimal the user typed (0.95, not 0.949999988).

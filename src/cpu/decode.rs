@@ -43,7 +43,7 @@ use crate::cpu::{act, bias, ops, rope};
 // working.
 pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
 use crate::cpu::model::{attn_out, embed, mlp_block, qkv, Model, Table};
-use crate::engine::{Batch, Decode, Engine};
+use crate::engine::{Batch, Decode, DecodeLanes, Engine};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use rayon::prelude::*;
@@ -369,6 +369,110 @@ impl<'m> Decoder<'m> {
     }
 }
 
+// ----------------------------------------------------------------------------------- lanes
+
+/// Several sequences decoded together (`Engine::lanes`): a step runs one token of each active
+/// lane as one batch — the projections, the MLP and the LM head are GEMMs over the lanes' rows,
+/// so the weights are read once per step instead of once per token — while RoPE, the cache and
+/// attention are per lane, at each lane's own position. Row for row it computes what
+/// `Decoder::step` computes, the dot products summed in GEMM order (as the prefill does).
+pub struct Lanes<'m> {
+    model: &'m Model,
+    caches: Vec<KvCache>,
+    /// cos, sin `[max_len, d/2]` for global and sliding layers.
+    rope_full: (Vec<f32>, Vec<f32>),
+    rope_sliding: (Vec<f32>, Vec<f32>),
+    /// bf16 layers widened for the GEMMs, reused from layer to layer.
+    scratch: Option<Layer<Vec<f32>>>,
+}
+
+impl<'m> Lanes<'m> {
+    pub fn new(model: &'m Model, n_lanes: usize, max_len: usize) -> Lanes<'m> {
+        let cfg = &model.cfg;
+        Lanes {
+            model,
+            caches: (0..n_lanes).map(|_| KvCache::new(model, max_len)).collect(),
+            rope_full: rope::layer_tables(cfg, max_len, LayerType::Full),
+            rope_sliding: rope::layer_tables(cfg, max_len, LayerType::Sliding),
+            scratch: None,
+        }
+    }
+
+    /// One token per named lane; logits `[lanes.len(), V]`.
+    pub fn step(&mut self, lanes: &[usize], ids: &[u32]) -> Result<Vec<f32>> {
+        crate::engine::check_lanes(lanes, ids, self.caches.len())?;
+        for &lane in lanes {
+            let c = &self.caches[lane];
+            if c.len + 1 > c.max_len {
+                return Err(Error::Other(format!(
+                    "KV cache of lane {lane} full: {} positions held, capacity {}",
+                    c.len, c.max_len
+                )));
+            }
+        }
+        let model = self.model;
+        let cfg = &model.cfg;
+        let (n, d, nh, nkv) = (lanes.len(), cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let half = d / 2;
+        let pos: Vec<usize> = lanes.iter().map(|&lane| self.caches[lane].len).collect();
+        let mut h = embed(cfg, model.embed_table(), ids)?; // [n, H]
+        for l in 0..cfg.num_layers {
+            let w = model.layer_in(l, &mut self.scratch);
+            let (mut q, mut k, v) = qkv(cfg, &w, &h, n); // [n, nh·d], [n, nkv·d] ×2
+            let (cos, sin) = match cfg.layer_types[l] {
+                LayerType::Full => &self.rope_full,
+                LayerType::Sliding => &self.rope_sliding,
+            };
+            for (r, (&lane, &p)) in lanes.iter().zip(&pos).enumerate() {
+                let (c, s) = (
+                    &cos[p * half..(p + 1) * half],
+                    &sin[p * half..(p + 1) * half],
+                );
+                let qr = &mut q[r * nh * d..(r + 1) * nh * d];
+                let kr = &mut k[r * nkv * d..(r + 1) * nkv * d];
+                ops::apply_rope(qr, 1, nh, d, c, s);
+                ops::apply_rope(kr, 1, nkv, d, c, s);
+                self.caches[lane].write(l, p, kr, &v[r * nkv * d..(r + 1) * nkv * d]);
+            }
+            let mut att = vec![0f32; n * nh * d]; // [n, nh·d]
+            let caches = &self.caches;
+            att.par_chunks_mut(nh * d).enumerate().for_each(|(r, out)| {
+                out.copy_from_slice(&attend(
+                    &caches[lanes[r]].layers[l],
+                    &q[r * nh * d..(r + 1) * nh * d],
+                    pos[r],
+                    nh,
+                    nkv,
+                    d,
+                    cfg.attn_scale(),
+                    cfg.attn_softcap,
+                ))
+            });
+            drop((q, k, v));
+            let y = attn_out(cfg, &w, &att, n); // [n, H]
+            ops::add_into(&mut h, &y);
+            mlp_block(cfg, l, &w, &mut h, &mut None);
+        }
+        crate::cpu::model::norm(cfg, &mut h, &model.final_norm);
+        for &lane in lanes {
+            self.caches[lane].len += 1;
+        }
+        Ok(model.logits(&h))
+    }
+}
+
+impl DecodeLanes for Lanes<'_> {
+    fn step(&mut self, lanes: &[usize], ids: &[u32]) -> Result<Vec<f32>> {
+        Lanes::step(self, lanes, ids)
+    }
+    fn pos(&self, lane: usize) -> usize {
+        self.caches[lane].len
+    }
+    fn reset(&mut self, lane: usize) {
+        self.caches[lane].clear()
+    }
+}
+
 /// Attention of one query row `q` ([nh, d], at position `p`) over the cached keys it may see:
 /// `s = (q·k)·scale → softcap → softmax (f32) → Σ p·v`, keys in increasing position order.
 #[allow(clippy::too_many_arguments)]
@@ -499,6 +603,9 @@ impl Engine for Model {
     fn decoder(&self, max_len: usize) -> Result<Box<dyn Decode + '_>> {
         Ok(Box::new(Decoder::new(self, max_len)))
     }
+    fn lanes(&self, n_lanes: usize, max_len: usize) -> Result<Box<dyn DecodeLanes + '_>> {
+        Ok(Box::new(Lanes::new(self, n_lanes, max_len)))
+    }
 }
 
 // ----------------------------------------------------------------------------------- sampling
@@ -565,16 +672,31 @@ pub fn sample(logits: &[f32], s: Sampling, rng: &mut Rng) -> u32 {
         }
         return argmax(logits);
     }
+    // Descending probability, index order on ties: a total order, so the `k` largest sorted
+    // are exactly the first `k` of the fully sorted vocabulary. Sorting a prefix that holds the
+    // nucleus costs O(V) instead of O(V log V) (a 262k vocabulary's sort dominated sampling).
+    let cmp = |a: &u32, b: &u32| {
+        probs[*b as usize]
+            .total_cmp(&probs[*a as usize])
+            .then(a.cmp(b))
+    };
     let mut order: Vec<u32> = (0..probs.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        probs[b as usize]
-            .total_cmp(&probs[a as usize])
-            .then(a.cmp(&b))
-    });
+    let mut k = order.len().min(256);
+    loop {
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, cmp);
+        }
+        order[..k].sort_unstable_by(cmp);
+        let head: f64 = order[..k].iter().map(|&i| probs[i as usize]).sum();
+        if head >= top_p as f64 || k == order.len() {
+            break;
+        }
+        k = (k * 8).min(order.len());
+    }
     // Keep token k (in descending order) while the mass before it is < top_p.
     let mut kept = 0usize;
     let mut mass = 0.0;
-    for &i in &order {
+    for &i in &order[..k] {
         if kept > 0 && mass >= top_p as f64 {
             break;
         }

@@ -95,8 +95,34 @@ impl AttnScratch {
 /// disagree with `cfg.attn_bias`).
 fn no_bias_scratch(what: &str) -> Error {
     Error::Other(format!(
-        "the layer has a {what} bias the config does not declare (attention_bias / family);          the CUDA engine allocated no f32 scratch for it"
+        "the layer has a {what} bias the config does not declare (attention_bias / family); the \
+         CUDA engine allocated no f32 scratch for it"
     ))
+}
+
+/// How a projection multiplies: a GEMM over the batch's rows (forward passes, prefill) or the
+/// GEMV of one row (a decode step). Both round the same way (bf16 out of an f32 accumulation).
+#[derive(Clone, Copy)]
+pub(super) enum Product {
+    Gemm,
+    Gemv,
+}
+
+impl Product {
+    fn run(
+        self,
+        gpu: &Gpu,
+        x: &DTensor<bf16>,
+        w: &DTensor<bf16>,
+        out: Option<&mut DTensor<bf16>>,
+        yf: Option<&mut DTensor<f32>>,
+    ) -> Result<()> {
+        match self {
+            Product::Gemm => ops::gemm_nt(gpu, x, w, out, yf, false)?,
+            Product::Gemv => ops::gemv(gpu, x, w, out, yf, None)?,
+        }
+        Ok(())
+    }
 }
 
 /// A Linear: `out = bf16(x·Wᵀ)`, or with a bias `out = bf16(x·Wᵀ + b)` through the f32 product
@@ -104,6 +130,7 @@ fn no_bias_scratch(what: &str) -> Error {
 /// and `yf` [N, C].
 pub(super) fn linear(
     gpu: &Gpu,
+    p: Product,
     x: &DTensor<bf16>,
     w: &DTensor<bf16>,
     b: Option<&DTensor<f32>>,
@@ -111,13 +138,81 @@ pub(super) fn linear(
     yf: Option<&mut DTensor<f32>>,
 ) -> Result<()> {
     match (b, yf) {
-        (None, _) => ops::gemm_nt(gpu, x, w, Some(out), None, false)?,
+        (None, _) => p.run(gpu, x, w, Some(out), None)?,
         (Some(b), Some(yf)) => {
-            ops::gemm_nt(gpu, x, w, None, Some(&mut *yf), false)?;
+            p.run(gpu, x, w, None, Some(&mut *yf))?;
             ops::bias_add(gpu, yf, b, out)?;
         }
         (Some(_), None) => return Err(no_bias_scratch("projection")),
     }
+    Ok(())
+}
+
+/// The attention inputs of the rows of `x` (already `input_norm`ed): the q/k/v projections with
+/// their biases (through `f`'s f32 scratch) and the q/k norms where the layer has them, before
+/// RoPE. The batched block and the decode step share it, as the CPU's `qkv`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn qkv(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    p: Product,
+    w: &DeviceLayer,
+    x: &DTensor<bf16>,
+    q: &mut DTensor<bf16>,
+    k: &mut DTensor<bf16>,
+    v: &mut DTensor<bf16>,
+    f: Option<&mut BiasScratch>,
+) -> Result<()> {
+    let (qb, kb, vb) = match w.qkv_bias() {
+        Some((q, k, v)) => (Some(q), Some(k), Some(v)),
+        None => (None, None, None),
+    };
+    let mut f = f;
+    linear(gpu, p, x, w.q(), qb, q, f.as_mut().map(|f| &mut f.q))?;
+    linear(gpu, p, x, w.k(), kb, k, f.as_mut().map(|f| &mut f.k))?;
+    linear(gpu, p, x, w.v(), vb, v, f.as_mut().map(|f| &mut f.v))?;
+    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
+        let (eps, conv) = (cfg.rms_norm_eps, cfg.norm_weight);
+        ops::rms_norm_inplace(gpu, q, qn, eps, conv)?;
+        ops::rms_norm_inplace(gpu, k, kn, eps, conv)?;
+    }
+    Ok(())
+}
+
+/// What attention's output `att` adds to the residual stream: `h += post_attn_norm(o(att))`,
+/// o_proj's bias and the post-norm where the layer has them (the CPU's `attn_out` + add). `y`
+/// (and `y_f32` with a bias) is scratch [N, H].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attn_out(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    p: Product,
+    w: &DeviceLayer,
+    att: &DTensor<bf16>,
+    h: &mut DTensor<bf16>,
+    y: &mut DTensor<bf16>,
+    y_f32: Option<&mut DTensor<f32>>,
+) -> Result<()> {
+    linear(gpu, p, att, w.o(), w.o_bias(), y, y_f32)?;
+    residual(gpu, cfg, h, y, w.post_attn_norm())
+}
+
+/// `x = pre_ffn_norm(h)`, the MLP block's input.
+pub(super) fn pre_ffn_norm(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    w: &DeviceLayer,
+    h: &DTensor<bf16>,
+    x: &mut DTensor<bf16>,
+) -> Result<()> {
+    ops::rms_norm(
+        gpu,
+        h,
+        w.pre_ffn_norm(),
+        x,
+        cfg.rms_norm_eps,
+        cfg.norm_weight,
+    )?;
     Ok(())
 }
 
@@ -153,26 +248,21 @@ pub(super) fn attention(
     batch: Batch,
     kv: Option<&mut KvSink<'_>>,
 ) -> Result<()> {
-    let (eps, conv) = (cfg.rms_norm_eps, cfg.norm_weight);
     let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let (eps, conv) = (cfg.rms_norm_eps, cfg.norm_weight);
     ops::rms_norm(gpu, h, w.input_norm(), &mut s.x, eps, conv)?;
-    match w.qkv_bias() {
-        None => {
-            ops::gemm_nt(gpu, &s.x, w.q(), Some(&mut s.q), None, false)?;
-            ops::gemm_nt(gpu, &s.x, w.k(), Some(&mut s.k), None, false)?;
-            ops::gemm_nt(gpu, &s.x, w.v(), Some(&mut s.v), None, false)?;
-        }
-        Some((qb, kb, vb)) => {
-            let f = s.qkv_f32.as_mut().ok_or_else(|| no_bias_scratch("q/k/v"))?;
-            linear(gpu, &s.x, w.q(), Some(qb), &mut s.q, Some(&mut f.q))?;
-            linear(gpu, &s.x, w.k(), Some(kb), &mut s.k, Some(&mut f.k))?;
-            linear(gpu, &s.x, w.v(), Some(vb), &mut s.v, Some(&mut f.v))?;
-        }
-    }
-    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
-        ops::rms_norm_inplace(gpu, &mut s.q, qn, eps, conv)?;
-        ops::rms_norm_inplace(gpu, &mut s.k, kn, eps, conv)?;
-    }
+    let p = Product::Gemm;
+    qkv(
+        gpu,
+        cfg,
+        p,
+        w,
+        &s.x,
+        &mut s.q,
+        &mut s.k,
+        &mut s.v,
+        s.qkv_f32.as_mut(),
+    )?;
     ops::rope(
         gpu,
         &mut s.q,
@@ -186,7 +276,7 @@ pub(super) fn attention(
     if let Some(f) = kv {
         f(l, &s.k, &s.v)?;
     }
-    let p = AttnParams {
+    let ap = AttnParams {
         n_seq: batch.n_seq,
         seq_len: batch.seq_len,
         n_heads: nh,
@@ -196,9 +286,8 @@ pub(super) fn attention(
         softcap: cfg.attn_softcap,
         window: cfg.window(l),
     };
-    ops::attention(gpu, &s.q, &s.k, &s.v, &mut s.att, &p)?;
-    linear(gpu, &s.att, w.o(), w.o_bias(), &mut s.y, s.y_f32.as_mut())?;
-    residual(gpu, cfg, h, &s.y, w.post_attn_norm())
+    ops::attention(gpu, &s.q, &s.k, &s.v, &mut s.att, &ap)?;
+    attn_out(gpu, cfg, p, w, &s.att, h, &mut s.y, s.y_f32.as_mut())
 }
 
 /// The MLP block up to its activation input: `x = pre_ffn_norm(h)`, `gate = x·W_gateᵀ`,
@@ -212,14 +301,7 @@ pub(super) fn mlp_in(
     gate: &mut DTensor<bf16>,
     up: &mut DTensor<bf16>,
 ) -> Result<()> {
-    ops::rms_norm(
-        gpu,
-        h,
-        w.pre_ffn_norm(),
-        x,
-        cfg.rms_norm_eps,
-        cfg.norm_weight,
-    )?;
+    pre_ffn_norm(gpu, cfg, w, h, x)?;
     ops::gemm_nt(gpu, x, w.gate(), Some(gate), None, false)?;
     ops::gemm_nt(gpu, x, w.up(), Some(up), None, false)?;
     Ok(())
@@ -240,14 +322,7 @@ pub(super) fn mlp_act(
     scratch: Option<(&mut DTensor<bf16>, &mut DTensor<bf16>)>,
 ) -> Result<()> {
     if ops::gate_up_fused(gpu, cfg.hidden_size) {
-        ops::rms_norm(
-            gpu,
-            h,
-            w.pre_ffn_norm(),
-            x,
-            cfg.rms_norm_eps,
-            cfg.norm_weight,
-        )?;
+        pre_ffn_norm(gpu, cfg, w, h, x)?;
         ops::gate_up_act(gpu, cfg.mlp_act, x, w.gate(), w.up(), act)?;
         return Ok(());
     }

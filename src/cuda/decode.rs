@@ -33,7 +33,7 @@
 //! All work is queued on the model's one stream; `step` and `prefill` download the logits
 //! (`[V]` f32), `step_greedy` and `prefill_greedy` pick on the device and download one id.
 
-use super::block::{self, BiasScratch, DeviceLayer};
+use super::block::{self, BiasScratch, DeviceLayer, Product};
 use super::gpu::{DTensor, Gpu};
 use super::model::GpuModel;
 use super::ops::{self, DecodeAttnParams, DecodeWorkspace, RopeFreqs, RowStatsOut};
@@ -363,33 +363,6 @@ impl<'m> GpuDecoder<'m> {
     }
 }
 
-/// A Linear of the step's row: `out = bf16(x·Wᵀ)`, or with a bias `bf16(x·Wᵀ + b)` through the
-/// f32 GEMV output `yf` (one rounding, as `block::linear`).
-fn step_linear(
-    gpu: &Gpu,
-    x: &DTensor<bf16>,
-    w: &DTensor<bf16>,
-    bias: Option<&DTensor<f32>>,
-    out: &mut DTensor<bf16>,
-    yf: Option<&mut DTensor<f32>>,
-) -> Result<()> {
-    match (bias, yf) {
-        (None, _) => ops::gemv(gpu, x, w, Some(out), None, None)?,
-        (Some(bias), Some(yf)) => {
-            ops::gemv(gpu, x, w, None, Some(&mut *yf), None)?;
-            ops::bias_add(gpu, yf, bias, out)?;
-        }
-        (Some(_), None) => {
-            return Err(Error::Other(
-                "the layer has a projection bias the config does not declare; the GPU decoder \
-                 allocated no f32 scratch for it"
-                    .into(),
-            ))
-        }
-    }
-    Ok(())
-}
-
 /// One decoder layer for the token at position `p` (see the module docs).
 #[allow(clippy::too_many_arguments)]
 fn step_layer(
@@ -407,18 +380,9 @@ fn step_layer(
 
     // --- attention block
     ops::rms_norm(gpu, &b.h, w.input_norm(), &mut b.x, eps, conv)?;
-    let (qb, kb, vb) = match w.qkv_bias() {
-        Some((q, k, v)) => (Some(q), Some(k), Some(v)),
-        None => (None, None, None),
-    };
-    let mut f = b.qkv_f32.as_mut();
-    step_linear(gpu, &b.x, w.q(), qb, &mut b.q, f.as_mut().map(|f| &mut f.q))?;
-    step_linear(gpu, &b.x, w.k(), kb, &mut b.k, f.as_mut().map(|f| &mut f.k))?;
-    step_linear(gpu, &b.x, w.v(), vb, &mut b.v, f.as_mut().map(|f| &mut f.v))?;
-    if let (Some(qn), Some(kn)) = (w.q_norm(), w.k_norm()) {
-        ops::rms_norm_inplace(gpu, &mut b.q, qn, eps, conv)?;
-        ops::rms_norm_inplace(gpu, &mut b.k, kn, eps, conv)?;
-    }
+    let gemv = Product::Gemv;
+    let f = b.qkv_f32.as_mut();
+    block::qkv(gpu, cfg, gemv, w, &b.x, &mut b.q, &mut b.k, &mut b.v, f)?;
     ops::decode_rope_kv(
         gpu,
         &mut b.q,
@@ -447,11 +411,11 @@ fn step_layer(
         splits,
     };
     ops::decode_attention(gpu, &b.q, &kv.k, &kv.v, &mut b.att, &mut b.ws, &ap)?;
-    step_linear(gpu, &b.att, w.o(), w.o_bias(), &mut b.y, b.y_f32.as_mut())?;
-    block::residual(gpu, cfg, &mut b.h, &b.y, w.post_attn_norm())?;
+    let y_f32 = b.y_f32.as_mut();
+    block::attn_out(gpu, cfg, gemv, w, &b.att, &mut b.h, &mut b.y, y_f32)?;
 
     // --- MLP block
-    ops::rms_norm(gpu, &b.h, w.pre_ffn_norm(), &mut b.x, eps, conv)?;
+    block::pre_ffn_norm(gpu, cfg, w, &b.h, &mut b.x)?;
     ops::gemv_act(gpu, cfg.mlp_act, &b.x, w.gate(), w.up(), &mut b.act)?;
     ops::gemv(gpu, &b.act, w.down(), Some(&mut b.y), None, None)?;
     block::residual(gpu, cfg, &mut b.h, &b.y, w.post_ffn_norm())
