@@ -32,8 +32,8 @@ test: nvcc python-torch
 	bash scripts/real-model-check.sh
 	bash scripts/llamacpp-check.sh
 	$(MAKE) test-emu
-	bash scripts/emu-parity.sh $(PY)
-	bash scripts/emu-bench.sh $(PY)
+	bash tests/emu/parity.sh $(PY)
+	bash tests/emu/bench.sh $(PY)
 
 lint: nvcc
 	$(CARGO) fmt --all -- --check
@@ -71,23 +71,23 @@ clean:
 	$(CARGO) clean
 
 # The GPU tests without a GPU: kernels/*.cu compiled as C++ behind a fake libcuda.so with
-# AddressSanitizer (tests/emu, scripts/build-emu.sh), so launchers, grids, kernel index
+# AddressSanitizer (tests/emu, tests/emu/build.sh), so launchers, grids, kernel index
 # arithmetic and buffer bounds are checked against the CPU oracle on any machine. Real-model
 # checks are left to the device machine.
 EMU_TESTS := --test cuda_kernels --test cuda_linalg --test cuda_model --test cuda_backend --test cuda_decode
 test-emu: nvcc
-	EMU_ASAN=1 bash scripts/build-emu.sh
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	EMU_ASAN=1 bash tests/emu/build.sh
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/tests/emu/run.sh \
 	  $(CARGO) test --release $(EMU_TESTS) -- --ignored
 	# The model on a pre-Hopper GPU (sm_80: mma.sync GEMM and Gram everywhere, no wgmma).
-	WHITTLE_EMU_SM=80 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	WHITTLE_EMU_SM=80 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/tests/emu/run.sh \
 	  $(CARGO) test --release --test cuda_model -- --ignored
 	# The --device CLI tests with a (emulated) GPU present: auto picks it, reports name it.
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/tests/emu/run.sh \
 	  $(CARGO) test --release --test device
 	# The kernel tests again with every block's threads scheduled last-first (missing barriers),
 	# and once in a shuffled order (dependencies neither fixed order exposes).
-	WHITTLE_EMU_ORDER=reverse CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	WHITTLE_EMU_ORDER=reverse CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/tests/emu/run.sh \
 	  $(CARGO) test --release --test cuda_kernels --test cuda_linalg -- --ignored
-	WHITTLE_EMU_ORDER=random:1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/scripts/emu-run.sh \
+	WHITTLE_EMU_ORDER=random:1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(CURDIR)/tests/emu/run.sh \
 	  $(CARGO) test --release --test cuda_kernels -- --ignored

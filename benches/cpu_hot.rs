@@ -24,11 +24,11 @@ use std::path::Path;
 use whittle::checkpoint::config::ModelConfig;
 use whittle::checkpoint::registry::registry;
 use whittle::checkpoint::safetensors::{encode_header, Dtype, HeaderEntry};
-use whittle::compile::calib::MlpStats;
 use whittle::cpu::attention::{attention, AttnShape};
 use whittle::cpu::decode::{gemv_mat, Decoder, Mat};
 use whittle::cpu::model::Model;
 use whittle::cpu::ops;
+use whittle::engine::calib::MlpStats;
 use whittle::engine::Batch;
 use whittle::rng::XorShift64;
 

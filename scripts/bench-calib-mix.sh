@@ -15,7 +15,7 @@
 #
 # usage: scripts/bench-calib-mix.sh [VARIANT...]     (default: all four, in the order above)
 # env: MODEL (models/gemma-3-270m), WIDTH (1408), SAMPLES × SEQ (128 × 512), WINDOWS (32),
-#      LIMIT (500: first items of each task, all of a smaller set; 0 skips the tasks), WHITTLE (target/release/whittle),
+#      LIMIT (250: first items of each task, as issue 14 measured; 0 skips the tasks), WHITTLE (target/release/whittle),
 #      OUT (target/calib-mix). Needs `make tasks-data` (data/{calib,dev}*.txt and data/tasks).
 # Results: OUT/VARIANT/ (compiled model), OUT/VARIANT.texts.json, OUT/VARIANT.tasks-LIMIT.json,
 # OUT/base.tasks-LIMIT.json,
@@ -28,7 +28,7 @@ width=${WIDTH:-1408}
 samples=${SAMPLES:-128}
 seq=${SEQ:-512}
 windows=${WINDOWS:-32}
-limit=${LIMIT:-500}
+limit=${LIMIT:-250}
 bin=${WHITTLE:-target/release/whittle}
 out=${OUT:-target/calib-mix}
 tasks=arc_easy,arc_challenge,hellaswag,piqa,lambada

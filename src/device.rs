@@ -15,8 +15,9 @@
 //! `decode::Engine` (batched prefill and `cuda::GpuDecoder`), with the same residency rule as
 //! `eval`. `bench --forward` has no GPU path: it says so and runs on the CPU.
 
-use crate::compile::calib::{Backend, CpuBackend};
+use crate::cpu::calib::CpuBackend;
 use crate::cpu::model::Model;
+use crate::engine::calib::Backend;
 use crate::engine::Engine;
 use crate::engine::LogitModel;
 use crate::error::{Error, Result};

@@ -170,8 +170,8 @@ struct CompileArgs {
     /// (÷ the mean square of the residual after the MLP's add, which the next layer's norm
     /// divides out; the Llama family's default), `uniform` (the down_proj output error itself)
     /// or `out-resid` (÷ both the output's and the residual's mean squares).
-    #[arg(long, value_parser = lib_parser(whittle::compile::calib::TokenWeight::parse))]
-    token_weight: Option<whittle::compile::calib::TokenWeight>,
+    #[arg(long, value_parser = lib_parser(whittle::engine::calib::TokenWeight::parse))]
+    token_weight: Option<whittle::engine::calib::TokenWeight>,
     /// Named width: default (62/72), production (57/72), throughput (51/72), experimental (38/72).
     /// `all` or a comma list (`default,throughput`) compiles several in one run: -o is then a
     /// folder holding one output folder per tier, named by the tier.
@@ -1198,7 +1198,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         "--holdout is for --max-kl / --max-ppl-ratio: without a quality ceiling every sequence calibrates"
     );
     let n_streams = streams_needed(&opts, targets.len(), calib.is_some());
-    let mut backends: Vec<Box<dyn whittle::compile::calib::Backend>> =
+    let mut backends: Vec<Box<dyn whittle::engine::calib::Backend>> =
         (0..n_streams).map(|_| dev.backend()).collect();
     let tokens = calib.as_ref().map_or(0, |c| c.tokens());
     let need = whittle::compile::run_memory_bytes(
@@ -1261,11 +1261,11 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let t = Instant::now();
     // The trait objects' 'static bound shortened to the borrow's, as the library's slice takes.
     fn borrow<'a>(
-        b: &'a mut Box<dyn whittle::compile::calib::Backend>,
-    ) -> &'a mut (dyn whittle::compile::calib::Backend + 'a) {
+        b: &'a mut Box<dyn whittle::engine::calib::Backend>,
+    ) -> &'a mut (dyn whittle::engine::calib::Backend + 'a) {
         &mut **b
     }
-    let mut refs: Vec<&mut dyn whittle::compile::calib::Backend> =
+    let mut refs: Vec<&mut dyn whittle::engine::calib::Backend> =
         backends.iter_mut().map(borrow).collect();
     let outs = compile_batch(
         &a.model,

@@ -26,11 +26,10 @@ use std::path::{Path, PathBuf};
 use whittle::checkpoint::config::ModelConfig;
 use whittle::checkpoint::registry::{Half, Kind, LayerTensor};
 use whittle::checkpoint::safetensors::WeightStore;
-use whittle::compile::calib::{
-    Backend, Capture, CpuBackend, Layout, StatsSpec, Stream, TokenWeight,
-};
+use whittle::cpu::calib::CpuBackend;
 use whittle::cpu::model::{load_layer, Model};
 use whittle::cuda::{CudaBackend, GpuModel, Residency};
+use whittle::engine::calib::{Backend, Capture, Layout, StatsSpec, Stream, TokenWeight};
 use whittle::engine::{Batch, Event};
 use whittle::layer::Layer;
 

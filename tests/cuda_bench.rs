@@ -38,7 +38,7 @@ use whittle::engine::Batch;
 
 const SHAPES: &str = include_str!("../scripts/device/bench_shapes.json");
 
-/// The compiled-in shapes, or the file `WHITTLE_BENCH_SHAPES` names (scripts/emu-bench.sh runs
+/// The compiled-in shapes, or the file `WHITTLE_BENCH_SHAPES` names (tests/emu/bench.sh runs
 /// this benchmark on the CPU emulator with tests/emu/bench_shapes_tiny.json).
 fn shapes() -> Value {
     match std::env::var_os("WHITTLE_BENCH_SHAPES") {

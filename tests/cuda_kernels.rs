@@ -684,7 +684,7 @@ fn gate_up_act_matches_cpu() {
 #[test]
 #[ignore = "needs a GPU"]
 fn token_weights_and_scaled_stats_match_cpu() {
-    use whittle::compile::calib::TokenWeight;
+    use whittle::engine::calib::TokenWeight;
     let g = gpu();
     let eps = 1e-6f32;
     for (i, &(rows, hd, cols)) in [(1, 1, 1), (37, 640, 130), (300, 2304, 96), (129, 33, 2053)]

@@ -11,11 +11,11 @@
 //! its report carrying the measured curve.
 
 use crate::checkpoint::config::ModelConfig;
-use crate::compile::calib::Backend;
 use crate::compile::calib::CalibSet;
 use crate::compile::report::{CeilingReport, HeldOutReport};
 use crate::compile::width::Point;
 use crate::compile::{compile_batch, resolve_width, Outcome, Plan, Progress, Target, Width};
+use crate::engine::calib::Backend;
 use crate::engine::LogitModel;
 use crate::error::{Error, Result};
 use crate::serve::eval::evaluate;

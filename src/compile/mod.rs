@@ -19,9 +19,7 @@ pub mod writer;
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{layer_name, registry, LayerTensor};
 use crate::checkpoint::safetensors::WeightStore;
-use crate::compile::calib::{
-    Backend, CalibSet, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight,
-};
+use crate::compile::calib::CalibSet;
 use crate::compile::prune::{
     energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
     Method,
@@ -31,6 +29,7 @@ use crate::compile::report::{
     BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, Timings, WidthRequest,
 };
 use crate::compile::writer::{round_to_dtype, write_model, LayerCut};
+use crate::engine::calib::{Backend, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight};
 use crate::engine::EngineLayer;
 use crate::error::{Error, Result};
 use crate::layer::Layer;

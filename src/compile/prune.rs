@@ -14,8 +14,8 @@
 //! `--sequential`, so each layer is re-fit against the *original* layer's output.
 
 use crate::checkpoint::registry::{Half, Kind, LayerTensor};
-use crate::compile::calib::MlpStats;
 use crate::cpu::linalg::{matmul, spd_inverse};
+use crate::engine::calib::MlpStats;
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use rayon::prelude::*;

@@ -1,7 +1,7 @@
 //! The CPU engine, the reference every other path is checked against (the CUDA engine in
 //! src/cuda is its twin): the forward pass (`model`), KV-cache decoding (`decode`, with the slot
 //! arithmetic both engines share in `kv`), plain f32 ops multi-threaded with rayon (`ops`,
-//! `attention`, `act`, `bias`, `norm`, `rope`), the bf16-input GEMM that `--precision bf16`
+//! `attention`, `act`, `bias`, `norm`, `rope`), the calibration backend (`calib`), the bf16-input GEMM that `--precision bf16`
 //! puts under the projections and the LM head (`bf16`), the decode GEMV over f32 or bf16 weights
 //! (`gemv`), the one safe wrapper of the `gemm` crate (`gemm`), the bf16 ↔ f32 conversions (`convert`) and the f64 linear algebra of the re-fit
 //! (`linalg`).
@@ -13,6 +13,7 @@ pub mod attention;
 #[clippy::msrv = "1.89"]
 pub mod bf16;
 pub mod bias;
+pub mod calib;
 pub mod convert;
 pub mod decode;
 pub mod gemm;

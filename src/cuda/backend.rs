@@ -1,4 +1,4 @@
-//! `CudaBackend`: the calibration `Backend` of `crate::compile::calib` on the GPU, so `whittle compile`
+//! `CudaBackend`: the calibration `Backend` of `crate::engine::calib` on the GPU, so `whittle compile`
 //! runs unchanged with `--device cuda`. The layer halves are `GpuModel::layer`'s kernel sequence
 //! (same ops, same order, same shapes), so the hidden states and activations a compile sees are
 //! the GPU model's bf16 values.
@@ -36,11 +36,11 @@ use super::ops::{self, ModelRope, TokenWeightMode};
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::Half;
 use crate::checkpoint::safetensors::WeightStore;
-use crate::compile::calib::{
+use crate::cpu::model::embed_rows_from_store;
+use crate::engine::calib::{
     started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
     Streams, TokenWeight,
 };
-use crate::cpu::model::embed_rows_from_store;
 use crate::engine::Batch;
 use crate::engine::EngineLayer;
 use crate::error::{Error, Result};

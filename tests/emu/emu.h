@@ -2,7 +2,7 @@
 //
 // Why: no task so far has had a GPU, and a kernel bug found on the device machine costs minutes
 // of a 15-minute budget. With this header the unchanged kernel sources compile with g++; the
-// mock driver (runtime.cpp, built as a fake libcuda.so by scripts/build-emu.sh) runs every
+// mock driver (runtime.cpp, built as a fake libcuda.so by tests/emu/build.sh) runs every
 // launch block by block, one fiber per CUDA thread, so the ignored GPU tests (tests/cuda_*.rs)
 // run here through the real cudarc host code: launchers, argument order, grid shapes, shared
 // memory sizes and the kernels' index arithmetic are all exercised against the CPU oracle.

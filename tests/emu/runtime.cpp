@@ -1,7 +1,7 @@
 // runtime.cpp — a fake libcuda.so: the subset of the CUDA driver API that cudarc and whittle
 // call, backed by host memory and a fiber scheduler that runs the kernels of kernels.cpp.
 //
-// Only for tests: scripts/build-emu.sh builds it into target/emu/libcuda.so(.1), and
+// Only for tests: tests/emu/build.sh builds it into target/emu/libcuda.so(.1), and
 // `make test-emu` points LD_LIBRARY_PATH there so cudarc's dlopen finds it instead of a real
 // driver. Device pointers are host pointers; every call is synchronous (streams and events are
 // tokens; events record the wall clock). The checks a real driver makes and a host bug would trip

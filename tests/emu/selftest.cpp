@@ -1,5 +1,5 @@
 // selftest.cpp — checks that the emulator itself catches what it claims to (run by
-// scripts/build-emu.sh after building; exit status 0 only if every check holds):
+// tests/emu/build.sh after building; exit status 0 only if every check holds):
 // a correct shared-memory reduction gives the right answer in both scheduling orders, a missing
 // barrier gives a wrong one in at least one order, threads waiting at different barriers (or on an
 // mbarrier nobody arrives on) are a launch failure, an mbarrier hand-off works in both orders, and the driver-style checks (copy bounds, shared-memory opt-in, block size)

@@ -3,8 +3,10 @@
 //! what a forward pass shows an observer (`Event`, `Observer`), what evaluation needs of a model
 //! (`LogitModel`), what serving needs (`Engine`, `Decode`), the layer handle a calibration
 //! backend returns from `load_layer` and takes back in its run calls (`EngineLayer`), and the
-//! Gram matrix a GPU backend leaves on its device (`DeviceGram`). The calibration backend trait
-//! itself (`compile::calib::Backend`) stays beside the statistics types its methods take.
+//! Gram matrix a GPU backend leaves on its device (`DeviceGram`); and in `calib`, what
+//! calibration needs of an engine (the `Backend` trait and the statistics it accumulates).
+
+pub mod calib;
 
 use crate::checkpoint::config::ModelConfig;
 use crate::error::{Error, Result};

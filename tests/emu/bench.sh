@@ -6,15 +6,15 @@
 # ratios.py joining them. It runs the benchmark code paths (kernel choice, records, JSON, the
 # join) so that a device session does not spend its minutes finding a panic there. Timings here
 # mean nothing.
-# usage: scripts/emu-bench.sh [PYTHON]   (default .venv/bin/python)
+# usage: tests/emu/bench.sh [PYTHON]   (default .venv/bin/python)
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 py="${1:-$root/.venv/bin/python}"
 cd "$root"
-[ -f target/emu/libcuda.so.1 ] || bash scripts/build-emu.sh
+[ -f target/emu/libcuda.so.1 ] || bash tests/emu/build.sh
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$root/scripts/emu-run.sh"
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$root/tests/emu/run.sh"
 WHITTLE_BENCH_SHAPES="$root/tests/emu/bench_shapes_tiny.json" WHITTLE_BENCH_OUT="$work/bench.json" \
   cargo test --release --quiet --test cuda_bench -- --ignored --exact bench_kernels --nocapture
 "$py" scripts/device/calib_hf.py ids --out "$work/ids.safetensors" --samples 4 --seq 32 \

@@ -3,10 +3,10 @@
 # whose kernels are kernels/*.cu compiled as C++ (tests/emu/). With it on LD_LIBRARY_PATH the
 # ignored GPU tests run on a machine without a GPU (`make test-emu`). Needs g++ and the CUDA
 # headers of scripts/install-nvcc.sh (.cuda/include) or CUDA_HOME/include.
-# EMU_ASAN=1 builds it with AddressSanitizer (scripts/emu-run.sh then preloads the runtime):
+# EMU_ASAN=1 builds it with AddressSanitizer (tests/emu/run.sh then preloads the runtime):
 # an out-of-bounds device access is reported with the kernel and source line.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 inc="${CUDA_HOME:+$CUDA_HOME/include}"
 [ -n "$inc" ] && [ -f "$inc/cuda.h" ] || inc="$root/.cuda/include"
 if [ ! -f "$inc/cuda.h" ]; then
@@ -34,6 +34,6 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
   echo "build-emu: the emulator's self-test failed" >&2
   exit 1
 }
-# scripts/emu-run.sh preloads the sanitizer runtime named here.
+# tests/emu/run.sh preloads the sanitizer runtime named here.
 if [ "${EMU_ASAN:-0}" = 1 ]; then g++ -print-file-name=libasan.so >"$out/asan"; else rm -f "$out/asan"; fi
 echo "build-emu: $out/libcuda.so.1"

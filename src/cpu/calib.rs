@@ -1,0 +1,146 @@
+//! `CpuBackend`: the calibration `Backend` on the CPU, the reference the CUDA backend
+//! (`cuda::backend`) is tested against: f32 hidden states per batch, layers through
+//! `cpu::model`'s blocks, statistics accumulated on the host from the MLP observer.
+
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::safetensors::WeightStore;
+use crate::cpu::model::{attn_block, mlp_block, RopeCache};
+use crate::engine::calib::{
+    started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
+    Streams,
+};
+use crate::engine::{EngineLayer, Event};
+use crate::error::{Error, Result};
+
+/// The calibration backend on the CPU (f32).
+pub struct CpuBackend {
+    rope: Option<RopeCache>,
+    capture: Option<HostCapture>,
+    streams: Option<Streams<Vec<f32>>>, // per batch [rows, H]
+}
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend {
+            rope: None,
+            capture: None,
+            streams: None,
+        }
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn start(
+        &mut self,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        ids: &[u32],
+        layout: Layout,
+        reference: bool,
+    ) -> Result<()> {
+        self.streams = None;
+        let mut pruned = Vec::with_capacity(layout.sizes.len());
+        for b in 0..layout.sizes.len() {
+            pruned.push(self.embed(cfg, store, &ids[layout.tokens(b)])?);
+        }
+        let reference = if reference {
+            pruned.clone()
+        } else {
+            Vec::new()
+        };
+        self.streams = Some(Streams {
+            layout,
+            pruned,
+            reference,
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.streams = None;
+    }
+
+    fn hidden(&self, s: Stream, b: usize) -> Result<Vec<f32>> {
+        Ok(started(&self.streams)?.get(s, b)?.clone())
+    }
+
+    fn run_attention(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &EngineLayer<'_>,
+        s: Stream,
+        b: usize,
+    ) -> Result<()> {
+        let st = started_mut(&mut self.streams)?;
+        let batch = st.layout.batch(b);
+        let h = st.get_mut(s, b)?;
+        if self.rope.as_ref().map(|r| r.seq_len) != Some(batch.seq_len) {
+            self.rope = Some(RopeCache::new(cfg, batch.seq_len));
+        }
+        let w = w.host("CPU")?;
+        attn_block(cfg, l, w, h, batch, self.rope.as_ref().expect("set above"));
+        Ok(())
+    }
+
+    fn run_mlp(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        w: &EngineLayer<'_>,
+        s: Stream,
+        b: usize,
+        capture: Capture,
+        write: bool,
+    ) -> Result<()> {
+        let w = w.host("CPU")?;
+        let st = started_mut(&mut self.streams)?;
+        let stored = st.get_mut(s, b)?;
+        let mut copy;
+        let h: &mut [f32] = if write {
+            stored
+        } else {
+            copy = stored.clone();
+            &mut copy
+        };
+        if capture == Capture::None {
+            mlp_block(cfg, l, w, h, &mut None);
+            return Ok(());
+        }
+        let cap = self.capture.as_mut().ok_or_else(|| {
+            Error::Other("run_mlp asked for statistics before begin_stats".into())
+        })?;
+        let resid = cap.spec.token_weight.needs_resid().then(|| h.to_vec()); // [rows, H]
+        let (hd, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let mut res = Ok(());
+        let mut obs = |ev: Event<'_>| {
+            if let Event::MlpAct { act, out, .. } = ev {
+                res = cap.record(capture, act, out, resid.as_deref(), hd, eps);
+            }
+        };
+        mlp_block(cfg, l, w, h, &mut Some(&mut obs));
+        res
+    }
+
+    fn begin_stats(&mut self, spec: StatsSpec) -> Result<()> {
+        self.capture = Some(HostCapture::new(spec));
+        Ok(())
+    }
+
+    fn take_stats(&mut self) -> Result<MlpStats> {
+        self.capture
+            .take()
+            .map(|c| c.stats)
+            .ok_or_else(|| Error::Other("take_stats without begin_stats".into()))
+    }
+}
