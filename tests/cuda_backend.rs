@@ -138,7 +138,7 @@ fn backend_layers_equal_gpu_model_bitwise() {
                 .map(|&x| x as f64)
                 .collect();
             assert_eq!(st.count, gstats[l].count, "{name}: layer {l} count");
-            assert_eq!(st.gram.as_ref().unwrap(), &gg, "{name}: layer {l} Gram");
+            assert_eq!(st.gram_host().unwrap(), &gg[..], "{name}: layer {l} Gram");
             assert!(
                 rel_f64(&st.sumsq, &gstats[l].sumsq) < 1e-9,
                 "{name}: layer {l} Σa²"
@@ -156,7 +156,7 @@ fn backend_layers_equal_gpu_model_bitwise() {
             let tol = bf16_budget(name);
             let e = rows_rel_l2(&format!("{name} layer {l}"), &h, &hc, cfg.hidden_size, tol)
                 .unwrap_or_else(|e| panic!("{e}"));
-            let eg = rel_f64(st.gram.as_ref().unwrap(), sc.gram.as_ref().unwrap());
+            let eg = rel_f64(st.gram_host().unwrap(), sc.gram_host().unwrap());
             assert!(eg < tol, "{name}: layer {l} Gram vs CPU {eg:.2e}");
             eprintln!(
                 "{name} layer {l}: GPU backend vs CPU backend, worst row {e:.2e}, Gram {eg:.2e}"
@@ -227,7 +227,7 @@ fn weighted_and_cross_statistics_match_cpu() {
                     dev.finish();
                 }
                 let what = format!("{name} layer {l} {} cross={cross}", tw.name());
-                let eg = rel_f64(got[0].gram.as_ref().unwrap(), got[1].gram.as_ref().unwrap());
+                let eg = rel_f64(got[0].gram_host().unwrap(), got[1].gram_host().unwrap());
                 let es = rel_f64(&got[0].sumsq, &got[1].sumsq);
                 assert!(
                     eg < 5e-2 && es < 5e-2,

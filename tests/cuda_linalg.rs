@@ -13,6 +13,7 @@ use whittle::compile::prune::{self, Solver};
 use whittle::cpu::linalg;
 use whittle::cuda::linalg::{device_gram, dgemm, spd_inverse, View, ViewMut};
 use whittle::cuda::DTensor;
+use whittle::engine::calib::Gram;
 
 use prune::synthetic_noise as noise;
 
@@ -194,16 +195,16 @@ fn device_gram_path_matches_host() {
         let (w, mut stats) = prune::synthetic_problem(n, hidden, 700 + i as u64);
         // The backend keeps Σ a·aᵀ in f32 on the device: the host gets the same values.
         let g32: Vec<f32> = stats
-            .gram
-            .as_ref()
+            .gram_host()
             .unwrap()
             .iter()
             .map(|&x| x as f32)
             .collect();
-        stats.gram = Some(g32.iter().map(|&x| x as f64).collect());
+        stats.gram = Some(Gram::Host(g32.iter().map(|&x| x as f64).collect()));
         let mut dev_stats = stats.clone();
-        dev_stats.gram = None;
-        dev_stats.gram_device = Some(device_gram(DTensor::from_host(&g, &g32, &[n, n]).unwrap()));
+        dev_stats.gram = Some(Gram::Device(device_gram(
+            DTensor::from_host(&g, &g32, &[n, n]).unwrap(),
+        )));
         for damp in [0.001, 0.01] {
             let host = prune::obs_select(&w, hidden, &stats, k, damp, &Solver::Cpu).unwrap();
             let dev = prune::obs_select(&w, hidden, &dev_stats, k, damp, &cuda).unwrap();

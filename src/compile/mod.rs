@@ -157,7 +157,7 @@ fn check_stats(layer: usize, st: &MlpStats) -> Result<()> {
     let bad = |v: &[f64]| v.iter().any(|x| !x.is_finite());
     if bad(&st.sum)
         || bad(&st.sumsq)
-        || st.gram.as_deref().is_some_and(bad)
+        || st.gram_host().is_some_and(bad)
         || st.cross.as_deref().is_some_and(bad)
     {
         return Err(Error::Other(format!(

@@ -15,7 +15,7 @@
 
 use crate::checkpoint::registry::{Half, Kind, LayerTensor};
 use crate::cpu::linalg::{matmul, spd_inverse};
-use crate::engine::calib::MlpStats;
+use crate::engine::calib::{Gram, MlpStats};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use rayon::prelude::*;
@@ -144,7 +144,7 @@ fn damped(mut s: Vec<f64>, n: usize, damp: f64) -> Vec<f64> {
     s
 }
 
-/// The f32 Gram matrix inside `MlpStats::gram_device`.
+/// The f32 Gram matrix inside `Gram::Device`.
 #[cfg(feature = "cuda")]
 fn gram_on_device(dg: &crate::engine::DeviceGram) -> Result<&crate::cuda::DTensor<f32>> {
     Ok(&dg.0)
@@ -210,15 +210,14 @@ pub fn obs_removal_order(
     let wt = down_transposed(w.down(), hidden, n); // [I, H]
     const WHAT: &str = "OBS: the activation Gram matrix";
     #[cfg(feature = "cuda")]
-    if let (Solver::Cuda(g), Some(dg)) = (solver, stats.gram_device.as_ref()) {
+    if let (Solver::Cuda(g), Some(dg)) = (solver, stats.gram_device()) {
         let h = damped_on_device(g, gram_on_device(dg)?, stats.count, damp, None)?;
         return crate::cuda::linalg::obs_order_device(g, h, &wt, hidden, k)
             .map_err(gpu_err)?
             .map_err(|p| not_pd(WHAT, p));
     }
     let gram = stats
-        .gram
-        .as_ref()
+        .gram_host()
         .ok_or_else(|| Error::Other("obs needs the Gram matrix".into()))?;
     let h = damped(mean_matrix(gram, stats.count), n, damp); // [I, I]
     match solver {
@@ -357,7 +356,7 @@ pub fn repair(
     let k = kept.len();
     const WHAT: &str = "repair: the kept neurons' Gram matrix";
     #[cfg(feature = "cuda")]
-    if let (Solver::Cuda(g), Some(dg), None) = (solver, stats.gram_device.as_ref(), &stats.cross) {
+    if let (Solver::Cuda(g), Some(dg), None) = (solver, stats.gram_device(), &stats.cross) {
         use crate::cuda::linalg;
         let t = gram_on_device(dg)?;
         let m = damped_on_device(g, t, stats.count, damp, Some(kept))?; // [K, K]
@@ -370,10 +369,9 @@ pub fn repair(
         return Ok(out.into_iter().map(|x| x as f32).collect());
     }
     let gram = stats
-        .gram
-        .as_ref()
+        .gram_host()
         .ok_or_else(|| Error::Other("repair needs the Gram matrix".into()))?;
-    let cross = stats.cross.as_ref().unwrap_or(gram);
+    let cross = stats.cross.as_deref().unwrap_or(gram);
     let cnt = stats.count;
     // Σ[K,K] + λI
     let c = cnt.max(1) as f64;
@@ -490,9 +488,8 @@ pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (Layer<Vec<f32>>
         count: t as u64,
         sum: vec![0.0; n],
         sumsq: (0..n).map(|j| gram[j * n + j]).collect(),
-        gram: Some(gram),
+        gram: Some(Gram::Host(gram)),
         cross: None,
-        gram_device: None,
     };
     (w, stats)
 }
@@ -544,7 +541,7 @@ mod tests {
         // Several folds (OBS_BLOCK = 32) and a ragged last block.
         for (n, hidden, k, seed) in [(150, 24, 40, 1u64), (97, 13, 10, 2), (64, 40, 32, 3)] {
             let (w, stats) = synthetic_problem(n, hidden, seed);
-            let gram = stats.gram.clone().unwrap();
+            let gram = stats.gram_host().unwrap().to_vec();
             let damp = 0.01;
             let lazy = obs_select(&w, hidden, &stats, k, damp, &Solver::Cpu).unwrap();
             let h = damped(mean_matrix(&gram, stats.count), n, damp);

@@ -38,7 +38,7 @@ use crate::checkpoint::registry::Half;
 use crate::checkpoint::safetensors::WeightStore;
 use crate::cpu::model::embed_rows_from_store;
 use crate::engine::calib::{
-    started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
+    started, started_mut, Backend, Capture, Gram, HostCapture, Layout, MlpStats, StatsSpec, Stream,
     Streams, TokenWeight,
 };
 use crate::engine::Batch;
@@ -385,14 +385,14 @@ impl Backend for CudaBackend {
             Some(Capturing::Host(hc)) => Ok(hc.stats),
             Some(Capturing::Device(mut d)) => {
                 let gpu = &*self.gpu;
-                let (mut gram, mut gram_device) = (None, None);
+                let mut gram = None;
                 if let Some(mut g) = d.gram.take() {
                     ops::gram_symmetrize(gpu, &mut g)?;
-                    if d.spec.gram_on_device {
-                        gram_device = Some(super::linalg::device_gram(g));
+                    gram = Some(if d.spec.gram_on_device {
+                        Gram::Device(super::linalg::device_gram(g))
                     } else {
-                        gram = Some(g.to_host(gpu)?.into_iter().map(f64::from).collect());
-                    }
+                        Gram::Host(g.to_host(gpu)?.into_iter().map(f64::from).collect())
+                    });
                 }
                 Ok(MlpStats {
                     width: d.spec.width,
@@ -401,7 +401,6 @@ impl Backend for CudaBackend {
                     sumsq: d.sumsq.to_host(gpu)?,
                     gram,
                     cross: None,
-                    gram_device,
                 })
             }
         }

@@ -507,9 +507,9 @@ pub fn repair_product_device(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Gram matrix a GPU backend leaves on the device (`MlpStats::gram_device`).
+// The Gram matrix a GPU backend leaves on the device (`Gram::Device`).
 
-/// Wraps the backend's symmetric f32 Gram matrix [I, I] for `MlpStats::gram_device`.
+/// Wraps the backend's symmetric f32 Gram matrix [I, I] for `Gram::Device`.
 pub fn device_gram(g: DTensor<f32>) -> DeviceGram {
     DeviceGram(std::sync::Arc::new(g))
 }

@@ -26,16 +26,24 @@ use rayon::prelude::*;
 pub struct MlpStats {
     pub width: usize,
     pub count: u64,
-    pub sum: Vec<f64>,           // [I]
-    pub sumsq: Vec<f64>,         // [I]
-    pub gram: Option<Vec<f64>>,  // [I, I] Σ a·aᵀ
+    pub sum: Vec<f64>,   // [I]
+    pub sumsq: Vec<f64>, // [I]
+    /// Σ a·aᵀ, when the spec asked for it.
+    pub gram: Option<Gram>,
     pub cross: Option<Vec<f64>>, // [I, I] Σ a_ref·aᵀ (sequential only)
-    /// Σ a·aᵀ left on the GPU by a GPU backend instead of `gram` (the device solver reads it
-    /// there: no [I, I] round trip through the host).
-    pub gram_device: Option<DeviceGram>,
 }
 
 pub use crate::engine::DeviceGram;
+
+/// Where the Gram matrix Σ a·aᵀ of `MlpStats` is held.
+#[derive(Debug, Clone)]
+pub enum Gram {
+    /// [I, I] f64 on the host.
+    Host(Vec<f64>),
+    /// Left on the GPU by a GPU backend (`StatsSpec::gram_on_device`): the device solver reads
+    /// it there, no [I, I] round trip through the host.
+    Device(DeviceGram),
+}
 
 impl MlpStats {
     pub fn new(width: usize, gram: bool, cross: bool) -> MlpStats {
@@ -44,9 +52,24 @@ impl MlpStats {
             count: 0,
             sum: vec![0.0; width],
             sumsq: vec![0.0; width],
-            gram: gram.then(|| vec![0.0; width * width]),
+            gram: gram.then(|| Gram::Host(vec![0.0; width * width])),
             cross: cross.then(|| vec![0.0; width * width]),
-            gram_device: None,
+        }
+    }
+
+    /// The Gram matrix [I, I] when it is on the host.
+    pub fn gram_host(&self) -> Option<&[f64]> {
+        match &self.gram {
+            Some(Gram::Host(g)) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The Gram matrix when a GPU backend left it on its device.
+    pub fn gram_device(&self) -> Option<&DeviceGram> {
+        match &self.gram {
+            Some(Gram::Device(g)) => Some(g),
+            _ => None,
         }
     }
 
@@ -71,7 +94,7 @@ impl MlpStats {
                 *s += s1;
                 *q += s2;
             });
-        if let Some(g) = &mut self.gram {
+        if let Some(Gram::Host(g)) = &mut self.gram {
             add_gram_sym(g, a, rows, w);
         }
     }
@@ -638,7 +661,7 @@ mod tests {
         let mut s = MlpStats::new(width, true, true);
         s.add_weighted(&a, Some(&wt));
         s.add_cross_weighted(&b, &a, Some(&wt));
-        let (g, c) = (s.gram.as_ref().unwrap(), s.cross.as_ref().unwrap());
+        let (g, c) = (s.gram_host().unwrap(), s.cross.as_ref().unwrap());
         for i in 0..width {
             let want_sq: f64 = (0..rows)
                 .map(|r| wt[r] as f64 * (a[r * width + i] as f64).powi(2))

@@ -60,7 +60,7 @@ fn foreign(engine: &str) -> Error {
 }
 
 /// A full (symmetric) f32 Gram matrix [I, I] left on the GPU by the calibration
-/// (`MlpStats::gram_device`), read there by the device solver.
+/// (`engine::calib::Gram::Device`), read there by the device solver.
 #[cfg(feature = "cuda")]
 #[derive(Clone)]
 pub struct DeviceGram(pub std::sync::Arc<crate::cuda::DTensor<f32>>);
