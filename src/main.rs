@@ -1207,6 +1207,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         &opts,
         n_streams,
         backends[0].stream_elem_bytes(),
+        &rws.iter().map(|r| r.width).collect::<Vec<_>>(),
     );
     let budget = match &a.max_memory {
         Some(m) => Some((

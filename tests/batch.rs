@@ -394,3 +394,47 @@ fn widths_are_rounded_and_folders_named_by_the_width_compiled() {
     );
     assert!(out.join("width-40").join("model.safetensors").exists());
 }
+
+/// The `--max-memory` estimate counts what every width's cuts hold until the writer runs: the
+/// re-fit down_proj [H, K] per layer, and gate and up too with `--reconstruct`.
+#[test]
+fn memory_estimate_counts_the_held_cuts() {
+    use whittle::compile::{reconstruct::ReconOptions, run_memory_bytes, CompileOptions};
+    let cfg = whittle::checkpoint::config::ModelConfig::from_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3"),
+    )
+    .unwrap();
+    let (h, layers) = (cfg.hidden_size as u64, cfg.num_layers as u64);
+    let plan = CompileOptions::default().validate().unwrap();
+    let est = |plan: &_, widths: &[usize]| run_memory_bytes(&cfg, 4096, plan, 1, 4, widths);
+    let (one, two) = (est(&plan, &[40]), est(&plan, &[40, 20]));
+    assert_eq!(
+        two - one,
+        layers * h * 20 * 4,
+        "a second width's down_proj cuts"
+    );
+    let recon = CompileOptions {
+        reconstruct: Some(ReconOptions {
+            tokens: 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    // gate and up beside each down_proj, and the reconstruction tokens' inputs, targets and
+    // activations.
+    let extra = est(&recon, &[40]) - one;
+    assert_eq!(extra, 2 * layers * h * 40 * 4 + 3 * 4 * h * 1024);
+    let no_repair = CompileOptions {
+        repair: false,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(
+        est(&no_repair, &[40]),
+        est(&no_repair, &[40, 20]),
+        "nothing held"
+    );
+}

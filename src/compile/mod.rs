@@ -264,16 +264,28 @@ pub fn describe_width(w: &Width) -> String {
 /// What a compile run holds at its peak, in bytes: the calibration hidden states of every
 /// stream (`stream_elem` bytes a value: 4 on the CPU, 2 on the GPU; the original model's stream
 /// beside each with `--refit-target original`), one layer's f64 statistics ([I, I] Gram, and the
-/// cross matrix with it), and one layer's weights widened to f32. The memory-mapped input is not
-/// counted (the kernel pages it in and out).
+/// cross matrix with it), one layer's weights widened to f32, what every layer's cut holds until
+/// the writer runs (the re-fit down_proj [H, K] of each of the `widths`, and with
+/// `--reconstruct` its gate and up too) and reconstruction's token matrices. The memory-mapped
+/// input is not counted (the kernel pages it in and out).
 pub fn run_memory_bytes(
     cfg: &ModelConfig,
     calib_tokens: usize,
     plan: &Plan,
     streams: usize,
     stream_elem: usize,
+    widths: &[usize],
 ) -> u64 {
     let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let per_cut = u64::from(plan.repair) + if plan.reconstruct.is_some() { 2 } else { 0 };
+    let cuts: u64 = widths
+        .iter()
+        .map(|&k| cfg.num_layers as u64 * per_cut * 4 * h * k as u64)
+        .sum();
+    // Inputs, targets and one forward's activations of the reconstruction tokens.
+    let recon = plan
+        .reconstruct
+        .map_or(0, |r| 3 * 4 * h * r.tokens.min(calib_tokens) as u64);
     let cross = plan.cross();
     let per_stream = calib_tokens as u64 * h * stream_elem as u64 * if cross { 2 } else { 1 };
     let stats = if plan.needs_gram() {
@@ -284,7 +296,7 @@ pub fn run_memory_bytes(
     let attn = (cfg.num_heads + 2 * cfg.num_kv_heads) as u64 * cfg.head_dim as u64 * h
         + cfg.num_heads as u64 * cfg.head_dim as u64 * h;
     let layer = 4 * (3 * i * h + attn);
-    streams as u64 * per_stream + stats + layer
+    streams as u64 * per_stream + stats + layer + cuts + recon
 }
 
 /// Parameters and weight bytes of the whole input checkpoint, and of the tensors it only copies.
