@@ -8,12 +8,13 @@
 #   en-es    --calib data/calib.txt:0.5 data/calib-es.txt:0.5
 #   self-en  --calib self:0.5 data/calib.txt:0.5        (the model writes half of it)
 #   self     --calib self
+#   self-en-es  --calib self:0.34 data/calib.txt:0.33 data/calib-es.txt:0.33
 #   V-recon  variant V with whole-MLP reconstruction (--reconstruct, its defaults)
 #
 # Calibration comes from the *calib* splits of scripts/get-wiki-text.py and evaluation from the
 # *dev* splits (disjoint by title hash); the task data is never calibrated on.
 #
-# usage: scripts/bench-calib-mix.sh [VARIANT...]     (default: all four, in the order above)
+# usage: scripts/bench-calib-mix.sh [VARIANT...]     (default: the first four above)
 # env: MODEL (models/gemma-3-270m), WIDTH (1408), SAMPLES × SEQ (128 × 512), WINDOWS (32),
 #      LIMIT (250: first items of each task, as issue 14 measured; 0 skips the tasks), WHITTLE (target/release/whittle),
 #      OUT (target/calib-mix). Needs `make tasks-data` (data/{calib,dev}*.txt and data/tasks).
@@ -43,7 +44,8 @@ calib_of() {
     en-es) echo "data/calib.txt:0.5 data/calib-es.txt:0.5" ;;
     self-en) echo "self:0.5 data/calib.txt:0.5" ;;
     self) echo "self" ;;
-    *) echo "bench-calib-mix: unknown variant '$1' (en, en-es, self-en, self)" >&2; exit 2 ;;
+    self-en-es) echo "self:0.34 data/calib.txt:0.33 data/calib-es.txt:0.33" ;;
+    *) echo "bench-calib-mix: unknown variant '$1' (en, en-es, self-en, self, self-en-es; V-recon)" >&2; exit 2 ;;
   esac
 }
 
@@ -86,7 +88,7 @@ done
 python3 - "$out" "$limit" <<'PY'
 import json, os, sys
 out, limit = sys.argv[1], sys.argv[2]
-order = [v + r for r in ("", "-recon") for v in ("en", "en-es", "self-en", "self")]
+order = [v + r for r in ("", "-recon") for v in ("en", "en-es", "self-en", "self", "self-en-es")]
 base = json.load(open(f"{out}/base.tasks-{limit}.json"))["tasks"] if os.path.exists(f"{out}/base.tasks-{limit}.json") else {}
 mean4 = ["arc_easy", "arc_challenge", "hellaswag", "piqa"]
 head = ["calibration", "en KL", "es KL", "fr KL", "en PPL ratio"]
@@ -102,9 +104,10 @@ for v in order:
     tx = json.load(open(f"{out}/{v}.texts.json"))["texts"]
     sg = r["calibration"].get("self_generated")
     secs = sum(r["timings_s"].values()) + (sg["seconds"] if sg else 0)
+    label = v
     if r.get("reconstruction"):
-        v += f" + reconstruct ({r['timings_s']['reconstruct']:.0f} s)"
-    row = [v, *(f"{tx[l]['kl']:.4f}" for l in ("en", "es", "fr")), f"{tx['en']['ppl_ratio']:.3f}"]
+        label = v[:-len("-recon")] + f" + reconstruct ({r['timings_s']['reconstruct']:.0f} s)"
+    row = [label, *(f"{tx[l]['kl']:.4f}" for l in ("en", "es", "fr")), f"{tx['en']['ppl_ratio']:.3f}"]
     tk = json.load(open(f"{out}/{v}.tasks-{limit}.json"))["tasks"] if os.path.exists(f"{out}/{v}.tasks-{limit}.json") else None
     if tk and base:
         row += [f"{tk[t]['acc']:.3f}" for t in mean4]
