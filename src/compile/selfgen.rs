@@ -61,8 +61,9 @@ pub const LANES: usize = 32;
 /// `n_seq` sequences of `seq_len` ids (BOS first) sampled from `engine`; `stop` ends a document.
 ///
 /// Up to `LANES` sequences are written at once, each lane decoding its own documents; a lane
-/// that completes its sequence takes the next one not yet started. Documents are seeded by
-/// (seed, sequence, document), so the ids do not depend on which lane wrote them.
+/// that completes its sequence takes the next one not yet started. Each document's sampler is
+/// seeded by (seed, sequence, document), whichever lane runs it; the logits it samples from are
+/// GEMM rows whose last bits may depend on the batch around them, which is why `LANES` is fixed.
 pub fn generate_sequences(
     engine: &dyn Engine,
     n_seq: usize,
@@ -92,13 +93,17 @@ pub fn generate_sequences(
     // `seq_len` positions (BOS plus the body of one sequence).
     let mut dec = engine.lanes(n_lanes, seq_len)?;
     let mut ids = vec![0u32; n_seq * seq_len]; // [n_seq, seq_len]
-    let mut lanes: Vec<Option<Lane>> = Vec::with_capacity(n_lanes);
+
+    // Starts the next sequence not yet started (its BOS written), or None when all are.
     let mut next_seq = 0usize;
-    for _ in 0..n_lanes {
-        lanes.push(Some(Lane::start(next_seq, o.seed, bos)));
-        ids[next_seq * seq_len] = bos;
-        next_seq += 1;
-    }
+    let mut start_next = |ids: &mut [u32]| {
+        (next_seq < n_seq).then(|| {
+            ids[next_seq * seq_len] = bos;
+            next_seq += 1;
+            Lane::start(next_seq - 1, o.seed, bos)
+        })
+    };
+    let mut lanes: Vec<Option<Lane>> = (0..n_lanes).map(|_| start_next(&mut ids)).collect();
     let (mut documents, mut done) = (0usize, 0usize);
     loop {
         let active: Vec<usize> = (0..n_lanes).filter(|&i| lanes[i].is_some()).collect();
@@ -151,13 +156,7 @@ pub fn generate_sequences(
                 done += 1;
                 progress(done);
                 dec.reset(i);
-                lanes[i] = if next_seq < n_seq {
-                    ids[next_seq * seq_len] = bos;
-                    next_seq += 1;
-                    Some(Lane::start(next_seq - 1, o.seed, bos))
-                } else {
-                    None
-                };
+                lanes[i] = start_next(&mut ids);
             }
         }
     }
