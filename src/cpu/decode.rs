@@ -17,8 +17,8 @@
 //!   order (`j = max(0, i+1-W) ..= i`) and maps each to its slot, so the summation order is the
 //!   one the full-sequence path uses.
 //!
-//! RoPE tables are built once for `0..max_len` with the same f32 formula as
-//! `RopeCache` (`rope::layer_tables`), so position `p` rotates by the same angles either way.
+//! RoPE: the decoder and the lanes hold a `RopeCache` for `0..max_len`, the forward pass's
+//! tables, so position `p` rotates by the same angles either way.
 //!
 //! # Numerics
 //!
@@ -34,15 +34,15 @@
 //! results to f32 matrices (tests/decode.rs) at ~1.9× the tokens/s on Gemma 3 270M
 //! (`WHITTLE_CPU_WEIGHTS=f32` holds f32 instead, for comparison).
 
-use crate::checkpoint::config::{LayerType, ModelConfig};
+use crate::checkpoint::config::ModelConfig;
 use crate::cpu::attention::{attention, AttnShape};
 use crate::cpu::gemv::dot_body;
 pub use crate::cpu::gemv::{gemv_mat, Mat, WeightElem};
-use crate::cpu::{act, bias, ops, rope};
+use crate::cpu::{act, bias, ops};
 // The slot arithmetic is shared with the GPU decoder; re-exported so `decode::slot_of` etc. keep
 // working.
 pub use crate::cpu::kv::{layer_slots, slot_of, visible_range};
-use crate::cpu::model::{attn_out, embed, mlp_block, qkv, Model, Table};
+use crate::cpu::model::{attn_out, embed, mlp_block, qkv, Model, RopeCache, Table};
 use crate::engine::{Batch, Decode, DecodeLanes, Engine};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
@@ -156,9 +156,7 @@ impl KvCache {
 pub struct Decoder<'m> {
     model: &'m Model,
     cache: KvCache,
-    /// cos, sin `[max_len, d/2]` for global and sliding layers.
-    rope_full: (Vec<f32>, Vec<f32>),
-    rope_sliding: (Vec<f32>, Vec<f32>),
+    rope: RopeCache, // [max_len, d/2] per layer type
 }
 
 impl<'m> Decoder<'m> {
@@ -168,8 +166,7 @@ impl<'m> Decoder<'m> {
         Decoder {
             model,
             cache: KvCache::new(model, max_len),
-            rope_full: rope::layer_tables(cfg, max_len, LayerType::Full),
-            rope_sliding: rope::layer_tables(cfg, max_len, LayerType::Sliding),
+            rope: RopeCache::new(cfg, max_len),
         }
     }
 
@@ -192,11 +189,7 @@ impl<'m> Decoder<'m> {
     }
 
     fn rope(&self, l: usize) -> (&[f32], &[f32]) {
-        let (c, s) = match self.model.cfg.layer_types[l] {
-            LayerType::Full => &self.rope_full,
-            LayerType::Sliding => &self.rope_sliding,
-        };
-        (c, s)
+        self.rope.get(self.model.cfg.layer_types[l])
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
@@ -335,13 +328,8 @@ impl<'m> Decoder<'m> {
                 norm_row(cfg, row, kn);
             }
         }
-        let half = d / 2;
         {
-            let (cos, sin) = self.rope(l);
-            let (c, s) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
-            );
+            let (c, s) = self.rope.at(cfg.layer_types[l], p, d);
             ops::apply_rope(&mut q, 1, nh, d, c, s);
             ops::apply_rope(&mut k, 1, nkv, d, c, s);
         }
@@ -379,9 +367,7 @@ impl<'m> Decoder<'m> {
 pub struct Lanes<'m> {
     model: &'m Model,
     caches: Vec<KvCache>,
-    /// cos, sin `[max_len, d/2]` for global and sliding layers.
-    rope_full: (Vec<f32>, Vec<f32>),
-    rope_sliding: (Vec<f32>, Vec<f32>),
+    rope: RopeCache, // [max_len, d/2] per layer type
     /// bf16 layers widened for the GEMMs, reused from layer to layer.
     scratch: Option<Layer<Vec<f32>>>,
 }
@@ -392,8 +378,7 @@ impl<'m> Lanes<'m> {
         Lanes {
             model,
             caches: (0..n_lanes).map(|_| KvCache::new(model, max_len)).collect(),
-            rope_full: rope::layer_tables(cfg, max_len, LayerType::Full),
-            rope_sliding: rope::layer_tables(cfg, max_len, LayerType::Sliding),
+            rope: RopeCache::new(cfg, max_len),
             scratch: None,
         }
     }
@@ -413,21 +398,13 @@ impl<'m> Lanes<'m> {
         let model = self.model;
         let cfg = &model.cfg;
         let (n, d, nh, nkv) = (lanes.len(), cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
-        let half = d / 2;
         let pos: Vec<usize> = lanes.iter().map(|&lane| self.caches[lane].len).collect();
         let mut h = embed(cfg, model.embed_table(), ids)?; // [n, H]
         for l in 0..cfg.num_layers {
             let w = model.layer_in(l, &mut self.scratch);
             let (mut q, mut k, v) = qkv(cfg, &w, &h, n); // [n, nh·d], [n, nkv·d] ×2
-            let (cos, sin) = match cfg.layer_types[l] {
-                LayerType::Full => &self.rope_full,
-                LayerType::Sliding => &self.rope_sliding,
-            };
             for (r, (&lane, &p)) in lanes.iter().zip(&pos).enumerate() {
-                let (c, s) = (
-                    &cos[p * half..(p + 1) * half],
-                    &sin[p * half..(p + 1) * half],
-                );
+                let (c, s) = self.rope.at(cfg.layer_types[l], p, d);
                 let qr = &mut q[r * nh * d..(r + 1) * nh * d];
                 let kr = &mut k[r * nkv * d..(r + 1) * nkv * d];
                 ops::apply_rope(qr, 1, nh, d, c, s);

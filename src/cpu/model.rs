@@ -26,7 +26,8 @@ pub fn load_layer(store: &WeightStore, cfg: &ModelConfig, l: usize) -> Result<La
     Layer::try_build(cfg, get, get)
 }
 
-/// RoPE tables for one sequence length, one per layer type.
+/// RoPE tables for one sequence length, one per layer type (the forward pass, the decoder and
+/// the decode lanes all rotate by these).
 pub struct RopeCache {
     pub seq_len: usize,
     full: (Vec<f32>, Vec<f32>),    // cos, sin: [T, d/2]
@@ -42,12 +43,20 @@ impl RopeCache {
         }
     }
 
-    fn get(&self, t: LayerType) -> (&[f32], &[f32]) {
+    /// cos, sin `[T, d/2]` of a layer type.
+    pub fn get(&self, t: LayerType) -> (&[f32], &[f32]) {
         let (c, s) = match t {
             LayerType::Full => &self.full,
             LayerType::Sliding => &self.sliding,
         };
         (c, s)
+    }
+
+    /// cos, sin `[d/2]` of one position: what a decode step rotates by.
+    pub fn at(&self, t: LayerType, p: usize, d: usize) -> (&[f32], &[f32]) {
+        let half = d / 2;
+        let (c, s) = self.get(t);
+        (&c[p * half..(p + 1) * half], &s[p * half..(p + 1) * half])
     }
 }
 
