@@ -79,20 +79,29 @@ impl MlpStats {
         assert_eq!(a.len() % w, 0, "activations are not [rows, {w}]");
         let rows = a.len() / w;
         self.count += rows as u64;
-        // Columns in parallel, rows in order: the same sums whatever the thread count.
+        // Columns in parallel, rows in order: the same sums whatever the thread count. A task
+        // takes COLS adjacent columns so each row's read is one contiguous run (a column at a
+        // time strides through memory and re-reads every cache line COLS times).
+        const COLS: usize = 64;
         self.sum
-            .par_iter_mut()
-            .zip(self.sumsq.par_iter_mut())
+            .par_chunks_mut(COLS)
+            .zip(self.sumsq.par_chunks_mut(COLS))
             .enumerate()
-            .for_each(|(j, (s, q))| {
-                let (mut s1, mut s2) = (0f64, 0f64);
+            .for_each(|(c, (s, q))| {
+                let (j0, n) = (c * COLS, s.len());
+                let (mut s1, mut s2) = ([0f64; COLS], [0f64; COLS]);
                 for r in 0..rows {
-                    let x = a[r * w + j] as f64;
-                    s1 += x;
-                    s2 += x * x;
+                    let row = &a[r * w + j0..][..n];
+                    for (i, &x) in row.iter().enumerate() {
+                        let x = x as f64;
+                        s1[i] += x;
+                        s2[i] += x * x;
+                    }
                 }
-                *s += s1;
-                *q += s2;
+                for i in 0..n {
+                    s[i] += s1[i];
+                    q[i] += s2[i];
+                }
             });
         if let Some(Gram::Host(g)) = &mut self.gram {
             add_gram_sym(g, a, rows, w);
@@ -299,19 +308,35 @@ fn add_gram_sym(acc: &mut [f64], x: &[f32], rows: usize, w: usize) {
             let xb = &x[r0 * w + b0..];
             gemm_tn_f32(&mut tmp[b0 * w + b0..], xb, xb, w, bm, w - b0, m);
         }
-        // Row i of acc: block-upper entries from tmp's row i, the rest mirrored from column i.
+        // Row i of acc: block-upper entries from tmp's row i, the rest mirrored from column i,
+        // read a TILE × TILE square at a time (column i alone strides through all of tmp).
+        // Every entry gets one addition per slab, so the order of the loops changes no bit.
+        const TILE: usize = 32; // divides GRAM_BLOCK: a tile's rows share `start`
         let tmp = &tmp;
-        acc.par_chunks_mut(w).enumerate().for_each(|(i, row)| {
-            let start = i / GRAM_BLOCK * GRAM_BLOCK;
-            for (j, a) in row.iter_mut().enumerate() {
-                let t = if j >= start {
-                    tmp[i * w + j]
-                } else {
-                    tmp[j * w + i]
-                };
-                *a += t as f64;
-            }
-        });
+        acc.par_chunks_mut(TILE * w)
+            .enumerate()
+            .for_each(|(bi, rows_acc)| {
+                let i0 = bi * TILE;
+                let start = i0 / GRAM_BLOCK * GRAM_BLOCK;
+                for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
+                    let i = i0 + r;
+                    for (a, &t) in row[start..]
+                        .iter_mut()
+                        .zip(&tmp[i * w + start..(i + 1) * w])
+                    {
+                        *a += t as f64;
+                    }
+                }
+                for j0 in (0..start).step_by(TILE) {
+                    let j1 = (j0 + TILE).min(start);
+                    for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
+                        let i = i0 + r;
+                        for j in j0..j1 {
+                            row[j] += tmp[j * w + i] as f64;
+                        }
+                    }
+                }
+            });
     }
 }
 
