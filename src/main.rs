@@ -35,8 +35,9 @@ struct Cli {
     device: whittle::device::DeviceChoice,
     /// Arithmetic of the CPU engine's projections and LM head: f32 (the reference, equal to
     /// transformers fp32) or bf16 (inputs rounded to bf16, f32 accumulation, on CPUs with
-    /// AVX-512 BF16; f32 elsewhere). Default: f32 for every command (README, "CPU bf16
-    /// GEMM"). The GPU is always bf16.
+    /// AVX-512 BF16; f32 elsewhere). Default: f32, except `compile` on AMD CPUs with AVX-512
+    /// BF16 (Zen 4/5), where bf16 is faster with KL within 1% (README, "CPU bf16 GEMM"). The
+    /// GPU is always bf16.
     #[arg(long, global = true, value_name = "f32|bf16")]
     precision: Option<whittle::cpu::bf16::Precision>,
     #[command(subcommand)]
@@ -1390,7 +1391,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     use whittle::cpu::bf16::{self, Precision};
     bf16::set_precision(cli.precision.unwrap_or(match cli.cmd {
-        Cmd::Compile(_) => Precision::COMPILE_DEFAULT,
+        Cmd::Compile(_) => Precision::compile_default(),
         _ => Precision::F32,
     }));
     match cli.cmd {

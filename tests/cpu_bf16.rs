@@ -208,3 +208,92 @@ fn bf16_switched_off_is_the_f32_path() {
         "nll bf16 {nll_bf16} vs f32 {nll_f32}"
     );
 }
+
+/// `compile`'s default precision: bf16 only where the kernel exists and was measured faster
+/// with KL within 1% of the f32 compile (AMD); f32 on Intel, elsewhere, and whenever the switch
+/// hides the kernel (as on a CPU without BF16).
+#[test]
+fn compile_default_is_bf16_only_where_measured_faster() {
+    use bf16::Vendor;
+    let k = Some(Kernel::Avx512Bf16);
+    assert_eq!(
+        Precision::compile_default_for(k, Vendor::Amd),
+        Precision::Bf16
+    );
+    assert_eq!(
+        Precision::compile_default_for(k, Vendor::Intel),
+        Precision::F32
+    );
+    assert_eq!(
+        Precision::compile_default_for(k, Vendor::Other),
+        Precision::F32
+    );
+    assert_eq!(
+        Precision::compile_default_for(None, Vendor::Amd),
+        Precision::F32
+    );
+    let off = Kernel::choose(Some("off"));
+    assert_eq!(
+        Precision::compile_default_for(off, Vendor::Amd),
+        Precision::F32
+    );
+}
+
+/// `whittle compile` without `--precision` runs and records this CPU's default; with the switch
+/// off it runs the f32 path.
+#[test]
+fn compile_report_names_the_default_precision() {
+    let d = tempfile::tempdir().unwrap();
+    for env_off in [false, true] {
+        let out = d.path().join(format!("out-{env_off}"));
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["--device", "cpu", "compile"])
+            .arg(common::fixture("tiny-gemma3"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--calib")
+            .arg(common::fixture("eval-text.txt"))
+            .args(["--seq", "24", "--samples", "4", "--keep-ratio", "0.5"]);
+        let kernel = if env_off {
+            cmd.env(bf16::DISABLE_ENV, "off");
+            None
+        } else {
+            cmd.env_remove(bf16::DISABLE_ENV);
+            Kernel::choose(None)
+        };
+        let o = cmd.output().expect("running whittle compile");
+        assert!(
+            o.status.success(),
+            "compile failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("whittle_report.json")).unwrap(),
+        )
+        .unwrap();
+        let gemm = r["cpu_gemm"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no cpu_gemm in {r}"));
+        match Precision::compile_default_for(kernel, bf16::Vendor::detect()) {
+            Precision::Bf16 => assert!(gemm.starts_with("bf16 "), "{gemm}"),
+            Precision::F32 => assert_eq!(gemm, "f32 (gemm crate)"),
+        }
+    }
+}
+
+/// `round_bits` (branch-free, what the GEMM packs) is `half::bf16::from_f32` for every f32 bit
+/// pattern: finite values at and around every rounding midpoint, denormals, infinities, NaNs.
+#[test]
+fn round_bits_is_half_from_f32_for_every_input() {
+    use rayon::prelude::*;
+    let bad = (0u32..1 << 16).into_par_iter().find_any(|&hi| {
+        (0u32..1 << 16).any(|lo| {
+            let v = f32::from_bits(hi << 16 | lo);
+            whittle::cpu::convert::round_bits(v) != half::bf16::from_f32(v).to_bits()
+        })
+    });
+    assert_eq!(
+        bad, None,
+        "round_bits differs from half for upper bits {bad:x?}"
+    );
+}

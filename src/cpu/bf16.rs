@@ -35,10 +35,24 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// `compile`'s default on this CPU: [`Precision::compile_default_for`] of the kernel the
+    /// process may use and the CPU's vendor.
+    pub fn compile_default() -> Precision {
+        Self::compile_default_for(Kernel::detect(), Vendor::detect())
+    }
+
     /// `compile`'s default: the fastest precision whose compile keeps KL within 1% of the f32
-    /// compile's. Measured on Emerald Rapids (README, "CPU bf16 GEMM"): `vdpbf16ps` retires at
-    /// under half the flop rate of f32 FMA there, so f32 is both exact and faster.
-    pub const COMPILE_DEFAULT: Precision = Precision::F32;
+    /// compile's, as measured per CPU kind (README, "CPU bf16 GEMM"). AMD Zen 5: `vdpbf16ps`
+    /// retires at 2.0× the flop rate of f32 FMA, and the bf16 compile is faster with KL within
+    /// 1% → bf16. Intel Emerald Rapids: `vdpbf16ps` at under half the rate of f32 FMA → f32.
+    /// Zen 4 (the same instruction, double-pumped like its f32 FMA) is taken to follow Zen 5;
+    /// other Intel parts follow Emerald Rapids until measured. No kernel → f32.
+    pub fn compile_default_for(kernel: Option<Kernel>, vendor: Vendor) -> Precision {
+        match (kernel, vendor) {
+            (Some(Kernel::Avx512Bf16), Vendor::Amd) => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +70,36 @@ impl std::str::FromStr for Precision {
             "bf16" => Ok(Precision::Bf16),
             _ => Err(format!("unknown precision \"{s}\"; use f32 or bf16")),
         }
+    }
+}
+
+/// Who made the CPU: the bf16 kernel's speed against f32 FMA differs by vendor (see
+/// [`Precision::compile_default_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendor {
+    Amd,
+    Intel,
+    Other,
+}
+
+impl Vendor {
+    /// From CPUID leaf 0's vendor string.
+    pub fn detect() -> Vendor {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let r = std::arch::x86_64::__cpuid(0); // leaf 0: the vendor string
+            let mut id = [0u8; 12];
+            id[..4].copy_from_slice(&r.ebx.to_le_bytes());
+            id[4..8].copy_from_slice(&r.edx.to_le_bytes());
+            id[8..].copy_from_slice(&r.ecx.to_le_bytes());
+            match &id {
+                b"AuthenticAMD" => Vendor::Amd,
+                b"GenuineIntel" => Vendor::Intel,
+                _ => Vendor::Other,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Vendor::Other
     }
 }
 
