@@ -237,6 +237,25 @@ struct CompileArgs {
     /// --reconstruct: calibration tokens used per layer (spread over the set; 1 in 8 held out).
     #[arg(long, default_value_t = 16384, requires = "reconstruct")]
     recon_tokens: usize,
+    /// After all layers are pruned, train every layer's kept gate, up and down together by Adam
+    /// so the compiled model's next-token distributions match the original's (KL) on
+    /// calibration sequences (held-out sequences decide which epoch is kept; never worse there
+    /// than without it). CPU, several times a compile's cost (README, Methods).
+    #[arg(long)]
+    distill: bool,
+    /// --distill: calibration tokens used, in whole sequences spread over the set (1 in 8
+    /// sequences held out).
+    #[arg(long, default_value_t = 8192, requires = "distill")]
+    distill_tokens: usize,
+    /// --distill: passes over the training sequences (1 to 100).
+    #[arg(long, default_value_t = 1, requires = "distill")]
+    distill_epochs: usize,
+    /// --distill: Adam's step, a fraction of each matrix's RMS, in (0, 0.1].
+    #[arg(long, default_value_t = 1e-3, requires = "distill")]
+    distill_lr: f64,
+    /// --distill: calibration sequences per Adam step (1 to 256).
+    #[arg(long, default_value_t = 4, requires = "distill")]
+    distill_batch: usize,
 }
 
 /// `--refit-target`: what a sequentially pruned MLP is re-fit to reproduce.
@@ -1121,6 +1140,14 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
                 tokens: a.recon_tokens,
                 ..Default::default()
             }),
+        distill: a
+            .distill
+            .then_some(whittle::compile::distill::DistillOptions {
+                epochs: a.distill_epochs,
+                lr: a.distill_lr,
+                tokens: a.distill_tokens,
+                batch: a.distill_batch,
+            }),
     };
     let opts = opts.validate()?;
     // Validate widths and destinations before reading any calibration text.
@@ -1181,6 +1208,13 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
             );
         }
         Some(c)
+    } else if a.distill {
+        return Err(whittle::Error::Arg {
+            flag: "--distill",
+            msg: "distillation trains on calibration text; give --calib FILE or --calib-ids"
+                .into(),
+        }
+        .into());
     } else if needs_calib {
         anyhow::bail!(
             "--calib FILE (or --calib-ids) is required for --method {}{}; only --method magnitude --no-repair runs without calibration",
