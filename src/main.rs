@@ -1293,6 +1293,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     );
     let layers_pb = progress(cfg.num_layers, "layers");
     let mut write_pb: Option<ProgressBar> = None;
+    let mut distill_pb: Option<ProgressBar> = None;
     let t = Instant::now();
     // The trait objects' 'static bound shortened to the borrow's, as the library's slice takes.
     fn borrow<'a>(
@@ -1312,7 +1313,26 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
             if stage.starts_with("layers") {
                 layers_pb.set_message(stage.to_string());
                 layers_pb.set_position(done);
+            } else if stage.starts_with("distill") {
+                let pb = distill_pb.get_or_insert_with(|| {
+                    layers_pb.finish_and_clear();
+                    let pb = ProgressBar::new(total);
+                    pb.set_style(
+                        ProgressStyle::with_template(
+                            "{msg:>10} [{bar:30}] {pos}/{len} Adam steps {elapsed_precise}",
+                        )
+                        .expect("static template")
+                        .progress_chars("=> "),
+                    );
+                    pb
+                });
+                pb.set_message(stage.to_string());
+                pb.set_length(total);
+                pb.set_position(done);
             } else {
+                if let Some(pb) = distill_pb.take() {
+                    pb.finish_and_clear();
+                }
                 let pb = write_pb.get_or_insert_with(|| {
                     layers_pb.finish_and_clear();
                     let pb = ProgressBar::new(total);
@@ -1334,6 +1354,9 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         },
     )?;
     layers_pb.finish_and_clear();
+    if let Some(pb) = distill_pb {
+        pb.finish_and_clear();
+    }
     if let Some(pb) = write_pb {
         pb.finish_and_clear();
     }
@@ -1353,6 +1376,19 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
             r.peak_heap_mib.unwrap_or(f64::NAN),
             r.peak_rss_mib.unwrap_or(f64::NAN)
         );
+        if let Some(d) = &r.distillation {
+            println!(
+                "  distill: held-out KL {:.4} → {:.4} (epoch {} of {} kept; {} + {} sequences of {}) in {:.1}s",
+                d.heldout_kl[0],
+                d.heldout_kl[d.kept_epoch],
+                d.kept_epoch,
+                d.epochs,
+                d.train_sequences,
+                d.heldout_sequences,
+                d.seq_len,
+                d.seconds
+            );
+        }
     }
     Ok(())
 }

@@ -454,3 +454,33 @@ fn llama_family_distills() {
         }
     }
 }
+
+/// Several widths in one run: each is distilled after its own layer loop, exactly as a
+/// single-width run distills it (same sequences, same seeded order), and reported per width.
+#[test]
+fn several_widths_each_distill_as_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let ids = d.path().join("calib.safetensors");
+    write_ids(&ids, 64, 32, 512, 5);
+    let m = fixture("tiny-gemma3");
+    let run_ok = |extra: &[&str]| {
+        let mut args = vec!["compile", s(&m), "--calib-ids", s(&ids)];
+        args.extend(extra);
+        args.extend(DISTILL);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+    };
+    let both = d.path().join("both");
+    let alone = d.path().join("alone");
+    run_ok(&["--widths", "48,24", "-o", s(&both)]);
+    run_ok(&["--intermediate-size", "24", "-o", s(&alone)]);
+    for w in ["width-48", "width-24"] {
+        let r = report(&both.join(w));
+        assert_eq!(r["distillation"]["tokens"], 2048, "{w}");
+    }
+    assert!(
+        std::fs::read(both.join("width-24/model.safetensors")).unwrap()
+            == std::fs::read(alone.join("model.safetensors")).unwrap(),
+        "width 24 distilled in a two-width run differs from the run of that width alone"
+    );
+}
