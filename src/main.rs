@@ -245,7 +245,7 @@ struct CompileArgs {
     distill: bool,
     /// --distill: calibration tokens used, in whole sequences spread over the set (1 in 8
     /// sequences held out).
-    #[arg(long, default_value_t = 8192, requires = "distill")]
+    #[arg(long, default_value_t = 16384, requires = "distill")]
     distill_tokens: usize,
     /// --distill: passes over the training sequences (1 to 100).
     #[arg(long, default_value_t = 1, requires = "distill")]
@@ -254,7 +254,7 @@ struct CompileArgs {
     #[arg(long, default_value_t = 1e-3, requires = "distill")]
     distill_lr: f64,
     /// --distill: calibration sequences per Adam step (1 to 256).
-    #[arg(long, default_value_t = 4, requires = "distill")]
+    #[arg(long, default_value_t = 2, requires = "distill")]
     distill_batch: usize,
 }
 
@@ -1211,8 +1211,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     } else if a.distill {
         return Err(whittle::Error::Arg {
             flag: "--distill",
-            msg: "distillation trains on calibration text; give --calib FILE or --calib-ids"
-                .into(),
+            msg: "distillation trains on calibration text; give --calib FILE or --calib-ids".into(),
         }
         .into());
     } else if needs_calib {

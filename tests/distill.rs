@@ -97,14 +97,7 @@ fn gradient_matches_finite_differences() {
             )
             .unwrap();
         let (frozen, mlps, head) = student(&model);
-        let mut grads: Vec<Mlp> = mlps
-            .iter()
-            .map(|m| Mlp {
-                gate: vec![0.0; m.gate.len()],
-                up: vec![0.0; m.up.len()],
-                down: vec![0.0; m.down.len()],
-            })
-            .collect();
+        let mut grads: Vec<Mlp> = mlps.iter().map(Mlp::zeros_like).collect();
         let kl0 = grad::kl_grad(
             &net(&model, &frozen, &mlps, &head),
             &x,

@@ -48,11 +48,13 @@ pub struct DistillOptions {
 
 impl Default for DistillOptions {
     fn default() -> Self {
+        // Measured on Gemma 3 270M (README, Methods): 1e-3 improved held-out KL where 3e-3 and
+        // 1e-2 made it worse.
         DistillOptions {
             epochs: 1,
             lr: 1e-3,
-            tokens: 8192,
-            batch: 4,
+            tokens: 16_384,
+            batch: 2,
         }
     }
 }
@@ -201,12 +203,6 @@ impl Teacher {
         }
         Ok(sum / (self.held.len() * (self.seq_len - 1)).max(1) as f64)
     }
-
-    /// Bytes held: the f32 head and the teacher's hidden states (the model's weights are
-    /// counted by the caller).
-    pub fn held_bytes(&self) -> usize {
-        4 * (self.head.len() + self.hidden.iter().map(Vec::len).sum::<usize>())
-    }
 }
 
 /// Trains the MLPs of one width's `cuts` (every layer, as the writer takes them); where an epoch
@@ -263,14 +259,7 @@ pub fn distill(
     let mut best: Option<Vec<Mlp>> = None;
     let mut best_kl = report.heldout_kl[0];
     let mut mlp = start;
-    let mut grads: Vec<Mlp> = mlp
-        .iter()
-        .map(|m| Mlp {
-            gate: vec![0.0; m.gate.len()],
-            up: vec![0.0; m.up.len()],
-            down: vec![0.0; m.down.len()],
-        })
-        .collect();
+    let mut grads: Vec<Mlp> = mlp.iter().map(Mlp::zeros_like).collect();
     let mut opt: Vec<[Adam; 3]> = mlp
         .iter()
         .map(|m| {

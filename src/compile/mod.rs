@@ -21,11 +21,11 @@ use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{layer_name, registry, LayerTensor};
 use crate::checkpoint::safetensors::WeightStore;
 use crate::compile::calib::CalibSet;
+use crate::compile::distill::{DistillOptions, DistillReport};
 use crate::compile::prune::{
     energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
     Method,
 };
-use crate::compile::distill::{DistillOptions, DistillReport};
 use crate::compile::reconstruct::{LayerRecon, MlpWeights, ReconOptions};
 use crate::compile::report::{
     BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, Timings, WidthRequest,

@@ -56,12 +56,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// Zeros shaped like `w`'s MLP.
-    pub fn zeros_like(w: &Layer<&[f32]>) -> Mlp {
+    /// Zeros shaped like `m` (a gradient buffer).
+    pub fn zeros_like(m: &Mlp) -> Mlp {
         Mlp {
-            gate: vec![0.0; w.gate().len()],
-            up: vec![0.0; w.up().len()],
-            down: vec![0.0; w.down().len()],
+            gate: vec![0.0; m.gate.len()],
+            up: vec![0.0; m.up.len()],
+            down: vec![0.0; m.down.len()],
         }
     }
 
