@@ -248,7 +248,7 @@ struct CompileArgs {
     #[arg(long, default_value_t = 16384, requires = "distill")]
     distill_tokens: usize,
     /// --distill: passes over the training sequences (1 to 100).
-    #[arg(long, default_value_t = 1, requires = "distill")]
+    #[arg(long, default_value_t = 2, requires = "distill")]
     distill_epochs: usize,
     /// --distill: Adam's step, a fraction of each matrix's RMS, in (0, 0.1].
     #[arg(long, default_value_t = 1e-3, requires = "distill")]
