@@ -287,8 +287,7 @@ pub fn describe_width(w: &Width) -> String {
 /// cross matrix with it), one layer's weights widened to f32, what every layer's cut holds until
 /// the writer runs (the re-fit down_proj [H, K] of each of the `widths`, and with
 /// `--reconstruct` its gate and up too), reconstruction's token matrices and what `--distill`
-/// holds. The memory-mapped
-/// input is not counted (the kernel pages it in and out).
+/// holds. The memory-mapped input is not counted (the kernel pages it in and out).
 pub fn run_memory_bytes(
     cfg: &ModelConfig,
     calib_tokens: usize,
