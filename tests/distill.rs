@@ -477,3 +477,25 @@ fn several_widths_each_distill_as_alone() {
         "width 24 distilled in a two-width run differs from the run of that width alone"
     );
 }
+
+/// The run's memory estimate includes what distillation holds: at least the head in f32 and six
+/// copies of every layer's MLP at the width.
+#[test]
+fn memory_estimate_counts_distillation() {
+    use whittle::compile::{run_memory_bytes, CompileOptions};
+    let cfg = whittle::checkpoint::config::ModelConfig::from_dir(&fixture("tiny-gemma3")).unwrap();
+    let plain = CompileOptions::default().validate().unwrap();
+    let dist = CompileOptions {
+        distill: Some(whittle::compile::distill::DistillOptions::default()),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let est = |p: &_| run_memory_bytes(&cfg, 4096, p, 1, 4, &[48]);
+    let (h, v, l) = (
+        cfg.hidden_size as u64,
+        cfg.vocab_size as u64,
+        cfg.num_layers as u64,
+    );
+    assert!(est(&dist) >= est(&plain) + 4 * v * h + l * 6 * 4 * 3 * h * 48);
+}
