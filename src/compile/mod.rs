@@ -8,6 +8,7 @@
 
 pub mod calib;
 pub mod ceiling;
+pub mod distill;
 pub mod inspect;
 pub mod prune;
 pub mod reconstruct;
@@ -20,6 +21,7 @@ use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::{layer_name, registry, LayerTensor};
 use crate::checkpoint::safetensors::WeightStore;
 use crate::compile::calib::CalibSet;
+use crate::compile::distill::{DistillOptions, DistillReport};
 use crate::compile::prune::{
     energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
     Method,
@@ -60,6 +62,9 @@ pub struct CompileOptions {
     pub ceiling: Option<crate::compile::width::Ceiling>,
     /// `--reconstruct`: refine each pruned MLP by Adam after the re-fit (`reconstruct`).
     pub reconstruct: Option<ReconOptions>,
+    /// `--distill`: train every layer's MLP against the original's logits after the layer loop
+    /// (`distill`).
+    pub distill: Option<DistillOptions>,
 }
 
 impl Default for CompileOptions {
@@ -74,6 +79,7 @@ impl Default for CompileOptions {
             width: Width::Tier("throughput".into()),
             multiple_of: crate::compile::width::DEFAULT_MULTIPLE_OF,
             reconstruct: None,
+            distill: None,
             force: false,
             batch_seqs: 8,
             ceiling: None,
@@ -102,6 +108,17 @@ impl CompileOptions {
                 });
             }
         }
+        if let Some(d) = &self.distill {
+            d.validate()?;
+            if self.ceiling.is_some() {
+                return Err(Error::Arg {
+                    flag: "--distill",
+                    msg: "not with --max-kl / --max-ppl-ratio (every probe of the search would \
+                          distill); find the width first, then compile it with --distill"
+                        .into(),
+                });
+            }
+        }
         Ok(Plan { opts: self.clone() })
     }
 }
@@ -122,7 +139,10 @@ impl std::ops::Deref for Plan {
 impl Plan {
     /// Whether the run reads calibration text: every method but magnitude, and any re-fit.
     pub fn needs_calib(&self) -> bool {
-        self.method != Method::Magnitude || self.repair || self.reconstruct.is_some()
+        self.method != Method::Magnitude
+            || self.repair
+            || self.reconstruct.is_some()
+            || self.distill.is_some()
     }
 
     /// Whether the statistics hold the [I, I] Gram matrix (OBS, or the re-fit).
@@ -266,8 +286,8 @@ pub fn describe_width(w: &Width) -> String {
 /// beside each with `--refit-target original`), one layer's f64 statistics ([I, I] Gram, and the
 /// cross matrix with it), one layer's weights widened to f32, what every layer's cut holds until
 /// the writer runs (the re-fit down_proj [H, K] of each of the `widths`, and with
-/// `--reconstruct` its gate and up too) and reconstruction's token matrices. The memory-mapped
-/// input is not counted (the kernel pages it in and out).
+/// `--reconstruct` its gate and up too), reconstruction's token matrices and what `--distill`
+/// holds. The memory-mapped input is not counted (the kernel pages it in and out).
 pub fn run_memory_bytes(
     cfg: &ModelConfig,
     calib_tokens: usize,
@@ -296,7 +316,21 @@ pub fn run_memory_bytes(
     let attn = (cfg.num_heads + 2 * cfg.num_kv_heads) as u64 * cfg.head_dim as u64 * h
         + cfg.num_heads as u64 * cfg.head_dim as u64 * h;
     let layer = 4 * (3 * i * h + attn);
-    streams as u64 * per_stream + stats + layer + cuts + recon
+    // `--distill`: the original model (2 bytes a parameter as held from bf16), its head widened
+    // to f32, every layer's attention in f32, six copies of the widest width's MLPs (start,
+    // master, two Adam moments, gradient, best), the teacher's hidden states and two chunks of
+    // logits.
+    let distill = plan.distill.map_or(0, |d| {
+        let (l, v) = (cfg.num_layers as u64, cfg.vocab_size as u64);
+        let kmax = widths.iter().copied().max().unwrap_or(0) as u64;
+        2 * params(cfg, false)
+            + 4 * v * h
+            + l * 4 * attn
+            + l * 6 * 4 * 3 * h * kmax
+            + 4 * h * d.tokens.min(calib_tokens) as u64
+            + 2 * 4 * 64 * v
+    });
+    streams as u64 * per_stream + stats + layer + cuts + recon + distill
 }
 
 /// Parameters and weight bytes of the whole input checkpoint, and of the tensors it only copies.
@@ -480,6 +514,13 @@ pub fn compile_batch(
     let hd = cfg.hidden_size;
     let need_gram = opts.needs_gram();
     let calib = match (opts.needs_calib(), calib) {
+        (true, None) if opts.distill.is_some() => {
+            return Err(Error::Arg {
+                flag: "--distill",
+                msg: "distillation trains on calibration text; give --calib FILE or --calib-ids"
+                    .into(),
+            })
+        }
         (true, None) => {
             return Err(Error::Arg {
                 flag: "--calib",
@@ -699,6 +740,36 @@ pub fn compile_batch(
     for b in backends.iter_mut() {
         b.finish();
     }
+    let mut distill_reports: Vec<Option<DistillReport>> = vec![None; targets.len()];
+    if let (Some(dopt), Some(c)) = (&opts.distill, calib) {
+        let t0 = Instant::now();
+        let teacher = crate::compile::distill::Teacher::new(input, &cfg, &store, c, dopt)?;
+        let dtypes = (0..cfg.num_layers)
+            .map(|l| {
+                Ok::<_, Error>([
+                    dtype_of(l, LayerTensor::Gate)?,
+                    dtype_of(l, LayerTensor::Up)?,
+                    dtype_of(l, LayerTensor::Down)?,
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let round = |l: usize, m: &mut crate::cpu::grad::Mlp| {
+            round_to_dtype(&mut m.gate, dtypes[l][0]);
+            round_to_dtype(&mut m.up, dtypes[l][1]);
+            round_to_dtype(&mut m.down, dtypes[l][2]);
+        };
+        for (i, cuts) in cuts.iter_mut().enumerate() {
+            let name = if targets.len() > 1 {
+                format!("distill (width {})", ks[i])
+            } else {
+                "distill".to_string()
+            };
+            let mut prog = |done: u64, total: u64| progress(&name, done, total);
+            let rep = crate::compile::distill::distill(&teacher, cuts, &round, dopt, &mut prog)?;
+            distill_reports[i] = Some(rep);
+        }
+        t.distill += t0.elapsed().as_secs_f64();
+    }
 
     let gib = crate::compile::inspect::GIB;
     let batch = (targets.len() > 1).then(|| BatchReport {
@@ -797,6 +868,7 @@ pub fn compile_batch(
                     batch: r.batch,
                     layers: std::mem::take(&mut recon_reports[i]),
                 }),
+            distillation: distill_reports[i].take(),
             timings_s: t,
             peak_rss_mib: None,
             peak_heap_mib: None,

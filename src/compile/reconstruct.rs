@@ -249,14 +249,14 @@ fn loss_grad(
 }
 
 /// Adam state of one matrix, with its step size fixed from the matrix's starting RMS.
-struct Adam {
+pub(crate) struct Adam {
     m: Vec<f32>,
     v: Vec<f32>,
     lr: f32,
 }
 
 impl Adam {
-    fn new(w: &[f32], rel: f64) -> Adam {
+    pub(crate) fn new(w: &[f32], rel: f64) -> Adam {
         let rms =
             (w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.len().max(1) as f64).sqrt();
         Adam {
@@ -266,7 +266,7 @@ impl Adam {
         }
     }
 
-    fn step(&mut self, w: &mut [f32], g: &[f32], t: i32) {
+    pub(crate) fn step(&mut self, w: &mut [f32], g: &[f32], t: i32) {
         const B1: f32 = 0.9;
         const B2: f32 = 0.999;
         const EPS: f32 = 1e-12;
@@ -393,7 +393,7 @@ pub fn reconstruct(
 /// sets span the calibration set — since tokens of a sequence held out beside its other tokens
 /// share their document and do not show over-fitting to the calibration text (measured: held-out
 /// losses fell while the dev KL rose). With a single sequence, every 1/HOLDOUT-th row.
-fn split_heldout(seq: &[usize], n: usize) -> Result<(Vec<usize>, Vec<usize>)> {
+pub(crate) fn split_heldout(seq: &[usize], n: usize) -> Result<(Vec<usize>, Vec<usize>)> {
     if seq.len() != n {
         return Err(Error::Other(format!(
             "reconstruction: {} sequence ids for {n} rows",

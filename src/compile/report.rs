@@ -50,6 +50,9 @@ pub struct CompileReport {
     /// Only with `--reconstruct`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconstruction: Option<ReconReport>,
+    /// Only with `--distill`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<crate::compile::distill::DistillReport>,
     pub timings_s: Timings,
     pub peak_rss_mib: Option<f64>,
     pub peak_heap_mib: Option<f64>,
@@ -158,5 +161,7 @@ pub struct Timings {
     pub repair: f64,
     /// `--reconstruct` (0 without it).
     pub reconstruct: f64,
+    /// `--distill`, every width together (0 without it).
+    pub distill: f64,
     pub write: f64,
 }

@@ -1,5 +1,5 @@
 //! The CPU engine, the reference every other path is checked against (the CUDA engine in
-//! src/cuda is its twin): the forward pass (`model`), KV-cache decoding (`decode`, with the slot
+//! src/cuda is its twin): the forward pass (`model`) and its backward to the MLP weights (`grad`, for end-to-end distillation), KV-cache decoding (`decode`, with the slot
 //! arithmetic both engines share in `kv`), plain f32 ops multi-threaded with rayon (`ops`,
 //! `attention`, `act`, `bias`, `norm`, `rope`), the calibration backend (`calib`), the bf16-input GEMM that `--precision bf16`
 //! puts under the projections and the LM head (`bf16`), the decode GEMV over f32 or bf16 weights
@@ -18,6 +18,7 @@ pub mod convert;
 pub mod decode;
 pub mod gemm;
 pub mod gemv;
+pub mod grad;
 pub mod kv;
 pub mod linalg;
 pub mod model;
