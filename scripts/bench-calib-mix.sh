@@ -10,6 +10,8 @@
 #   self     --calib self
 #   self-en-es  --calib self:0.34 data/calib.txt:0.33 data/calib-es.txt:0.33
 #   V-recon  variant V with whole-MLP reconstruction (--reconstruct, its defaults)
+#   V-distill  variant V with end-to-end distillation (--distill, its defaults), on V's own
+#            calibration set (OUT/V/calibration-ids.safetensors when V's compile saved one)
 #
 # Calibration comes from the *calib* splits of scripts/get-wiki-text.py and evaluation from the
 # *dev* splits (disjoint by title hash); the task data is never calibrated on.
@@ -17,7 +19,8 @@
 # usage: scripts/bench-calib-mix.sh [VARIANT...]     (default: the first four above)
 # env: MODEL (models/gemma-3-270m), WIDTH (1408), SAMPLES × SEQ (128 × 512), WINDOWS (32),
 #      LIMIT (250: first items of each task, as issue 14 measured; 0 skips the tasks), WHITTLE (target/release/whittle),
-#      OUT (target/calib-mix). Needs `make tasks-data` (data/{calib,dev}*.txt and data/tasks).
+#      OUT (target/calib-mix), PRECISION (f32: the README rows were made with it; bf16 is
+#      compile's default on AMD CPUs and changes the self-generated text too). Needs `make tasks-data` (data/{calib,dev}*.txt and data/tasks).
 # Results: OUT/VARIANT/ (compiled model), OUT/VARIANT.texts.json, OUT/VARIANT.tasks-LIMIT.json,
 # OUT/base.tasks-LIMIT.json,
 # OUT/mix.md (the table). Finished steps (their JSON exists) are skipped, so a run resumes.
@@ -32,6 +35,7 @@ windows=${WINDOWS:-32}
 limit=${LIMIT:-250}
 bin=${WHITTLE:-target/release/whittle}
 out=${OUT:-target/calib-mix}
+precision=${PRECISION:-f32}
 tasks=arc_easy,arc_challenge,hellaswag,piqa,lambada
 for f in data/calib.txt data/calib-es.txt data/dev.txt data/dev-es.txt data/dev-fr.txt; do
   [ -f "$f" ] || { echo "bench-calib-mix: $f is missing; run make tasks-data" >&2; exit 2; }
@@ -66,15 +70,21 @@ variants=("$@")
 for v in "${variants[@]}"; do
   extra=()
   if [[ "$v" == *-recon ]]; then
-    calib=$(calib_of "${v%-recon}"); extra=(--reconstruct)
+    base_v=${v%-recon}; extra=(--reconstruct)
+  elif [[ "$v" == *-distill ]]; then
+    base_v=${v%-distill}; extra=(--distill)
   else
-    calib=$(calib_of "$v")
+    base_v=$v
+  fi
+  # shellcheck disable=SC2207
+  calib=(--calib $(calib_of "$base_v"))
+  if [ "$base_v" != "$v" ] && [ -f "$out/$base_v/calibration-ids.safetensors" ]; then
+    calib=(--calib-ids "$out/$base_v/calibration-ids.safetensors")
   fi
   if [ ! -f "$out/$v/whittle_report.json" ]; then
-    echo "== $v: whittle compile --calib $calib"
-    # shellcheck disable=SC2086
-    "$bin" --device cpu compile "$model" -o "$out/$v" --calib $calib --samples "$samples" --seq "$seq" \
-      --intermediate-size "$width" --force "${extra[@]}"
+    echo "== $v: whittle compile ${calib[*]}"
+    "$bin" --device cpu --precision "$precision" compile "$model" -o "$out/$v" "${calib[@]}" \
+      --samples "$samples" --seq "$seq" --intermediate-size "$width" --force "${extra[@]}"
   fi
   echo "== $v: texts"
   run_json "$out/$v.texts.json" "$bin" --device cpu eval "$out/$v" --base "$model" --text en=data/dev.txt \
@@ -88,7 +98,7 @@ done
 python3 - "$out" "$limit" <<'PY'
 import json, os, sys
 out, limit = sys.argv[1], sys.argv[2]
-order = [v + r for r in ("", "-recon") for v in ("en", "en-es", "self-en", "self", "self-en-es")]
+order = [v + r for r in ("", "-recon", "-distill") for v in ("en", "en-es", "self-en", "self", "self-en-es")]
 base = json.load(open(f"{out}/base.tasks-{limit}.json"))["tasks"] if os.path.exists(f"{out}/base.tasks-{limit}.json") else {}
 mean4 = ["arc_easy", "arc_challenge", "hellaswag", "piqa"]
 head = ["calibration", "en KL", "es KL", "fr KL", "en PPL ratio"]
@@ -107,6 +117,8 @@ for v in order:
     label = v
     if r.get("reconstruction"):
         label = v[:-len("-recon")] + f" + reconstruct ({r['timings_s']['reconstruct']:.0f} s)"
+    if r.get("distillation"):
+        label = v[:-len("-distill")] + f" + distill ({r['timings_s']['distill']:.0f} s)"
     row = [label, *(f"{tx[l]['kl']:.4f}" for l in ("en", "es", "fr")), f"{tx['en']['ppl_ratio']:.3f}"]
     tk = json.load(open(f"{out}/{v}.tasks-{limit}.json"))["tasks"] if os.path.exists(f"{out}/{v}.tasks-{limit}.json") else None
     if tk and base:
