@@ -77,14 +77,14 @@ for v in "${variants[@]}"; do
     base_v=$v
   fi
   # shellcheck disable=SC2207
-  calib=(--calib $(calib_of "$base_v"))
+  calib=(--calib $(calib_of "$base_v") --samples "$samples" --seq "$seq")
   if [ "$base_v" != "$v" ] && [ -f "$out/$base_v/calibration-ids.safetensors" ]; then
-    calib=(--calib-ids "$out/$base_v/calibration-ids.safetensors")
+    calib=(--calib-ids "$out/$base_v/calibration-ids.safetensors") # its own samples × seq
   fi
   if [ ! -f "$out/$v/whittle_report.json" ]; then
     echo "== $v: whittle compile ${calib[*]}"
     "$bin" --device cpu --precision "$precision" compile "$model" -o "$out/$v" "${calib[@]}" \
-      --samples "$samples" --seq "$seq" --intermediate-size "$width" --force "${extra[@]}"
+      --intermediate-size "$width" --force "${extra[@]}"
   fi
   echo "== $v: texts"
   run_json "$out/$v.texts.json" "$bin" --device cpu eval "$out/$v" --base "$model" --text en=data/dev.txt \
