@@ -246,10 +246,10 @@ struct CompileArgs {
     distill: bool,
     /// --distill: calibration tokens used, in whole sequences spread over the set (1 in 8
     /// sequences held out).
-    #[arg(long, default_value_t = 16384, requires = "distill")]
+    #[arg(long, default_value_t = 65536, requires = "distill")]
     distill_tokens: usize,
     /// --distill: passes over the training sequences (1 to 100).
-    #[arg(long, default_value_t = 2, requires = "distill")]
+    #[arg(long, default_value_t = 1, requires = "distill")]
     distill_epochs: usize,
     /// --distill: Adam's step, a fraction of each matrix's RMS, in (0, 0.1].
     #[arg(long, default_value_t = 1e-3, requires = "distill")]
