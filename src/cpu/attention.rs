@@ -6,6 +6,7 @@
 //! the sliding window), so memory is `block × keys`, never `T × T` per head at once.
 
 use super::ops::{gemm_nn_strided, gemm_nt_strided};
+use crate::checkpoint::config::ModelConfig;
 use rayon::prelude::*;
 
 const Q_BLOCK: usize = 64;
@@ -22,6 +23,39 @@ pub struct AttnShape {
     pub softcap: Option<f32>,
     /// Key j is visible to query i iff `j <= i && i - j < window`.
     pub window: Option<usize>,
+}
+
+impl AttnShape {
+    /// Layer `l`'s attention over `n_seq` sequences of `seq_len` rows: heads, scale, softcap and
+    /// window from the config (the forward pass, the decoder's prefill and the backward).
+    pub fn of_layer(cfg: &ModelConfig, l: usize, n_seq: usize, seq_len: usize) -> AttnShape {
+        AttnShape {
+            n_seq,
+            seq_len,
+            n_heads: cfg.num_heads,
+            n_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            scale: cfg.attn_scale(),
+            softcap: cfg.attn_softcap,
+            window: cfg.window(l),
+        }
+    }
+}
+
+/// Softmax over the visible keys `row[lo..hi]` in place, zero outside them: what the forward
+/// computes and the backward recomputes, so both see the same probabilities to the bit.
+pub fn masked_softmax(row: &mut [f32], lo: usize, hi: usize) {
+    let m = row[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let mut sum = 0f32;
+    for x in &mut row[lo..hi] {
+        *x = super::ops::exp_fast(*x - m);
+        sum += *x;
+    }
+    row[..lo].fill(0.0);
+    for x in &mut row[lo..hi] {
+        *x /= sum;
+    }
+    row[hi..].fill(0.0);
 }
 
 /// `q`: [n_seq·T, n_heads, d]; `k`, `v`: [n_seq·T, n_kv, d]. Returns [n_seq·T, n_heads, d].
@@ -91,17 +125,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
                         *x = (*x / cap).tanh() * cap;
                     }
                 }
-                let m = row[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                let mut sum = 0f32;
-                for x in &mut row[lo..hi] {
-                    *x = super::ops::exp_fast(*x - m);
-                    sum += *x;
-                }
-                row[..lo].fill(0.0);
-                for x in &mut row[lo..hi] {
-                    *x /= sum;
-                }
-                row[hi..].fill(0.0);
+                masked_softmax(row, lo, hi);
             }
             let mut out = vec![0f32; rows * d]; // [rows, d]
             gemm_nn_strided(

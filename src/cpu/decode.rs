@@ -280,21 +280,7 @@ impl<'m> Decoder<'m> {
         let (cos, sin) = self.rope(l);
         ops::apply_rope(&mut q, t, nh, d, cos, sin);
         ops::apply_rope(&mut k, t, nkv, d, cos, sin);
-        let att = attention(
-            &q,
-            &k,
-            &v,
-            AttnShape {
-                n_seq: 1,
-                seq_len: t,
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: d,
-                scale: cfg.attn_scale(),
-                softcap: cfg.attn_softcap,
-                window: cfg.window(l),
-            },
-        ); // [T, nh·d]
+        let att = attention(&q, &k, &v, AttnShape::of_layer(cfg, l, 1, t)); // [T, nh·d]
         self.cache.write(l, 0, &k, &v);
         drop((q, k, v));
         let y = attn_out(cfg, w, &att, t); // [T, H]

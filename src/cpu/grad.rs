@@ -474,16 +474,7 @@ fn attn_backward(
     let [cos, sin, neg_sin] = rb.get(lt);
     ops::apply_rope(&mut q, t, nh, d, cos, sin);
     ops::apply_rope(&mut k, t, nkv, d, cos, sin);
-    let shape = AttnShape {
-        n_seq: 1,
-        seq_len: t,
-        n_heads: nh,
-        n_kv_heads: nkv,
-        head_dim: d,
-        scale: cfg.attn_scale(),
-        softcap: cfg.attn_softcap,
-        window: cfg.window(l),
-    };
+    let shape = AttnShape::of_layer(cfg, l, 1, t);
     let mut dyo = dh.to_vec(); // [T, H]
     if let Some(pn) = w.post_attn_norm() {
         let att = crate::cpu::attention::attention(&q, &k, &v, shape); // [T, nh·d]
@@ -579,17 +570,7 @@ pub fn attention_backward(
                         *x = *u * cap;
                     }
                 }
-                let m = row[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                let mut sum = 0f32;
-                for x in &mut row[lo..hi] {
-                    *x = exp_fast(*x - m);
-                    sum += *x;
-                }
-                row[..lo].fill(0.0);
-                for x in &mut row[lo..hi] {
-                    *x /= sum;
-                }
-                row[hi..].fill(0.0);
+                crate::cpu::attention::masked_softmax(row, lo, hi);
             }
             let mut ds = vec![0f32; rows * nk]; // [rows, nk]: dP, then dS
             gemm_nt_strided(dov, q_rs, vv, kv_rs, &mut ds, nk, rows, nk, d, 1.0);

@@ -118,16 +118,7 @@ pub fn attn_block(
         &q,
         &k,
         &v,
-        AttnShape {
-            n_seq: batch.n_seq,
-            seq_len: batch.seq_len,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: d,
-            scale: cfg.attn_scale(),
-            softcap: cfg.attn_softcap,
-            window: cfg.window(l),
-        },
+        AttnShape::of_layer(cfg, l, batch.n_seq, batch.seq_len),
     ); // [N, nh·d]
     drop((q, k, v));
     let y = attn_out(cfg, w, &att, n); // [N, H]
