@@ -17,7 +17,6 @@
 //! depend on the thread count, so the output is byte-identical for any `--threads`.
 
 use crate::checkpoint::config::ModelConfig;
-use crate::cpu::gemm::{gemm, Parallelism, View, ViewMut};
 use crate::cpu::{act, model, ops};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
@@ -117,10 +116,6 @@ pub struct Problem<'a> {
     pub round: &'a dyn Fn(&mut [f32]),
 }
 
-fn par() -> Parallelism {
-    Parallelism::Rayon(rayon::current_num_threads())
-}
-
 /// One MLP forward of `x` ([m, H], normed) with `p` at width k, keeping what the backward needs.
 struct Forward {
     g: Vec<f32>, // [m, K] gate pre-activation
@@ -198,23 +193,9 @@ fn loss_grad(
     }
     // dD [H, K] = dyᵀ·a; da [m, K] = dy·D.
     let mut dd = vec![0f32; hd * k];
-    gemm(
-        ViewMut::rows(&mut dd, hd, k, k),
-        View::transposed(&dy, hd, m, hd),
-        View::rows(&f.a, m, k, k),
-        None,
-        1.0,
-        par(),
-    );
+    ops::matmul_tn(&mut dd, &dy, &f.a, m, hd, k, false);
     let mut da = vec![0f32; m * k];
-    gemm(
-        ViewMut::rows(&mut da, m, k, k),
-        View::rows(&dy, m, hd, hd),
-        View::rows(&p.down, hd, k, k),
-        None,
-        1.0,
-        par(),
-    );
+    ops::matmul_nn(&mut da, &dy, &p.down, m, hd, k, false);
     // du = da·act(g); dg = da·u·act'(g).
     let (dg, du): (Vec<f32>, Vec<f32>) = da
         .par_iter()
@@ -230,14 +211,7 @@ fn loss_grad(
     // dG, dU [K, H] = dgᵀ·x, duᵀ·x.
     let tn = |d: &[f32]| {
         let mut out = vec![0f32; k * hd];
-        gemm(
-            ViewMut::rows(&mut out, k, hd, hd),
-            View::transposed(d, k, m, k),
-            View::rows(x, m, hd, hd),
-            None,
-            1.0,
-            par(),
-        );
+        ops::matmul_tn(&mut out, d, x, m, k, hd, false);
         out
     };
     let grad = MlpWeights {

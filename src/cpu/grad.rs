@@ -20,10 +20,12 @@
 use crate::checkpoint::config::{LayerType, ModelConfig};
 use crate::checkpoint::registry::LayerTensor;
 use crate::cpu::attention::AttnShape;
-use crate::cpu::gemm::{gemm, Parallelism, View, ViewMut};
 use crate::cpu::gemv::Mat;
 use crate::cpu::model::{self, RopeCache};
-use crate::cpu::ops::{self, exp_fast, gemm_nn_strided, gemm_nt_strided};
+use crate::cpu::ops::{
+    self, exp_fast, gemm_nn_strided, gemm_nt_strided, gemm_tn_strided, matmul_nn, matmul_nt,
+    matmul_tn,
+};
 use crate::cpu::{act, bias};
 use crate::engine::Batch;
 use crate::error::{Error, Result};
@@ -92,48 +94,6 @@ pub fn widen_table(m: Mat<'_>) -> Vec<f32> {
             w
         }
     }
-}
-
-fn par() -> Parallelism {
-    Parallelism::Rayon(rayon::current_num_threads())
-}
-
-/// `x[m, k] · w[n, k]ᵀ` in f32 whatever `--precision` says (the gradient's arithmetic is f32).
-fn mm_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut y = vec![0f32; m * n];
-    gemm(
-        ViewMut::rows(&mut y, m, n, n),
-        View::rows(x, m, k, k),
-        View::transposed(w, k, n, k),
-        None,
-        1.0,
-        par(),
-    );
-    y
-}
-
-/// `dst (+)= a[m, k] · b[k, n]` (both row-major).
-fn mm_nn(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, acc: bool) {
-    gemm(
-        ViewMut::rows(dst, m, n, n),
-        View::rows(a, m, k, k),
-        View::rows(b, k, n, n),
-        acc.then_some(1.0),
-        1.0,
-        par(),
-    );
-}
-
-/// `dst += a[t, m]ᵀ · b[t, n]`: a weight gradient, reduced over the t tokens inside the GEMM.
-fn mm_tn_acc(dst: &mut [f32], a: &[f32], b: &[f32], t: usize, m: usize, n: usize) {
-    gemm(
-        ViewMut::rows(dst, m, n, n),
-        View::transposed(a, m, t, m),
-        View::rows(b, t, n, n),
-        Some(1.0),
-        1.0,
-        par(),
-    );
 }
 
 /// The backward of RMSNorm over rows of `w.len()`: `d` holds dL/dy on entry and dL/dx on exit,
@@ -259,8 +219,10 @@ pub fn head_kl(
     for r0 in (0..rows).step_by(HEAD_CHUNK) {
         let r1 = (r0 + HEAD_CHUNK).min(rows);
         let c = r1 - r0;
-        let mut zs = mm_nt(&hs[r0 * hd..r1 * hd], head, c, hd, v); // [c, V]
-        let mut zt = mm_nt(&ht[r0 * hd..r1 * hd], head, c, hd, v); // [c, V]
+        let mut zs = vec![0f32; c * v]; // [c, V]
+        let mut zt = vec![0f32; c * v]; // [c, V]
+        matmul_nt(&mut zs, &hs[r0 * hd..r1 * hd], head, c, hd, v, false);
+        matmul_nt(&mut zt, &ht[r0 * hd..r1 * hd], head, c, hd, v, false);
         let kls: Vec<f64> = zs
             .par_chunks_mut(v)
             .zip(zt.par_chunks_mut(v))
@@ -269,7 +231,7 @@ pub fn head_kl(
         total += kls.iter().sum::<f64>();
         if let Some(dh) = &mut dh {
             // dhs [c, H] = dz [c, V] · head [V, H].
-            mm_nn(&mut dh[r0 * hd..r1 * hd], &zs, head, c, v, hd, false);
+            matmul_nn(&mut dh[r0 * hd..r1 * hd], &zs, head, c, v, hd, false);
         }
     }
     (total, dh)
@@ -416,9 +378,9 @@ fn mlp_backward(
         let y = ops::linear(&a, w.down(), t, k, hd); // [T, H]
         norm_backward(cfg, &y, pn, &mut dy);
     }
-    mm_tn_acc(&mut g.down, &dy, &a, t, hd, k);
+    matmul_tn(&mut g.down, &dy, &a, t, hd, k, true);
     let mut da = vec![0f32; t * k]; // [T, K]
-    mm_nn(&mut da, &dy, w.down(), t, hd, k, false);
+    matmul_nn(&mut da, &dy, w.down(), t, hd, k, false);
     let (dg, du): (Vec<f32>, Vec<f32>) = da
         .par_iter()
         .zip(&gp)
@@ -430,11 +392,11 @@ fn mlp_backward(
             )
         })
         .unzip();
-    mm_tn_acc(&mut g.gate, &dg, &x, t, k, hd);
-    mm_tn_acc(&mut g.up, &du, &x, t, k, hd);
+    matmul_tn(&mut g.gate, &dg, &x, t, k, hd, true);
+    matmul_tn(&mut g.up, &du, &x, t, k, hd, true);
     let mut dx = vec![0f32; t * hd]; // [T, H]
-    mm_nn(&mut dx, &dg, w.gate(), t, k, hd, false);
-    mm_nn(&mut dx, &du, w.up(), t, k, hd, true);
+    matmul_nn(&mut dx, &dg, w.gate(), t, k, hd, false);
+    matmul_nn(&mut dx, &du, w.up(), t, k, hd, true);
     norm_backward(cfg, hm, w.pre_ffn_norm(), &mut dx);
     dx
 }
@@ -485,7 +447,7 @@ fn attn_backward(
         norm_backward(cfg, &yo, pn, &mut dyo);
     }
     let mut datt = vec![0f32; t * qd]; // [T, nh·d]
-    mm_nn(&mut datt, &dyo, w.o(), t, hd, qd, false);
+    matmul_nn(&mut datt, &dyo, w.o(), t, hd, qd, false);
     let (mut dq, mut dk, dv) = attention_backward(&q, &k, &v, &datt, shape);
     rope_backward(&mut dq, t, nh, d, cos, neg_sin);
     rope_backward(&mut dk, t, nkv, d, cos, neg_sin);
@@ -494,9 +456,9 @@ fn attn_backward(
         norm_backward(cfg, &k0, kn, &mut dk);
     }
     let mut dx = vec![0f32; t * hd]; // [T, H]
-    mm_nn(&mut dx, &dq, w.q(), t, qd, hd, false);
-    mm_nn(&mut dx, &dk, w.k(), t, kd, hd, true);
-    mm_nn(&mut dx, &dv, w.v(), t, kd, hd, true);
+    matmul_nn(&mut dx, &dq, w.q(), t, qd, hd, false);
+    matmul_nn(&mut dx, &dk, w.k(), t, kd, hd, true);
+    matmul_nn(&mut dx, &dv, w.v(), t, kd, hd, true);
     norm_backward(cfg, hi, w.input_norm(), &mut dx);
     dx
 }
@@ -593,21 +555,14 @@ pub fn attention_backward(
             }
             let mut dq = vec![0f32; rows * d];
             gemm_nn_strided(&ds, nk, kv, kv_rs, &mut dq, d, rows, d, nk);
-            let tn = |a: &[f32], b: &[f32], b_rs: usize| {
+            let tn = |a: &[f32], b: &[f32]| {
                 let mut out = vec![0f32; nk * d];
-                gemm(
-                    ViewMut::rows(&mut out, nk, d, d),
-                    View::transposed(a, nk, rows, nk),
-                    View::rows(b, rows, d, b_rs),
-                    None,
-                    1.0,
-                    Parallelism::None,
-                );
+                gemm_tn_strided(a, nk, b, q_rs, &mut out, d, nk, d, rows, false, false);
                 out
             };
             Part {
-                dk: tn(&ds, qv, q_rs),
-                dv: tn(&p, dov, q_rs),
+                dk: tn(&ds, qv),
+                dv: tn(&p, dov),
                 dq,
                 j0,
             }

@@ -126,6 +126,75 @@ pub fn gemm_nn_strided(
     )
 }
 
+/// `c[m,n] (+)= a[k,m]ᵀ · b[k,n]` with row strides: a sum over k rows (tokens), as weight
+/// gradients and Gram statistics are. `acc` adds to c; `all_cores` spreads the product over
+/// rayon's threads (false inside a parallel loop).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_tn_strided(
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    acc: bool,
+    all_cores: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (k.max(1) - 1) * a_rs + m && b.len() >= (k.max(1) - 1) * b_rs + n);
+    assert!(c.len() >= (m - 1) * c_rs + n);
+    gemm(
+        ViewMut::rows(c, m, n, c_rs),
+        View::transposed(a, m, k, a_rs),
+        View::rows(b, k, n, b_rs),
+        acc.then_some(1.0),
+        1.0,
+        if all_cores {
+            Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            Parallelism::None
+        },
+    )
+}
+
+/// Whole-matrix f32 products on all cores, whatever `--precision` says (the arithmetic of
+/// gradients and re-fits is f32): `c[m,n] (+)= a[m,k] · b[n,k]ᵀ`.
+pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, acc: bool) {
+    assert!(a.len() == m * k && b.len() == n * k && c.len() == m * n);
+    gemm(
+        ViewMut::rows(c, m, n, n),
+        View::rows(a, m, k, k),
+        View::transposed(b, k, n, k),
+        acc.then_some(1.0),
+        1.0,
+        Parallelism::Rayon(rayon::current_num_threads()),
+    )
+}
+
+/// `c[m,n] (+)= a[m,k] · b[k,n]` (both row-major), f32 on all cores.
+pub fn matmul_nn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, acc: bool) {
+    assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
+    gemm(
+        ViewMut::rows(c, m, n, n),
+        View::rows(a, m, k, k),
+        View::rows(b, k, n, n),
+        acc.then_some(1.0),
+        1.0,
+        Parallelism::Rayon(rayon::current_num_threads()),
+    )
+}
+
+/// `c[m,n] (+)= a[t,m]ᵀ · b[t,n]`, reduced over the t rows inside the GEMM, f32 on all cores.
+pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], t: usize, m: usize, n: usize, acc: bool) {
+    assert!(a.len() == t * m && b.len() == t * n && c.len() == m * n);
+    gemm_tn_strided(a, m, b, n, c, n, m, n, t, acc, true)
+}
+
 fn parallelism(flops: usize) -> Parallelism {
     let t = rayon::current_num_threads();
     if t > 1 && flops > 1 << 18 {

@@ -14,8 +14,8 @@
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::registry::Half;
 use crate::checkpoint::safetensors::WeightStore;
-use crate::cpu::gemm::{gemm, Parallelism, View, ViewMut};
 use crate::cpu::model::embed_from_store;
+use crate::cpu::ops::{gemm_tn_strided, matmul_tn};
 use crate::engine::{Batch, EngineLayer};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
@@ -263,26 +263,14 @@ impl TokenWeight {
     }
 }
 
-/// `dst[m, n] (row stride ld) = xᵀ·y` over `k` rows: element (i, r) of xᵀ at x[r·ld + i],
-/// (r, j) of y at y[r·ld + j] (f32, all cores).
-fn gemm_tn_f32(dst: &mut [f32], x: &[f32], y: &[f32], ld: usize, m: usize, n: usize, k: usize) {
-    gemm(
-        ViewMut::rows(dst, m, n, ld),
-        View::transposed(x, m, k, ld),
-        View::rows(y, k, n, ld),
-        None,
-        1.0,
-        Parallelism::Rayon(rayon::current_num_threads()),
-    )
-}
-
 /// `acc[I, I] += xᵀ·y` for x, y [rows, I]: one f32 GEMM per ≤ 2048-row slab, added in f64.
 fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
     const SLAB: usize = 2048;
     let mut tmp = vec![0f32; w * w];
     for r0 in (0..rows).step_by(SLAB) {
         let m = (r0 + SLAB).min(rows) - r0;
-        gemm_tn_f32(&mut tmp, &x[r0 * w..], &y[r0 * w..], w, w, w, m);
+        let (xs, ys) = (&x[r0 * w..(r0 + m) * w], &y[r0 * w..(r0 + m) * w]);
+        matmul_tn(&mut tmp, xs, ys, m, w, w, false);
         acc.par_chunks_mut(1 << 14)
             .zip(tmp.par_chunks(1 << 14))
             .for_each(|(a, t)| a.iter_mut().zip(t).for_each(|(a, &t)| *a += t as f64));
@@ -306,7 +294,19 @@ fn add_gram_sym(acc: &mut [f64], x: &[f32], rows: usize, w: usize) {
             // Columns b0.. of rows r0.. of x: xᵀ reads columns b0..b0+bm, y columns b0..w; dst is
             // rows b0..b0+bm, columns b0..w of tmp [w, w].
             let xb = &x[r0 * w + b0..];
-            gemm_tn_f32(&mut tmp[b0 * w + b0..], xb, xb, w, bm, w - b0, m);
+            gemm_tn_strided(
+                xb,
+                w,
+                xb,
+                w,
+                &mut tmp[b0 * w + b0..],
+                w,
+                bm,
+                w - b0,
+                m,
+                false,
+                true,
+            );
         }
         // Row i of acc: block-upper entries from tmp's row i, the rest mirrored from column i,
         // read a TILE × TILE square at a time (column i alone strides through all of tmp).
