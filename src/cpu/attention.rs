@@ -45,16 +45,19 @@ impl AttnShape {
 /// Softmax over the visible keys `row[lo..hi]` in place, zero outside them: what the forward
 /// computes and the backward recomputes, so both see the same probabilities to the bit.
 pub fn masked_softmax(row: &mut [f32], lo: usize, hi: usize) {
-    let m = row[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-    let mut sum = 0f32;
-    for x in &mut row[lo..hi] {
-        *x = super::ops::exp_fast(*x - m);
-        sum += *x;
-    }
+    super::wide::wide(|| {
+        let vis = &mut row[lo..hi];
+        let m = vis.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        for x in vis.iter_mut() {
+            *x = super::ops::exp_fast(*x - m);
+        }
+        // Summed in a pass of its own (in order, as always) so the exponentials vectorise.
+        let sum = vis.iter().fold(0f32, |a, &x| a + x);
+        for x in vis.iter_mut() {
+            *x /= sum;
+        }
+    });
     row[..lo].fill(0.0);
-    for x in &mut row[lo..hi] {
-        *x /= sum;
-    }
     row[hi..].fill(0.0);
 }
 

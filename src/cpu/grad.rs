@@ -165,39 +165,50 @@ fn row_kl(s: &mut [f32], t: &mut [f32], cap: Option<f32>, inv_n: f32, grad: bool
             *x = (*x / c).tanh() * c;
         }
     }
-    let max = |x: &[f32]| x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    let (ms, mt) = (max(s), max(t));
-    const B: usize = 1024;
-    let sum_exp = |x: &[f32], m: f32| -> f64 {
-        x.chunks(B)
-            .map(|c| c.iter().map(|&v| exp_fast(v - m)).sum::<f32>() as f64)
-            .sum()
-    };
-    // Log-normalisers relative to each row's max: log p = (z − m) − ln Σ e^(z − m).
-    let ls = sum_exp(s, ms).ln() as f32;
-    let lt = sum_exp(t, mt).ln() as f32;
-    let mut kl = 0f64;
-    for (sc, tc) in s.chunks_mut(B).zip(t.chunks(B)) {
-        let mut part = 0f32;
-        for (x, &y) in sc.iter_mut().zip(tc) {
-            let lps = (*x - ms) - ls;
-            let lpt = (y - mt) - lt;
-            let pt = exp_fast(lpt);
-            part += pt * (lpt - lps);
-            if grad {
-                let g = (exp_fast(lps) - pt) * inv_n;
-                *x = match cap {
-                    Some(c) => {
-                        let u = *x / c;
-                        g * (1.0 - u * u)
-                    }
-                    None => g,
-                };
+    // Each pass computes its exponentials into `e` and sums them in a pass of its own, in the
+    // same order as a fused loop would: the exponentials vectorise (`wide`), the bits do not move.
+    crate::cpu::wide::wide(|| {
+        let max = |x: &[f32]| x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        let (ms, mt) = (max(s), max(t));
+        const B: usize = 1024;
+        let mut e = [0f32; B];
+        let mut sum_exp = |x: &[f32], m: f32| -> f64 {
+            let mut total = 0f64;
+            for c in x.chunks(B) {
+                let e = &mut e[..c.len()];
+                for (e, &v) in e.iter_mut().zip(c) {
+                    *e = exp_fast(v - m);
+                }
+                total += e.iter().sum::<f32>() as f64;
             }
+            total
+        };
+        // Log-normalisers relative to each row's max: log p = (z − m) − ln Σ e^(z − m).
+        let ls = sum_exp(s, ms).ln() as f32;
+        let lt = sum_exp(t, mt).ln() as f32;
+        let mut kl = 0f64;
+        for (sc, tc) in s.chunks_mut(B).zip(t.chunks(B)) {
+            let e = &mut e[..sc.len()]; // the KL terms
+            for ((x, &y), e) in sc.iter_mut().zip(tc).zip(e.iter_mut()) {
+                let lps = (*x - ms) - ls;
+                let lpt = (y - mt) - lt;
+                let pt = exp_fast(lpt);
+                *e = pt * (lpt - lps);
+                if grad {
+                    let g = (exp_fast(lps) - pt) * inv_n;
+                    *x = match cap {
+                        Some(c) => {
+                            let u = *x / c;
+                            g * (1.0 - u * u)
+                        }
+                        None => g,
+                    };
+                }
+            }
+            kl += e.iter().fold(0f32, |a, &v| a + v) as f64;
         }
-        kl += part as f64;
-    }
-    kl
+        kl
+    })
 }
 
 /// The KL over rows of final normed hidden states (`hs` student, `ht` teacher, [rows, H]): the

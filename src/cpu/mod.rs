@@ -25,3 +25,4 @@ pub mod model;
 pub mod norm;
 pub mod ops;
 pub mod rope;
+pub mod wide;

@@ -235,14 +235,14 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
 
 /// `e^x` for f32 without a libm call, so loops over it vectorise: Cody–Waite range reduction
 /// x = n·ln2 + r and a degree-5 polynomial for e^r (the Cephes `expf` coefficients); within
-/// 2 ulp of `f32::exp` on [-87, 88], 0 below, +inf above.
+/// 2 ulp of `f32::exp` on [-87, 88], 0 below, +inf above, NaN for NaN.
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4; // ln2 split in two parts so n·C1 is exact
     const C2: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E).round();
+    let (n, ni) = round_half_away(x * LOG2E);
     let r = x - n * C1 - n * C2;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -252,9 +252,27 @@ pub fn exp_fast(x: f32) -> f32 {
     let p = p * r + 0.5;
     let er = 1.0 + r + r * r * p;
     // 2^n by building the exponent bits (n is in [-126, 128] after the clamp).
-    let n = n as i32;
-    let (n1, n2) = (n / 2, n - n / 2);
+    let (n1, n2) = (ni / 2, ni - ni / 2);
     er * f32::from_bits(((n1 + 127) as u32) << 23) * f32::from_bits(((n2 + 127) as u32) << 23)
+}
+
+/// `(y.round(), y.round() as i32)` for |y| ≤ 128 or NaN (→ 0), in operations that vectorise on
+/// baseline x86-64: `f32::round` (half away from zero) has no SSE2 instruction and becomes a
+/// libm call per element, and a saturating `as i32` is scalarised; truncate instead, then step
+/// away from zero where the dropped fraction is at least ½. The same bits as `f32::round`,
+/// signed zeros included (`round_half_away_is_f32_round`).
+#[inline(always)]
+fn round_half_away(y: f32) -> (f32, i32) {
+    let y = if y.is_nan() { 0.0 } else { y };
+    debug_assert!(y.abs() <= 256.0);
+    // SAFETY: |y| ≤ 128 (exp_fast clamps its argument first), within i32.
+    let ti = unsafe { y.to_int_unchecked::<i32>() };
+    let t = (ti as f32).copysign(y);
+    if (y - t).abs() >= 0.5 {
+        (t + 1f32.copysign(y), if y < 0.0 { ti - 1 } else { ti + 1 })
+    } else {
+        (t, ti)
+    }
 }
 
 /// tanh through `exp_fast`: 1 − 2/(e^{2|x|} + 1) with the sign restored. The absolute error is a
@@ -267,7 +285,7 @@ pub fn tanh_fast(x: f32) -> f32 {
 }
 
 /// GELU with the tanh approximation (`gelu_pytorch_tanh`).
-#[inline]
+#[inline(always)]
 pub fn gelu_tanh(x: f32) -> f32 {
     const K: f32 = 0.797_884_6; // sqrt(2/pi)
     0.5 * x * (1.0 + tanh_fast(K * (x + 0.044715 * x * x * x)))
@@ -279,9 +297,11 @@ pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     gate.par_chunks_mut(ROW_CHUNK_ELEMS)
         .zip(up.par_chunks(ROW_CHUNK_ELEMS))
         .for_each(|(g, u)| {
-            for (g, &u) in g.iter_mut().zip(u) {
-                *g = gelu_tanh(*g) * u;
-            }
+            super::wide::wide(|| {
+                for (g, &u) in g.iter_mut().zip(u) {
+                    *g = gelu_tanh(*g) * u;
+                }
+            })
         });
 }
 
@@ -357,6 +377,81 @@ mod tests {
         }
         assert!(worst < 4.0 * f32::EPSILON, "worst relative error {worst}");
         assert!(exp_fast(-200.0) < 1e-37);
+    }
+
+    /// `exp_fast` as first written, with `f32::round` and a saturating cast.
+    fn exp_fast_reference(x: f32) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        let x = x.clamp(-87.3, 88.7);
+        let n = (x * LOG2E).round();
+        let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+        let mut p = 1.987_569_1e-4;
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = p * r + c;
+        }
+        let er = 1.0 + r + r * r * p;
+        let n = n as i32;
+        let (n1, n2) = (n / 2, n - n / 2);
+        er * f32::from_bits(((n1 + 127) as u32) << 23) * f32::from_bits(((n2 + 127) as u32) << 23)
+    }
+
+    /// Every f32 with |y| ≤ 256 (all that `exp_fast` rounds, and more): the same bits as
+    /// `f32::round`, and the integer equal to it.
+    #[test]
+    fn round_half_away_is_f32_round() {
+        let top = 256f32.to_bits();
+        let bad: u64 = (0..=top)
+            .into_par_iter()
+            .map(|b| {
+                let mut bad = 0;
+                for y in [f32::from_bits(b), -f32::from_bits(b)] {
+                    let (n, ni) = round_half_away(y);
+                    if n.to_bits() != y.round().to_bits() || ni != y.round() as i32 {
+                        bad += 1;
+                    }
+                }
+                bad
+            })
+            .sum();
+        assert_eq!(bad, 0);
+        assert_eq!(round_half_away(f32::NAN), (0.0, 0));
+    }
+
+    /// The vectorisable `exp_fast` is the first one bit for bit: every 61st f32 bit pattern,
+    /// the specials, and through [`super::super::wide::wide`] (the AVX-512 copy where the CPU
+    /// has it) on the same inputs.
+    #[test]
+    fn exp_fast_is_the_reference_bit_for_bit() {
+        let xs: Vec<f32> = (0..=u32::MAX)
+            .step_by(61)
+            .map(f32::from_bits)
+            .chain([
+                0.0,
+                -0.0,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -87.3,
+                88.7,
+                0.5,
+                -0.5,
+            ])
+            .collect();
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        let want: Vec<f32> = xs.par_iter().map(|&x| exp_fast_reference(x)).collect();
+        let got: Vec<f32> = xs.par_iter().map(|&x| exp_fast(x)).collect();
+        assert!(want.iter().zip(&got).all(|(&a, &b)| same(a, b)));
+        let mut wide = xs.clone();
+        wide.par_chunks_mut(1 << 14).for_each(|c| {
+            super::super::wide::wide(|| c.iter_mut().for_each(|x| *x = exp_fast(*x)))
+        });
+        assert!(want.iter().zip(&wide).all(|(&a, &b)| same(a, b)));
+        assert!(exp_fast(f32::NAN).is_nan());
     }
 
     #[test]
