@@ -328,7 +328,7 @@ pub fn run_memory_bytes(
             + l * 4 * attn
             + l * 6 * 4 * 3 * h * kmax
             + 4 * h * d.tokens.min(calib_tokens) as u64
-            + 2 * 4 * crate::cpu::grad::HEAD_CHUNK as u64 * v
+            + 2 * 4 * crate::cpu::model::LOGIT_ROWS as u64 * v
     });
     streams as u64 * per_stream + stats + layer + cuts + recon + distill
 }

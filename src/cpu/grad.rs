@@ -10,7 +10,7 @@
 //!
 //! Memory: the forward keeps only each layer's two residual inputs ([T, H] each); the backward
 //! recomputes a layer's projections and, per (head, query block), the attention probabilities,
-//! as the forward computes them. The head is applied `HEAD_CHUNK` rows at a time, so a
+//! as the forward computes them. The head is applied `model::LOGIT_ROWS` rows at a time, so a
 //! [T, V] logit matrix never exists.
 //!
 //! Determinism: every product is a GEMM whose result does not depend on the thread count, and
@@ -32,11 +32,6 @@ use crate::error::{Error, Result};
 use crate::layer::Layer;
 use rayon::prelude::*;
 
-/// Rows of logits held at once ([HEAD_CHUNK, V] f32, student and teacher: 256 MiB each at
-/// V = 262144). Each head product packs the whole [V, H] head for the GEMM, so fewer, taller
-/// products pay that memory traffic less often (packing was 13% of a distillation profile at 64
-/// rows on Zen 5; the same change in eval's head loop took 8 windows of wiki-dev 11.8 → 10.0 s).
-pub const HEAD_CHUNK: usize = 256;
 /// Query rows per attention backward task (as the forward's blocks).
 const Q_BLOCK: usize = 64;
 
@@ -230,8 +225,8 @@ pub fn head_kl(
     assert_eq!(head.len(), v * hd);
     let mut dh = grad.then(|| vec![0f32; rows * hd]); // [rows, H]
     let mut total = 0f64;
-    for r0 in (0..rows).step_by(HEAD_CHUNK) {
-        let r1 = (r0 + HEAD_CHUNK).min(rows);
+    for r0 in (0..rows).step_by(model::LOGIT_ROWS) {
+        let r1 = (r0 + model::LOGIT_ROWS).min(rows);
         let c = r1 - r0;
         let mut zs = vec![0f32; c * v]; // [c, V]
         let mut zt = vec![0f32; c * v]; // [c, V]

@@ -14,6 +14,7 @@
 
 use crate::checkpoint::config::ModelConfig;
 use crate::cpu::model::Model;
+use crate::cpu::model::LOGIT_ROWS;
 use crate::engine::{Batch, LogitModel};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -33,9 +34,6 @@ impl LogitModel for Model {
         Ok(Model::logits(self, hidden))
     }
 }
-
-/// Rows of logits materialised at once ([HEAD_CHUNK, V] f32: 64 MiB at V = 262144).
-const HEAD_CHUNK: usize = 64;
 
 /// Cuts `ids` into `seq`-token windows, each BOS + `seq-1` text tokens.
 pub fn make_windows(
@@ -144,8 +142,8 @@ pub fn score_window(
     let mut total = EvalStats::default();
     // Row p predicts window[p + 1]; the last row predicts nothing.
     let scored = t - 1;
-    for r0 in (0..scored).step_by(HEAD_CHUNK) {
-        let r1 = (r0 + HEAD_CHUNK).min(scored);
+    for r0 in (0..scored).step_by(LOGIT_ROWS) {
+        let r1 = (r0 + LOGIT_ROWS).min(scored);
         let z = model.logits(&h[r0 * hd..r1 * hd])?; // [rows, V]
         let zb = match (base, &hb) {
             (Some(b), Some(hb)) => Some(b.logits(&hb[r0 * hd..r1 * hd])?), // [rows, V]

@@ -30,6 +30,7 @@
 //! dataset's raw documents.
 
 use crate::checkpoint::tokenizer::Tokenizer;
+use crate::cpu::model::LOGIT_ROWS;
 use crate::engine::Batch;
 use crate::engine::LogitModel;
 use crate::error::{Error, Result};
@@ -372,9 +373,6 @@ pub struct ItemScores {
 
 /// Padded tokens per forward (rows of hidden state held at once).
 const BATCH_TOKENS: usize = 4096;
-/// Rows of logits materialised at once ([HEAD_CHUNK, V] f32).
-const HEAD_CHUNK: usize = 64;
-
 /// One row to put through the LM head and what it scores: `(request index, token)` pairs.
 struct Row {
     hidden: usize,
@@ -451,7 +449,7 @@ pub fn score(
                 });
             }
         }
-        for chunk in rows.chunks(HEAD_CHUNK) {
+        for chunk in rows.chunks(LOGIT_ROWS) {
             let mut hs = Vec::with_capacity(chunk.len() * hd);
             for row in chunk {
                 hs.extend_from_slice(&h[row.hidden * hd..(row.hidden + 1) * hd]);
