@@ -88,14 +88,8 @@ pub fn gemm_nt_strided(
     }
     assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (n - 1) * b_rs + k);
     assert!(c.len() >= (m - 1) * c_rs + n);
-    gemm(
-        ViewMut::rows(c, m, n, c_rs),
-        View::rows(a, m, k, a_rs),
-        View::transposed(b, k, n, b_rs),
-        None,
-        scale,
-        Parallelism::None,
-    )
+    let (c, a) = (ViewMut::rows(c, m, n, c_rs), View::rows(a, m, k, a_rs));
+    f32_gemm(c, a, View::transposed(b, k, n, b_rs), false, scale, false)
 }
 
 /// `c[m,n] = a[m,k] · b[k,n]` with row strides (b row-major `[k, n]`), single-threaded.
@@ -116,14 +110,8 @@ pub fn gemm_nn_strided(
     }
     assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (k.max(1) - 1) * b_rs + n);
     assert!(c.len() >= (m - 1) * c_rs + n);
-    gemm(
-        ViewMut::rows(c, m, n, c_rs),
-        View::rows(a, m, k, a_rs),
-        View::rows(b, k, n, b_rs),
-        None,
-        1.0,
-        Parallelism::None,
-    )
+    let (c, a) = (ViewMut::rows(c, m, n, c_rs), View::rows(a, m, k, a_rs));
+    f32_gemm(c, a, View::rows(b, k, n, b_rs), false, 1.0, false)
 }
 
 /// `c[m,n] (+)= a[k,m]ᵀ · b[k,n]` with row strides: a sum over k rows (tokens), as weight
@@ -148,51 +136,50 @@ pub fn gemm_tn_strided(
     }
     assert!(a.len() >= (k.max(1) - 1) * a_rs + m && b.len() >= (k.max(1) - 1) * b_rs + n);
     assert!(c.len() >= (m - 1) * c_rs + n);
-    gemm(
+    let (c, a) = (
         ViewMut::rows(c, m, n, c_rs),
         View::transposed(a, m, k, a_rs),
-        View::rows(b, k, n, b_rs),
-        acc.then_some(1.0),
-        1.0,
-        if all_cores {
-            Parallelism::Rayon(rayon::current_num_threads())
-        } else {
-            Parallelism::None
-        },
-    )
+    );
+    f32_gemm(c, a, View::rows(b, k, n, b_rs), acc, 1.0, all_cores)
 }
 
 /// Whole-matrix f32 products on all cores, whatever `--precision` says (the arithmetic of
 /// gradients and re-fits is f32): `c[m,n] (+)= a[m,k] · b[n,k]ᵀ`.
 pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, acc: bool) {
     assert!(a.len() == m * k && b.len() == n * k && c.len() == m * n);
-    gemm(
-        ViewMut::rows(c, m, n, n),
-        View::rows(a, m, k, k),
-        View::transposed(b, k, n, k),
-        acc.then_some(1.0),
-        1.0,
-        Parallelism::Rayon(rayon::current_num_threads()),
-    )
+    let (c, a) = (ViewMut::rows(c, m, n, n), View::rows(a, m, k, k));
+    f32_gemm(c, a, View::transposed(b, k, n, k), acc, 1.0, true)
 }
 
 /// `c[m,n] (+)= a[m,k] · b[k,n]` (both row-major), f32 on all cores.
 pub fn matmul_nn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, acc: bool) {
     assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
-    gemm(
-        ViewMut::rows(c, m, n, n),
-        View::rows(a, m, k, k),
-        View::rows(b, k, n, n),
-        acc.then_some(1.0),
-        1.0,
-        Parallelism::Rayon(rayon::current_num_threads()),
-    )
+    let (c, a) = (ViewMut::rows(c, m, n, n), View::rows(a, m, k, k));
+    f32_gemm(c, a, View::rows(b, k, n, n), acc, 1.0, true)
 }
 
 /// `c[m,n] (+)= a[t,m]ᵀ · b[t,n]`, reduced over the t rows inside the GEMM, f32 on all cores.
 pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], t: usize, m: usize, n: usize, acc: bool) {
     assert!(a.len() == t * m && b.len() == t * n && c.len() == m * n);
     gemm_tn_strided(a, m, b, n, c, n, m, n, t, acc, true)
+}
+
+/// The one call into the gemm crate for the f32 products above: `c (+)= scale·a·b`, on every
+/// rayon thread or on the caller's alone (inside a parallel loop).
+fn f32_gemm(
+    c: ViewMut<'_, f32>,
+    a: View<'_, f32>,
+    b: View<'_, f32>,
+    acc: bool,
+    scale: f32,
+    all_cores: bool,
+) {
+    let par = if all_cores {
+        Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        Parallelism::None
+    };
+    gemm(c, a, b, acc.then_some(1.0), scale, par)
 }
 
 fn parallelism(flops: usize) -> Parallelism {
