@@ -4,7 +4,7 @@
 # data/tasks files through task YAMLs that `include` lm-eval's own arc_easy / arc_challenge /
 # hellaswag / piqa / lambada_openai configs and change only where the documents come from (JSON
 # lines, the validation split). lm-eval runs the HF model in fp32, eager attention, on the CPU.
-# Checks per-choice log-likelihoods within 1e-4 relative, identical greedy flags, and identical
+# Checks per-choice log-likelihoods within 1e-4 of max(|ll|, 1), identical greedy flags, and identical
 # acc / acc_norm (LAMBADA: acc; its perplexity is printed).
 #
 # usage: scripts/lm-eval-check.sh [MODEL] [LIMIT] [TASKS]
@@ -97,10 +97,13 @@ for f in sorted(glob.glob(f"{d}/lm/**/samples_local_*.jsonl", recursive=True)):
         ll = [float(x[0]) for x in s["filtered_resps"]]
         gr = [str(x[1]) == "True" for x in s["filtered_resps"]]  # logged as strings
         for a, b in zip(got["lls"], ll):
-            r = abs(a - b) / abs(b) if b else abs(a - b)
+            # Relative to max(|ll|, 1): lm-eval takes torch's fp32 log_softmax (absolute error
+            # ~1e-6 per unit of logit), whittle's is f64, so a near-certain continuation
+            # (ll ≈ -0.05) differs by ~2e-5 absolute, which is not 1e-4 of so small a number.
+            r = abs(a - b) / max(abs(b), 1.0)
             worst, n = max(worst, r), n + 1
             if r > 1e-4:
-                bad += 1; print(f"{task} item {s['doc_id']}: ll {a} vs {b} (rel {r:.2e})")
+                bad += 1; print(f"{task} item {s['doc_id']}: ll {a} vs {b} (diff {r:.2e})")
         if len(got["lls"]) != len(ll):
             bad += 1; print(f"{task} item {s['doc_id']}: {len(got['lls'])} vs {len(ll)} choices")
         if got["greedy"] != gr:
@@ -113,7 +116,7 @@ for f in sorted(glob.glob(f"{d}/lm/**/samples_local_*.jsonl", recursive=True)):
             bad += 1
     if task == "lambada":
         print(f"| {task} | {len(rows)} | ppl | {W[task]['ppl']:.4f} | {r['perplexity,none']:.4f} |")
-print(f"per-choice log-likelihoods: {n} compared, worst relative difference {worst:.2e}")
+print(f"per-choice log-likelihoods: {n} compared, worst difference relative to max(|ll|, 1): {worst:.2e}")
 if bad:
     print(f"lm-eval-check: {bad} differences"); sys.exit(1)
 print("lm-eval-check: OK")
