@@ -257,6 +257,11 @@ struct CompileArgs {
     /// --distill: calibration sequences per Adam step (1 to 256).
     #[arg(long, default_value_t = 2, requires = "distill")]
     distill_batch: usize,
+    /// --distill: the step size over the run — constant, or cosine (linear warm-up over the
+    /// first tenth of the steps, then down to zero at the end).
+    #[arg(long, default_value = "constant", requires = "distill",
+          value_parser = lib_parser(whittle::compile::distill::Schedule::parse))]
+    distill_schedule: whittle::compile::distill::Schedule,
 }
 
 /// `--refit-target`: what a sequentially pruned MLP is re-fit to reproduce.
@@ -1148,6 +1153,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
                 lr: a.distill_lr,
                 tokens: a.distill_tokens,
                 batch: a.distill_batch,
+                schedule: a.distill_schedule,
             }),
     };
     let opts = opts.validate()?;

@@ -292,6 +292,23 @@ fn distillation_keeps_the_best_held_out_point_and_is_thread_independent() {
         kept > 0 && kl_dist < 0.98 * kl_plain,
         "distillation did not help: {dr}"
     );
+
+    // The cosine schedule is a different run (same start, other steps), reported by name and
+    // no worse than the start on the held-out sequences either.
+    assert_eq!(dr["schedule"], "constant");
+    let cos = compile(
+        d.path(),
+        "cos",
+        &[&DISTILL[..], &["--distill-schedule", "cosine"][..]].concat(),
+    );
+    let rc = report(&cos);
+    let dc = &rc["distillation"];
+    assert_eq!(dc["schedule"], "cosine");
+    assert_eq!(dc["heldout_kl"][0], dr["heldout_kl"][0]);
+    assert!(bytes(&cos) != bytes(&one), "the schedule changed nothing");
+    let kept_c = dc["kept_epoch"].as_u64().unwrap() as usize;
+    let held_c = dc["heldout_kl"][kept_c].as_f64().unwrap();
+    assert!(kept_c > 0 && held_c < held[0], "{dc}");
 }
 
 /// With a step that wrecks training, no epoch beats the start and the output is the plain
@@ -384,6 +401,16 @@ fn distillation_flags_are_checked() {
             "--distill",
         ),
         (&calib[..], &["--distill-epochs", "3"][..], "--distill"),
+        (
+            &calib[..],
+            &["--distill", "--distill-schedule", "linear"][..],
+            "--distill-schedule",
+        ),
+        (
+            &calib[..],
+            &["--distill-schedule", "cosine"][..],
+            "--distill",
+        ),
     ] {
         let mut args = vec!["compile", s(&m), "-o", s(&out)];
         args.extend(c);

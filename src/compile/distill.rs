@@ -33,6 +33,56 @@ use crate::layer::Layer;
 use serde::Serialize;
 use std::path::Path;
 
+/// How the step size moves over the run (`--distill-schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// `--distill-lr` at every step.
+    Constant,
+    /// Linear warm-up over the first `WARMUP` of the steps, then a half cosine from
+    /// `--distill-lr` down to zero after the last step, over all epochs together.
+    Cosine,
+}
+
+/// The fraction of the steps `Schedule::Cosine` warms up over.
+const WARMUP: f64 = 0.1;
+
+impl Schedule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Cosine => "cosine",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Schedule> {
+        match s {
+            "constant" => Ok(Schedule::Constant),
+            "cosine" => Ok(Schedule::Cosine),
+            other => Err(Error::Arg {
+                flag: "--distill-schedule",
+                msg: format!("unknown schedule \"{other}\"; choose constant or cosine"),
+            }),
+        }
+    }
+
+    /// The factor on the step size at step `t` (1-based) of `total`.
+    pub fn factor(self, t: u64, total: u64) -> f64 {
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                let warm = ((total as f64 * WARMUP).ceil() as u64).max(1);
+                if t <= warm {
+                    t as f64 / warm as f64
+                } else {
+                    // Reaches zero one step after the last, so every step moves the weights.
+                    let x = (t - warm) as f64 / (total - warm + 1) as f64;
+                    0.5 * (1.0 + (std::f64::consts::PI * x).cos())
+                }
+            }
+        }
+    }
+}
+
 /// How distillation runs (`--distill`, `--distill-*`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DistillOptions {
@@ -44,6 +94,8 @@ pub struct DistillOptions {
     pub tokens: usize,
     /// Sequences per Adam step (1 ..= 256).
     pub batch: usize,
+    /// How the step size moves over the steps.
+    pub schedule: Schedule,
 }
 
 impl Default for DistillOptions {
@@ -56,6 +108,7 @@ impl Default for DistillOptions {
             lr: 1e-3,
             tokens: 65_536,
             batch: 2,
+            schedule: Schedule::Constant,
         }
     }
 }
@@ -103,6 +156,8 @@ impl DistillOptions {
 pub struct DistillReport {
     pub epochs: usize,
     pub lr: f64,
+    /// `constant` or `cosine` (`Schedule::name`).
+    pub schedule: &'static str,
     /// Sequences per Adam step.
     pub batch: usize,
     /// Calibration tokens used (whole sequences, held-out ones included).
@@ -247,6 +302,7 @@ pub fn distill(
     let mut report = DistillReport {
         epochs: opts.epochs,
         lr: opts.lr,
+        schedule: opts.schedule.name(),
         batch: opts.batch,
         tokens: teacher.ids.len() * tlen,
         seq_len: tlen,
@@ -303,10 +359,11 @@ pub fn distill(
                 }
             }
             step += 1;
+            let scale = opts.schedule.factor(step as u64, total) as f32;
             for ((w, g), o) in mlp.iter_mut().zip(&grads).zip(&mut opt) {
-                o[0].step(&mut w.gate, &g.gate, step);
-                o[1].step(&mut w.up, &g.up, step);
-                o[2].step(&mut w.down, &g.down, step);
+                o[0].step(&mut w.gate, &g.gate, step, scale);
+                o[1].step(&mut w.up, &g.up, step, scale);
+                o[2].step(&mut w.down, &g.down, step, scale);
             }
             sum += kl / n as f64;
             steps += 1;
@@ -366,5 +423,32 @@ mod tests {
             let e = o.validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{e}");
         }
+    }
+
+    /// Cosine: rises linearly to 1 over the first tenth of the steps, then falls strictly to a
+    /// last step still above zero; constant is 1 throughout.
+    #[test]
+    fn cosine_warms_up_then_decays_to_near_zero() {
+        for total in [1u64, 2, 7, 56, 112] {
+            let f: Vec<f64> = (1..=total)
+                .map(|t| Schedule::Cosine.factor(t, total))
+                .collect();
+            let warm = ((total as f64 * WARMUP).ceil() as usize).max(1);
+            assert_eq!(f[warm - 1], 1.0, "{total}: {f:?}");
+            assert!(f[..warm].windows(2).all(|w| w[0] < w[1]), "{f:?}");
+            assert!(f[warm - 1..].windows(2).all(|w| w[0] > w[1]), "{f:?}");
+            assert!(f.iter().all(|&x| x > 0.0 && x <= 1.0), "{f:?}");
+            if total >= 56 {
+                assert!(f[total as usize - 1] < 0.01, "{f:?}");
+                assert!((f[0] - 1.0 / warm as f64).abs() < 1e-12);
+            }
+            assert!((1..=total).all(|t| Schedule::Constant.factor(t, total) == 1.0));
+        }
+        assert_eq!(Schedule::parse("cosine").unwrap(), Schedule::Cosine);
+        let e = Schedule::parse("linear").unwrap_err().to_string();
+        assert!(
+            e.contains("--distill-schedule") && e.contains("constant or cosine"),
+            "{e}"
+        );
     }
 }

@@ -240,12 +240,14 @@ impl Adam {
         }
     }
 
-    pub(crate) fn step(&mut self, w: &mut [f32], g: &[f32], t: i32) {
+    /// One Adam step `t` (1-based) with the step size scaled by `scale` (a schedule's factor;
+    /// 1.0 leaves it as built).
+    pub(crate) fn step(&mut self, w: &mut [f32], g: &[f32], t: i32, scale: f32) {
         const B1: f32 = 0.9;
         const B2: f32 = 0.999;
         const EPS: f32 = 1e-12;
         let (c1, c2) = (1.0 - B1.powi(t), 1.0 - B2.powi(t));
-        let lr = self.lr;
+        let lr = self.lr * scale;
         w.par_iter_mut()
             .zip(&mut self.m)
             .zip(&mut self.v)
@@ -330,9 +332,9 @@ pub fn reconstruct(
             let (xb, tb) = (gather(rows, &x), gather(rows, &t));
             let (l, g) = loss_grad(cfg, post, &p, &xb, &tb);
             step += 1;
-            opt[0].step(&mut p.gate, &g.gate, step);
-            opt[1].step(&mut p.up, &g.up, step);
-            opt[2].step(&mut p.down, &g.down, step);
+            opt[0].step(&mut p.gate, &g.gate, step, 1.0);
+            opt[1].step(&mut p.up, &g.up, step, 1.0);
+            opt[2].step(&mut p.down, &g.down, step, 1.0);
             sum += l;
             steps += 1;
         }
