@@ -12,6 +12,8 @@
 #   V-recon  variant V with whole-MLP reconstruction (--reconstruct, its defaults)
 #   V-distill  variant V with end-to-end distillation (--distill, its defaults), on V's own
 #            calibration set (OUT/V/calibration-ids.safetensors when V's compile saved one)
+#   V@W      variant V compiled to width W instead of WIDTH, on V's own calibration set as above
+#            (self-en-es@1792 self-en-es@1024: the README's other widths of the recommended mix)
 #
 # Calibration comes from the *calib* splits of scripts/get-wiki-text.py and evaluation from the
 # *dev* splits (disjoint by title hash); the task data is never calibrated on.
@@ -69,7 +71,12 @@ variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(en en-es self-en self)
 for v in "${variants[@]}"; do
   extra=()
-  if [[ "$v" == *-recon ]]; then
+  w=$width
+  if [[ "$v" == *@* ]]; then
+    w=${v##*@}
+    [[ "$w" =~ ^[0-9]+$ ]] || { echo "bench-calib-mix: '$v': the width after @ must be a number" >&2; exit 2; }
+    base_v=${v%@*}
+  elif [[ "$v" == *-recon ]]; then
     base_v=${v%-recon}; extra=(--reconstruct)
   elif [[ "$v" == *-distill ]]; then
     base_v=${v%-distill}; extra=(--distill)
@@ -84,7 +91,7 @@ for v in "${variants[@]}"; do
   if [ ! -f "$out/$v/whittle_report.json" ]; then
     echo "== $v: whittle compile ${calib[*]}"
     "$bin" --device cpu --precision "$precision" compile "$model" -o "$out/$v" "${calib[@]}" \
-      --intermediate-size "$width" --force "${extra[@]}"
+      --intermediate-size "$w" --force "${extra[@]}"
   fi
   echo "== $v: texts"
   run_json "$out/$v.texts.json" "$bin" --device cpu eval "$out/$v" --base "$model" --text en=data/dev.txt \
@@ -99,6 +106,7 @@ python3 - "$out" "$limit" <<'PY'
 import json, os, sys
 out, limit = sys.argv[1], sys.argv[2]
 order = [v + r for r in ("", "-recon", "-distill") for v in ("en", "en-es", "self-en", "self", "self-en-es")]
+order += sorted((d for d in os.listdir(out) if "@" in d and os.path.isdir(f"{out}/{d}")), key=lambda d: -int(d.split("@")[1]))
 base = json.load(open(f"{out}/base.tasks-{limit}.json"))["tasks"] if os.path.exists(f"{out}/base.tasks-{limit}.json") else {}
 mean4 = ["arc_easy", "arc_challenge", "hellaswag", "piqa"]
 head = ["calibration", "en KL", "es KL", "fr KL", "en PPL ratio"]
@@ -114,7 +122,7 @@ for v in order:
     tx = json.load(open(f"{out}/{v}.texts.json"))["texts"]
     sg = r["calibration"].get("self_generated")
     secs = sum(r["timings_s"].values()) + (sg["seconds"] if sg else 0)
-    label = v
+    label = v.replace("@", " at width ") if "@" in v else v
     if r.get("reconstruction"):
         label = v[:-len("-recon")] + f" + reconstruct ({r['timings_s']['reconstruct']:.0f} s)"
     if r.get("distillation"):
