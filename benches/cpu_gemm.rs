@@ -2,6 +2,10 @@
 //! the LM head): f32 (`gemm` crate) against the bf16 kernel this CPU has. Median of REPS runs
 //! each, A and B interleaved so a neighbour's load hits both alike.
 //!
+//! Last, one calibration batch's statistics with the Gram matrix (`MlpStats::add`, 2048 tokens
+//! of width 2048: Σa, Σa², the Gram's upper block triangle, mirrored into f64) with the f32 and
+//! the bf16 Gram.
+//!
 //! `cargo bench --bench cpu_gemm` (env: REPS, default 7; M, default 512).
 
 use std::time::Instant;
@@ -143,5 +147,27 @@ fn main() {
                 gb / gf
             );
         }
+    }
+    if let Some(kern) = kernel {
+        let (t, w) = (2048, 2048);
+        let a = values(t * w);
+        let (mut tf, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            for (k, times) in [(None, &mut tf), (Some(kern), &mut tb)] {
+                let mut st = whittle::engine::calib::MlpStats::new(w, true, false);
+                st.gram_kernel = k;
+                let t0 = Instant::now();
+                st.add(&a);
+                times.push(t0.elapsed().as_secs_f64());
+                std::hint::black_box(&st);
+            }
+        }
+        let (f, b) = (median(tf), median(tb));
+        println!(
+            "\nMlpStats::add with the Gram, {t} tokens × {w}: f32 {:.1} ms, bf16 {:.1} ms ({:.2}×)",
+            f * 1e3,
+            b * 1e3,
+            f / b
+        );
     }
 }

@@ -90,6 +90,48 @@ fn kernels_equal_the_scalar_model_bitwise() {
     }
 }
 
+/// The Gram kernel (`gram_upper`, x [t, w] packed straight from token rows) equals the scalar
+/// model of xᵀ·x bitwise on every entry of the upper block triangle and leaves the rest alone:
+/// odd token counts, widths off the tile and block sizes, one block and several.
+#[test]
+fn gram_upper_equals_the_scalar_model_bitwise() {
+    for kernel in supported_or_skip("gram_upper_equals_the_scalar_model_bitwise") {
+        for (si, &(t, w, block)) in [
+            (1usize, 1usize, 32usize),
+            (7, 13, 32),
+            (64, 100, 32),
+            (257, 300, 64),
+            (2048, 97, 96),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = values(t * w, 100 + si as u64); // [t, w]
+            let xt: Vec<f32> = (0..w * t).map(|i| x[(i % t) * w + i / t]).collect(); // [w, t]
+            let want = bf16::linear_model(&xt, Mat::F32(&xt), w, t, w);
+            let ld = w + 2;
+            let mut y = vec![f32::NAN; w * ld];
+            bf16::gram_upper(kernel, &x, t, w, block, &mut y, ld);
+            for i in 0..w {
+                for j in 0..ld {
+                    let got = y[i * ld + j];
+                    if j < w && j >= i / block * block {
+                        let exp = want[i * w + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            exp.to_bits(),
+                            "{} t={t} w={w} block={block} at [{i}, {j}]: {got:e} vs {exp:e}",
+                            kernel.name()
+                        );
+                    } else {
+                        assert!(got.is_nan(), "t={t} w={w}: [{i}, {j}] was written");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The model against exact arithmetic: |y − Σ x̂·ŵ| ≤ γ_k Σ|x̂·ŵ| with γ_k = k·u/(1 − k·u),
 /// u = 2⁻²⁴ (one rounding per accumulation step, Higham §3.1), plus the flushed denormal products
 /// (each below 2⁻¹²⁶, k of them at most).

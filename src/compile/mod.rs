@@ -684,8 +684,8 @@ pub fn compile_batch(
                 let mut gate_up = None;
                 if let (Some(ro), Some(c)) = (&opts.reconstruct, calib) {
                     let t0 = Instant::now();
-                    let h = mlp_inputs(&**backend, hd, nb, c.tokens(), ro.tokens)?; // [n, H]
-                                                                                    // The rows' sequences, as `mlp_inputs` picked them.
+                    // [n, H]; the rows' sequences as `mlp_inputs` picked them below.
+                    let h = mlp_inputs(&**backend, hd, nb, c.tokens(), ro.tokens)?;
                     let seq: Vec<usize> =
                         crate::compile::reconstruct::spread(c.tokens(), ro.tokens)
                             .iter()

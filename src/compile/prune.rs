@@ -519,6 +519,7 @@ pub fn synthetic_problem(n: usize, hidden: usize, seed: u64) -> (Layer<Vec<f32>>
         sumsq: (0..n).map(|j| gram[j * n + j]).collect(),
         gram: Some(Gram::Host(gram)),
         cross: None,
+        gram_kernel: None,
     };
     (w, stats)
 }

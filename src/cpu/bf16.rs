@@ -322,6 +322,114 @@ pub fn linear(
     });
 }
 
+/// The upper block triangle of the Gram matrix of x [t, w] (t tokens of w features):
+/// `y[i·ld + j] = Σₛ bf16(x[s, i]) · bf16(x[s, j])` for every block row b0 = 0, block, 2·block, …
+/// (rows b0..b0+block, columns b0..w), each entry summed over s as [`linear_model`]`(xᵀ, xᵀ)`
+/// sums k. Entries below the block diagonal are left alone. Both operands are packed straight
+/// from x (a pair of tokens at a time, contiguous features), the column panels once for every
+/// block row — no transpose, no repacking per block.
+#[allow(clippy::too_many_arguments)]
+pub fn gram_upper(
+    kernel: Kernel,
+    x: &[f32],
+    t: usize,
+    w: usize,
+    block: usize,
+    y: &mut [f32],
+    ld: usize,
+) {
+    assert_eq!(x.len(), t * w, "bf16 gram: x is not [t={t}, w={w}]");
+    assert!(
+        block > 0 && block.is_multiple_of(NR),
+        "bf16 gram: block {block} is not a multiple of {NR}"
+    );
+    assert!(
+        ld >= w && (w == 0 || y.len() >= (w - 1) * ld + w),
+        "bf16 gram: y cannot hold [{w}, {w}] at row stride {ld}"
+    );
+    assert!(
+        Kernel::supported().contains(&kernel),
+        "bf16 gram: this CPU cannot run {}",
+        kernel.name()
+    );
+    let kp = t.div_ceil(2);
+    if w == 0 || kp == 0 {
+        return;
+    }
+    // Features f0..f0+n as `[kp][width]` pairs (low half = even token), missing ones zero.
+    let pack = |dst: &mut [u32], f0: usize, n: usize, width: usize| {
+        for p in 0..kp {
+            let lo = &x[2 * p * w + f0..][..n];
+            let hi = (2 * p + 1 < t).then(|| &x[(2 * p + 1) * w + f0..][..n]);
+            for c in 0..n {
+                let h = hi.map_or(0, |h| round_bits(h[c]) as u32);
+                dst[p * width + c] = round_bits(lo[c]) as u32 | h << 16;
+            }
+        }
+    };
+    let nb = w.div_ceil(NR);
+    let mut panels = vec![0u32; nb * kp * NR]; // [nb][kp][NR]
+    panels
+        .par_chunks_mut(kp * NR)
+        .enumerate()
+        .for_each(|(j, panel)| pack(panel, j * NR, NR.min(w - j * NR), NR));
+    // Row blocks of every block row: block row b's rows start at b·block, MR at a time.
+    let starts: Vec<usize> = (0..w)
+        .step_by(block)
+        .flat_map(|b0| (b0..(b0 + block).min(w)).step_by(MR))
+        .collect();
+    let mut rows = vec![0u32; starts.len() * kp * MR]; // [blocks][kp][MR]
+    rows.par_chunks_mut(kp * MR)
+        .zip(&starts)
+        .for_each(|(blk, &r0)| {
+            let b_end = (r0 / block * block + block).min(w);
+            pack(blk, r0, MR.min(b_end - r0), MR)
+        });
+    // Tasks: MB_TASK row blocks of one block row × NB_TASK panels on or right of its diagonal.
+    let mut tasks = Vec::new();
+    let mut first = 0;
+    while first < starts.len() {
+        let b0 = starts[first] / block * block;
+        let last = first
+            + starts[first..]
+                .iter()
+                .take_while(|&&r| r < b0 + block)
+                .count();
+        for i0 in (first..last).step_by(MB_TASK) {
+            for j0 in (b0 / NR..nb).step_by(NB_TASK) {
+                tasks.push((i0, (i0 + MB_TASK).min(last), j0, b0));
+            }
+        }
+        first = last;
+    }
+    let out = OutPtr(y.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(i0, i1, j0, b0)| {
+        let b_end = (b0 + block).min(w);
+        for j in j0..nb.min(j0 + NB_TASK) {
+            let panel = &panels[j * kp * NR..][..kp * NR];
+            let cols = NR.min(w - j * NR);
+            for (i, &r0) in starts.iter().enumerate().take(i1).skip(i0) {
+                let blk = &rows[i * kp * MR..][..kp * MR];
+                // SAFETY: the tile's cells (r0 + r)·ld + j·NR + c, r < MR.min(b_end − r0),
+                // c < cols ≤ w − j·NR, lie inside y (length checked above); each (row block,
+                // panel) pair is one task's alone; blk and panel hold kp·MR and kp·NR pairs.
+                unsafe {
+                    tile(
+                        kernel,
+                        blk.as_ptr(),
+                        panel.as_ptr(),
+                        kp,
+                        out.get().add(r0 * ld + j * NR),
+                        ld,
+                        MR.min(b_end - r0),
+                        cols,
+                    )
+                }
+            }
+        }
+    });
+}
+
 /// One MR × NR tile (`rows` × `cols` of it stored).
 ///
 /// # Safety

@@ -401,6 +401,8 @@ impl Backend for CudaBackend {
                     sumsq: d.sumsq.to_host(gpu)?,
                     gram,
                     cross: None,
+                    // Complete: nothing more is added on the host.
+                    gram_kernel: None,
                 })
             }
         }

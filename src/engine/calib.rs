@@ -31,6 +31,10 @@ pub struct MlpStats {
     /// Σ a·aᵀ, when the spec asked for it.
     pub gram: Option<Gram>,
     pub cross: Option<Vec<f64>>, // [I, I] Σ a_ref·aᵀ (sequential only)
+    /// The CPU bf16 kernel the host Gram's products run on (`None`: f32): the engine's own
+    /// precision, so the Gram is of the bf16 activations down_proj reads, as on the GPU
+    /// (`gram_tn_bf16`: bf16 inputs, f32 accumulation).
+    pub gram_kernel: Option<crate::cpu::bf16::Kernel>,
 }
 
 pub use crate::engine::DeviceGram;
@@ -54,6 +58,7 @@ impl MlpStats {
             sumsq: vec![0.0; width],
             gram: gram.then(|| Gram::Host(vec![0.0; width * width])),
             cross: cross.then(|| vec![0.0; width * width]),
+            gram_kernel: crate::cpu::bf16::active(),
         }
     }
 
@@ -104,7 +109,7 @@ impl MlpStats {
                 }
             });
         if let Some(Gram::Host(g)) = &mut self.gram {
-            add_gram_sym(g, a, rows, w);
+            add_gram_sym(g, a, rows, w, self.gram_kernel);
         }
     }
 
@@ -283,30 +288,42 @@ const GRAM_BLOCK: usize = 256;
 
 /// `acc[I, I] += xᵀ·x` for x [rows, I], computing only the blocks on or above the block
 /// diagonal (one GEMM per block row, per ≤ 2048-row slab) and mirroring them: about half the
-/// FLOPs of `add_gram(acc, x, x, ..)`, which it matches up to f32 summation order.
-fn add_gram_sym(acc: &mut [f64], x: &[f32], rows: usize, w: usize) {
+/// FLOPs of `add_gram(acc, x, x, ..)`, which it matches up to f32 summation order. With a bf16
+/// `kernel` the products are of x rounded to bf16 (`bf16::gram_upper`), summed in f32 per slab.
+fn add_gram_sym(
+    acc: &mut [f64],
+    x: &[f32],
+    rows: usize,
+    w: usize,
+    kernel: Option<crate::cpu::bf16::Kernel>,
+) {
     const SLAB: usize = 2048;
     let mut tmp = vec![0f32; w * w]; // [w, w]; only block-upper entries are written
     for r0 in (0..rows).step_by(SLAB) {
         let m = (r0 + SLAB).min(rows) - r0;
-        for b0 in (0..w).step_by(GRAM_BLOCK) {
-            let bm = GRAM_BLOCK.min(w - b0);
-            // Columns b0.. of rows r0.. of x: xᵀ reads columns b0..b0+bm, y columns b0..w; dst is
-            // rows b0..b0+bm, columns b0..w of tmp [w, w].
-            let xb = &x[r0 * w + b0..];
-            gemm_tn_strided(
-                xb,
-                w,
-                xb,
-                w,
-                &mut tmp[b0 * w + b0..],
-                w,
-                bm,
-                w - b0,
-                m,
-                false,
-                true,
-            );
+        if let Some(kernel) = kernel {
+            let xs = &x[r0 * w..(r0 + m) * w];
+            crate::cpu::bf16::gram_upper(kernel, xs, m, w, GRAM_BLOCK, &mut tmp, w);
+        } else {
+            for b0 in (0..w).step_by(GRAM_BLOCK) {
+                let bm = GRAM_BLOCK.min(w - b0);
+                // Columns b0.. of rows r0.. of x: xᵀ reads columns b0..b0+bm, y columns b0..w;
+                // dst is rows b0..b0+bm, columns b0..w of tmp [w, w].
+                let xb = &x[r0 * w + b0..];
+                gemm_tn_strided(
+                    xb,
+                    w,
+                    xb,
+                    w,
+                    &mut tmp[b0 * w + b0..],
+                    w,
+                    bm,
+                    w - b0,
+                    m,
+                    false,
+                    true,
+                );
+            }
         }
         // Row i of acc: block-upper entries from tmp's row i, the rest mirrored from column i,
         // read a TILE × TILE square at a time (column i alone strides through all of tmp).
@@ -662,7 +679,7 @@ mod tests {
                 .collect();
             let (mut full, mut sym) = (vec![0.5f64; w * w], vec![0.5f64; w * w]);
             add_gram(&mut full, &x, &x, rows, w);
-            add_gram_sym(&mut sym, &x, rows, w);
+            add_gram_sym(&mut sym, &x, rows, w, None);
             for i in 0..w {
                 for j in 0..w {
                     let (a, b) = (full[i * w + j], sym[i * w + j]);
@@ -672,6 +689,59 @@ mod tests {
                         "rows {rows} w {w}: ({i}, {j}) {b} vs {a}"
                     );
                     assert_eq!(sym[i * w + j], sym[j * w + i], "symmetric at ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    /// With a bf16 kernel: every entry within f32 summation's bound of an f64 Gram of the
+    /// bf16-rounded inputs (the products are exact in f32), symmetric, and the same bits for
+    /// one thread and two.
+    #[test]
+    fn bf16_block_triangle_gram_is_the_gram_of_rounded_inputs() {
+        use crate::cpu::bf16::Kernel;
+        let kernels = Kernel::supported();
+        if kernels.is_empty() {
+            eprintln!("skipped: this CPU has no bf16 kernel");
+            return;
+        }
+        for kernel in kernels {
+            for (rows, w) in [(2500usize, 300usize), (37, 5), (4100, 2 * GRAM_BLOCK + 1)] {
+                let x: Vec<f32> = (0..rows * w)
+                    .map(|i| ((i as f32) * 0.37).sin() * (1.0 + (i % 11) as f32))
+                    .collect();
+                let r: Vec<f64> = x
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f64())
+                    .collect();
+                let mut got = vec![0.5f64; w * w];
+                add_gram_sym(&mut got, &x, rows, w, Some(kernel));
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap();
+                let mut one = vec![0.5f64; w * w];
+                pool.install(|| add_gram_sym(&mut one, &x, rows, w, Some(kernel)));
+                assert!(got == one, "thread count changed the bf16 Gram");
+                // Slabs of ≤ 2048 rows summed in f32: γ₂₀₄₈·Σ|products| bounds each slab.
+                let gamma =
+                    2048.0 * f32::EPSILON as f64 / 2.0 / (1.0 - 1024.0 * f32::EPSILON as f64);
+                for i in 0..w {
+                    for j in i..w {
+                        let (mut want, mut abs) = (0.5f64, 0f64);
+                        for t in 0..rows {
+                            let p = r[t * w + i] * r[t * w + j];
+                            want += p;
+                            abs += p.abs();
+                        }
+                        let g = got[i * w + j];
+                        assert!(
+                            (g - want).abs() <= gamma * abs + 1e-12,
+                            "{} rows {rows} w {w}: ({i}, {j}) {g} vs {want}",
+                            kernel.name()
+                        );
+                        assert_eq!(g, got[j * w + i], "symmetric at ({i}, {j})");
+                    }
                 }
             }
         }
