@@ -1123,6 +1123,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let cfg = whittle::checkpoint::config::ModelConfig::from_dir(&a.model)?;
     let (targets, several) = compile_targets(&a, &cfg)?;
     let opts = CompileOptions {
+        keep_activations: true,
         method: a.method,
         sequential: !a.one_shot,
         target_original: a.refit_target == RefitTarget::Original,
@@ -1241,14 +1242,19 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let mut backends: Vec<Box<dyn whittle::engine::calib::Backend>> =
         (0..n_streams).map(|_| dev.backend()).collect();
     let tokens = calib.as_ref().map_or(0, |c| c.tokens());
-    let need = whittle::compile::run_memory_bytes(
-        &cfg,
-        tokens,
-        &opts,
-        n_streams,
-        backends[0].stream_elem_bytes(),
-        &rws.iter().map(|r| r.width).collect::<Vec<_>>(),
-    );
+    let mut opts = opts;
+    opts.set_keep_activations(backends[0].keeps_activations());
+    let need_of = |opts: &whittle::compile::Plan| {
+        whittle::compile::run_memory_bytes(
+            &cfg,
+            tokens,
+            opts,
+            n_streams,
+            backends[0].stream_elem_bytes(),
+            &rws.iter().map(|r| r.width).collect::<Vec<_>>(),
+        )
+    };
+    let mut need = need_of(&opts);
     let budget = match &a.max_memory {
         Some(m) => Some((
             whittle::mem::parse_bytes(m).with_context(|| {
@@ -1260,6 +1266,11 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         None => None,
     };
     if let Some((b, what)) = budget {
+        if need > b && opts.keeps_acts() {
+            // Run gate and up again instead of keeping a layer's activations.
+            opts.set_keep_activations(false);
+            need = need_of(&opts);
+        }
         let gib = |x: u64| x as f64 / whittle::compile::inspect::GIB;
         anyhow::ensure!(
             need <= b,

@@ -396,7 +396,8 @@ fn widths_are_rounded_and_folders_named_by_the_width_compiled() {
 }
 
 /// The `--max-memory` estimate counts what every width's cuts hold until the writer runs: the
-/// re-fit down_proj [H, K] per layer, and gate and up too with `--reconstruct`.
+/// re-fit down_proj [H, K] per layer, and gate and up too with `--reconstruct` (which runs gate
+/// and up again instead of keeping a layer's activations).
 #[test]
 fn memory_estimate_counts_the_held_cuts() {
     use whittle::compile::{reconstruct::ReconOptions, run_memory_bytes, CompileOptions};
@@ -405,9 +406,20 @@ fn memory_estimate_counts_the_held_cuts() {
     )
     .unwrap();
     let (h, layers) = (cfg.hidden_size as u64, cfg.num_layers as u64);
-    let plan = CompileOptions::default().validate().unwrap();
+    let plan = CompileOptions {
+        keep_activations: false,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
     let est = |plan: &_, widths: &[usize]| run_memory_bytes(&cfg, 4096, plan, 1, 4, widths);
     let (one, two) = (est(&plan, &[40]), est(&plan, &[40, 20]));
+    // Kept activations (the default, sequential): one layer's [tokens, I] in f32.
+    let kept = CompileOptions::default().validate().unwrap();
+    assert_eq!(
+        est(&kept, &[40]) - one,
+        4 * 4096 * cfg.intermediate_size as u64
+    );
     assert_eq!(
         two - one,
         layers * h * 20 * 4,

@@ -56,6 +56,7 @@ fn spec(width: usize, tw: TokenWeight, cross: bool) -> StatsSpec {
         cross,
         token_weight: tw,
         gram_on_device: false,
+        keep_acts: false,
     }
 }
 

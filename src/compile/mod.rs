@@ -65,6 +65,11 @@ pub struct CompileOptions {
     /// `--distill`: train every layer's MLP against the original's logits after the layer loop
     /// (`distill`).
     pub distill: Option<DistillOptions>,
+    /// Sequential: keep each layer's MLP activations from its statistics pass until the pruned
+    /// stream advances, so gate and up do not run again for the kept neurons (backends that
+    /// can: `Backend::keeps_activations`; 4 bytes × tokens × I more at the peak, see
+    /// `run_memory_bytes`). The output is the same either way.
+    pub keep_activations: bool,
 }
 
 impl Default for CompileOptions {
@@ -83,6 +88,7 @@ impl Default for CompileOptions {
             force: false,
             batch_seqs: 8,
             ceiling: None,
+            keep_activations: true,
         }
     }
 }
@@ -153,6 +159,18 @@ impl Plan {
     /// `--refit-target original`: the original model's stream runs beside the pruned one.
     pub fn cross(&self) -> bool {
         self.sequential && self.target_original
+    }
+
+    /// Keep layer activations where the backend can (`Backend::keeps_activations`) and memory
+    /// allows; nothing else about the run changes.
+    pub fn set_keep_activations(&mut self, keep: bool) {
+        self.opts.keep_activations = keep;
+    }
+
+    /// Whether a layer's activations are kept for the pruned stream's advance: sequential, and
+    /// not re-run anyway because reconstruction changes gate and up.
+    pub fn keeps_acts(&self) -> bool {
+        self.keep_activations && self.sequential && self.reconstruct.is_none()
     }
 }
 
@@ -286,8 +304,9 @@ pub fn describe_width(w: &Width) -> String {
 /// beside each with `--refit-target original`), one layer's f64 statistics ([I, I] Gram, and the
 /// cross matrix with it), one layer's weights widened to f32, what every layer's cut holds until
 /// the writer runs (the re-fit down_proj [H, K] of each of the `widths`, and with
-/// `--reconstruct` its gate and up too), reconstruction's token matrices and what `--distill`
-/// holds. The memory-mapped input is not counted (the kernel pages it in and out).
+/// `--reconstruct` its gate and up too), reconstruction's token matrices, what `--distill`
+/// holds, and one layer's MLP activations when they are kept (`Plan::keeps_acts`; the caller
+/// turns `keep_activations` off for backends that do not keep them). The memory-mapped input is not counted (the kernel pages it in and out).
 pub fn run_memory_bytes(
     cfg: &ModelConfig,
     calib_tokens: usize,
@@ -308,6 +327,12 @@ pub fn run_memory_bytes(
         .map_or(0, |r| 3 * 4 * h * r.tokens.min(calib_tokens) as u64);
     let cross = plan.cross();
     let per_stream = calib_tokens as u64 * h * stream_elem as u64 * if cross { 2 } else { 1 };
+    // One stream's layer activations at a time (freed as that stream advances).
+    let acts = if plan.keeps_acts() {
+        4 * calib_tokens as u64 * i
+    } else {
+        0
+    };
     let stats = if plan.needs_gram() {
         8 * i * i * if cross && plan.repair { 2 } else { 1 }
     } else {
@@ -330,7 +355,7 @@ pub fn run_memory_bytes(
             + 4 * h * d.tokens.min(calib_tokens) as u64
             + 2 * 4 * crate::cpu::model::LOGIT_ROWS as u64 * v
     });
-    streams as u64 * per_stream + stats + layer + cuts + recon + distill
+    streams as u64 * per_stream + acts + stats + layer + cuts + recon + distill
 }
 
 /// Parameters and weight bytes of the whole input checkpoint, and of the tensors it only copies.
@@ -595,6 +620,7 @@ pub fn compile_batch(
         token_weight,
         // The solver runs where the calibration ran (`Backend::solver`).
         gram_on_device: true,
+        keep_acts: opts.keeps_acts(),
     };
     // This layer's statistics on one backend's stream (sequential: attention, then the MLP,
     // whose input is kept so only the MLP runs again once the neurons are chosen).
@@ -721,7 +747,12 @@ pub fn compile_batch(
                     }
                     let wp = backend.load_pruned(&cfg, &w, &cut)?;
                     for b in 0..nb {
-                        backend.run_mlp(&cfg, l, &wp, Stream::Pruned, b, Capture::None, true)?;
+                        if gate_up.is_none() {
+                            backend.run_pruned_mlp(&cfg, l, &wp, &kept, b)?;
+                        } else {
+                            let (s, c) = (Stream::Pruned, Capture::None);
+                            backend.run_mlp(&cfg, l, &wp, s, b, c, true)?;
+                        }
                     }
                     t.calibrate += t0.elapsed().as_secs_f64();
                 }

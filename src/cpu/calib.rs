@@ -4,27 +4,37 @@
 
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::safetensors::WeightStore;
-use crate::cpu::model::{attn_block, mlp_block, RopeCache};
+use crate::cpu::model::{attn_block, mlp_act, mlp_block, mlp_out, RopeCache};
 use crate::engine::calib::{
     started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
     Streams,
 };
 use crate::engine::{EngineLayer, Event};
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 
 /// The calibration backend on the CPU (f32).
 pub struct CpuBackend {
     rope: Option<RopeCache>,
     capture: Option<HostCapture>,
     streams: Option<Streams<Vec<f32>>>, // per batch [rows, H]
+    /// Per batch, the pruned stream's down_proj input [rows, I] of the open statistics pass,
+    /// when its spec keeps them (`StatsSpec::keep_acts`).
+    acts: Vec<Option<Vec<f32>>>,
 }
 
 impl CpuBackend {
+    /// Batches whose activations are kept for `run_pruned_mlp` now.
+    pub fn kept_activation_batches(&self) -> usize {
+        self.acts.iter().filter(|a| a.is_some()).count()
+    }
+
     pub fn new() -> CpuBackend {
         CpuBackend {
             rope: None,
             capture: None,
             streams: None,
+            acts: Vec::new(),
         }
     }
 }
@@ -68,6 +78,7 @@ impl Backend for CpuBackend {
 
     fn finish(&mut self) {
         self.streams = None;
+        self.acts.clear();
     }
 
     fn hidden(&self, s: Stream, b: usize) -> Result<Vec<f32>> {
@@ -121,6 +132,7 @@ impl Backend for CpuBackend {
             Error::Other("run_mlp asked for statistics before begin_stats".into())
         })?;
         let resid = cap.spec.token_weight.needs_resid().then(|| h.to_vec()); // [rows, H]
+        let keep = cap.spec.keep_acts && capture == Capture::Stats && s == Stream::Pruned;
         let (hd, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let mut res = Ok(());
         let mut obs = |ev: Event<'_>| {
@@ -128,11 +140,58 @@ impl Backend for CpuBackend {
                 res = cap.record(capture, act, out, resid.as_deref(), hd, eps);
             }
         };
-        mlp_block(cfg, l, w, h, &mut Some(&mut obs));
+        let a = mlp_act(cfg, w, h); // [rows, I]
+        mlp_out(cfg, l, w, &a, h, &mut Some(&mut obs));
+        if keep {
+            if self.acts.len() <= b {
+                self.acts.resize(b + 1, None);
+            }
+            self.acts[b] = Some(a);
+        }
         res
     }
 
+    fn keeps_activations(&self) -> bool {
+        true
+    }
+
+    fn run_pruned_mlp(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        wp: &EngineLayer<'_>,
+        kept: &[usize],
+        b: usize,
+    ) -> Result<()> {
+        let Some(a) = self.acts.get_mut(b).and_then(Option::take) else {
+            return self.run_mlp(cfg, l, wp, Stream::Pruned, b, Capture::None, true);
+        };
+        let w = wp.host("CPU")?;
+        let h = started_mut(&mut self.streams)?.get_mut(Stream::Pruned, b)?;
+        let rows = h.len() / cfg.hidden_size;
+        let i = a.len() / rows.max(1);
+        if w.width != kept.len() || a.len() != rows * i || kept.iter().any(|&j| j >= i) {
+            return Err(Error::Other(format!(
+                "run_pruned_mlp: layer {l} cut to {} neurons, {} kept of the {i} kept activations",
+                w.width,
+                kept.len()
+            )));
+        }
+        let mut ak = vec![0f32; rows * kept.len()]; // [rows, K]
+        ak.par_chunks_mut(kept.len().max(1))
+            .zip(a.par_chunks(i.max(1)))
+            .for_each(|(dst, src)| {
+                for (d, &j) in dst.iter_mut().zip(kept) {
+                    *d = src[j];
+                }
+            });
+        drop(a);
+        mlp_out(cfg, l, w, &ak, h, &mut None);
+        Ok(())
+    }
+
     fn begin_stats(&mut self, spec: StatsSpec) -> Result<()> {
+        self.acts.clear();
         self.capture = Some(HostCapture::new(spec));
         Ok(())
     }

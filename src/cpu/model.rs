@@ -173,7 +173,7 @@ pub fn qkv(
 
 /// The MLP half of a layer: `h += post_ffn_norm(down(act(gate(x))·up(x)))`, `x = pre_ffn_norm(h)`
 /// (`act` gelu_tanh for Gemma, SiLU for the Llama family, which has no post-FFN norm); the
-/// observer sees the down_proj input and output.
+/// observer sees the down_proj input and output. `mlp_act` then `mlp_out`.
 pub fn mlp_block(
     cfg: &ModelConfig,
     l: usize,
@@ -181,6 +181,15 @@ pub fn mlp_block(
     h: &mut [f32],
     obs: &mut Observer<'_>,
 ) {
+    let a = mlp_act(cfg, w, h); // [N, I]
+    mlp_out(cfg, l, w, &a, h, obs);
+}
+
+/// The down_proj input of the MLP half, `act(gate(x))·up(x)` with `x = pre_ffn_norm(h)`:
+/// [N, I]. Each entry is a function of its own row of x and its own rows of gate and up only
+/// (the bf16 kernel and the f32 GEMM sum each output alone), so the columns of a subset of
+/// neurons equal what that subset's own gate and up compute.
+pub fn mlp_act(cfg: &ModelConfig, w: &Layer<&[f32]>, h: &[f32]) -> Vec<f32> {
     let hd = cfg.hidden_size;
     assert_eq!(h.len() % hd, 0);
     let n = h.len() / hd;
@@ -190,16 +199,31 @@ pub fn mlp_block(
     let mut a = ops::linear(&x, w.gate(), n, hd, i); // [N, I]
     let up = ops::linear(&x, w.up(), n, hd, i); // [N, I]
     act_mul(cfg, &mut a, &up);
-    drop(up);
-    ops::linear_into(&a, w.down(), n, i, hd, &mut x);
+    a
+}
+
+/// The rest of the MLP half from its down_proj input `a` [N, I]: `h += post_ffn_norm(down(a))`;
+/// the observer sees `a` and down's output.
+pub fn mlp_out(
+    cfg: &ModelConfig,
+    l: usize,
+    w: &Layer<&[f32]>,
+    a: &[f32],
+    h: &mut [f32],
+    obs: &mut Observer<'_>,
+) {
+    let hd = cfg.hidden_size;
+    let (n, i) = (h.len() / hd, w.width);
+    assert_eq!(a.len(), n * i, "mlp_out: a is not [{n}, {i}]");
+    let mut y = vec![0f32; n * hd]; // [N, H]
+    ops::linear_into(a, w.down(), n, i, hd, &mut y);
     if let Some(f) = obs.as_mut() {
         f(Event::MlpAct {
             layer: l,
-            act: &a,
-            out: &x,
+            act: a,
+            out: &y,
         });
     }
-    let mut y = x; // [N, H]
     if let Some(pn) = w.post_ffn_norm() {
         norm(cfg, &mut y, pn);
     }

@@ -371,6 +371,9 @@ pub struct StatsSpec {
     /// A GPU backend may leave the Gram matrix on its device (`MlpStats::gram_device`, `gram`
     /// then None) instead of downloading it: for a consumer that solves on that device.
     pub gram_on_device: bool,
+    /// Keep each `Capture::Stats` batch's down_proj input for `run_pruned_mlp` (backends that
+    /// can: `Backend::keeps_activations`).
+    pub keep_acts: bool,
 }
 
 /// What one `run_mlp` call records about its down_proj input.
@@ -521,6 +524,28 @@ pub trait Backend {
         capture: Capture,
         write: bool,
     ) -> Result<()>;
+
+    /// Whether this backend can keep the activations of a statistics pass
+    /// (`StatsSpec::keep_acts`) for `run_pruned_mlp`: [rows, I] f32 of every batch, on the host.
+    fn keeps_activations(&self) -> bool {
+        false
+    }
+
+    /// The pruned MLP `wp` (layer `l` cut to the neurons `kept`) on batch `b` of the pruned
+    /// stream, in place. A backend that kept the batch's activations from the statistics pass
+    /// on the same hidden states gathers the kept columns for down_proj instead of running gate
+    /// and up again (the same values: `cpu::model::mlp_act`) and frees them; otherwise it runs
+    /// the MLP.
+    fn run_pruned_mlp(
+        &mut self,
+        cfg: &ModelConfig,
+        l: usize,
+        wp: &EngineLayer<'_>,
+        _kept: &[usize],
+        b: usize,
+    ) -> Result<()> {
+        self.run_mlp(cfg, l, wp, Stream::Pruned, b, Capture::None, true)
+    }
 
     /// A whole layer, in place.
     fn run_layer(
