@@ -306,7 +306,8 @@ pub fn describe_width(w: &Width) -> String {
 /// the writer runs (the re-fit down_proj [H, K] of each of the `widths`, and with
 /// `--reconstruct` its gate and up too), reconstruction's token matrices, what `--distill`
 /// holds, and one layer's MLP activations when they are kept (`Plan::keeps_acts`; the caller
-/// turns `keep_activations` off for backends that do not keep them). The memory-mapped input is not counted (the kernel pages it in and out).
+/// turns `keep_activations` off for backends that do not keep them). The memory-mapped input
+/// is not counted (the kernel pages it in and out).
 pub fn run_memory_bytes(
     cfg: &ModelConfig,
     calib_tokens: usize,

@@ -24,11 +24,6 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// Batches whose activations are kept for `run_pruned_mlp` now.
-    pub fn kept_activation_batches(&self) -> usize {
-        self.acts.iter().filter(|a| a.is_some()).count()
-    }
-
     pub fn new() -> CpuBackend {
         CpuBackend {
             rope: None,
@@ -36,6 +31,11 @@ impl CpuBackend {
             streams: None,
             acts: Vec::new(),
         }
+    }
+
+    /// Batches whose activations are kept for `run_pruned_mlp` now.
+    pub fn kept_activation_batches(&self) -> usize {
+        self.acts.iter().filter(|a| a.is_some()).count()
     }
 }
 
@@ -172,7 +172,8 @@ impl Backend for CpuBackend {
         let i = a.len() / rows.max(1);
         if w.width != kept.len() || a.len() != rows * i || kept.iter().any(|&j| j >= i) {
             return Err(Error::Other(format!(
-                "run_pruned_mlp: layer {l} cut to {} neurons, {} kept of the {i} kept activations",
+                "run_pruned_mlp: layer {l}: a pruned MLP of {} neurons, {} kept indices, \
+                 {i} activation columns kept",
                 w.width,
                 kept.len()
             )));
