@@ -1123,7 +1123,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     let cfg = whittle::checkpoint::config::ModelConfig::from_dir(&a.model)?;
     let (targets, several) = compile_targets(&a, &cfg)?;
     let opts = CompileOptions {
-        keep_activations: true,
+        kept_act_bytes: 4,
         method: a.method,
         sequential: !a.one_shot,
         target_original: a.refit_target == RefitTarget::Original,
@@ -1243,7 +1243,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         (0..n_streams).map(|_| dev.backend()).collect();
     let tokens = calib.as_ref().map_or(0, |c| c.tokens());
     let mut opts = opts;
-    opts.set_keep_activations(backends[0].keeps_activations());
+    opts.set_kept_act_bytes(backends[0].kept_activation_bytes());
     let need_of = |opts: &whittle::compile::Plan| {
         whittle::compile::run_memory_bytes(
             &cfg,
@@ -1268,7 +1268,7 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
     if let Some((b, what)) = budget {
         if need > b && opts.keeps_acts() {
             // Run gate and up again instead of keeping a layer's activations.
-            opts.set_keep_activations(false);
+            opts.set_kept_act_bytes(0);
             need = need_of(&opts);
         }
         let gib = |x: u64| x as f64 / whittle::compile::inspect::GIB;

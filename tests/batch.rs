@@ -407,7 +407,7 @@ fn memory_estimate_counts_the_held_cuts() {
     .unwrap();
     let (h, layers) = (cfg.hidden_size as u64, cfg.num_layers as u64);
     let plan = CompileOptions {
-        keep_activations: false,
+        kept_act_bytes: 0,
         ..Default::default()
     }
     .validate()

@@ -66,10 +66,10 @@ pub struct CompileOptions {
     /// (`distill`).
     pub distill: Option<DistillOptions>,
     /// Sequential: keep each layer's MLP activations from its statistics pass until the pruned
-    /// stream advances, so gate and up do not run again for the kept neurons (backends that
-    /// can: `Backend::keeps_activations`; 4 bytes × tokens × I more at the peak, see
-    /// `run_memory_bytes`). The output is the same either way.
-    pub keep_activations: bool,
+    /// stream advances, so gate and up do not run again for the kept neurons, at this many
+    /// bytes a value (`Backend::kept_activation_bytes`: 4 f32, 2 bf16; 0: run them again).
+    /// tokens × I × this more at the peak (`run_memory_bytes`); the output is the same either way.
+    pub kept_act_bytes: usize,
 }
 
 impl Default for CompileOptions {
@@ -88,7 +88,7 @@ impl Default for CompileOptions {
             force: false,
             batch_seqs: 8,
             ceiling: None,
-            keep_activations: true,
+            kept_act_bytes: 4,
         }
     }
 }
@@ -161,16 +161,17 @@ impl Plan {
         self.sequential && self.target_original
     }
 
-    /// Keep layer activations where the backend can (`Backend::keeps_activations`) and memory
-    /// allows; nothing else about the run changes.
-    pub fn set_keep_activations(&mut self, keep: bool) {
-        self.opts.keep_activations = keep;
+    /// Keep layer activations at `bytes` a value where the backend can
+    /// (`Backend::kept_activation_bytes`) and memory allows, 0 to run gate and up again; nothing
+    /// else about the run changes.
+    pub fn set_kept_act_bytes(&mut self, bytes: usize) {
+        self.opts.kept_act_bytes = bytes;
     }
 
     /// Whether a layer's activations are kept for the pruned stream's advance: sequential, and
     /// not re-run anyway because reconstruction changes gate and up.
     pub fn keeps_acts(&self) -> bool {
-        self.keep_activations && self.sequential && self.reconstruct.is_none()
+        self.kept_act_bytes > 0 && self.sequential && self.reconstruct.is_none()
     }
 }
 
@@ -305,8 +306,8 @@ pub fn describe_width(w: &Width) -> String {
 /// cross matrix with it), one layer's weights widened to f32, what every layer's cut holds until
 /// the writer runs (the re-fit down_proj [H, K] of each of the `widths`, and with
 /// `--reconstruct` its gate and up too), reconstruction's token matrices, what `--distill`
-/// holds, and one layer's MLP activations when they are kept (`Plan::keeps_acts`; the caller
-/// turns `keep_activations` off for backends that do not keep them). The memory-mapped input
+/// holds, and one layer's MLP activations when they are kept (`Plan::keeps_acts`, at the
+/// backend's `kept_activation_bytes`, which the caller sets). The memory-mapped input
 /// is not counted (the kernel pages it in and out).
 pub fn run_memory_bytes(
     cfg: &ModelConfig,
@@ -330,7 +331,7 @@ pub fn run_memory_bytes(
     let per_stream = calib_tokens as u64 * h * stream_elem as u64 * if cross { 2 } else { 1 };
     // One stream's layer activations at a time (freed as that stream advances).
     let acts = if plan.keeps_acts() {
-        4 * calib_tokens as u64 * i
+        plan.kept_act_bytes as u64 * calib_tokens as u64 * i
     } else {
         0
     };

@@ -4,6 +4,7 @@
 
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::safetensors::WeightStore;
+use crate::cpu::convert::{round_bits, widen};
 use crate::cpu::model::{attn_block, mlp_act, mlp_block, mlp_out, RopeCache};
 use crate::engine::calib::{
     started, started_mut, Backend, Capture, HostCapture, Layout, MlpStats, StatsSpec, Stream,
@@ -20,7 +21,54 @@ pub struct CpuBackend {
     streams: Option<Streams<Vec<f32>>>, // per batch [rows, H]
     /// Per batch, the pruned stream's down_proj input [rows, I] of the open statistics pass,
     /// when its spec keeps them (`StatsSpec::keep_acts`).
-    acts: Vec<Option<Vec<f32>>>,
+    acts: Vec<Option<Kept>>,
+}
+
+/// Kept activations: f32, or their bf16 bits where the bf16 kernel runs down_proj — it rounds
+/// its input to bf16 anyway, so the widened bits give it the same input.
+#[derive(Clone)]
+enum Kept {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl Kept {
+    fn new(a: Vec<f32>) -> Kept {
+        if crate::cpu::bf16::active().is_some() {
+            Kept::Bf16(a.par_iter().map(|&v| round_bits(v)).collect())
+        } else {
+            Kept::F32(a)
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Kept::F32(a) => a.len(),
+            Kept::Bf16(a) => a.len(),
+        }
+    }
+
+    /// Columns `kept` of every row of width `i`: [rows, K] f32.
+    fn gather(&self, i: usize, kept: &[usize]) -> Vec<f32> {
+        let k = kept.len().max(1);
+        let mut out = vec![0f32; self.len() / i.max(1) * kept.len()];
+        match self {
+            Kept::F32(a) => out
+                .par_chunks_mut(k)
+                .zip(a.par_chunks(i.max(1)))
+                .for_each(|(dst, src)| dst.iter_mut().zip(kept).for_each(|(d, &j)| *d = src[j])),
+            Kept::Bf16(a) => {
+                out.par_chunks_mut(k)
+                    .zip(a.par_chunks(i.max(1)))
+                    .for_each(|(dst, src)| {
+                        dst.iter_mut()
+                            .zip(kept)
+                            .for_each(|(d, &j)| *d = widen(src[j]))
+                    })
+            }
+        }
+        out
+    }
 }
 
 impl CpuBackend {
@@ -146,13 +194,17 @@ impl Backend for CpuBackend {
             if self.acts.len() <= b {
                 self.acts.resize(b + 1, None);
             }
-            self.acts[b] = Some(a);
+            self.acts[b] = Some(Kept::new(a));
         }
         res
     }
 
-    fn keeps_activations(&self) -> bool {
-        true
+    fn kept_activation_bytes(&self) -> usize {
+        if crate::cpu::bf16::active().is_some() {
+            2
+        } else {
+            4
+        }
     }
 
     fn run_pruned_mlp(
@@ -178,14 +230,7 @@ impl Backend for CpuBackend {
                 kept.len()
             )));
         }
-        let mut ak = vec![0f32; rows * kept.len()]; // [rows, K]
-        ak.par_chunks_mut(kept.len().max(1))
-            .zip(a.par_chunks(i.max(1)))
-            .for_each(|(dst, src)| {
-                for (d, &j) in dst.iter_mut().zip(kept) {
-                    *d = src[j];
-                }
-            });
+        let ak = a.gather(i, kept); // [rows, K]
         drop(a);
         mlp_out(cfg, l, w, &ak, h, &mut None);
         Ok(())

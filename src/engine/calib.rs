@@ -372,7 +372,7 @@ pub struct StatsSpec {
     /// then None) instead of downloading it: for a consumer that solves on that device.
     pub gram_on_device: bool,
     /// Keep each `Capture::Stats` batch's down_proj input for `run_pruned_mlp` (backends that
-    /// can: `Backend::keeps_activations`).
+    /// can: `Backend::kept_activation_bytes`).
     pub keep_acts: bool,
 }
 
@@ -525,10 +525,11 @@ pub trait Backend {
         write: bool,
     ) -> Result<()>;
 
-    /// Whether this backend can keep the activations of a statistics pass
-    /// (`StatsSpec::keep_acts`) for `run_pruned_mlp`: [rows, I] f32 of every batch, on the host.
-    fn keeps_activations(&self) -> bool {
-        false
+    /// Bytes a value of the activations this backend keeps from a statistics pass
+    /// (`StatsSpec::keep_acts`) for `run_pruned_mlp` ([rows, I] of every batch); 0 when it
+    /// keeps none.
+    fn kept_activation_bytes(&self) -> usize {
+        0
     }
 
     /// The pruned MLP `wp` (layer `l` cut to the neurons `kept`) on batch `b` of the pruned
