@@ -339,3 +339,99 @@ fn round_bits_is_half_from_f32_for_every_input() {
         "round_bits differs from half for upper bits {bad:x?}"
     );
 }
+
+/// The packers' row conversions (`round_pairs`: a row's k-pairs; `round_zip`: two token rows
+/// zipped) give `round_bits` of every f32 bit pattern, in every lane of the SIMD path this CPU
+/// takes and in the tails (odd lengths, lengths off 16, a missing high row).
+#[test]
+fn row_conversions_equal_round_bits_for_every_input() {
+    use rayon::prelude::*;
+    use whittle::cpu::convert::{round_bits, round_pairs, round_zip};
+    let bad = (0u32..1 << 16).into_par_iter().find_any(|&hi| {
+        let x: Vec<f32> = (0..1u32 << 16)
+            .map(|lo| f32::from_bits(hi << 16 | lo))
+            .collect();
+        let mut pairs = vec![0u32; x.len() / 2];
+        round_pairs(&x, &mut pairs);
+        let (lo, up) = x.split_at(x.len() / 2);
+        let mut zip = vec![0u32; lo.len()];
+        round_zip(lo, Some(up), &mut zip);
+        (0..pairs.len()).any(|p| {
+            pairs[p] != round_bits(x[2 * p]) as u32 | (round_bits(x[2 * p + 1]) as u32) << 16
+                || zip[p] != round_bits(lo[p]) as u32 | (round_bits(up[p]) as u32) << 16
+        })
+    });
+    assert_eq!(
+        bad, None,
+        "row conversions differ from round_bits for upper bits {bad:x?}"
+    );
+    let x = values(37, 7);
+    for n in [0usize, 1, 15, 16, 17, 31, 33, 37] {
+        let mut pairs = vec![u32::MAX; n.div_ceil(2)];
+        round_pairs(&x[..n], &mut pairs);
+        for (p, &got) in pairs.iter().enumerate() {
+            let hi = x[..n].get(2 * p + 1).map_or(0, |&v| round_bits(v) as u32);
+            assert_eq!(
+                got,
+                round_bits(x[2 * p]) as u32 | hi << 16,
+                "round_pairs n={n} p={p}"
+            );
+        }
+        let mut zip = vec![u32::MAX; n];
+        round_zip(&x[..n], None, &mut zip);
+        assert!(
+            zip.iter().zip(&x).all(|(&z, &v)| z == round_bits(v) as u32),
+            "round_zip n={n}"
+        );
+    }
+}
+
+/// The attention blocks' single-threaded product (`gemm_serial`) equals the scalar model
+/// bitwise, from strided operands, with the right-hand side given as rows of its transpose (K
+/// for q·kᵀ) or row-major (V for p·v), a scale applied after the sums, and cells outside the
+/// [m, n] block of c left alone.
+#[test]
+fn serial_strided_gemm_equals_the_scalar_model_bitwise() {
+    for kernel in supported_or_skip("serial_strided_gemm_equals_the_scalar_model_bitwise") {
+        for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
+            let (lda, ldb, ldc) = (k + 5, n.max(k) + 3, n + 2);
+            let a = values(m * lda, 300 + si as u64); // [m, lda], the first k columns used
+            let b = values(n.max(k) * ldb, 400 + si as u64);
+            let a_c: Vec<f32> = (0..m * k).map(|i| a[i / k * lda + i % k]).collect(); // [m, k]
+            for b_rows in [true, false] {
+                // The right-hand side as [n, k] rows for the model.
+                let bt: Vec<f32> = (0..n * k)
+                    .map(|i| {
+                        let (j, kk) = (i / k, i % k);
+                        if b_rows {
+                            b[j * ldb + kk]
+                        } else {
+                            b[kk * ldb + j]
+                        }
+                    })
+                    .collect();
+                let scale = if b_rows { 0.0625 } else { 1.0 };
+                let want = bf16::linear_model(&a_c, Mat::F32(&bt), m, k, n);
+                let mut c = vec![f32::NAN; m * ldc];
+                bf16::gemm_serial(
+                    kernel, &a, lda, &b, ldb, b_rows, m, n, k, &mut c, ldc, scale,
+                );
+                for r in 0..m {
+                    for j in 0..ldc {
+                        let got = c[r * ldc + j];
+                        if j < n {
+                            let exp = want[r * n + j] * scale;
+                            assert_eq!(
+                                got.to_bits(),
+                                exp.to_bits(),
+                                "m={m} k={k} n={n} b_rows={b_rows} [{r}, {j}]"
+                            );
+                        } else {
+                            assert!(got.is_nan(), "m={m} k={k} n={n}: [{r}, {j}] was written");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -4,7 +4,9 @@
 //! Work is split into (sequence, head, query block) tasks. Each task computes one block of scores
 //! with a GEMM over only the keys any of its queries may see (the causal prefix, cut further by
 //! the sliding window), so memory is `block × keys`, never `T × T` per head at once.
+//! Under `--precision bf16` the two products run on the bf16 kernel (`bf16::gemm_serial`).
 
+use super::bf16;
 use super::ops::{gemm_nn_strided, gemm_nt_strided};
 use crate::checkpoint::config::ModelConfig;
 use rayon::prelude::*;
@@ -85,6 +87,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
         .flat_map(|b| (0..nh).flat_map(move |h| (0..n_blocks).map(move |qb| (b, h, qb))))
         .collect();
 
+    // Under `--precision bf16` both products take bf16 inputs with f32 sums, as the GPU kernel
+    // (kernels/attention.cu) does: q, k, v rounded, and p rounded before p·v.
+    let kernel = bf16::active();
     let blocks: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(b, h, qb)| {
@@ -102,18 +107,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
             let seq_k = &k[b * t * kv_rs..(b + 1) * t * kv_rs];
             let seq_v = &v[b * t * kv_rs..(b + 1) * t * kv_rs];
             let mut sc = vec![0f32; rows * nk]; // [rows, nk]
-            gemm_nt_strided(
-                &seq_q[i0 * q_rs + h * d..],
-                q_rs,
-                &seq_k[j0 * kv_rs + g * d..],
-                kv_rs,
-                &mut sc,
-                nk,
-                rows,
-                nk,
-                d,
-                s.scale,
-            );
+            let (qh, kh) = (&seq_q[i0 * q_rs + h * d..], &seq_k[j0 * kv_rs + g * d..]);
+            match kernel {
+                Some(kn) => bf16::gemm_serial(
+                    kn, qh, q_rs, kh, kv_rs, true, rows, nk, d, &mut sc, nk, s.scale,
+                ),
+                None => gemm_nt_strided(qh, q_rs, kh, kv_rs, &mut sc, nk, rows, nk, d, s.scale),
+            }
             for r in 0..rows {
                 let i = i0 + r;
                 let row = &mut sc[r * nk..(r + 1) * nk];
@@ -131,17 +131,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
                 masked_softmax(row, lo, hi);
             }
             let mut out = vec![0f32; rows * d]; // [rows, d]
-            gemm_nn_strided(
-                &sc,
-                nk,
-                &seq_v[j0 * kv_rs + g * d..],
-                kv_rs,
-                &mut out,
-                d,
-                rows,
-                d,
-                nk,
-            );
+            let vh = &seq_v[j0 * kv_rs + g * d..];
+            match kernel {
+                Some(kn) => {
+                    bf16::gemm_serial(kn, &sc, nk, vh, kv_rs, false, rows, d, nk, &mut out, d, 1.0)
+                }
+                None => gemm_nn_strided(&sc, nk, vh, kv_rs, &mut out, d, rows, d, nk),
+            }
             out
         })
         .collect();

@@ -19,7 +19,7 @@
 //! with zeros. The micro-kernel keeps an MR × NR tile in 24 zmm accumulators over the whole k (no
 //! k blocking, so the summation order is the scalar model's at every shape).
 
-use crate::cpu::convert::{round_bits, widen};
+use crate::cpu::convert::{round_bits, round_pairs, round_zip, widen};
 use crate::cpu::gemv::Mat;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -196,64 +196,200 @@ const NB_TASK: usize = 8;
 
 /// x [m, k] → blocks of MR rows, each `[kp][MR]` pairs (missing rows and the odd k are zero).
 fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
-    let kp = k.div_ceil(2);
-    let mut out = vec![0u32; m.div_ceil(MR) * kp * MR];
-    if kp == 0 {
-        return out;
-    }
-    out.par_chunks_mut(kp * MR)
-        .enumerate()
-        .for_each(|(b, blk)| {
-            for r in 0..MR.min(m - b * MR) {
-                let row = &x[(b * MR + r) * k..][..k]; // [k]
-                for (p, pair) in row.chunks(2).enumerate() {
-                    let hi = pair.get(1).map_or(0, |&v| round_bits(v) as u32);
-                    blk[p * MR + r] = round_bits(pair[0]) as u32 | hi << 16;
-                }
-            }
-        });
-    out
+    pack::<MR>(Mat::F32(x), m, k)
 }
 
 /// w [n, k] → panels of NR columns, each `[kp][NR]` pairs (missing columns and the odd k zero).
 fn pack_cols(w: Mat<'_>, n: usize, k: usize) -> Vec<u32> {
+    pack::<NR>(w, n, k)
+}
+
+/// Pairs per row converted before they are transposed into a block: B rows of them stay in L1.
+const PACK_CHUNK: usize = 64;
+
+/// Rows of a [rows, k] matrix in blocks of B, each `[kp][B]` k-pairs: row r's pair p of block b
+/// at `b·kp·B + p·B + r` ([`pack_block`] per block, blocks in parallel).
+fn pack<const B: usize>(src: Mat<'_>, rows: usize, k: usize) -> Vec<u32> {
     let kp = k.div_ceil(2);
-    let mut out = vec![0u32; n.div_ceil(NR) * kp * NR];
+    let mut out = vec![0u32; rows.div_ceil(B) * kp * B];
     if kp == 0 {
         return out;
     }
-    out.par_chunks_mut(kp * NR)
+    out.par_chunks_mut(kp * B)
         .enumerate()
-        .for_each(|(j, panel)| {
-            for c in 0..NR.min(n - j * NR) {
-                let col = j * NR + c;
-                let put = |lo: u16, hi: u16| (lo as u32) | (hi as u32) << 16;
-                match w {
-                    Mat::F32(w) => {
-                        for (p, pair) in w[col * k..][..k].chunks(2).enumerate() {
-                            let hi = pair.get(1).map_or(0, |&v| round_bits(v));
-                            panel[p * NR + c] = put(round_bits(pair[0]), hi);
-                        }
-                    }
-                    Mat::Bf16(w) => {
-                        for (p, pair) in w[col * k..][..k].chunks(2).enumerate() {
-                            panel[p * NR + c] = put(pair[0], pair.get(1).copied().unwrap_or(0));
-                        }
-                    }
-                }
-            }
-        });
+        .for_each(|(b, blk)| pack_block::<B>(src, k, b * B, B.min(rows - b * B), k, blk));
     out
 }
 
-/// The output pointer shared by tasks that write disjoint tiles.
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a distinct set of (row, column) cells of `y` (see `linear`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(&self) -> *mut f32 {
+/// Rows r0..r0+n (n ≤ B) of a row-major matrix with row stride `ld`, k columns, as one `[kp][B]`
+/// block of k-pairs into `blk` (zeroed: rows past n and the odd k stay zero). Each row is rounded
+/// a chunk of pairs at a time (contiguous, SIMD: `round_pairs`), the chunk of B rows then
+/// transposed into the block.
+fn pack_block<const B: usize>(
+    src: Mat<'_>,
+    ld: usize,
+    r0: usize,
+    n: usize,
+    k: usize,
+    blk: &mut [u32],
+) {
+    let kp = k.div_ceil(2);
+    let mut chunk = [[0u32; PACK_CHUNK]; B]; // [B][pairs]
+    for p0 in (0..kp).step_by(PACK_CHUNK) {
+        let pc = PACK_CHUNK.min(kp - p0);
+        let (e0, e1) = (2 * p0, (2 * (p0 + pc)).min(k)); // elements of the chunk
+        for (r, dst) in chunk.iter_mut().enumerate().take(n) {
+            let row = (r0 + r) * ld;
+            match src {
+                Mat::F32(x) => round_pairs(&x[row + e0..row + e1], &mut dst[..pc]),
+                Mat::Bf16(x) => {
+                    let bits = &x[row + e0..row + e1];
+                    for (d, pair) in dst[..pc].iter_mut().zip(bits.chunks(2)) {
+                        let hi = pair.get(1).copied().unwrap_or(0);
+                        *d = pair[0] as u32 | (hi as u32) << 16;
+                    }
+                }
+            }
+        }
+        for p in 0..pc {
+            let d = &mut blk[(p0 + p) * B..][..n];
+            for (r, d) in d.iter_mut().enumerate() {
+                *d = chunk[r][p];
+            }
+        }
+    }
+}
+
+/// Columns c0..c0+n (n ≤ B) of a row-major [k, ·] matrix with row stride `ld` as one `[kp][B]`
+/// block of k-pairs (two rows zipped: `round_zip`) into `blk` (zeroed).
+fn pack_block_t<const B: usize>(
+    b: &[f32],
+    ld: usize,
+    c0: usize,
+    n: usize,
+    k: usize,
+    blk: &mut [u32],
+) {
+    for p in 0..k.div_ceil(2) {
+        let lo = &b[2 * p * ld + c0..][..n];
+        let hi = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ld + c0..][..n]);
+        round_zip(lo, hi, &mut blk[p * B..][..n]);
+    }
+}
+
+/// One thread's bf16 product for the attention blocks: `c[r·ldc + j] = scale · Σᵢ bf16(a[r·lda
+/// + i]) · bf16(bᵢⱼ)` for r < m, j < n, with `bᵢⱼ = b[j·ldb + i]` (`b_rows`: b holds the n
+/// rows of the right-hand side's transpose, as K for q·kᵀ) or `b[i·ldb + j]` (b row-major
+/// [k, n], as V for p·v). The sums are [`linear_model`]'s (scale applied after).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    kernel: Kernel,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    b_rows: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let b_end = if b_rows {
+        (n - 1) * ldb + k
+    } else {
+        (k.max(1) - 1) * ldb + n
+    };
+    assert!(
+        a.len() >= (m - 1) * lda + k,
+        "bf16 gemm: a cannot hold [m={m}, k={k}] at stride {lda}"
+    );
+    assert!(
+        k == 0 || b.len() >= b_end,
+        "bf16 gemm: b is short for [k={k}, n={n}] at stride {ldb}"
+    );
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "bf16 gemm: c cannot hold [m={m}, n={n}]"
+    );
+    assert!(
+        Kernel::supported().contains(&kernel),
+        "bf16 gemm: this CPU cannot run {}",
+        kernel.name()
+    );
+    let kp = k.div_ceil(2);
+    let (mb, nb) = (m.div_ceil(MR), n.div_ceil(NR));
+    let mut blocks = vec![0u32; mb * kp * MR]; // [mb][kp][MR]
+    for (i, blk) in blocks.chunks_mut(kp * MR).enumerate().take(mb) {
+        pack_block::<MR>(Mat::F32(a), lda, i * MR, MR.min(m - i * MR), k, blk);
+    }
+    let mut panel = vec![0u32; kp * NR]; // [kp][NR], one at a time
+    for j in 0..nb {
+        let cols = NR.min(n - j * NR);
+        panel.fill(0);
+        if b_rows {
+            pack_block::<NR>(Mat::F32(b), ldb, j * NR, cols, k, &mut panel);
+        } else {
+            pack_block_t::<NR>(b, ldb, j * NR, cols, k, &mut panel);
+        }
+        for i in 0..mb {
+            let rows = MR.min(m - i * MR);
+            let blk = &blocks[i * kp * MR..][..kp * MR];
+            let out = &mut c[i * MR * ldc + j * NR..];
+            // SAFETY: cells r·ldc + col (r < rows, col < cols) of `out` lie inside c (checked
+            // above); blk and panel hold kp·MR and kp·NR pairs.
+            unsafe {
+                tile(
+                    kernel,
+                    blk.as_ptr(),
+                    panel.as_ptr(),
+                    kp,
+                    out.as_mut_ptr(),
+                    ldc,
+                    rows,
+                    cols,
+                )
+            };
+            if scale != 1.0 {
+                for r in 0..rows {
+                    out[r * ldc..][..cols].iter_mut().for_each(|v| *v *= scale);
+                }
+            }
+        }
+    }
+}
+
+/// A buffer shared by tasks that write disjoint cells of it.
+struct OutPtr<T>(*mut T);
+// SAFETY: every task writes a distinct set of cells (see `linear`, `gram_upper`).
+unsafe impl<T> Send for OutPtr<T> {}
+unsafe impl<T> Sync for OutPtr<T> {}
+impl<T> OutPtr<T> {
+    fn get(&self) -> *mut T {
         self.0
+    }
+}
+
+/// x [m, k] rounded and packed for the kernel once, for several products with it
+/// ([`linear_packed`]: q, k and v of one input; gate and up).
+pub struct PackedRows {
+    a: Vec<u32>, // [mb][kp][MR]
+    m: usize,
+    k: usize,
+}
+
+impl PackedRows {
+    pub fn new(x: &[f32], m: usize, k: usize) -> PackedRows {
+        assert_eq!(x.len(), m * k, "bf16 pack: x is not [m={m}, k={k}]");
+        PackedRows {
+            a: pack_rows(x, m, k),
+            m,
+            k,
+        }
     }
 }
 
@@ -270,11 +406,23 @@ pub fn linear(
     y: &mut [f32],
     ld: usize,
 ) {
+    linear_packed(kernel, &PackedRows::new(x, m, k), w, n, y, ld)
+}
+
+/// [`linear`] of an x packed beforehand.
+pub fn linear_packed(
+    kernel: Kernel,
+    x: &PackedRows,
+    w: Mat<'_>,
+    n: usize,
+    y: &mut [f32],
+    ld: usize,
+) {
+    let (m, k) = (x.m, x.k);
     let w_len = match w {
         Mat::F32(w) => w.len(),
         Mat::Bf16(w) => w.len(),
     };
-    assert_eq!(x.len(), m * k, "bf16 linear: x is not [m={m}, k={k}]");
     assert_eq!(w_len, n * k, "bf16 linear: w is not [n={n}, k={k}]");
     assert!(
         ld >= n && (m == 0 || y.len() >= (m - 1) * ld + n),
@@ -289,7 +437,7 @@ pub fn linear(
         return;
     }
     let kp = k.div_ceil(2);
-    let a = pack_rows(x, m, k); // [mb][kp][MR]
+    let a = &x.a; // [mb][kp][MR]
     let b = pack_cols(w, n, k); // [nb][kp][NR]
     let (mb, nb) = (m.div_ceil(MR), n.div_ceil(NR));
     let (tm, tn) = (mb.div_ceil(MB_TASK), nb.div_ceil(NB_TASK));
@@ -356,35 +504,45 @@ pub fn gram_upper(
     if w == 0 || kp == 0 {
         return;
     }
-    // Features f0..f0+n as `[kp][width]` pairs (low half = even token), missing ones zero.
-    let pack = |dst: &mut [u32], f0: usize, n: usize, width: usize| {
-        for p in 0..kp {
-            let lo = &x[2 * p * w + f0..][..n];
-            let hi = (2 * p + 1 < t).then(|| &x[(2 * p + 1) * w + f0..][..n]);
-            for c in 0..n {
-                let h = hi.map_or(0, |h| round_bits(h[c]) as u32);
-                dst[p * width + c] = round_bits(lo[c]) as u32 | h << 16;
-            }
-        }
-    };
     let nb = w.div_ceil(NR);
-    let mut panels = vec![0u32; nb * kp * NR]; // [nb][kp][NR]
-    panels
-        .par_chunks_mut(kp * NR)
-        .enumerate()
-        .for_each(|(j, panel)| pack(panel, j * NR, NR.min(w - j * NR), NR));
     // Row blocks of every block row: block row b's rows start at b·block, MR at a time.
     let starts: Vec<usize> = (0..w)
         .step_by(block)
         .flat_map(|b0| (b0..(b0 + block).min(w)).step_by(MR))
         .collect();
+    let mut panels = vec![0u32; nb * kp * NR]; // [nb][kp][NR]
     let mut rows = vec![0u32; starts.len() * kp * MR]; // [blocks][kp][MR]
-    rows.par_chunks_mut(kp * MR)
-        .zip(&starts)
-        .for_each(|(blk, &r0)| {
-            let b_end = (r0 / block * block + block).min(w);
-            pack(blk, r0, MR.min(b_end - r0), MR)
-        });
+                                                       // Both operands in one pass over x, a chunk of token pairs per task: each pair of token rows
+                                                       // (contiguous) is rounded once into `[w]` pairs and its pieces copied to every panel and row
+                                                       // block at that pair. Walking features a panel at a time instead reads 128 bytes per 8 KiB
+                                                       // token row: a TLB miss per read.
+    const PAIRS: usize = 16;
+    let (pp, rp) = (OutPtr(panels.as_mut_ptr()), OutPtr(rows.as_mut_ptr()));
+    (0..kp.div_ceil(PAIRS)).into_par_iter().for_each(|c| {
+        let mut pair = vec![0u32; w]; // [w] token pair p's features
+        for p in c * PAIRS..kp.min((c + 1) * PAIRS) {
+            let lo = &x[2 * p * w..][..w];
+            let hi = (2 * p + 1 < t).then(|| &x[(2 * p + 1) * w..][..w]);
+            round_zip(lo, hi, &mut pair);
+            for j in 0..nb {
+                let n = NR.min(w - j * NR);
+                // SAFETY: cell (j, p, 0..n) of panels [nb][kp][NR] is in bounds, and pair p
+                // belongs to this task alone.
+                unsafe {
+                    let dst = pp.get().add((j * kp + p) * NR);
+                    std::ptr::copy_nonoverlapping(pair.as_ptr().add(j * NR), dst, n);
+                }
+            }
+            for (i, &r0) in starts.iter().enumerate() {
+                let n = MR.min((r0 / block * block + block).min(w) - r0);
+                // SAFETY: as above, for rows [blocks][kp][MR].
+                unsafe {
+                    let dst = rp.get().add((i * kp + p) * MR);
+                    std::ptr::copy_nonoverlapping(pair.as_ptr().add(r0), dst, n);
+                }
+            }
+        }
+    });
     // Tasks: MB_TASK row blocks of one block row × NB_TASK panels on or right of its diagonal.
     let mut tasks = Vec::new();
     let mut first = 0;

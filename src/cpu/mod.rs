@@ -14,6 +14,8 @@ pub mod attention;
 pub mod bf16;
 pub mod bias;
 pub mod calib;
+// Its row conversions for the bf16 packers use AVX-512F intrinsics: 1.89 as for `bf16`.
+#[clippy::msrv = "1.89"]
 pub mod convert;
 pub mod decode;
 pub mod gemm;

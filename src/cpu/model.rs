@@ -156,9 +156,13 @@ pub fn qkv(
     let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
     let mut x = h.to_vec(); // [N, H]
     norm(cfg, &mut x, w.input_norm());
-    let mut q = ops::linear(&x, w.q(), n, hd, nh * d); // [N, nh, d]
-    let mut k = ops::linear(&x, w.k(), n, hd, nkv * d); // [N, nkv, d]
-    let mut v = ops::linear(&x, w.v(), n, hd, nkv * d); // [N, nkv, d]
+    // q [N, nh, d], k and v [N, nkv, d]
+    let [mut q, mut k, mut v] = ops::linears(
+        &x,
+        n,
+        hd,
+        [(w.q(), nh * d), (w.k(), nkv * d), (w.v(), nkv * d)],
+    );
     if let Some((qb, kb, vb)) = w.qkv_bias() {
         bias::add_bias_rows(&mut q, qb);
         bias::add_bias_rows(&mut k, kb);
@@ -196,8 +200,7 @@ pub fn mlp_act(cfg: &ModelConfig, w: &Layer<&[f32]>, h: &[f32]) -> Vec<f32> {
     let mut x = h.to_vec(); // [N, H]
     norm(cfg, &mut x, w.pre_ffn_norm());
     let i = w.width;
-    let mut a = ops::linear(&x, w.gate(), n, hd, i); // [N, I]
-    let up = ops::linear(&x, w.up(), n, hd, i); // [N, I]
+    let [mut a, up] = ops::linears(&x, n, hd, [(w.gate(), i), (w.up(), i)]); // [N, I] each
     act_mul(cfg, &mut a, &up);
     a
 }

@@ -68,6 +68,26 @@ pub fn linear_into_ld(
     )
 }
 
+/// `x[m, k] · wᵢᵀ` for several weights `(wᵢ [nᵢ, k], nᵢ)` of one input (q, k and v; gate and
+/// up): [`linear`] of each, with x rounded and packed once under `--precision bf16`.
+pub fn linears<const N: usize>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    ws: [(&[f32], usize); N],
+) -> [Vec<f32>; N] {
+    let Some(kernel) = super::bf16::active() else {
+        return ws.map(|(w, n)| linear(x, w, m, k, n));
+    };
+    let packed = super::bf16::PackedRows::new(x, m, k);
+    ws.map(|(w, n)| {
+        assert_eq!(w.len(), n * k, "linear: w is not [n={n}, k={k}]");
+        let mut y = vec![0f32; m * n]; // [m, n]
+        super::bf16::linear_packed(kernel, &packed, Mat::F32(w), n, &mut y, n);
+        y
+    })
+}
+
 /// Strided single-threaded GEMM for attention blocks: `c[m,n] = scale · a[m,k] · b[n,k]ᵀ` where
 /// each operand is a row-major view with its own row stride.
 #[allow(clippy::too_many_arguments)]

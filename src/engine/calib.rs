@@ -95,14 +95,16 @@ impl MlpStats {
             .for_each(|(c, (s, q))| {
                 let (j0, n) = (c * COLS, s.len());
                 let (mut s1, mut s2) = ([0f64; COLS], [0f64; COLS]);
-                for r in 0..rows {
-                    let row = &a[r * w + j0..][..n];
-                    for (i, &x) in row.iter().enumerate() {
-                        let x = x as f64;
-                        s1[i] += x;
-                        s2[i] += x * x;
+                crate::cpu::wide::wide(|| {
+                    for r in 0..rows {
+                        let row = &a[r * w + j0..][..n];
+                        for (i, &x) in row.iter().enumerate() {
+                            let x = x as f64;
+                            s1[i] += x;
+                            s2[i] += x * x;
+                        }
                     }
-                }
+                });
                 for i in 0..n {
                     s[i] += s1[i];
                     q[i] += s2[i];
@@ -156,7 +158,7 @@ fn scale_rows(a: &[f32], wt: &[f32], w: usize) -> Vec<f32> {
     let mut out = a.to_vec();
     out.par_chunks_mut(w).zip(wt).for_each(|(row, &t)| {
         let s = t.sqrt();
-        row.iter_mut().for_each(|x| *x *= s);
+        crate::cpu::wide::wide(|| row.iter_mut().for_each(|x| *x *= s));
     });
     out
 }
@@ -335,15 +337,17 @@ fn add_gram_sym(
             .for_each(|(bi, rows_acc)| {
                 let i0 = bi * TILE;
                 let start = i0 / GRAM_BLOCK * GRAM_BLOCK;
-                for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
-                    let i = i0 + r;
-                    for (a, &t) in row[start..]
-                        .iter_mut()
-                        .zip(&tmp[i * w + start..(i + 1) * w])
-                    {
-                        *a += t as f64;
+                crate::cpu::wide::wide(|| {
+                    for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
+                        let i = i0 + r;
+                        for (a, &t) in row[start..]
+                            .iter_mut()
+                            .zip(&tmp[i * w + start..(i + 1) * w])
+                        {
+                            *a += t as f64;
+                        }
                     }
-                }
+                });
                 for j0 in (0..start).step_by(TILE) {
                     let j1 = (j0 + TILE).min(start);
                     for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
