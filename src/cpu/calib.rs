@@ -245,7 +245,7 @@ impl Backend for CpuBackend {
     fn take_stats(&mut self) -> Result<MlpStats> {
         self.capture
             .take()
-            .map(|c| c.stats)
+            .map(HostCapture::into_stats)
             .ok_or_else(|| Error::Other("take_stats without begin_stats".into()))
     }
 }

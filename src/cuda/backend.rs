@@ -382,7 +382,7 @@ impl Backend for CudaBackend {
     fn take_stats(&mut self) -> Result<MlpStats> {
         match self.capture.take() {
             None => Err(Error::Other("take_stats without begin_stats".into())),
-            Some(Capturing::Host(hc)) => Ok(hc.stats),
+            Some(Capturing::Host(hc)) => Ok(hc.into_stats()),
             Some(Capturing::Device(mut d)) => {
                 let gpu = &*self.gpu;
                 let mut gram = None;

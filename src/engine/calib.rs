@@ -44,6 +44,10 @@ pub use crate::engine::DeviceGram;
 pub enum Gram {
     /// [I, I] f64 on the host.
     Host(Vec<f64>),
+    /// [I, I] f64 on the host while statistics are still added: only the block-upper triangle
+    /// (`GRAM_BLOCK`) is summed, the rest is stale until [`MlpStats::finish`] mirrors it in (once,
+    /// instead of adding every slab's products to both halves). `gram_host` reads None.
+    HostUpper(Vec<f64>),
     /// Left on the GPU by a GPU backend (`StatsSpec::gram_on_device`): the device solver reads
     /// it there, no [I, I] round trip through the host.
     Device(DeviceGram),
@@ -110,8 +114,25 @@ impl MlpStats {
                     q[i] += s2[i];
                 }
             });
-        if let Some(Gram::Host(g)) = &mut self.gram {
-            add_gram_sym(g, a, rows, w, self.gram_kernel);
+        if let Some(gram) = &mut self.gram {
+            if let Gram::Host(g) = gram {
+                *gram = Gram::HostUpper(std::mem::take(g));
+            }
+            if let Gram::HostUpper(g) = gram {
+                add_gram_upper(g, a, rows, w, self.gram_kernel);
+            }
+        }
+    }
+
+    /// Completes the Gram matrix after the last `add` (mirrors its block-upper sums into the
+    /// lower triangle: the same f64 sums that adding each slab to both halves gives, bit for
+    /// bit, since both halves receive the same f32 products in the same order).
+    pub fn finish(&mut self) {
+        if let Some(gram) = &mut self.gram {
+            if let Gram::HostUpper(g) = gram {
+                mirror_lower(g, self.width);
+                *gram = Gram::Host(std::mem::take(g));
+            }
         }
     }
 
@@ -284,15 +305,15 @@ fn add_gram(acc: &mut [f64], x: &[f32], y: &[f32], rows: usize, w: usize) {
     }
 }
 
-/// Row blocks of `add_gram_sym`: small enough that the skipped lower triangle is most of the
+/// Row blocks of `add_gram_upper`: small enough that the skipped lower triangle is most of the
 /// lower half (8 blocks at I = 2048: 56% of the full product's FLOPs), large enough for the GEMM.
 const GRAM_BLOCK: usize = 256;
 
-/// `acc[I, I] += xᵀ·x` for x [rows, I], computing only the blocks on or above the block
-/// diagonal (one GEMM per block row, per ≤ 2048-row slab) and mirroring them: about half the
-/// FLOPs of `add_gram(acc, x, x, ..)`, which it matches up to f32 summation order. With a bf16
-/// `kernel` the products are of x rounded to bf16 (`bf16::gram_upper`), summed in f32 per slab.
-fn add_gram_sym(
+/// `acc[I, I] += xᵀ·x` for x [rows, I] on and above the block diagonal only (one GEMM per block
+/// row, per ≤ 2048-row slab): about half the FLOPs of `add_gram(acc, x, x, ..)`, which it
+/// matches there up to f32 summation order; [`mirror_lower`] completes it. With a bf16 `kernel`
+/// the products are of x rounded to bf16 (`bf16::gram_upper`), summed in f32 per slab.
+fn add_gram_upper(
     acc: &mut [f64],
     x: &[f32],
     rows: usize,
@@ -327,38 +348,55 @@ fn add_gram_sym(
                 );
             }
         }
-        // Row i of acc: block-upper entries from tmp's row i, the rest mirrored from column i,
-        // read a TILE × TILE square at a time (column i alone strides through all of tmp).
-        // Every entry gets one addition per slab, so the order of the loops changes no bit.
-        const TILE: usize = 32; // divides GRAM_BLOCK: a tile's rows share `start`
         let tmp = &tmp;
-        acc.par_chunks_mut(TILE * w)
-            .enumerate()
-            .for_each(|(bi, rows_acc)| {
-                let i0 = bi * TILE;
-                let start = i0 / GRAM_BLOCK * GRAM_BLOCK;
-                crate::cpu::wide::wide(|| {
-                    for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
-                        let i = i0 + r;
-                        for (a, &t) in row[start..]
-                            .iter_mut()
-                            .zip(&tmp[i * w + start..(i + 1) * w])
-                        {
-                            *a += t as f64;
-                        }
-                    }
-                });
-                for j0 in (0..start).step_by(TILE) {
-                    let j1 = (j0 + TILE).min(start);
-                    for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
-                        let i = i0 + r;
-                        for j in j0..j1 {
-                            row[j] += tmp[j * w + i] as f64;
-                        }
+        acc.par_chunks_mut(w).enumerate().for_each(|(i, row)| {
+            let start = i / GRAM_BLOCK * GRAM_BLOCK;
+            crate::cpu::wide::wide(|| {
+                for (a, &t) in row[start..]
+                    .iter_mut()
+                    .zip(&tmp[i * w + start..(i + 1) * w])
+                {
+                    *a += t as f64;
+                }
+            })
+        });
+    }
+}
+
+/// The entries of acc [w, w] below the block diagonal copied from their mirror images above it,
+/// a TILE × TILE square at a time (a column alone strides through all of acc).
+fn mirror_lower(acc: &mut [f64], w: usize) {
+    const TILE: usize = 32; // divides GRAM_BLOCK: a tile's rows share `start`
+    let upper = acc.to_vec(); // [w, w] read-only copy: rows write only their own lower part
+    acc.par_chunks_mut(TILE * w)
+        .enumerate()
+        .for_each(|(bi, rows_acc)| {
+            let i0 = bi * TILE;
+            let start = i0 / GRAM_BLOCK * GRAM_BLOCK;
+            for j0 in (0..start).step_by(TILE) {
+                let j1 = (j0 + TILE).min(start);
+                for (r, row) in rows_acc.chunks_exact_mut(w).enumerate() {
+                    let i = i0 + r;
+                    for j in j0..j1 {
+                        row[j] = upper[j * w + i];
                     }
                 }
-            });
-    }
+            }
+        });
+}
+
+/// `acc += xᵀ·x` whole: [`add_gram_upper`] then [`mirror_lower`] (what `MlpStats` gives after
+/// `finish`). Exact only for an acc whose lower triangle mirrors its upper one.
+#[cfg(test)]
+fn add_gram_sym(
+    acc: &mut [f64],
+    x: &[f32],
+    rows: usize,
+    w: usize,
+    kernel: Option<crate::cpu::bf16::Kernel>,
+) {
+    add_gram_upper(acc, x, rows, w, kernel);
+    mirror_lower(acc, w);
 }
 
 /// What the statistics of one layer hold (`Backend::begin_stats`).
@@ -626,6 +664,13 @@ pub(crate) struct HostCapture {
 }
 
 impl HostCapture {
+    /// The statistics, completed ([`MlpStats::finish`]).
+    pub(crate) fn into_stats(self) -> MlpStats {
+        let mut stats = self.stats;
+        stats.finish();
+        stats
+    }
+
     pub(crate) fn new(spec: StatsSpec) -> HostCapture {
         HostCapture {
             spec,
@@ -786,6 +831,11 @@ mod tests {
         let mut s = MlpStats::new(width, true, true);
         s.add_weighted(&a, Some(&wt));
         s.add_cross_weighted(&b, &a, Some(&wt));
+        assert!(
+            s.gram_host().is_none(),
+            "an unfinished Gram is not readable"
+        );
+        s.finish();
         let (g, c) = (s.gram_host().unwrap(), s.cross.as_ref().unwrap());
         for i in 0..width {
             let want_sq: f64 = (0..rows)
