@@ -1,4 +1,5 @@
-//! bf16-input, f32-accumulate GEMM for the CPU engine's large products (projections, LM head):
+//! bf16-input, f32-accumulate GEMM for the CPU engine's large products (projections, LM head:
+//! [`linear`]; the calibration Gram matrix: [`gram_upper`]; attention blocks: [`gemm_serial`]):
 //! `y[m, n] = bf16(x)[m, k] · bf16(w)[n, k]ᵀ`, chosen by `--precision bf16` where the CPU has
 //! AVX-512 BF16; anything else runs the f32 path (`gemm` crate) in `cpu::ops`.
 //!
