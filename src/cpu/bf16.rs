@@ -513,10 +513,11 @@ pub fn gram_upper(
         .collect();
     let mut panels = vec![0u32; nb * kp * NR]; // [nb][kp][NR]
     let mut rows = vec![0u32; starts.len() * kp * MR]; // [blocks][kp][MR]
-                                                       // Both operands in one pass over x, a chunk of token pairs per task: each pair of token rows
-                                                       // (contiguous) is rounded once into `[w]` pairs and its pieces copied to every panel and row
-                                                       // block at that pair. Walking features a panel at a time instead reads 128 bytes per 8 KiB
-                                                       // token row: a TLB miss per read.
+
+    // Both operands in one pass over x, a chunk of token pairs per task: each pair of token rows
+    // (contiguous) is rounded once into `[w]` pairs and its pieces copied to every panel and row
+    // block at that pair. Walking features a panel at a time instead reads 128 bytes per 8 KiB
+    // token row: a TLB miss per read.
     const PAIRS: usize = 16;
     let (pp, rp) = (OutPtr(panels.as_mut_ptr()), OutPtr(rows.as_mut_ptr()));
     (0..kp.div_ceil(PAIRS)).into_par_iter().for_each(|c| {

@@ -33,8 +33,22 @@ enum Kept {
 }
 
 impl Kept {
+    /// Whether activations are kept as bf16 bits now (the bf16 kernel runs down_proj).
+    fn as_bf16() -> bool {
+        crate::cpu::bf16::active().is_some()
+    }
+
+    /// Bytes a kept value takes now.
+    fn bytes() -> usize {
+        if Self::as_bf16() {
+            2
+        } else {
+            4
+        }
+    }
+
     fn new(a: Vec<f32>) -> Kept {
-        if crate::cpu::bf16::active().is_some() {
+        if Self::as_bf16() {
             Kept::Bf16(a.par_iter().map(|&v| round_bits(v)).collect())
         } else {
             Kept::F32(a)
@@ -200,11 +214,7 @@ impl Backend for CpuBackend {
     }
 
     fn kept_activation_bytes(&self) -> usize {
-        if crate::cpu::bf16::active().is_some() {
-            2
-        } else {
-            4
-        }
+        Kept::bytes()
     }
 
     fn run_pruned_mlp(

@@ -44,7 +44,7 @@ fn inv_rms_group(g: &[f32], d: usize, eps: f32) -> [f32; GROUP] {
             *s += row[j] * row[j];
         }
     }
-    ss.map(|s| 1.0 / (s / d as f32 + eps).sqrt())
+    ss.map(|s| inv_rms_of_sum(s, d, eps))
 }
 
 pub fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f32, convention: NormWeight) {
@@ -70,8 +70,13 @@ pub fn scale(convention: NormWeight, w: f32) -> f32 {
 
 /// `1 / sqrt(mean(x²) + eps)`, summed in order as [`ops::rms_norm_row`] sums.
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
-    1.0 / (ss + eps).sqrt()
+    inv_rms_of_sum(row.iter().map(|v| v * v).sum::<f32>(), row.len(), eps)
+}
+
+/// `1 / sqrt(ss / d + eps)` for a row's sum of squares `ss` over its d values.
+#[inline]
+fn inv_rms_of_sum(ss: f32, d: usize, eps: f32) -> f32 {
+    1.0 / (ss / d as f32 + eps).sqrt()
 }
 
 #[cfg(test)]
