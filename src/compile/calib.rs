@@ -102,6 +102,30 @@ impl CalibSet {
         self.n_seq * self.seq_len
     }
 
+    /// The files saved beside each output when a source is `self` (name, bytes): the whole set
+    /// as `calibration-ids.safetensors` (`--calib-ids` on it repeats the compile) and the
+    /// generated sequences decoded as `calibration-self.txt`. None for file sources only.
+    pub fn saved_files(&self) -> Vec<(String, Vec<u8>)> {
+        let Some(g) = &self.generated else {
+            return Vec::new();
+        };
+        let ids: Vec<i64> = self.ids.iter().map(|&i| i as i64).collect();
+        vec![
+            (
+                "calibration-ids.safetensors".to_string(),
+                crate::checkpoint::safetensors::encode_i64_tensor(
+                    "input_ids",
+                    &ids,
+                    &[self.n_seq, self.seq_len],
+                ),
+            ),
+            (
+                "calibration-self.txt".to_string(),
+                g.text.clone().into_bytes(),
+            ),
+        ]
+    }
+
     /// Texts are tokenized without special tokens and cut like eval windows (BOS + seq-1 tokens,
     /// consecutive, non-overlapping); source i contributes round(n · wᵢ / Σw) sequences. A
     /// `self` source's sequences come from `generate` (n sequences → [n, seq_len] ids and what

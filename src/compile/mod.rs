@@ -10,6 +10,7 @@ pub mod calib;
 pub mod ceiling;
 pub mod distill;
 pub mod inspect;
+mod layers;
 pub mod prune;
 pub mod reconstruct;
 pub mod report;
@@ -18,23 +19,19 @@ pub mod width;
 pub mod writer;
 
 use crate::checkpoint::config::ModelConfig;
-use crate::checkpoint::registry::{layer_name, registry, LayerTensor};
+use crate::checkpoint::registry::{registry, LayerTensor};
 use crate::checkpoint::safetensors::WeightStore;
 use crate::compile::calib::CalibSet;
 use crate::compile::distill::{DistillOptions, DistillReport};
-use crate::compile::prune::{
-    energy_scores, kept_after, magnitude_scores, obs_removal_order, repair, slice_mlp, top_k,
-    Method,
-};
-use crate::compile::reconstruct::{LayerRecon, MlpWeights, ReconOptions};
+use crate::compile::layers::{Layers, Pruned};
+use crate::compile::prune::Method;
+use crate::compile::reconstruct::ReconOptions;
 use crate::compile::report::{
-    BatchReport, CalibrationReport, CompileReport, LayerReport, SourceReport, Timings, WidthRequest,
+    BatchReport, CalibrationReport, CompileReport, Timings, WidthRequest,
 };
 use crate::compile::writer::{round_to_dtype, write_model, LayerCut};
-use crate::engine::calib::{Backend, Capture, Layout, MlpStats, StatsSpec, Stream, TokenWeight};
-use crate::engine::EngineLayer;
+use crate::engine::calib::{Backend, Layout, TokenWeight};
 use crate::error::{Error, Result};
-use crate::layer::Layer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -186,23 +183,6 @@ pub fn check_damp(damp: f64) -> Result<()> {
             flag: "--damp",
             msg: format!("{damp:?} is outside [1e-9, 1] (a fraction of the mean activation energy; 0.001 is the default)"),
         });
-    }
-    Ok(())
-}
-
-/// NaN / Inf activations (from a corrupt weight or an overflow) would otherwise surface as a
-/// misleading "not positive definite" or as NaN written into OUT.
-fn check_stats(layer: usize, st: &MlpStats) -> Result<()> {
-    let bad = |v: &[f64]| v.iter().any(|x| !x.is_finite());
-    if bad(&st.sum)
-        || bad(&st.sumsq)
-        || st.gram_host().is_some_and(bad)
-        || st.cross.as_deref().is_some_and(bad)
-    {
-        return Err(Error::Other(format!(
-            "layer {layer}: the calibration statistics of the MLP are not finite (NaN or Inf): \
-             the activations overflowed or an input weight is corrupt"
-        )));
     }
     Ok(())
 }
@@ -447,73 +427,11 @@ pub fn widest_within(
     Err(Error::Arg { flag, msg })
 }
 
-/// The kept neurons of one layer at every width in `ks`, each exactly what a single-width run
-/// selects: scores are computed once; OBS runs once, to the narrowest width, and each wider
-/// width keeps what was not yet removed at its step count (`obs_removal_order`).
-fn select_widths(
-    method: Method,
-    w: &Layer<Vec<f32>>,
-    hd: usize,
-    stats: &MlpStats,
-    ks: &[usize],
-    damp: f64,
-    solver: &crate::cpu::linalg::Solver,
-) -> Result<Vec<Vec<usize>>> {
-    Ok(match method {
-        Method::Magnitude => {
-            let s = magnitude_scores(w, hd);
-            ks.iter().map(|&k| top_k(&s, k)).collect()
-        }
-        Method::Energy => {
-            let s = energy_scores(w, hd, stats);
-            ks.iter().map(|&k| top_k(&s, k)).collect()
-        }
-        Method::Obs => {
-            let kmin = ks.iter().copied().min().unwrap_or(w.width);
-            let order = obs_removal_order(w, hd, stats, kmin, damp, solver)?;
-            ks.iter()
-                .map(|&k| kept_after(w.width, &order[..w.width - k]))
-                .collect()
-        }
-    })
-}
-
 /// Compiles `input` to every width of `targets` in one run, each written to its own folder
 /// (atomically, with its own report), each byte-identical to a single-width compile with the
 /// same options. One-shot: the original model is calibrated once for all widths. Sequential:
 /// `backends[t]` holds width t's pruned stream; each layer's weights are loaded once and run on
 /// every stream. `backends` needs `streams_needed(..)` entries.
-/// At most `max` rows of the pruned stream's hidden states ([rows, H] each batch, `total` rows
-/// in all), spread evenly over every batch: the MLP inputs reconstruction trains on (called
-/// between the statistics pass and the pruned MLP's run, when the stream holds them).
-fn mlp_inputs(
-    backend: &dyn Backend,
-    hd: usize,
-    nb: usize,
-    total: usize,
-    max: usize,
-) -> Result<Vec<f32>> {
-    let pick = crate::compile::reconstruct::spread(total, max);
-    let mut out = Vec::with_capacity(pick.len() * hd); // [n, H]
-    let (mut next, mut base) = (0usize, 0usize);
-    for b in 0..nb {
-        let h = backend.hidden(Stream::Pruned, b)?; // [rows, H]
-        let rows = h.len() / hd;
-        while next < pick.len() && pick[next] < base + rows {
-            let r = pick[next] - base;
-            out.extend_from_slice(&h[r * hd..(r + 1) * hd]);
-            next += 1;
-        }
-        base += rows;
-    }
-    if next != pick.len() || base != total {
-        return Err(Error::Other(format!(
-            "reconstruction: the calibration stream holds {base} rows, {total} expected"
-        )));
-    }
-    Ok(out)
-}
-
 pub fn compile_batch(
     input: &Path,
     targets: &[Target],
@@ -538,8 +456,6 @@ pub fn compile_batch(
         .collect::<Result<Vec<_>>>()?;
     let rws = resolve_targets(cfg.intermediate_size, targets, opts.multiple_of)?;
     let ks: Vec<usize> = rws.iter().map(|r| r.width).collect();
-    let hd = cfg.hidden_size;
-    let need_gram = opts.needs_gram();
     let calib = match (opts.needs_calib(), calib) {
         (true, None) if opts.distill.is_some() => {
             return Err(Error::Arg {
@@ -591,9 +507,6 @@ pub fn compile_batch(
         crate::compile::writer::check_room(dest, room)?;
     }
     let mut t = Timings::default();
-    let dtype_of =
-        |l: usize, t: LayerTensor| store.get(&layer_name(&cfg, l, t)).map(|t| t.info.dtype);
-
     // Hidden states of all calibration tokens, held by each backend: the pruned stream, and for
     // `--refit-target original` the original model's stream beside it.
     let t0 = Instant::now();
@@ -615,194 +528,33 @@ pub fn compile_batch(
         .token_weight
         .unwrap_or_else(|| TokenWeight::default_for(&cfg));
     let solver = backends[0].solver();
-    let spec = |n: usize| StatsSpec {
-        width: n,
-        gram: need_gram,
-        cross: cross && opts.repair,
+    let layers = Layers {
+        cfg: &cfg,
+        store: &store,
+        plan: opts,
+        calib,
+        batches: nb,
+        ks: &ks,
         token_weight,
-        // The solver runs where the calibration ran (`Backend::solver`).
-        gram_on_device: true,
-        keep_acts: opts.keeps_acts(),
+        solver: &solver,
     };
-    // This layer's statistics on one backend's stream (sequential: attention, then the MLP,
-    // whose input is kept so only the MLP runs again once the neurons are chosen).
-    let layer_stats =
-        |backend: &mut dyn Backend, l: usize, w: &EngineLayer<'_>, n: usize| -> Result<MlpStats> {
-            backend.begin_stats(spec(n))?;
-            for b in 0..nb {
-                if opts.sequential {
-                    if cross {
-                        backend.run_layer(&cfg, l, w, Stream::Reference, b, Capture::Reference)?;
-                    }
-                    backend.run_attention(&cfg, l, w, Stream::Pruned, b)?;
-                    backend.run_mlp(&cfg, l, w, Stream::Pruned, b, Capture::Stats, false)?;
-                } else {
-                    backend.run_layer(&cfg, l, w, Stream::Pruned, b, Capture::Stats)?;
-                }
-            }
-            backend.take_stats()
-        };
-    let mut cuts: Vec<Vec<LayerCut>> = (0..targets.len())
-        .map(|_| Vec::with_capacity(cfg.num_layers))
-        .collect();
-    let mut layer_reports: Vec<Vec<LayerReport>> = vec![Vec::new(); targets.len()];
-    let mut recon_reports: Vec<Vec<LayerRecon>> = vec![Vec::new(); targets.len()];
-    let layer_report = |l: usize, kept: &[usize], stats: &MlpStats| {
-        let mean_sq = stats.mean_sq();
-        let kept_energy: f64 = kept.iter().map(|&j| mean_sq[j]).sum();
-        let total_energy: f64 = mean_sq.iter().sum();
-        LayerReport {
-            layer: l,
-            kept: kept.to_vec(),
-            kept_activation_energy: (stats.count > 0 && total_energy > 0.0)
-                .then(|| kept_energy / total_energy),
-        }
-    };
-    let stage = |s: usize| {
-        if n_streams > 1 {
-            format!("layers (width {})", ks[s])
-        } else {
-            "layers".to_string()
-        }
-    };
-    for l in 0..cfg.num_layers {
-        let w = crate::cpu::model::load_layer(&store, &cfg, l)?;
-        let n = w.width;
-        // One statistics set per stream; one-shot shares one across every width.
-        for (s, backend) in backends.iter_mut().enumerate() {
-            progress(&stage(s), l as u64, cfg.num_layers as u64);
-            let t0 = Instant::now();
-            let stats = match calib {
-                Some(_) => {
-                    let we = backend.load_layer(&cfg, &store, l, &w)?;
-                    layer_stats(&mut **backend, l, &we, n)?
-                }
-                None => MlpStats::new(n, false, false),
-            };
-            check_stats(l, &stats)?;
-            t.calibrate += t0.elapsed().as_secs_f64();
-            // The widths this statistics set serves.
-            let mine: Vec<usize> = if n_streams > 1 {
-                vec![s]
-            } else {
-                (0..targets.len()).collect()
-            };
-            let my_ks: Vec<usize> = mine.iter().map(|&i| ks[i]).collect();
-            let t0 = Instant::now();
-            let kept = select_widths(opts.method, &w, hd, &stats, &my_ks, opts.damp, &solver)?;
-            t.score += t0.elapsed().as_secs_f64();
-            for (&i, kept) in mine.iter().zip(kept) {
-                let t0 = Instant::now();
-                let down = if opts.repair {
-                    let mut d = repair(&w, hd, &stats, &kept, opts.damp, &solver)?;
-                    if d.iter().any(|x| !x.is_finite()) {
-                        return Err(Error::Other(format!(
-                            "layer {l}: the re-fit down_proj holds non-finite values (NaN or \
-                             Inf); raise --damp or pass --no-repair"
-                        )));
-                    }
-                    // Continue with exactly what will be written.
-                    round_to_dtype(&mut d, dtype_of(l, LayerTensor::Down)?);
-                    Some(d)
-                } else {
-                    None
-                };
-                t.repair += t0.elapsed().as_secs_f64();
-                let mut down = down;
-                let mut gate_up = None;
-                if let (Some(ro), Some(c)) = (&opts.reconstruct, calib) {
-                    let t0 = Instant::now();
-                    // [n, H]; the rows' sequences as `mlp_inputs` picked them below.
-                    let h = mlp_inputs(&**backend, hd, nb, c.tokens(), ro.tokens)?;
-                    let seq: Vec<usize> =
-                        crate::compile::reconstruct::spread(c.tokens(), ro.tokens)
-                            .iter()
-                            .map(|&r| r / c.seq_len)
-                            .collect();
-                    let cut = slice_mlp(&w, hd, &kept, down.take());
-                    let start = MlpWeights {
-                        gate: cut.gate().clone(),
-                        up: cut.up().clone(),
-                        down: cut.down().clone(),
-                    };
-                    let dt = dtype_of(l, LayerTensor::Gate)?;
-                    let round = |x: &mut [f32]| round_to_dtype(x, dt);
-                    let pb = crate::compile::reconstruct::Problem {
-                        cfg: &cfg,
-                        full: &w,
-                        h: &h,
-                        seq: &seq,
-                        round: &round,
-                    };
-                    let (best, rep) = crate::compile::reconstruct::reconstruct(&pb, l, start, ro)?;
-                    down = Some(best.down);
-                    gate_up = Some((best.gate, best.up));
-                    recon_reports[i].push(rep);
-                    t.reconstruct += t0.elapsed().as_secs_f64();
-                }
-                if opts.sequential && calib.is_some() {
-                    let t0 = Instant::now();
-                    let mut cut = slice_mlp(&w, hd, &kept, down.clone());
-                    if let Some((g, u)) = &gate_up {
-                        cut.set_mat(LayerTensor::Gate, g.clone());
-                        cut.set_mat(LayerTensor::Up, u.clone());
-                    }
-                    let wp = backend.load_pruned(&cfg, &w, &cut)?;
-                    for b in 0..nb {
-                        if gate_up.is_none() {
-                            backend.run_pruned_mlp(&cfg, l, &wp, &kept, b)?;
-                        } else {
-                            let (s, c) = (Stream::Pruned, Capture::None);
-                            backend.run_mlp(&cfg, l, &wp, s, b, c, true)?;
-                        }
-                    }
-                    t.calibrate += t0.elapsed().as_secs_f64();
-                }
-                layer_reports[i].push(layer_report(l, &kept, &stats));
-                cuts[i].push(LayerCut {
-                    kept,
-                    down,
-                    gate_up,
-                });
-            }
-        }
-    }
-    for s in 0..n_streams {
-        progress(&stage(s), cfg.num_layers as u64, cfg.num_layers as u64);
-    }
+    let Pruned {
+        mut cuts,
+        layers: mut layer_reports,
+        recon: mut recon_reports,
+    } = layers.run(backends, &mut *progress, &mut t)?;
     for b in backends.iter_mut() {
         b.finish();
     }
-    let mut distill_reports: Vec<Option<DistillReport>> = vec![None; targets.len()];
-    if let (Some(dopt), Some(c)) = (&opts.distill, calib) {
-        let t0 = Instant::now();
-        let teacher = crate::compile::distill::Teacher::new(input, &cfg, &store, c, dopt)?;
-        let dtypes = (0..cfg.num_layers)
-            .map(|l| {
-                Ok::<_, Error>([
-                    dtype_of(l, LayerTensor::Gate)?,
-                    dtype_of(l, LayerTensor::Up)?,
-                    dtype_of(l, LayerTensor::Down)?,
-                ])
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let round = |l: usize, m: &mut crate::cpu::grad::Mlp| {
-            round_to_dtype(&mut m.gate, dtypes[l][0]);
-            round_to_dtype(&mut m.up, dtypes[l][1]);
-            round_to_dtype(&mut m.down, dtypes[l][2]);
-        };
-        for (i, cuts) in cuts.iter_mut().enumerate() {
-            let name = if targets.len() > 1 {
-                format!("distill (width {})", ks[i])
-            } else {
-                "distill".to_string()
-            };
-            let mut prog = |done: u64, total: u64| progress(&name, done, total);
-            let rep = crate::compile::distill::distill(&teacher, cuts, &round, dopt, &mut prog)?;
-            distill_reports[i] = Some(rep);
+    let mut distill_reports = match (&opts.distill, calib) {
+        (Some(dopt), Some(c)) => {
+            let t0 = Instant::now();
+            let r = distill_widths(input, &layers, c, dopt, &mut cuts, progress)?;
+            t.distill += t0.elapsed().as_secs_f64();
+            r.into_iter().map(Some).collect()
         }
-        t.distill += t0.elapsed().as_secs_f64();
-    }
+        _ => vec![None; targets.len()],
+    };
 
     let gib = crate::compile::inspect::GIB;
     let batch = (targets.len() > 1).then(|| BatchReport {
@@ -814,42 +566,10 @@ pub fn compile_batch(
         streams: n_streams,
         note: "timings, peak heap and RSS are the whole run's, shared by every width",
     });
-    let calibration = calib.map(|c| CalibrationReport {
-        sequences: c.n_seq,
-        seq_len: c.seq_len,
-        tokens: c.tokens(),
-        sources: c
-            .sources
-            .iter()
-            .map(|s| SourceReport {
-                path: s.path.display().to_string(),
-                weight: s.weight,
-                sequences: s.sequences,
-                tokens: s.tokens,
-            })
-            .collect(),
-        self_generated: c.generated.as_ref().map(|g| g.report.clone()),
-    });
+    let calibration = calib.map(CalibrationReport::of);
     // A self-generated set is saved with each output, so the compile can be repeated with
     // `--calib-ids` (and the text read).
-    let extras: Vec<(String, Vec<u8>)> = match calib.and_then(|c| Some((c, c.generated.as_ref()?)))
-    {
-        Some((c, g)) => vec![
-            (
-                "calibration-ids.safetensors".to_string(),
-                crate::checkpoint::safetensors::encode_i64_tensor(
-                    "input_ids",
-                    &c.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                    &[c.n_seq, c.seq_len],
-                ),
-            ),
-            (
-                "calibration-self.txt".to_string(),
-                g.text.clone().into_bytes(),
-            ),
-        ],
-        None => Vec::new(),
-    };
+    let extras = calib.map(CalibSet::saved_files).unwrap_or_default();
     let mut outcomes = Vec::with_capacity(targets.len());
     for (i, (target, cuts)) in targets.iter().zip(cuts).enumerate() {
         let (rw, k) = (rws[i], ks[i]);
@@ -935,4 +655,45 @@ pub fn compile_batch(
         outcomes.push(Outcome { report, width: rw });
     }
     Ok(outcomes)
+}
+
+/// Distillation of every width's layers (`--distill`), one after the other against one teacher:
+/// each width's report, in target order.
+fn distill_widths(
+    input: &Path,
+    layers: &Layers<'_>,
+    calib: &CalibSet,
+    opts: &DistillOptions,
+    cuts: &mut [Vec<LayerCut>],
+    progress: Progress<'_>,
+) -> Result<Vec<DistillReport>> {
+    let (cfg, ks) = (layers.cfg, layers.ks);
+    let teacher = crate::compile::distill::Teacher::new(input, cfg, layers.store, calib, opts)?;
+    let dtypes = (0..cfg.num_layers)
+        .map(|l| {
+            Ok::<_, Error>([
+                layers.dtype(l, LayerTensor::Gate)?,
+                layers.dtype(l, LayerTensor::Up)?,
+                layers.dtype(l, LayerTensor::Down)?,
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let round = |l: usize, m: &mut crate::cpu::grad::Mlp| {
+        round_to_dtype(&mut m.gate, dtypes[l][0]);
+        round_to_dtype(&mut m.up, dtypes[l][1]);
+        round_to_dtype(&mut m.down, dtypes[l][2]);
+    };
+    let mut reports = Vec::with_capacity(cuts.len());
+    for (i, cuts) in cuts.iter_mut().enumerate() {
+        let name = if ks.len() > 1 {
+            format!("distill (width {})", ks[i])
+        } else {
+            "distill".to_string()
+        };
+        let mut prog = |done: u64, total: u64| progress(&name, done, total);
+        reports.push(crate::compile::distill::distill(
+            &teacher, cuts, &round, opts, &mut prog,
+        )?);
+    }
+    Ok(reports)
 }

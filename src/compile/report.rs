@@ -112,6 +112,27 @@ pub struct CalibrationReport {
     pub self_generated: Option<crate::compile::selfgen::SelfGenReport>,
 }
 
+impl CalibrationReport {
+    pub fn of(c: &crate::compile::calib::CalibSet) -> CalibrationReport {
+        CalibrationReport {
+            sequences: c.n_seq,
+            seq_len: c.seq_len,
+            tokens: c.tokens(),
+            sources: c
+                .sources
+                .iter()
+                .map(|s| SourceReport {
+                    path: s.path.display().to_string(),
+                    weight: s.weight,
+                    sequences: s.sequences,
+                    tokens: s.tokens,
+                })
+                .collect(),
+            self_generated: c.generated.as_ref().map(|g| g.report.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceReport {
     pub path: String,
