@@ -104,7 +104,7 @@ impl CalibSet {
 
     /// The files saved beside each output when a source is `self` (name, bytes): the whole set
     /// as `calibration-ids.safetensors` (`--calib-ids` on it repeats the compile) and the
-    /// generated sequences decoded as `calibration-self.txt`. None for file sources only.
+    /// generated sequences decoded as `calibration-self.txt`. Empty when no source is `self`.
     pub fn saved_files(&self) -> Vec<(String, Vec<u8>)> {
         let Some(g) = &self.generated else {
             return Vec::new();
