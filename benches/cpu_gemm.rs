@@ -6,7 +6,8 @@
 //! of width 2048: Σa, Σa², the Gram's upper block triangle, mirrored into f64) with the f32 and
 //! the bf16 Gram.
 //!
-//! `cargo bench --bench cpu_gemm` (env: REPS, default 7; M, default 512).
+//! `cargo bench --bench cpu_gemm` (env: REPS, default 7; M, default 512; `WHITTLE_CPU_AMX=on`
+//! times the AMX kernel where the CPU has it).
 
 use std::time::Instant;
 use whittle::cpu::bf16::{self, Kernel};

@@ -1,5 +1,5 @@
 //! The CPU bf16 GEMM (src/cpu/bf16.rs): every kernel this machine has against the scalar model of
-//! its rounding (bitwise) and against an f64 product of the bf16-rounded inputs (error bound);
+//! its rounding (bitwise; AMX also under an emulator in tests/cpu_amx.rs) and against an f64 product of the bf16-rounded inputs (error bound);
 //! the `WHITTLE_CPU_BF16=off` switch leaves the f32 path exactly as `--precision f32`.
 
 mod common;
@@ -48,7 +48,12 @@ fn supported_or_skip(test: &str) -> Vec<Kernel> {
     if !ks.contains(&Kernel::Avx512Bf16) {
         eprintln!("{test}: avx512-bf16 skipped: the CPU lacks avx512f + avx512bf16");
     }
-    eprintln!("{test}: amx skipped: not implemented");
+    if !ks.contains(&Kernel::Amx) {
+        eprintln!(
+            "{test}: amx-bf16 skipped: the CPU lacks AMX-BF16 or WHITTLE_CPU_AMX is not on \
+             (tests/cpu_amx.rs runs it under an emulator)"
+        );
+    }
     ks
 }
 
@@ -58,7 +63,7 @@ fn kernels_equal_the_scalar_model_bitwise() {
         for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
             let x = values(m * k, 2 * si as u64 + 1);
             let w = values(n * k, 2 * si as u64 + 2);
-            let want = bf16::linear_model(&x, Mat::F32(&w), m, k, n);
+            let want = bf16::linear_model_for(kernel, &x, Mat::F32(&w), m, k, n);
             // Written into a wider matrix: columns past n must keep their sentinel.
             let ld = n + 3;
             let mut y = vec![f32::NAN; m * ld];

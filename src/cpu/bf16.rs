@@ -12,14 +12,16 @@
 //! zero and a denormal result flushed to zero. [`linear_model`] is that arithmetic in scalar
 //! code; every kernel equals it bitwise (tests/cpu_bf16.rs).
 //!
-//! Kernels: AVX-512 BF16 (`vdpbf16ps`: Intel since Cooper Lake, AMD Zen 4/5). AMX (`tdpbf16ps`)
-//! is not implemented.
+//! Kernels: AVX-512 BF16 (`vdpbf16ps`: Intel since Cooper Lake, AMD Zen 4/5), and AMX-BF16
+//! (`tdpbf16ps`, Intel since Sapphire Rapids; opt-in, `cpu::amx`) for [`linear`] only, whose
+//! sums run in 16-pair steps ([`linear_model_for`]).
 //!
 //! Layout: x is packed in blocks of MR rows as `[k/2][MR]` u32 pairs (low half = even k), w in
 //! panels of NR columns as `[k/2][NR]` pairs; k is padded to even, rows to MR and columns to NR
 //! with zeros. The micro-kernel keeps an MR × NR tile in 24 zmm accumulators over the whole k (no
 //! k blocking, so the summation order is the scalar model's at every shape).
 
+use crate::cpu::amx;
 use crate::cpu::convert::{round_bits, round_pairs, round_zip, widen};
 use crate::cpu::gemv::Mat;
 use rayon::prelude::*;
@@ -109,6 +111,9 @@ impl Vendor {
 pub enum Kernel {
     /// `vdpbf16ps` on zmm registers (target features avx512f + avx512bf16).
     Avx512Bf16,
+    /// `tdpbf16ps` tiles for [`linear`] (`cpu::amx`); the Gram matrix and attention blocks run
+    /// `vdpbf16ps`, which every AMX CPU has.
+    Amx,
 }
 
 /// Environment variable that hides every bf16 kernel (`off`): the f32 path runs as on a CPU
@@ -119,14 +124,19 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Bf16 => "avx512-bf16",
+            Kernel::Amx => "amx-bf16",
         }
     }
 
-    /// Every kernel this CPU supports, best first (tests run each).
+    /// Every kernel this CPU supports, best first (tests run each). AMX only with
+    /// `WHITTLE_CPU_AMX=on` (`cpu::amx`: not yet run on AMX hardware) and AVX-512 BF16 beside it.
     pub fn supported() -> Vec<Kernel> {
         let mut v = Vec::new();
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
+            if amx::enabled(std::env::var(amx::ENABLE_ENV).ok().as_deref()) && amx::usable() {
+                v.push(Kernel::Amx);
+            }
             v.push(Kernel::Avx512Bf16);
         }
         v
@@ -197,26 +207,27 @@ const NB_TASK: usize = 8;
 
 /// x [m, k] → blocks of MR rows, each `[kp][MR]` pairs (missing rows and the odd k are zero).
 fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
-    pack::<MR>(Mat::F32(x), m, k)
+    pack::<MR>(Mat::F32(x), m, k, k.div_ceil(2))
 }
 
-/// w [n, k] → panels of NR columns, each `[kp][NR]` pairs (missing columns and the odd k zero).
-fn pack_cols(w: Mat<'_>, n: usize, k: usize) -> Vec<u32> {
-    pack::<NR>(w, n, k)
+/// w [n, k] → panels of NR columns, each `[kpp][NR]` pairs (missing columns, the odd k and the
+/// pairs from ⌈k/2⌉ to kpp zero).
+fn pack_cols(w: Mat<'_>, n: usize, k: usize, kpp: usize) -> Vec<u32> {
+    pack::<NR>(w, n, k, kpp)
 }
 
 /// Pairs per row converted before they are transposed into a block: B rows of them stay in L1.
 const PACK_CHUNK: usize = 64;
 
-/// Rows of a [rows, k] matrix in blocks of B, each `[kp][B]` k-pairs: row r's pair p of block b
-/// at `b·kp·B + p·B + r` ([`pack_block`] per block, blocks in parallel).
-fn pack<const B: usize>(src: Mat<'_>, rows: usize, k: usize) -> Vec<u32> {
-    let kp = k.div_ceil(2);
-    let mut out = vec![0u32; rows.div_ceil(B) * kp * B];
-    if kp == 0 {
+/// Rows of a [rows, k] matrix in blocks of B, each `[kpp][B]` k-pairs (kpp ≥ ⌈k/2⌉, the rest
+/// zero): row r's pair p of block b at `b·kpp·B + p·B + r` ([`pack_block`] per block, blocks in
+/// parallel).
+fn pack<const B: usize>(src: Mat<'_>, rows: usize, k: usize, kpp: usize) -> Vec<u32> {
+    let mut out = vec![0u32; rows.div_ceil(B) * kpp * B];
+    if kpp == 0 {
         return out;
     }
-    out.par_chunks_mut(kp * B)
+    out.par_chunks_mut(kpp * B)
         .enumerate()
         .for_each(|(b, blk)| pack_block::<B>(src, k, b * B, B.min(rows - b * B), k, blk));
     out
@@ -375,22 +386,29 @@ impl<T> OutPtr<T> {
     }
 }
 
-/// x [m, k] rounded and packed for the kernel once, for several products with it
+/// x [m, k] rounded and packed for `kernel` once, for several products with it
 /// ([`linear_packed`]: q, k and v of one input; gate and up).
 pub struct PackedRows {
-    a: Vec<u32>, // [mb][kp][MR]
+    kernel: Kernel,
+    rows: Rows,
     m: usize,
     k: usize,
 }
 
+/// The packed x in the layout of its kernel.
+enum Rows {
+    Blocks(Vec<u32>), // [mb][kp][MR]
+    Amx(amx::AmxRows),
+}
+
 impl PackedRows {
-    pub fn new(x: &[f32], m: usize, k: usize) -> PackedRows {
+    pub fn new(kernel: Kernel, x: &[f32], m: usize, k: usize) -> PackedRows {
         assert_eq!(x.len(), m * k, "bf16 pack: x is not [m={m}, k={k}]");
-        PackedRows {
-            a: pack_rows(x, m, k),
-            m,
-            k,
-        }
+        let rows = match kernel {
+            Kernel::Avx512Bf16 => Rows::Blocks(pack_rows(x, m, k)),
+            Kernel::Amx => Rows::Amx(amx::AmxRows::new(x, m, k)),
+        };
+        PackedRows { kernel, rows, m, k }
     }
 }
 
@@ -407,11 +425,35 @@ pub fn linear(
     y: &mut [f32],
     ld: usize,
 ) {
-    linear_packed(kernel, &PackedRows::new(x, m, k), w, n, y, ld)
+    linear_packed(kernel, &PackedRows::new(kernel, x, m, k), w, n, y, ld)
 }
 
-/// [`linear`] of an x packed beforehand.
+/// [`linear`] of an x packed beforehand (for `kernel`).
 pub fn linear_packed(
+    kernel: Kernel,
+    x: &PackedRows,
+    w: Mat<'_>,
+    n: usize,
+    y: &mut [f32],
+    ld: usize,
+) {
+    assert!(
+        Kernel::supported().contains(&kernel),
+        "bf16 linear: this CPU cannot run {}",
+        kernel.name()
+    );
+    // SAFETY: the CPU runs `kernel` (checked above).
+    unsafe { linear_packed_unchecked(kernel, x, w, n, y, ld) }
+}
+
+/// [`linear_packed`] without asking the CPU whether it runs `kernel` (tests/cpu_amx.rs runs the
+/// AMX kernel under its emulator this way).
+///
+/// # Safety
+/// The CPU, or an emulator in this process, must execute `kernel`'s instructions (and, for AMX,
+/// this process hold the tile-data permission).
+#[doc(hidden)]
+pub unsafe fn linear_packed_unchecked(
     kernel: Kernel,
     x: &PackedRows,
     w: Mat<'_>,
@@ -429,17 +471,26 @@ pub fn linear_packed(
         ld >= n && (m == 0 || y.len() >= (m - 1) * ld + n),
         "bf16 linear: y cannot hold [m={m}, n={n}] at row stride {ld}"
     );
-    assert!(
-        Kernel::supported().contains(&kernel),
-        "bf16 linear: this CPU cannot run {}",
-        kernel.name()
+    assert_eq!(
+        x.kernel,
+        kernel,
+        "bf16 linear: x was packed for {}",
+        x.kernel.name()
     );
     if m == 0 || n == 0 {
         return;
     }
+    let a = match &x.rows {
+        Rows::Blocks(a) => a, // [mb][kp][MR]
+        Rows::Amx(a) => {
+            let b = pack_cols(w, n, k, a.kpp); // [nb][kpp][NR]
+                                               // SAFETY: the caller guarantees AMX; y holds [m, n] at stride ld (checked above),
+                                               // b is [⌈n/32⌉][kpp][32].
+            return unsafe { amx::linear(a, &b, n, y.as_mut_ptr(), ld) };
+        }
+    };
     let kp = k.div_ceil(2);
-    let a = &x.a; // [mb][kp][MR]
-    let b = pack_cols(w, n, k); // [nb][kp][NR]
+    let b = pack_cols(w, n, k, kp); // [nb][kp][NR]
     let (mb, nb) = (m.div_ceil(MR), n.div_ceil(NR));
     let (tm, tn) = (mb.div_ceil(MB_TASK), nb.div_ceil(NB_TASK));
     let out = OutPtr(y.as_mut_ptr());
@@ -607,10 +658,13 @@ unsafe fn tile(
     cols: usize,
 ) {
     match kernel {
+        // The Gram matrix and attention blocks run vdpbf16ps on AMX CPUs too (`Kernel::Amx`).
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Bf16 => tile_avx512bf16(a, b, kp, c, ldc, rows, cols),
+        Kernel::Avx512Bf16 | Kernel::Amx => tile_avx512bf16(a, b, kp, c, ldc, rows, cols),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx512Bf16 => unreachable!("Kernel::supported lists no x86 kernel elsewhere"),
+        Kernel::Avx512Bf16 | Kernel::Amx => {
+            unreachable!("Kernel::supported lists no x86 kernel elsewhere")
+        }
     }
 }
 
@@ -671,7 +725,31 @@ fn ftz(v: f32) -> f32 {
     }
 }
 
-/// The scalar model of every kernel: same rounding, same order, no SIMD. `y` is `[m, n]`.
+/// The scalar model of [`linear`] on `kernel`: [`linear_model`] for AVX-512 BF16,
+/// `amx::model` for AMX. `y` is `[m, n]`.
+pub fn linear_model_for(
+    kernel: Kernel,
+    x: &[f32],
+    w: Mat<'_>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    match kernel {
+        Kernel::Avx512Bf16 => linear_model(x, w, m, k, n),
+        Kernel::Amx => {
+            let xb: Vec<u16> = x.iter().map(|&v| round_bits(v)).collect();
+            let wb: Vec<u16> = match w {
+                Mat::F32(w) => w.iter().map(|&v| round_bits(v)).collect(),
+                Mat::Bf16(w) => w.to_vec(),
+            };
+            amx::model(&xb, &wb, m, k, n)
+        }
+    }
+}
+
+/// The scalar model of the `vdpbf16ps` kernel (every product but AMX's [`linear`]): same
+/// rounding, same order, no SIMD. `y` is `[m, n]`.
 pub fn linear_model(x: &[f32], w: Mat<'_>, m: usize, k: usize, n: usize) -> Vec<f32> {
     let xb: Vec<u16> = x.iter().map(|&v| round_bits(v)).collect(); // [m, k]
     let wb: Vec<u16> = match w {

@@ -79,7 +79,7 @@ pub fn linears<const N: usize>(
     let Some(kernel) = super::bf16::active() else {
         return ws.map(|(w, n)| linear(x, w, m, k, n));
     };
-    let packed = super::bf16::PackedRows::new(x, m, k);
+    let packed = super::bf16::PackedRows::new(kernel, x, m, k);
     ws.map(|(w, n)| {
         assert_eq!(w.len(), n * k, "linear: w is not [n={n}, k={k}]");
         let mut y = vec![0f32; m * n]; // [m, n]
