@@ -1,4 +1,4 @@
-//! The AMX-BF16 kernel (src/cpu/amx.rs) on any x86-64 Linux machine: where the CPU has no AMX,
+//! The AMX-BF16 kernels (src/cpu/amx.rs: `linear`, `gram_upper`) on any x86-64 Linux machine: where the CPU has no AMX,
 //! its six instructions (ldtilecfg, tilerelease, tilezero, tileloadd, tilestored, tdpbf16ps)
 //! raise SIGILL, and the handler below decodes and executes them on a per-thread tile state —
 //! TDPBF16PS as the Intel SDM defines it (two f32 accumulators per output over the tile's
@@ -348,6 +348,48 @@ fn amx_linear_equals_the_sdm_model_bitwise() {
     }
     // Where the CPU has no AMX, every tile instruction went through the emulator.
     assert!(amx::usable() || EMULATED.load(Ordering::Relaxed) > 0);
+}
+
+/// The AMX Gram (`gram_upper`: both operands packed from token rows, the feature rows
+/// transposed 16 token pairs at a time) against `amx::model` of xᵀ·x, bitwise on the upper block
+/// triangle, nothing written below it: odd token counts, widths off the block, one block row and
+/// several.
+#[test]
+fn amx_gram_equals_the_sdm_model_bitwise() {
+    install();
+    for (si, &(t, w, block)) in [
+        (1usize, 1usize, 32usize),
+        (7, 13, 32),
+        (33, 40, 32),
+        (64, 100, 64),
+        (257, 300, 96),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = values(t * w, 200 + si as u64); // [t, w]
+        let xt: Vec<f32> = (0..w * t).map(|i| x[(i % t) * w + i / t]).collect(); // [w, t]
+        let want = bf16::linear_model_for(Kernel::Amx, &xt, Mat::F32(&xt), w, t, w);
+        let ld = w + 2;
+        let mut y = vec![f32::NAN; w * ld];
+        // SAFETY: the CPU runs AMX or the SIGILL emulator stands in.
+        unsafe { bf16::gram_upper_unchecked(Kernel::Amx, &x, t, w, block, &mut y, ld) };
+        for i in 0..w {
+            for j in 0..ld {
+                let got = y[i * ld + j];
+                if j < w && j >= i / block * block {
+                    let exp = want[i * w + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        exp.to_bits(),
+                        "t={t} w={w} block={block} at [{i}, {j}]: {got:e} vs {exp:e}"
+                    );
+                } else {
+                    assert!(got.is_nan(), "t={t} w={w}: [{i}, {j}] was written");
+                }
+            }
+        }
+    }
 }
 
 /// The model itself against exact arithmetic on the rounded inputs: its 16-pair steps keep it

@@ -113,7 +113,7 @@ fn gram_upper_equals_the_scalar_model_bitwise() {
         {
             let x = values(t * w, 100 + si as u64); // [t, w]
             let xt: Vec<f32> = (0..w * t).map(|i| x[(i % t) * w + i / t]).collect(); // [w, t]
-            let want = bf16::linear_model(&xt, Mat::F32(&xt), w, t, w);
+            let want = bf16::linear_model_for(kernel, &xt, Mat::F32(&xt), w, t, w);
             let ld = w + 2;
             let mut y = vec![f32::NAN; w * ld];
             bf16::gram_upper(kernel, &x, t, w, block, &mut y, ld);

@@ -1,6 +1,6 @@
-//! AMX-BF16 (`tdpbf16ps`, Intel since Sapphire Rapids) under [`super::bf16::linear`]: the
-//! projections and LM head. The Gram matrix and attention blocks stay on `vdpbf16ps`, which
-//! every AMX CPU also has.
+//! AMX-BF16 (`tdpbf16ps`, Intel since Sapphire Rapids) under [`super::bf16::linear`] (the
+//! projections and LM head) and [`super::bf16::gram_upper`] (the calibration Gram matrix). The
+//! attention blocks stay on `vdpbf16ps`, which every AMX CPU also has.
 //!
 //! Arithmetic (Intel SDM, TDPBF16PS; the same in Bochs 3.0's `amx.cc`): one instruction takes a
 //! 16-row A tile of 16 k-pairs and a B tile of 16 k-pair rows × 16 columns. For each output it
@@ -20,8 +20,7 @@
 //! opt-in (`WHITTLE_CPU_AMX=on`) until a machine with AMX has run that test natively and
 //! `bench-cpu-bf16.sh` has timed it.
 
-use crate::cpu::convert::round_pairs;
-use crate::cpu::convert::widen;
+use crate::cpu::convert::{round_pairs, round_zip, widen};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -170,7 +169,7 @@ pub unsafe fn linear(x: &AmxRows, b: &[u32], n: usize, y: *mut f32, ld: usize) {
             let a = &x.a[i * BLOCK_M * kpp..][..BLOCK_M * kpp];
             let panel = &b[j * kpp * BLOCK_N..][..kpp * BLOCK_N];
             // SAFETY: a holds 32 rows of kpp pairs, panel kpp rows of 32 pairs, c 32 × 32.
-            unsafe { block(a, panel, kpp, &mut c) };
+            unsafe { block_product(a, panel, kpp, &mut c) };
             let rows = BLOCK_M.min(m - i * BLOCK_M);
             let cols = BLOCK_N.min(n - j * BLOCK_N);
             for (r, cr) in c.iter().enumerate().take(rows) {
@@ -178,6 +177,94 @@ pub unsafe fn linear(x: &AmxRows, b: &[u32], n: usize, y: *mut f32, ld: usize) {
                 // and block (i, j) belongs to this task alone.
                 let dst = unsafe { out.get().add((i * BLOCK_M + r) * ld + j * BLOCK_N) };
                 unsafe { std::ptr::copy_nonoverlapping(cr.as_ptr(), dst, cols) };
+            }
+        }
+        // SAFETY: releases this thread's tile state.
+        unsafe { release() };
+    });
+}
+
+/// Token pairs per packing task of [`gram_upper`]: one 64-byte line of each feature's row.
+const GRAM_PAIRS: usize = TILE_KP;
+
+/// [`super::bf16::gram_upper`] on AMX: the upper block triangle of xᵀx for x [t, w], entry
+/// (i, j) summed over the tokens as [`model`]`(xᵀ, xᵀ)` sums k (token pairs in 16-pair steps).
+/// Both operands come from one pass over x, 16 token pairs per task: each pair of token rows is
+/// rounded once (`round_zip`), copied into the column panels (`[w/32][kpp][32]`, as `linear`'s
+/// w) and transposed into the feature rows (`[w padded to 32][kpp]`, as `linear`'s x).
+///
+/// # Safety
+/// As [`linear`]. `block` is a positive multiple of 32, y holds `[w, w]` at row stride ld ≥ w.
+pub unsafe fn gram_upper(x: &[f32], t: usize, w: usize, block: usize, y: *mut f32, ld: usize) {
+    let kpp = padded_pairs(t);
+    if w == 0 || t == 0 {
+        return;
+    }
+    let kp = t.div_ceil(2);
+    let nb = w.div_ceil(BLOCK_N);
+    let mut panels = vec![0u32; nb * kpp * BLOCK_N]; // [nb][kpp][32]
+    let mut rows = vec![0u32; nb * BLOCK_M * kpp]; // [w padded to 32][kpp]
+    let (pp, rp) = (
+        Out(panels.as_mut_ptr() as *mut f32),
+        Out(rows.as_mut_ptr() as *mut f32),
+    );
+    (0..kp.div_ceil(GRAM_PAIRS)).into_par_iter().for_each(|c| {
+        let p0 = c * GRAM_PAIRS;
+        let np = GRAM_PAIRS.min(kp - p0);
+        let mut pairs = vec![0u32; GRAM_PAIRS * w]; // [16][w]: token pair p0 + q's features
+        for q in 0..np {
+            let p = p0 + q;
+            let lo = &x[2 * p * w..][..w];
+            let hi = (2 * p + 1 < t).then(|| &x[(2 * p + 1) * w..][..w]);
+            round_zip(lo, hi, &mut pairs[q * w..][..w]);
+        }
+        let (panels, rows) = (pp.get() as *mut u32, rp.get() as *mut u32);
+        for q in 0..np {
+            for j in 0..nb {
+                let n = BLOCK_N.min(w - j * BLOCK_N);
+                // SAFETY: cell (j, p0 + q, 0..n) of panels [nb][kpp][32] is in bounds and token
+                // pair p0 + q belongs to this task alone.
+                unsafe {
+                    let dst = panels.add((j * kpp + p0 + q) * BLOCK_N);
+                    std::ptr::copy_nonoverlapping(pairs.as_ptr().add(q * w + j * BLOCK_N), dst, n);
+                }
+            }
+        }
+        for i in 0..w {
+            // SAFETY: row i's pairs p0..p0 + np of rows [w′][kpp] are in bounds and this task's.
+            let dst = unsafe { std::slice::from_raw_parts_mut(rows.add(i * kpp + p0), np) };
+            for (q, d) in dst.iter_mut().enumerate() {
+                *d = pairs[q * w + i];
+            }
+        }
+    });
+    // Tasks: one 32-row block of a block row × the panels on or right of its diagonal.
+    let tasks: Vec<(usize, usize)> = (0..w)
+        .step_by(BLOCK_M)
+        .flat_map(|r0| {
+            let b0 = r0 / block * block;
+            (b0 / BLOCK_N..nb).step_by(NB_TASK).map(move |j0| (r0, j0))
+        })
+        .collect();
+    let out = Out(y);
+    tasks.into_par_iter().for_each(|(r0, j0)| {
+        let b_end = (r0 / block * block + block).min(w);
+        let mut c = [[0f32; BLOCK_N]; BLOCK_M];
+        // SAFETY: the caller guarantees AMX.
+        unsafe { load_config() };
+        let a = &rows[r0 * kpp..][..BLOCK_M * kpp];
+        for j in j0..nb.min(j0 + NB_TASK) {
+            let panel = &panels[j * kpp * BLOCK_N..][..kpp * BLOCK_N];
+            // SAFETY: a holds 32 rows of kpp pairs, panel kpp rows of 32 pairs.
+            unsafe { block_product(a, panel, kpp, &mut c) };
+            let cols = BLOCK_N.min(w - j * BLOCK_N);
+            for (r, cr) in c.iter().enumerate().take(BLOCK_M.min(b_end - r0)) {
+                // SAFETY: row r0 + r < w and columns j·32 .. j·32 + cols ≤ w lie inside y; the
+                // (row block, panel) pair is this task's alone.
+                unsafe {
+                    let dst = out.get().add((r0 + r) * ld + j * BLOCK_N);
+                    std::ptr::copy_nonoverlapping(cr.as_ptr(), dst, cols);
+                }
             }
         }
         // SAFETY: releases this thread's tile state.
@@ -197,7 +284,7 @@ unsafe fn release() {
 
 /// One 32 × 32 block: C = A[32, kpp pairs] · panel[kpp pairs, 32], in 16-pair steps.
 #[cfg(target_arch = "x86_64")]
-unsafe fn block(a: &[u32], panel: &[u32], kpp: usize, c: &mut [[f32; BLOCK_N]; BLOCK_M]) {
+unsafe fn block_product(a: &[u32], panel: &[u32], kpp: usize, c: &mut [[f32; BLOCK_N]; BLOCK_M]) {
     let sa = kpp * 4; // bytes per x row
     let sb = BLOCK_N * 4; // bytes per panel row
     let steps = kpp / TILE_KP;
@@ -252,7 +339,7 @@ unsafe fn load_config() {
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn release() {}
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block(_: &[u32], _: &[u32], _: usize, _: &mut [[f32; BLOCK_N]; BLOCK_M]) {
+unsafe fn block_product(_: &[u32], _: &[u32], _: usize, _: &mut [[f32; BLOCK_N]; BLOCK_M]) {
     unreachable!("AMX exists on x86_64 only")
 }
 

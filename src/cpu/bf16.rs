@@ -13,8 +13,8 @@
 //! code; every kernel equals it bitwise (tests/cpu_bf16.rs).
 //!
 //! Kernels: AVX-512 BF16 (`vdpbf16ps`: Intel since Cooper Lake, AMD Zen 4/5), and AMX-BF16
-//! (`tdpbf16ps`, Intel since Sapphire Rapids; opt-in, `cpu::amx`) for [`linear`] only, whose
-//! sums run in 16-pair steps ([`linear_model_for`]).
+//! (`tdpbf16ps`, Intel since Sapphire Rapids; opt-in, `cpu::amx`) for [`linear`] and
+//! [`gram_upper`], whose sums run in 16-pair steps ([`linear_model_for`]).
 //!
 //! Layout: x is packed in blocks of MR rows as `[k/2][MR]` u32 pairs (low half = even k), w in
 //! panels of NR columns as `[k/2][NR]` pairs; k is padded to even, rows to MR and columns to NR
@@ -111,8 +111,8 @@ impl Vendor {
 pub enum Kernel {
     /// `vdpbf16ps` on zmm registers (target features avx512f + avx512bf16).
     Avx512Bf16,
-    /// `tdpbf16ps` tiles for [`linear`] (`cpu::amx`); the Gram matrix and attention blocks run
-    /// `vdpbf16ps`, which every AMX CPU has.
+    /// `tdpbf16ps` tiles for [`linear`] and [`gram_upper`] (`cpu::amx`); the attention blocks
+    /// run `vdpbf16ps`, which every AMX CPU has.
     Amx,
 }
 
@@ -524,12 +524,36 @@ pub unsafe fn linear_packed_unchecked(
 
 /// The upper block triangle of the Gram matrix of x [t, w] (t tokens of w features):
 /// `y[i·ld + j] = Σₛ bf16(x[s, i]) · bf16(x[s, j])` for every block row b0 = 0, block, 2·block, …
-/// (rows b0..b0+block, columns b0..w), each entry summed over s as [`linear_model`]`(xᵀ, xᵀ)`
-/// sums k. Entries below the block diagonal are left alone. Both operands are packed straight
+/// (rows b0..b0+block, columns b0..w), each entry summed over s as
+/// [`linear_model_for`]`(kernel, xᵀ, xᵀ)` sums k. Entries below the block diagonal are left alone. Both operands are packed straight
 /// from x (a pair of tokens at a time, contiguous features), the column panels once for every
 /// block row — no transpose, no repacking per block.
 #[allow(clippy::too_many_arguments)]
 pub fn gram_upper(
+    kernel: Kernel,
+    x: &[f32],
+    t: usize,
+    w: usize,
+    block: usize,
+    y: &mut [f32],
+    ld: usize,
+) {
+    assert!(
+        Kernel::supported().contains(&kernel),
+        "bf16 gram: this CPU cannot run {}",
+        kernel.name()
+    );
+    // SAFETY: the CPU runs `kernel` (checked above).
+    unsafe { gram_upper_unchecked(kernel, x, t, w, block, y, ld) }
+}
+
+/// [`gram_upper`] without asking the CPU whether it runs `kernel` (tests/cpu_amx.rs).
+///
+/// # Safety
+/// As [`linear_packed_unchecked`].
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gram_upper_unchecked(
     kernel: Kernel,
     x: &[f32],
     t: usize,
@@ -547,11 +571,10 @@ pub fn gram_upper(
         ld >= w && (w == 0 || y.len() >= (w - 1) * ld + w),
         "bf16 gram: y cannot hold [{w}, {w}] at row stride {ld}"
     );
-    assert!(
-        Kernel::supported().contains(&kernel),
-        "bf16 gram: this CPU cannot run {}",
-        kernel.name()
-    );
+    if kernel == Kernel::Amx {
+        // SAFETY: the caller guarantees AMX; block and y checked above.
+        return unsafe { amx::gram_upper(x, t, w, block, y.as_mut_ptr(), ld) };
+    }
     let kp = t.div_ceil(2);
     if w == 0 || kp == 0 {
         return;
@@ -658,7 +681,7 @@ unsafe fn tile(
     cols: usize,
 ) {
     match kernel {
-        // The Gram matrix and attention blocks run vdpbf16ps on AMX CPUs too (`Kernel::Amx`).
+        // Attention blocks run vdpbf16ps on AMX CPUs too (`Kernel::Amx`).
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 | Kernel::Amx => tile_avx512bf16(a, b, kp, c, ldc, rows, cols),
         #[cfg(not(target_arch = "x86_64"))]
@@ -748,7 +771,7 @@ pub fn linear_model_for(
     }
 }
 
-/// The scalar model of the `vdpbf16ps` kernel (every product but AMX's [`linear`]): same
+/// The scalar model of the `vdpbf16ps` kernel (every product but AMX's): same
 /// rounding, same order, no SIMD. `y` is `[m, n]`.
 pub fn linear_model(x: &[f32], w: Mat<'_>, m: usize, k: usize, n: usize) -> Vec<f32> {
     let xb: Vec<u16> = x.iter().map(|&v| round_bits(v)).collect(); // [m, k]
