@@ -11,6 +11,9 @@
 
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
+mod common;
+
+use common::bf16::{assert_gram_upper_bitwise, assert_rows_bitwise, transpose};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use whittle::cpu::amx;
@@ -281,22 +284,17 @@ fn install() {
     });
 }
 
-/// Deterministic values over several binades with zeros, tiny values (bf16 denormals after
-/// rounding: DAZ) and both signs.
+/// The shared test values with signed zeros and bf16 denormals (read as zero: DAZ) mixed in.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = whittle::rng::XorShift64::new(seed);
-    (0..n)
-        .map(|i| {
-            let s = r.next_u64();
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            match i % 89 {
-                0 => 0.0,
-                1 => -0.0,
-                2 => u * 1e-39,
-                _ => u * (1 << (s % 7)) as f32,
-            }
-        })
-        .collect()
+    let mut v = common::bf16::values(n, seed);
+    for (i, x) in v.iter_mut().enumerate() {
+        match i % 89 {
+            1 => *x = -0.0,
+            2 => *x *= 1e-38, // |x| ≤ 8·1e-38: a bf16 denormal or zero once rounded
+            _ => {}
+        }
+    }
+    v
 }
 
 /// The AMX path of `linear` (packing x for AMX, panels padded to whole tiles, 32 × 32 blocks)
@@ -333,17 +331,7 @@ fn amx_linear_equals_the_sdm_model_bitwise() {
             let packed = PackedRows::new(Kernel::Amx, &x, m, k);
             // SAFETY: the CPU runs AMX or the SIGILL emulator installed above stands in.
             unsafe { bf16::linear_packed_unchecked(Kernel::Amx, &packed, weights, n, &mut y, ld) };
-            for r in 0..m {
-                for c in 0..n {
-                    let (got, exp) = (y[r * ld + c], want[r * n + c]);
-                    assert_eq!(
-                        got.to_bits(),
-                        exp.to_bits(),
-                        "m={m} k={k} n={n} at [{r}, {c}]: {got:e} vs model {exp:e}"
-                    );
-                }
-                assert!(y[r * ld + n..r * ld + ld].iter().all(|v| v.is_nan()));
-            }
+            assert_rows_bitwise(&format!("m={m} k={k} n={n}"), &y, &want, m, n, ld);
         }
     }
     // Where the CPU has no AMX, every tile instruction went through the emulator.
@@ -368,27 +356,14 @@ fn amx_gram_equals_the_sdm_model_bitwise() {
     .enumerate()
     {
         let x = values(t * w, 200 + si as u64); // [t, w]
-        let xt: Vec<f32> = (0..w * t).map(|i| x[(i % t) * w + i / t]).collect(); // [w, t]
+        let xt = transpose(&x, t, w); // [w, t]
         let want = bf16::linear_model_for(Kernel::Amx, &xt, Mat::F32(&xt), w, t, w);
         let ld = w + 2;
         let mut y = vec![f32::NAN; w * ld];
         // SAFETY: the CPU runs AMX or the SIGILL emulator stands in.
         unsafe { bf16::gram_upper_unchecked(Kernel::Amx, &x, t, w, block, &mut y, ld) };
-        for i in 0..w {
-            for j in 0..ld {
-                let got = y[i * ld + j];
-                if j < w && j >= i / block * block {
-                    let exp = want[i * w + j];
-                    assert_eq!(
-                        got.to_bits(),
-                        exp.to_bits(),
-                        "t={t} w={w} block={block} at [{i}, {j}]: {got:e} vs {exp:e}"
-                    );
-                } else {
-                    assert!(got.is_nan(), "t={t} w={w}: [{i}, {j}] was written");
-                }
-            }
-        }
+        let what = format!("t={t} w={w} block={block}");
+        assert_gram_upper_bitwise(&what, &y, &want, w, ld, block);
     }
 }
 

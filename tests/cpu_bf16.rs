@@ -4,24 +4,9 @@
 
 mod common;
 
+use common::bf16::{assert_gram_upper_bitwise, assert_rows_bitwise, transpose, values};
 use whittle::cpu::bf16::{self, Kernel, Precision};
 use whittle::cpu::decode::Mat;
-
-/// Deterministic values spread over several binades, with exact zeros and a few tiny ones.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = whittle::rng::XorShift64::new(seed);
-    (0..n)
-        .map(|i| {
-            let s = r.next_u64();
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5; // [-0.5, 0.5)
-            match i % 97 {
-                0 => 0.0,
-                1 => u * 1e-30,
-                _ => u * (1 << (s % 5)) as f32,
-            }
-        })
-        .collect()
-}
 
 fn widen(b: u16) -> f64 {
     whittle::cpu::convert::widen(b) as f64
@@ -68,18 +53,8 @@ fn kernels_equal_the_scalar_model_bitwise() {
             let ld = n + 3;
             let mut y = vec![f32::NAN; m * ld];
             bf16::linear(kernel, &x, Mat::F32(&w), m, k, n, &mut y, ld);
-            for r in 0..m {
-                for c in 0..n {
-                    let (got, exp) = (y[r * ld + c], want[r * n + c]);
-                    assert_eq!(
-                        got.to_bits(),
-                        exp.to_bits(),
-                        "{} m={m} k={k} n={n} at [{r}, {c}]: {got:e} vs model {exp:e}",
-                        kernel.name()
-                    );
-                }
-                assert!(y[r * ld + n..r * ld + ld].iter().all(|v| v.is_nan()));
-            }
+            let what = format!("{} m={m} k={k} n={n}", kernel.name());
+            assert_rows_bitwise(&what, &y, &want, m, n, ld);
             // The same weights as bf16 bits give the same result.
             let wb: Vec<u16> = w
                 .iter()
@@ -112,27 +87,13 @@ fn gram_upper_equals_the_scalar_model_bitwise() {
         .enumerate()
         {
             let x = values(t * w, 100 + si as u64); // [t, w]
-            let xt: Vec<f32> = (0..w * t).map(|i| x[(i % t) * w + i / t]).collect(); // [w, t]
+            let xt = transpose(&x, t, w); // [w, t]
             let want = bf16::linear_model_for(kernel, &xt, Mat::F32(&xt), w, t, w);
             let ld = w + 2;
             let mut y = vec![f32::NAN; w * ld];
             bf16::gram_upper(kernel, &x, t, w, block, &mut y, ld);
-            for i in 0..w {
-                for j in 0..ld {
-                    let got = y[i * ld + j];
-                    if j < w && j >= i / block * block {
-                        let exp = want[i * w + j];
-                        assert_eq!(
-                            got.to_bits(),
-                            exp.to_bits(),
-                            "{} t={t} w={w} block={block} at [{i}, {j}]: {got:e} vs {exp:e}",
-                            kernel.name()
-                        );
-                    } else {
-                        assert!(got.is_nan(), "t={t} w={w}: [{i}, {j}] was written");
-                    }
-                }
-            }
+            let what = format!("{} t={t} w={w} block={block}", kernel.name());
+            assert_gram_upper_bitwise(&what, &y, &want, w, ld, block);
         }
     }
 }

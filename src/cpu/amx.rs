@@ -20,7 +20,8 @@
 //! opt-in (`WHITTLE_CPU_AMX=on`) until a machine with AMX has run that test natively and
 //! `bench-cpu-bf16.sh` has timed it.
 
-use crate::cpu::convert::{round_pairs, round_zip, widen};
+use crate::cpu::convert::{ftz, round_pairs, round_zip, widen_daz};
+use crate::cpu::shared_out::SharedOut;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -130,17 +131,6 @@ impl TileConfig {
 
 static CONFIG: TileConfig = TileConfig::full();
 
-/// A shared output pointer for tasks writing disjoint blocks.
-struct Out(*mut f32);
-// SAFETY: every task writes its own blocks of y (see `linear`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-impl Out {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Panels per task: a task's x block stays in L1/L2 while the panels stream past.
 const NB_TASK: usize = 8;
 
@@ -159,7 +149,7 @@ pub unsafe fn linear(x: &AmxRows, b: &[u32], n: usize, y: *mut f32, ld: usize) {
     debug_assert!(b.len() >= n.div_ceil(BLOCK_N) * kpp * BLOCK_N);
     let (mb, nb) = (m.div_ceil(BLOCK_M), n.div_ceil(BLOCK_N));
     let tn = nb.div_ceil(NB_TASK);
-    let out = Out(y);
+    let out = SharedOut(y);
     (0..mb * tn).into_par_iter().for_each(|t| {
         let (i, tj) = (t % mb, t / mb);
         let mut c = [[0f32; BLOCK_N]; BLOCK_M];
@@ -204,10 +194,7 @@ pub unsafe fn gram_upper(x: &[f32], t: usize, w: usize, block: usize, y: *mut f3
     let nb = w.div_ceil(BLOCK_N);
     let mut panels = vec![0u32; nb * kpp * BLOCK_N]; // [nb][kpp][32]
     let mut rows = vec![0u32; nb * BLOCK_M * kpp]; // [w padded to 32][kpp]
-    let (pp, rp) = (
-        Out(panels.as_mut_ptr() as *mut f32),
-        Out(rows.as_mut_ptr() as *mut f32),
-    );
+    let (pp, rp) = (SharedOut(panels.as_mut_ptr()), SharedOut(rows.as_mut_ptr()));
     (0..kp.div_ceil(GRAM_PAIRS)).into_par_iter().for_each(|c| {
         let p0 = c * GRAM_PAIRS;
         let np = GRAM_PAIRS.min(kp - p0);
@@ -218,7 +205,7 @@ pub unsafe fn gram_upper(x: &[f32], t: usize, w: usize, block: usize, y: *mut f3
             let hi = (2 * p + 1 < t).then(|| &x[(2 * p + 1) * w..][..w]);
             round_zip(lo, hi, &mut pairs[q * w..][..w]);
         }
-        let (panels, rows) = (pp.get() as *mut u32, rp.get() as *mut u32);
+        let (panels, rows) = (pp.get(), rp.get());
         for q in 0..np {
             for j in 0..nb {
                 let n = BLOCK_N.min(w - j * BLOCK_N);
@@ -246,7 +233,7 @@ pub unsafe fn gram_upper(x: &[f32], t: usize, w: usize, block: usize, y: *mut f3
             (b0 / BLOCK_N..nb).step_by(NB_TASK).map(move |j0| (r0, j0))
         })
         .collect();
-    let out = Out(y);
+    let out = SharedOut(y);
     tasks.into_par_iter().for_each(|(r0, j0)| {
         let b_end = (r0 / block * block + block).min(w);
         let mut c = [[0f32; BLOCK_N]; BLOCK_M];
@@ -341,20 +328,6 @@ unsafe fn release() {}
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block_product(_: &[u32], _: &[u32], _: usize, _: &mut [[f32; BLOCK_N]; BLOCK_M]) {
     unreachable!("AMX exists on x86_64 only")
-}
-
-/// bf16 bits → f32, denormals read as zero of their sign.
-fn widen_daz(b: u16) -> f32 {
-    widen(if b & 0x7f80 == 0 { b & 0x8000 } else { b })
-}
-
-/// A denormal result flushed to a zero of its sign.
-fn ftz(v: f32) -> f32 {
-    if v.is_subnormal() {
-        0f32.copysign(v)
-    } else {
-        v
-    }
 }
 
 /// One `tdpbf16ps` output: `acc + (even + odd)` over 16 k-pairs `(x[2p], x[2p+1])`, `(w[..])`

@@ -22,8 +22,9 @@
 //! k blocking, so the summation order is the scalar model's at every shape).
 
 use crate::cpu::amx;
-use crate::cpu::convert::{round_bits, round_pairs, round_zip, widen};
+use crate::cpu::convert::{ftz, round_bits, round_pairs, round_zip, widen_daz};
 use crate::cpu::gemv::Mat;
+use crate::cpu::shared_out::SharedOut;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -375,17 +376,6 @@ pub fn gemm_serial(
     }
 }
 
-/// A buffer shared by tasks that write disjoint cells of it.
-struct OutPtr<T>(*mut T);
-// SAFETY: every task writes a distinct set of cells (see `linear`, `gram_upper`).
-unsafe impl<T> Send for OutPtr<T> {}
-unsafe impl<T> Sync for OutPtr<T> {}
-impl<T> OutPtr<T> {
-    fn get(&self) -> *mut T {
-        self.0
-    }
-}
-
 /// x [m, k] rounded and packed for `kernel` once, for several products with it
 /// ([`linear_packed`]: q, k and v of one input; gate and up).
 pub struct PackedRows {
@@ -493,7 +483,7 @@ pub unsafe fn linear_packed_unchecked(
     let b = pack_cols(w, n, k, kp); // [nb][kp][NR]
     let (mb, nb) = (m.div_ceil(MR), n.div_ceil(NR));
     let (tm, tn) = (mb.div_ceil(MB_TASK), nb.div_ceil(NB_TASK));
-    let out = OutPtr(y.as_mut_ptr());
+    let out = SharedOut(y.as_mut_ptr());
     (0..tm * tn).into_par_iter().for_each(|t| {
         let (ti, tj) = (t % tm, t / tm);
         for j in tj * NB_TASK..nb.min((tj + 1) * NB_TASK) {
@@ -593,7 +583,7 @@ pub unsafe fn gram_upper_unchecked(
     // block at that pair. Walking features a panel at a time instead reads 128 bytes per 8 KiB
     // token row: a TLB miss per read.
     const PAIRS: usize = 16;
-    let (pp, rp) = (OutPtr(panels.as_mut_ptr()), OutPtr(rows.as_mut_ptr()));
+    let (pp, rp) = (SharedOut(panels.as_mut_ptr()), SharedOut(rows.as_mut_ptr()));
     (0..kp.div_ceil(PAIRS)).into_par_iter().for_each(|c| {
         let mut pair = vec![0u32; w]; // [w] token pair p's features
         for p in c * PAIRS..kp.min((c + 1) * PAIRS) {
@@ -636,7 +626,7 @@ pub unsafe fn gram_upper_unchecked(
         }
         first = last;
     }
-    let out = OutPtr(y.as_mut_ptr());
+    let out = SharedOut(y.as_mut_ptr());
     tasks.into_par_iter().for_each(|(i0, i1, j0, b0)| {
         let b_end = (b0 + block).min(w);
         for j in j0..nb.min(j0 + NB_TASK) {
@@ -731,20 +721,6 @@ unsafe fn tile_avx512bf16(
             _mm512_mask_storeu_ps(row, m0, acc[0]);
             _mm512_mask_storeu_ps(row.add(16), m1, acc[1]);
         }
-    }
-}
-
-/// bf16 bits → f32 with denormals read as zero (the instruction's DAZ).
-fn widen_daz(b: u16) -> f32 {
-    widen(if b & 0x7f80 == 0 { b & 0x8000 } else { b })
-}
-
-/// A denormal result flushed to a zero of its sign (the instruction's FTZ).
-fn ftz(v: f32) -> f32 {
-    if v.is_subnormal() {
-        0f32.copysign(v)
-    } else {
-        v
     }
 }
 

@@ -16,6 +16,21 @@ pub fn widen_bf16_into(x: &[u16], out: &mut [f32]) {
         });
 }
 
+/// bf16 bits → f32 with a denormal read as a zero of its sign: the DAZ of `vdpbf16ps` and
+/// `tdpbf16ps`, for the scalar models of the bf16 GEMM kernels.
+pub fn widen_daz(b: u16) -> f32 {
+    widen(if b & 0x7f80 == 0 { b & 0x8000 } else { b })
+}
+
+/// A denormal f32 flushed to a zero of its sign: those instructions' FTZ.
+pub fn ftz(v: f32) -> f32 {
+    if v.is_subnormal() {
+        0f32.copysign(v)
+    } else {
+        v
+    }
+}
+
 /// bf16 bits of `v`, round-to-nearest-even (NaN stays NaN, quieted), as the GPU engine rounds:
 /// the bits of `half::bf16::from_f32` (tests/cpu_bf16.rs checks every class of input), without
 /// its branches, so the bf16 GEMM's packing loops vectorise. Adding 0x7fff plus the kept lsb

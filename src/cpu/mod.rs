@@ -29,4 +29,5 @@ pub mod model;
 pub mod norm;
 pub mod ops;
 pub mod rope;
+mod shared_out;
 pub mod wide;

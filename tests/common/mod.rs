@@ -2,6 +2,7 @@
 //! safetensors header encoder (so bad-input tests can corrupt one thing at a time).
 #![allow(dead_code)]
 
+pub mod bf16;
 pub mod check;
 
 use serde_json::{json, Value};
