@@ -190,6 +190,9 @@ pub fn in_use() -> &'static str {
 pub fn describe() -> String {
     match (precision(), active()) {
         (Precision::F32, _) => "f32 (gemm crate)".into(),
+        (Precision::Bf16, Some(Kernel::Amx)) => {
+            "bf16 amx-bf16 (f32 accumulate; attention blocks avx512-bf16)".into()
+        }
         (Precision::Bf16, Some(k)) => format!("bf16 {} (f32 accumulate)", k.name()),
         (Precision::Bf16, None) => format!(
             "f32 (gemm crate; bf16 requested but this CPU has no AVX-512 BF16 or {DISABLE_ENV}=off)"
