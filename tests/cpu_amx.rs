@@ -1,4 +1,5 @@
-//! The AMX-BF16 kernels (src/cpu/amx.rs: `linear`, `gram_upper`) on any x86-64 Linux machine: where the CPU has no AMX,
+//! The AMX-BF16 kernels (src/cpu/amx.rs: `linear`, `gram_upper`, `gemm_serial`) on any x86-64
+//! Linux machine: where the CPU has no AMX,
 //! its six instructions (ldtilecfg, tilerelease, tilezero, tileloadd, tilestored, tdpbf16ps)
 //! raise SIGILL, and the handler below decodes and executes them on a per-thread tile state —
 //! TDPBF16PS as the Intel SDM defines it (two f32 accumulators per output over the tile's
@@ -364,6 +365,65 @@ fn amx_gram_equals_the_sdm_model_bitwise() {
         unsafe { bf16::gram_upper_unchecked(Kernel::Amx, &x, t, w, block, &mut y, ld) };
         let what = format!("t={t} w={w} block={block}");
         assert_gram_upper_bitwise(&what, &y, &want, w, ld, block);
+    }
+}
+
+/// The AMX attention product (`gemm_serial`: strided a, b given as rows of its transpose or
+/// row-major, a scale after the sums) against `amx::model`, bitwise, cells outside the [m, n]
+/// block of c untouched.
+#[test]
+fn amx_serial_gemm_equals_the_sdm_model_bitwise() {
+    install();
+    for (si, &(m, k, n)) in [
+        (1usize, 1usize, 1usize),
+        (5, 64, 33),
+        (64, 256, 96),
+        (37, 100, 70),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (lda, ldb, ldc) = (k + 5, n.max(k) + 3, n + 2);
+        let a = values(m * lda, 300 + si as u64);
+        let b = values(n.max(k) * ldb, 400 + si as u64);
+        let a_c: Vec<f32> = (0..m * k).map(|i| a[i / k * lda + i % k]).collect(); // [m, k]
+        for b_rows in [true, false] {
+            let bt: Vec<f32> = (0..n * k)
+                .map(|i| {
+                    let (j, kk) = (i / k, i % k);
+                    if b_rows {
+                        b[j * ldb + kk]
+                    } else {
+                        b[kk * ldb + j]
+                    }
+                })
+                .collect(); // [n, k]
+            let scale = if b_rows { 0.0625 } else { 1.0 };
+            let want: Vec<f32> = bf16::linear_model_for(Kernel::Amx, &a_c, Mat::F32(&bt), m, k, n)
+                .into_iter()
+                .map(|v| if scale != 1.0 { v * scale } else { v })
+                .collect();
+            let mut c = vec![f32::NAN; m * ldc];
+            // SAFETY: the CPU runs AMX or the SIGILL emulator stands in.
+            unsafe {
+                bf16::gemm_serial_unchecked(
+                    Kernel::Amx,
+                    &a,
+                    lda,
+                    &b,
+                    ldb,
+                    b_rows,
+                    m,
+                    n,
+                    k,
+                    &mut c,
+                    ldc,
+                    scale,
+                )
+            };
+            let what = format!("m={m} k={k} n={n} b_rows={b_rows}");
+            assert_rows_bitwise(&what, &c, &want, m, n, ldc);
+        }
     }
 }
 

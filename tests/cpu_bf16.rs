@@ -377,7 +377,7 @@ fn serial_strided_gemm_equals_the_scalar_model_bitwise() {
                     })
                     .collect();
                 let scale = if b_rows { 0.0625 } else { 1.0 };
-                let want = bf16::linear_model(&a_c, Mat::F32(&bt), m, k, n);
+                let want = bf16::linear_model_for(kernel, &a_c, Mat::F32(&bt), m, k, n);
                 let mut c = vec![f32::NAN; m * ldc];
                 bf16::gemm_serial(
                     kernel, &a, lda, &b, ldb, b_rows, m, n, k, &mut c, ldc, scale,

@@ -1,6 +1,6 @@
-//! AMX-BF16 (`tdpbf16ps`, Intel since Sapphire Rapids) under [`super::bf16::linear`] (the
-//! projections and LM head) and [`super::bf16::gram_upper`] (the calibration Gram matrix). The
-//! attention blocks stay on `vdpbf16ps`, which every AMX CPU also has.
+//! AMX-BF16 (`tdpbf16ps`, Intel since Sapphire Rapids) under every bf16 product of the CPU
+//! engine: [`super::bf16::linear`] (projections, LM head), [`super::bf16::gram_upper`] (the
+//! calibration Gram matrix) and [`super::bf16::gemm_serial`] (attention blocks).
 //!
 //! Arithmetic (Intel SDM, TDPBF16PS; the same in Bochs 3.0's `amx.cc`): one instruction takes a
 //! 16-row A tile of 16 k-pairs and a B tile of 16 k-pair rows × 16 columns. For each output it
@@ -109,6 +109,60 @@ impl AmxRows {
         }
         AmxRows { a, m, k, kpp }
     }
+}
+
+impl AmxRows {
+    /// [`AmxRows::new`] of the m rows of a row-major matrix with row stride `lda` (its first k
+    /// columns), on this thread.
+    pub fn strided(a: &[f32], lda: usize, m: usize, k: usize) -> AmxRows {
+        let (kp, kpp) = (k.div_ceil(2), padded_pairs(k));
+        let mut rows = vec![0u32; m.div_ceil(BLOCK_M) * BLOCK_M * kpp];
+        if kpp > 0 {
+            for (r, row) in rows.chunks_mut(kpp).take(m).enumerate() {
+                round_pairs(&a[r * lda..][..k], &mut row[..kp]);
+            }
+        }
+        AmxRows { a: rows, m, k, kpp }
+    }
+}
+
+/// One thread's product for the attention blocks: `c[r·ldc + j] = scale · (x·bᵀ)[r, j]` for
+/// r < m, j < n, in [`model`]'s arithmetic (scale applied after), with `panel_of(j, panel)`
+/// writing the j-th 32-column panel of b as `[kpp][32]` k-pairs (`bf16::gemm_serial` packs K or
+/// V there).
+///
+/// # Safety
+/// As [`linear`]. c holds `(m − 1)·ldc + n` floats, ldc ≥ n.
+pub unsafe fn gemm_serial(
+    x: &AmxRows,
+    n: usize,
+    panel_of: impl Fn(usize, &mut [u32]),
+    c: &mut [f32],
+    ldc: usize,
+    scale: f32,
+) {
+    let (m, kpp) = (x.m, x.kpp);
+    let mut panel = vec![0u32; kpp * BLOCK_N];
+    let mut blk = [[0f32; BLOCK_N]; BLOCK_M];
+    // SAFETY: the caller guarantees AMX.
+    unsafe { load_config() };
+    for j in 0..n.div_ceil(BLOCK_N) {
+        panel_of(j, &mut panel);
+        let cols = BLOCK_N.min(n - j * BLOCK_N);
+        for i in 0..m.div_ceil(BLOCK_M) {
+            let a = &x.a[i * BLOCK_M * kpp..][..BLOCK_M * kpp];
+            // SAFETY: a holds 32 rows of kpp pairs, panel kpp rows of 32 pairs.
+            unsafe { block_product(a, &panel, kpp, &mut blk) };
+            for (r, br) in blk.iter().enumerate().take(BLOCK_M.min(m - i * BLOCK_M)) {
+                let dst = &mut c[(i * BLOCK_M + r) * ldc + j * BLOCK_N..][..cols];
+                for (d, &v) in dst.iter_mut().zip(br) {
+                    *d = if scale != 1.0 { v * scale } else { v };
+                }
+            }
+        }
+    }
+    // SAFETY: releases this thread's tile state.
+    unsafe { release() };
 }
 
 /// The 64-byte tile configuration: palette 1, tiles 0–7 of 16 rows × 64 bytes.

@@ -13,8 +13,8 @@
 //! code; every kernel equals it bitwise (tests/cpu_bf16.rs).
 //!
 //! Kernels: AVX-512 BF16 (`vdpbf16ps`: Intel since Cooper Lake, AMD Zen 4/5), and AMX-BF16
-//! (`tdpbf16ps`, Intel since Sapphire Rapids; opt-in, `cpu::amx`) for [`linear`] and
-//! [`gram_upper`], whose sums run in 16-pair steps ([`linear_model_for`]).
+//! (`tdpbf16ps`, Intel since Sapphire Rapids; opt-in, `cpu::amx`), whose sums run in 16-pair
+//! steps ([`linear_model_for`]).
 //!
 //! Layout: x is packed in blocks of MR rows as `[k/2][MR]` u32 pairs (low half = even k), w in
 //! panels of NR columns as `[k/2][NR]` pairs; k is padded to even, rows to MR and columns to NR
@@ -112,8 +112,7 @@ impl Vendor {
 pub enum Kernel {
     /// `vdpbf16ps` on zmm registers (target features avx512f + avx512bf16).
     Avx512Bf16,
-    /// `tdpbf16ps` tiles for [`linear`] and [`gram_upper`] (`cpu::amx`); the attention blocks
-    /// run `vdpbf16ps`, which every AMX CPU has.
+    /// `tdpbf16ps` tiles (`cpu::amx`) for [`linear`], [`gram_upper`] and [`gemm_serial`].
     Amx,
 }
 
@@ -130,7 +129,7 @@ impl Kernel {
     }
 
     /// Every kernel this CPU supports, best first (tests run each). AMX only with
-    /// `WHITTLE_CPU_AMX=on` (`cpu::amx`: not yet run on AMX hardware) and AVX-512 BF16 beside it.
+    /// `WHITTLE_CPU_AMX=on` (`cpu::amx`: not yet run on AMX hardware).
     pub fn supported() -> Vec<Kernel> {
         let mut v = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -190,9 +189,6 @@ pub fn in_use() -> &'static str {
 pub fn describe() -> String {
     match (precision(), active()) {
         (Precision::F32, _) => "f32 (gemm crate)".into(),
-        (Precision::Bf16, Some(Kernel::Amx)) => {
-            "bf16 amx-bf16 (f32 accumulate; attention blocks avx512-bf16)".into()
-        }
         (Precision::Bf16, Some(k)) => format!("bf16 {} (f32 accumulate)", k.name()),
         (Precision::Bf16, None) => format!(
             "f32 (gemm crate; bf16 requested but this CPU has no AVX-512 BF16 or {DISABLE_ENV}=off)"
@@ -296,9 +292,38 @@ fn pack_block_t<const B: usize>(
 /// One thread's bf16 product for the attention blocks: `c[r·ldc + j] = scale · Σᵢ bf16(a[r·lda
 /// + i]) · bf16(bᵢⱼ)` for r < m, j < n, with `bᵢⱼ = b[j·ldb + i]` (`b_rows`: b holds the n
 /// rows of the right-hand side's transpose, as K for q·kᵀ) or `b[i·ldb + j]` (b row-major
-/// [k, n], as V for p·v). The sums are [`linear_model`]'s (scale applied after).
+/// [k, n], as V for p·v). The sums are [`linear_model_for`]'s (scale applied after).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_serial(
+    kernel: Kernel,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    b_rows: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    scale: f32,
+) {
+    assert!(
+        Kernel::supported().contains(&kernel),
+        "bf16 gemm: this CPU cannot run {}",
+        kernel.name()
+    );
+    // SAFETY: the CPU runs `kernel` (checked above).
+    unsafe { gemm_serial_unchecked(kernel, a, lda, b, ldb, b_rows, m, n, k, c, ldc, scale) }
+}
+
+/// [`gemm_serial`] without asking the CPU whether it runs `kernel` (tests/cpu_amx.rs).
+///
+/// # Safety
+/// As [`linear_packed_unchecked`].
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_serial_unchecked(
     kernel: Kernel,
     a: &[f32],
     lda: usize,
@@ -332,11 +357,20 @@ pub fn gemm_serial(
         ldc >= n && c.len() >= (m - 1) * ldc + n,
         "bf16 gemm: c cannot hold [m={m}, n={n}]"
     );
-    assert!(
-        Kernel::supported().contains(&kernel),
-        "bf16 gemm: this CPU cannot run {}",
-        kernel.name()
-    );
+    let pack_panel = |j: usize, panel: &mut [u32]| {
+        let cols = NR.min(n - j * NR);
+        panel.fill(0);
+        if b_rows {
+            pack_block::<NR>(Mat::F32(b), ldb, j * NR, cols, k, panel);
+        } else {
+            pack_block_t::<NR>(b, ldb, j * NR, cols, k, panel);
+        }
+    };
+    if kernel == Kernel::Amx {
+        let rows = amx::AmxRows::strided(a, lda, m, k);
+        // SAFETY: the caller guarantees AMX; c holds [m, n] at stride ldc (checked above).
+        return unsafe { amx::gemm_serial(&rows, n, pack_panel, c, ldc, scale) };
+    }
     let kp = k.div_ceil(2);
     let (mb, nb) = (m.div_ceil(MR), n.div_ceil(NR));
     let mut blocks = vec![0u32; mb * kp * MR]; // [mb][kp][MR]
@@ -346,12 +380,7 @@ pub fn gemm_serial(
     let mut panel = vec![0u32; kp * NR]; // [kp][NR], one at a time
     for j in 0..nb {
         let cols = NR.min(n - j * NR);
-        panel.fill(0);
-        if b_rows {
-            pack_block::<NR>(Mat::F32(b), ldb, j * NR, cols, k, &mut panel);
-        } else {
-            pack_block_t::<NR>(b, ldb, j * NR, cols, k, &mut panel);
-        }
+        pack_panel(j, &mut panel);
         for i in 0..mb {
             let rows = MR.min(m - i * MR);
             let blk = &blocks[i * kp * MR..][..kp * MR];
@@ -674,13 +703,11 @@ unsafe fn tile(
     cols: usize,
 ) {
     match kernel {
-        // Attention blocks run vdpbf16ps on AMX CPUs too (`Kernel::Amx`).
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Bf16 | Kernel::Amx => tile_avx512bf16(a, b, kp, c, ldc, rows, cols),
+        Kernel::Avx512Bf16 => tile_avx512bf16(a, b, kp, c, ldc, rows, cols),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx512Bf16 | Kernel::Amx => {
-            unreachable!("Kernel::supported lists no x86 kernel elsewhere")
-        }
+        Kernel::Avx512Bf16 => unreachable!("Kernel::supported lists no x86 kernel elsewhere"),
+        Kernel::Amx => unreachable!("AMX products take the amx module's blocks, not this tile"),
     }
 }
 
