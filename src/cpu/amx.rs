@@ -153,12 +153,10 @@ pub unsafe fn gemm_serial(
             let a = &x.a[i * BLOCK_M * kpp..][..BLOCK_M * kpp];
             // SAFETY: a holds 32 rows of kpp pairs, panel kpp rows of 32 pairs.
             unsafe { block_product(a, &panel, kpp, &mut blk) };
-            for (r, br) in blk.iter().enumerate().take(BLOCK_M.min(m - i * BLOCK_M)) {
-                let dst = &mut c[(i * BLOCK_M + r) * ldc + j * BLOCK_N..][..cols];
-                for (d, &v) in dst.iter_mut().zip(br) {
-                    *d = if scale != 1.0 { v * scale } else { v };
-                }
-            }
+            let rows = BLOCK_M.min(m - i * BLOCK_M);
+            let dst = &mut c[i * BLOCK_M * ldc + j * BLOCK_N..][..(rows - 1) * ldc + cols];
+            // SAFETY: dst holds rows × cols cells at stride ldc.
+            unsafe { store(&blk, dst.as_mut_ptr(), ldc, rows, cols, scale) };
         }
     }
     // SAFETY: releases this thread's tile state.
@@ -216,12 +214,12 @@ pub unsafe fn linear(x: &AmxRows, b: &[u32], n: usize, y: *mut f32, ld: usize) {
             unsafe { block_product(a, panel, kpp, &mut c) };
             let rows = BLOCK_M.min(m - i * BLOCK_M);
             let cols = BLOCK_N.min(n - j * BLOCK_N);
-            for (r, cr) in c.iter().enumerate().take(rows) {
-                // SAFETY: row i·32 + r < m and columns j·32 .. j·32 + cols ≤ n lie inside y,
-                // and block (i, j) belongs to this task alone.
-                let dst = unsafe { out.get().add((i * BLOCK_M + r) * ld + j * BLOCK_N) };
-                unsafe { std::ptr::copy_nonoverlapping(cr.as_ptr(), dst, cols) };
-            }
+            // SAFETY: rows i·32 .. i·32 + rows ≤ m and columns j·32 .. j·32 + cols ≤ n lie
+            // inside y, and block (i, j) belongs to this task alone.
+            unsafe {
+                let dst = out.get().add(i * BLOCK_M * ld + j * BLOCK_N);
+                store(&c, dst, ld, rows, cols, 1.0)
+            };
         }
         // SAFETY: releases this thread's tile state.
         unsafe { release() };
@@ -299,18 +297,39 @@ pub unsafe fn gram_upper(x: &[f32], t: usize, w: usize, block: usize, y: *mut f3
             // SAFETY: a holds 32 rows of kpp pairs, panel kpp rows of 32 pairs.
             unsafe { block_product(a, panel, kpp, &mut c) };
             let cols = BLOCK_N.min(w - j * BLOCK_N);
-            for (r, cr) in c.iter().enumerate().take(BLOCK_M.min(b_end - r0)) {
-                // SAFETY: row r0 + r < w and columns j·32 .. j·32 + cols ≤ w lie inside y; the
-                // (row block, panel) pair is this task's alone.
-                unsafe {
-                    let dst = out.get().add((r0 + r) * ld + j * BLOCK_N);
-                    std::ptr::copy_nonoverlapping(cr.as_ptr(), dst, cols);
-                }
-            }
+            // SAFETY: rows r0 .. b_end ≤ w and columns j·32 .. j·32 + cols ≤ w lie inside y;
+            // the (row block, panel) pair is this task's alone.
+            unsafe {
+                let dst = out.get().add(r0 * ld + j * BLOCK_N);
+                store(&c, dst, ld, BLOCK_M.min(b_end - r0), cols, 1.0)
+            };
         }
         // SAFETY: releases this thread's tile state.
         unsafe { release() };
     });
+}
+
+/// The first `rows` × `cols` cells of a block to `dst` at row stride `ld`, times `scale`
+/// (attention's; exactly the value when it is 1).
+///
+/// # Safety
+/// `dst` points at rows × cols writable cells at stride ld.
+unsafe fn store(
+    c: &[[f32; BLOCK_N]; BLOCK_M],
+    dst: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) {
+    for (r, cr) in c.iter().enumerate().take(rows) {
+        let d = std::slice::from_raw_parts_mut(dst.add(r * ld), cols);
+        if scale == 1.0 {
+            d.copy_from_slice(&cr[..cols]);
+        } else {
+            d.iter_mut().zip(cr).for_each(|(d, &v)| *d = v * scale);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
