@@ -1,14 +1,14 @@
 //! The AMX-BF16 kernels (src/cpu/amx.rs: `linear`, `gram_upper`, `gemm_serial`) on any x86-64
-//! Linux machine: where the CPU has no AMX,
-//! its six instructions (ldtilecfg, tilerelease, tilezero, tileloadd, tilestored, tdpbf16ps)
-//! raise SIGILL, and the handler below decodes and executes them on a per-thread tile state —
-//! TDPBF16PS as the Intel SDM defines it (two f32 accumulators per output over the tile's
-//! k-pairs, FMA with round-to-nearest-even, bf16 denormal inputs read as zero, denormal results
-//! flushed, then even + odd added to the output). The kernel's packing, tile configuration,
-//! strides, displacements, k steps and edge blocks are checked bitwise against the library's
-//! scalar model (`amx::model`, written separately from this emulator). On a CPU with AMX the
-//! instructions run natively (with `WHITTLE_CPU_AMX=on`, tests/cpu_bf16.rs also runs them through
-//! the dispatch): the same assertions then check the hardware against the SDM's arithmetic.
+//! Linux machine: where the CPU has no AMX, its six instructions (ldtilecfg, tilerelease,
+//! tilezero, tileloadd, tilestored, tdpbf16ps) raise SIGILL, and the handler below decodes and
+//! executes them on a per-thread tile state — TDPBF16PS as the Intel SDM defines it (two f32
+//! accumulators per output over the tile's k-pairs, FMA with round-to-nearest-even, bf16
+//! denormal inputs read as zero, denormal results flushed, then even + odd added to the
+//! output). The kernels' packing, tile configuration, strides, displacements, k steps and edge
+//! blocks are checked bitwise against the library's scalar model (`amx::model`, written
+//! separately from this emulator). On a CPU with AMX the instructions run natively (with
+//! `WHITTLE_CPU_AMX=on`, tests/cpu_bf16.rs also runs them through the dispatch): the same
+//! assertions then check the hardware against the SDM's arithmetic.
 
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 

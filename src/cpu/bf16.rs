@@ -128,18 +128,24 @@ impl Kernel {
         }
     }
 
-    /// Every kernel this CPU supports, best first (tests run each). AMX only with
-    /// `WHITTLE_CPU_AMX=on` (`cpu::amx`: not yet run on AMX hardware).
+    /// Every kernel this CPU supports, best first (tests run each), decided once per process.
+    /// AMX only with `WHITTLE_CPU_AMX=on` (`cpu::amx`: not yet run on AMX hardware).
     pub fn supported() -> Vec<Kernel> {
-        let mut v = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
-            if amx::enabled(std::env::var(amx::ENABLE_ENV).ok().as_deref()) && amx::usable() {
-                v.push(Kernel::Amx);
+        static S: OnceLock<Vec<Kernel>> = OnceLock::new();
+        S.get_or_init(|| {
+            let mut v = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bf16")
+            {
+                if amx::enabled(std::env::var(amx::ENABLE_ENV).ok().as_deref()) && amx::usable() {
+                    v.push(Kernel::Amx);
+                }
+                v.push(Kernel::Avx512Bf16);
             }
-            v.push(Kernel::Avx512Bf16);
-        }
-        v
+            v
+        })
+        .clone()
     }
 
     /// The best supported kernel unless `env` (the value of [`DISABLE_ENV`]) is `off`/`0`.
@@ -505,9 +511,10 @@ pub unsafe fn linear_packed_unchecked(
     let a = match &x.rows {
         Rows::Blocks(a) => a, // [mb][kp][MR]
         Rows::Amx(a) => {
-            let b = pack_cols(w, n, k, a.kpp); // [nb][kpp][NR]
-                                               // SAFETY: the caller guarantees AMX; y holds [m, n] at stride ld (checked above),
-                                               // b is [⌈n/32⌉][kpp][32].
+            // [nb][kpp][NR]
+            let b = pack_cols(w, n, k, a.kpp);
+            // SAFETY: the caller guarantees AMX; y holds [m, n] at stride ld (checked above),
+            // b is [⌈n/32⌉][kpp][32].
             return unsafe { amx::linear(a, &b, n, y.as_mut_ptr(), ld) };
         }
     };
@@ -547,9 +554,10 @@ pub unsafe fn linear_packed_unchecked(
 /// The upper block triangle of the Gram matrix of x [t, w] (t tokens of w features):
 /// `y[i·ld + j] = Σₛ bf16(x[s, i]) · bf16(x[s, j])` for every block row b0 = 0, block, 2·block, …
 /// (rows b0..b0+block, columns b0..w), each entry summed over s as
-/// [`linear_model_for`]`(kernel, xᵀ, xᵀ)` sums k. Entries below the block diagonal are left alone. Both operands are packed straight
-/// from x (a pair of tokens at a time, contiguous features), the column panels once for every
-/// block row — no transpose, no repacking per block.
+/// [`linear_model_for`]`(kernel, xᵀ, xᵀ)` sums k. Entries below the block diagonal are left
+/// alone. Both operands are packed straight from x (a pair of tokens at a time, contiguous
+/// features), the column panels once for every block row — no transpose, no repacking per
+/// block (AMX: `amx::gram_upper`).
 #[allow(clippy::too_many_arguments)]
 pub fn gram_upper(
     kernel: Kernel,
