@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::bf16::{assert_gram_upper_bitwise, assert_rows_bitwise, transpose};
+use common::bf16::{assert_gram_upper_bitwise, assert_rows_bitwise, serial_operands, transpose};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use whittle::cpu::amx;
@@ -386,18 +386,8 @@ fn amx_serial_gemm_equals_the_sdm_model_bitwise() {
         let (lda, ldb, ldc) = (k + 5, n.max(k) + 3, n + 2);
         let a = values(m * lda, 300 + si as u64);
         let b = values(n.max(k) * ldb, 400 + si as u64);
-        let a_c: Vec<f32> = (0..m * k).map(|i| a[i / k * lda + i % k]).collect(); // [m, k]
         for b_rows in [true, false] {
-            let bt: Vec<f32> = (0..n * k)
-                .map(|i| {
-                    let (j, kk) = (i / k, i % k);
-                    if b_rows {
-                        b[j * ldb + kk]
-                    } else {
-                        b[kk * ldb + j]
-                    }
-                })
-                .collect(); // [n, k]
+            let (a_c, bt) = serial_operands(&a, lda, &b, ldb, b_rows, m, k, n);
             let scale = if b_rows { 0.0625 } else { 1.0 };
             let want: Vec<f32> = bf16::linear_model_for(Kernel::Amx, &a_c, Mat::F32(&bt), m, k, n)
                 .into_iter()

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::bf16::{assert_gram_upper_bitwise, assert_rows_bitwise, transpose, values};
+use common::bf16::{
+    assert_gram_upper_bitwise, assert_rows_bitwise, serial_operands, transpose, values,
+};
 use whittle::cpu::bf16::{self, Kernel, Precision};
 use whittle::cpu::decode::Mat;
 
@@ -363,40 +365,19 @@ fn serial_strided_gemm_equals_the_scalar_model_bitwise() {
             let (lda, ldb, ldc) = (k + 5, n.max(k) + 3, n + 2);
             let a = values(m * lda, 300 + si as u64); // [m, lda], the first k columns used
             let b = values(n.max(k) * ldb, 400 + si as u64);
-            let a_c: Vec<f32> = (0..m * k).map(|i| a[i / k * lda + i % k]).collect(); // [m, k]
             for b_rows in [true, false] {
-                // The right-hand side as [n, k] rows for the model.
-                let bt: Vec<f32> = (0..n * k)
-                    .map(|i| {
-                        let (j, kk) = (i / k, i % k);
-                        if b_rows {
-                            b[j * ldb + kk]
-                        } else {
-                            b[kk * ldb + j]
-                        }
-                    })
-                    .collect();
+                let (a_c, bt) = serial_operands(&a, lda, &b, ldb, b_rows, m, k, n);
                 let scale = if b_rows { 0.0625 } else { 1.0 };
-                let want = bf16::linear_model_for(kernel, &a_c, Mat::F32(&bt), m, k, n);
+                let want: Vec<f32> = bf16::linear_model_for(kernel, &a_c, Mat::F32(&bt), m, k, n)
+                    .into_iter()
+                    .map(|v| v * scale)
+                    .collect();
                 let mut c = vec![f32::NAN; m * ldc];
                 bf16::gemm_serial(
                     kernel, &a, lda, &b, ldb, b_rows, m, n, k, &mut c, ldc, scale,
                 );
-                for r in 0..m {
-                    for j in 0..ldc {
-                        let got = c[r * ldc + j];
-                        if j < n {
-                            let exp = want[r * n + j] * scale;
-                            assert_eq!(
-                                got.to_bits(),
-                                exp.to_bits(),
-                                "m={m} k={k} n={n} b_rows={b_rows} [{r}, {j}]"
-                            );
-                        } else {
-                            assert!(got.is_nan(), "m={m} k={k} n={n}: [{r}, {j}] was written");
-                        }
-                    }
-                }
+                let what = format!("{} m={m} k={k} n={n} b_rows={b_rows}", kernel.name());
+                assert_rows_bitwise(&what, &c, &want, m, n, ldc);
             }
         }
     }

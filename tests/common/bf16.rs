@@ -22,6 +22,34 @@ pub fn transpose(x: &[f32], t: usize, w: usize) -> Vec<f32> {
     (0..w * t).map(|i| x[(i % t) * w + i / t]).collect()
 }
 
+/// The attention product's operands as the scalar model takes them: a's first k columns
+/// ([m, k] from row stride lda) and the right-hand side as [n, k] rows — b holds them as rows
+/// of stride ldb (`b_rows`, K for q·kᵀ) or row-major [k, n] at stride ldb (V for p·v).
+#[allow(clippy::too_many_arguments)]
+pub fn serial_operands(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    b_rows: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let a_c = (0..m * k).map(|i| a[i / k * lda + i % k]).collect();
+    let bt = (0..n * k)
+        .map(|i| {
+            let (j, kk) = (i / k, i % k);
+            if b_rows {
+                b[j * ldb + kk]
+            } else {
+                b[kk * ldb + j]
+            }
+        })
+        .collect();
+    (a_c, bt)
+}
+
 /// y ([m, ·] at row stride ld) equals `want` ([m, n]) bit for bit, and its columns n..ld still
 /// hold their NaN sentinel.
 pub fn assert_rows_bitwise(what: &str, y: &[f32], want: &[f32], m: usize, n: usize, ld: usize) {
