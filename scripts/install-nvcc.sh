@@ -47,7 +47,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$DIR/bin/nvcc" ]]; then
 else
   echo "install-nvcc: installing ${WANT} into $DIR/py" >&2
   rm -rf "$DIR/py" "$DIR/bin" "$DIR/include" "$DIR/nvvm" "$DIR/lib" "$STAMP"
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+  "$PY" -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps --no-compile \
     --target "$DIR/py" "${WHEELS[@]}"
   CU="$DIR/py/nvidia/cu13"
   for need in bin/nvcc bin/ptxas bin/fatbinary nvvm/bin/cicc nvvm/libdevice/libdevice.10.bc \

@@ -54,7 +54,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# No wheel cache: torch and its CUDA wheels are ~4 GB, and a cached copy would double that on
+# small CI disks.
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check --no-cache-dir -q)
 "${pip[@]}" --upgrade pip >/dev/null 2>&1 || true
 
 if [ "$with_torch" = 1 ]; then
