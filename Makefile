@@ -46,6 +46,7 @@ demo: build python
 fixtures: python-torch
 	$(PY) scripts/make_fixtures.py tests/fixtures
 	$(PY) scripts/make_mm_fixture.py tests/fixtures
+	$(PY) scripts/make_chat_fixture.py tests/fixtures/chat
 	$(PY) scripts/hf_tasks.py tests/fixtures/tiny-gemma3 --tasks arc_easy,arc_challenge,hellaswag,piqa,lambada \
 	  --tasks-dir tests/fixtures/tasks --items-out tests/fixtures/tasks/reference-tiny-gemma3.jsonl \
 	  --metrics-out tests/fixtures/tasks/reference-tiny-gemma3.json --threads 1

@@ -18,6 +18,9 @@ Protocol (what tests/generate.rs replays with `whittle generate --json`):
     BOS + the encoding without special tokens (what whittle builds). Tokenizers that add no BOS
     (SmolLM2, Qwen2.5: add_bos_token false) need --prepend-bos: the ids are then config's
     bos_token_id + the text ids, as whittle builds them, so both sides decode the same input;
+  * --chat: the ids are one user turn through the model's own chat template (whittle's built-in
+    Gemma 3 template, src/checkpoint/gemma3-chat.jinja, for a folder without one) as
+    apply_chat_template renders it, tokenized without special tokens -- what `generate --chat` sends;
   * model.generate(do_sample=False, max_new_tokens=N, eos_token_id=STOP) where STOP is whittle's
     stop set: config.json eos_token_id + generation_config.json eos_token_id (int or list) +
     <end_of_turn> if the tokenizer has it. Generation may end early on a stop token, which is
@@ -57,8 +60,21 @@ FIXTURE_PROMPTS = [
 REAL_PROMPT = "The capital of France is"
 
 
-def chat_prompt(p: str) -> str:
-    return f"<start_of_turn>user\n{p}<end_of_turn>\n<start_of_turn>model\n"
+GEMMA_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "checkpoint",
+                              "gemma3-chat.jinja")
+
+
+def chat_ids(tok, p: str) -> list[int]:
+    """What `whittle generate --chat` sends: one user turn through the model's own chat template
+    (whittle's built-in Gemma 3 template for a folder without one), as apply_chat_template renders
+    it, tokenized without adding special tokens (BOS only where the template writes it)."""
+    template = tok.chat_template
+    if not template:
+        with open(GEMMA_TEMPLATE, encoding="utf-8") as f:
+            template = f.read()
+    text = tok.apply_chat_template([{"role": "user", "content": p}], chat_template=template,
+                                   add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
 
 
 def stop_tokens(model_dir: str, tok) -> list[int]:
@@ -87,15 +103,19 @@ def stop_tokens(model_dir: str, tok) -> list[int]:
     return out
 
 
-def greedy(model, tok, text: str, n: int, stop: list[int], bos: int, prepend_bos: bool = False) -> dict:
+def prompt_ids(tok, text: str, bos: int, prepend_bos: bool) -> list[int]:
+    """A plain prompt's ids as whittle builds them: BOS + the text's ids."""
     plain = tok(text, add_special_tokens=False)["input_ids"]
     if prepend_bos:
-        ids = [bos] + plain
-    else:
-        ids = tok(text)["input_ids"]
-        if ids != [bos] + plain:
-            raise SystemExit(f"tokenizer's special-token encoding {ids[:4]}... is not BOS + text ids "
-                             "(a tokenizer that adds no BOS needs --prepend-bos)")
+        return [bos] + plain
+    ids = tok(text)["input_ids"]
+    if ids != [bos] + plain:
+        raise SystemExit(f"tokenizer's special-token encoding {ids[:4]}... is not BOS + text ids "
+                         "(a tokenizer that adds no BOS needs --prepend-bos)")
+    return ids
+
+
+def greedy(model, tok, ids: list[int], n: int, stop: list[int]) -> dict:
     x = torch.tensor([ids], dtype=torch.long)
     with torch.no_grad():
         out = model.generate(
@@ -128,8 +148,8 @@ def make(model_dir: str, out_path: str, prompts: list[str], n: int, chat: bool, 
     stop = stop_tokens(model_dir, tok)
     best = None
     for p in prompts:
-        text = chat_prompt(p) if chat else p
-        r = greedy(model, tok, text, n, stop, bos, prepend_bos)
+        ids = chat_ids(tok, p) if chat else prompt_ids(tok, p, bos, prepend_bos)
+        r = greedy(model, tok, ids, n, stop)
         r["prompt"] = p
         if best is None or len(set(r["tokens"])) > len(set(best["tokens"])):
             best = r

@@ -15,10 +15,7 @@ pub enum Error {
     #[error("{path}: not a valid config.json: {msg}")]
     Config { path: PathBuf, msg: String },
 
-    #[error(
-        "{path}: model_type \"{model_type}\" is not supported; whittle supports {supported} \
-         (Gemma2ForCausalLM, Gemma3ForCausalLM text-only checkpoints)"
-    )]
+    #[error("{path}: model_type \"{model_type}\" is not supported; whittle supports {supported}")]
     UnsupportedModel {
         path: PathBuf,
         model_type: String,

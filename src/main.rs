@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
+use whittle::checkpoint::chat::ChatTemplate;
 use whittle::checkpoint::tokenizer::{read_text, Tokenizer};
 use whittle::cpu::model::Model;
 use whittle::serve::eval::{evaluate, make_windows};
@@ -18,7 +19,7 @@ static ALLOC: whittle::mem::CountingAlloc = whittle::mem::CountingAlloc;
 #[command(
     name = "whittle",
     version,
-    about = "Compile a Gemma-2/3 model into a smaller dense Hugging Face checkpoint"
+    about = "Compile a Gemma-2/3 or Llama-family model into a smaller dense Hugging Face checkpoint"
 )]
 struct Cli {
     /// Worker threads for the CPU path (default: all cores).
@@ -356,8 +357,9 @@ struct GenerateArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Wrap the prompt in Gemma's chat turn format (`<start_of_turn>user ... <start_of_turn>model`).
-    /// Default: on when the model ships a chat template (instruction-tuned checkpoints).
+    /// Send the prompt as one user turn through the model's chat template (Gemma's turn format
+    /// for a Gemma folder without one). Default: on when the model ships a chat template
+    /// (instruction-tuned checkpoints).
     #[arg(long, overrides_with = "no_chat")]
     chat: bool,
     /// Send the prompt as it is, even when the model has a chat template.
@@ -806,10 +808,10 @@ fn cmd_bench_forward(a: BenchArgs) -> Result<()> {
 
 fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Result<()> {
     use std::io::Write;
+    use whittle::checkpoint::chat::has_own_template;
     use whittle::cpu::decode::Sampling;
     use whittle::serve::generate::{
-        chat_prompt, generate, has_chat_template, prompt_ids, stop_tokens, GenOptions, StopReason,
-        TextStream,
+        generate, prompt_ids, stop_tokens, GenOptions, StopReason, TextStream,
     };
     anyhow::ensure!(
         a.top_p > 0.0 && a.top_p <= 1.0,
@@ -830,18 +832,40 @@ fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Resul
     let chat = if a.chat || a.no_chat {
         a.chat
     } else {
-        let auto = has_chat_template(&a.model);
+        let auto = has_own_template(&a.model);
         if auto {
-            eprintln!("chat template found: wrapping the prompt in Gemma turns (--no-chat to send it as is)");
+            eprintln!(
+                "chat template found: rendering the prompt with it (--no-chat to send it as is)"
+            );
         }
         auto
     };
-    let text = if chat {
-        chat_prompt(&a.prompt)
+    // A chat prompt is the rendered template's own ids, BOS included where the template writes
+    // it, as transformers' apply_chat_template(tokenize=True) gives them; plain text gets BOS.
+    let (text, ids) = if chat {
+        let template =
+            ChatTemplate::for_model(&a.model, engine.cfg().arch)?.with_context(|| {
+                format!(
+                    "--chat: {} has no chat template (chat_template.jinja, chat_template.json or \
+                 \"chat_template\" in tokenizer_config.json); leave out --chat to send the prompt \
+                 as it is",
+                    a.model.display()
+                )
+            })?;
+        let text = template
+            .user_turn(&a.prompt)
+            .map_err(|e| anyhow::anyhow!("--chat: {e}"))?;
+        let ids = tok.encode(&text)?;
+        anyhow::ensure!(
+            !ids.is_empty(),
+            "--chat: {} rendered the prompt as no tokens at all",
+            template.origin
+        );
+        (text, ids)
     } else {
-        a.prompt.clone()
+        let ids = prompt_ids(&tok, engine.cfg().bos_token_id, &a.prompt)?;
+        (a.prompt.clone(), ids)
     };
-    let ids = prompt_ids(&tok, engine.cfg().bos_token_id, &text)?;
     let max = engine.cfg().max_positions();
     anyhow::ensure!(
         ids.len().saturating_add(a.max_new_tokens) <= max,
@@ -1195,9 +1219,11 @@ fn cmd_compile(a: CompileArgs, device: whittle::device::DeviceChoice) -> Result<
         )?)
     } else if !a.calib.is_empty() {
         let tok = Tokenizer::from_dir(&a.model)?;
+        let chat = ChatTemplate::for_model(&a.model, cfg.arch)?;
         let mut gen = |n: usize| self_calibration(&a, &dev, &cfg, &tok, n);
         let c = whittle::compile::calib::CalibSet::from_texts(
             &tok,
+            chat.as_ref(),
             &a.calib,
             a.samples.unwrap_or(128) + ceiling_holdout(&a).unwrap_or(0),
             a.seq,

@@ -29,7 +29,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use whittle::checkpoint::chat::jsonl_calibration_text;
+use whittle::checkpoint::chat::{jsonl_calibration_text, ChatTemplate, GEMMA3_TEMPLATE};
 use whittle::checkpoint::config::ModelConfig;
 use whittle::checkpoint::safetensors::{
     encode_header, parse_header_bytes, Dtype, HeaderEntry, WeightStore,
@@ -777,6 +777,12 @@ fn jsonl_target() -> Target {
         "{\"messages\": [{\"role\": \"system\", \"content\": [{\"type\": \"text\", \"text\": \"sys\"}]}, {\"role\": \"user\", \"content\": \"q\"}]}\r\n{\"text\": \"t\"}",
     ]);
     let path = PathBuf::from("calib.jsonl");
+    // Rendered through the Jinja engine with Gemma's template, as a Gemma folder's conversations.
+    let gemma = ChatTemplate::new(
+        "built-in",
+        GEMMA3_TEMPLATE,
+        vec![("bos_token".to_string(), "<bos>".to_string())],
+    );
     Target {
         name: "calib_jsonl",
         seeds,
@@ -797,7 +803,7 @@ fn jsonl_target() -> Target {
             let Ok(text) = std::str::from_utf8(input) else {
                 return false;
             };
-            match jsonl_calibration_text(&path, text) {
+            match jsonl_calibration_text(&path, text, Some(&gemma)) {
                 Ok(_) => true,
                 Err(e) => {
                     let _ = e.to_string();

@@ -8,9 +8,7 @@ use std::process::Command;
 use whittle::checkpoint::tokenizer::Tokenizer;
 use whittle::cpu::decode::{argmax, Decoder, Sampling};
 use whittle::cpu::model::Model;
-use whittle::serve::generate::{
-    chat_prompt, generate, stop_tokens, GenOptions, StopReason, TextStream,
-};
+use whittle::serve::generate::{generate, stop_tokens, GenOptions, StopReason, TextStream};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -226,19 +224,26 @@ fn chat_flag_wraps_the_prompt_in_gemma_turns() {
         "3",
         "--json",
     ])));
+    // No template in the folder: Gemma's own, whose text starts with <bos>.
+    let want = "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n";
+    assert_eq!(got["prompt"], want);
+    let tok = Tokenizer::from_dir(&d).unwrap();
+    let prompt_ids = ids(&got["prompt_ids"]);
     assert_eq!(
-        got["prompt"],
-        "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
+        prompt_ids,
+        tok.encode(want).unwrap(),
+        "the rendered text's ids"
     );
-    assert_eq!(got["prompt"].as_str().unwrap(), chat_prompt("Hello"));
-    assert_eq!(ids(&got["prompt_ids"])[0], 2, "BOS first");
+    assert_eq!(prompt_ids[0], 2, "BOS first");
+    assert_ne!(prompt_ids[1], 2, "BOS once");
     assert_eq!(ids(&got["tokens"]).len(), 3);
 }
 
-/// A model folder with a chat template gets the turn format by default; `--no-chat` turns it off.
+/// A model folder with a chat template gets it by default (its own format, whatever the
+/// family); `--no-chat` turns it off; a Llama-family folder without one cannot `--chat`.
 #[test]
 fn chat_template_in_the_model_turns_chat_on_by_default() {
-    let src = fixture("tiny-gemma2");
+    let src = fixture("tiny-llama");
     let d = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
@@ -247,32 +252,39 @@ fn chat_template_in_the_model_turns_chat_on_by_default() {
     let cfg_path = d.path().join("tokenizer_config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    let prompt = |extra: &[&str]| {
+    let run = |extra: &[&str]| {
         let mut c = bin();
         c.arg("generate")
             .arg(d.path())
             .args(["--prompt", "Hello", "--max-new-tokens", "1", "--json"])
             .args(extra);
-        json_line(&run_ok(&mut c))["prompt"]
+        c.output().unwrap()
+    };
+    let prompt = |extra: &[&str]| {
+        let o = run(extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        json_line(&String::from_utf8(o.stdout).unwrap())["prompt"]
             .as_str()
             .unwrap()
             .to_string()
     };
     assert_eq!(prompt(&[]), "Hello", "no template: the prompt as given");
-    cfg["chat_template"] =
-        serde_json::json!("{{ bos_token }}{% for m in messages %}...{% endfor %}");
+    let o = run(&["--chat"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("has no chat template"),
+        "{e}"
+    );
+
+    cfg["chat_template"] = serde_json::json!(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+         {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    );
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    assert_eq!(
-        prompt(&[]),
-        chat_prompt("Hello"),
-        "template: chat by default"
-    );
+    let chat = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(prompt(&[]), chat, "template: chat by default");
     assert_eq!(prompt(&["--no-chat"]), "Hello");
-    assert_eq!(
-        prompt(&["--no-chat", "--chat"]),
-        chat_prompt("Hello"),
-        "the last flag wins"
-    );
+    assert_eq!(prompt(&["--no-chat", "--chat"]), chat, "the last flag wins");
 }
 
 #[test]

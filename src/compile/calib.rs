@@ -3,6 +3,7 @@
 //! engines compute from it — the per-layer statistics and the backend that runs a layer over it —
 //! is `crate::engine::calib`.
 
+use crate::checkpoint::chat::ChatTemplate;
 use crate::checkpoint::safetensors::SafeFile;
 use crate::checkpoint::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
@@ -127,11 +128,13 @@ impl CalibSet {
     }
 
     /// Texts are tokenized without special tokens and cut like eval windows (BOS + seq-1 tokens,
-    /// consecutive, non-overlapping); source i contributes round(n · wᵢ / Σw) sequences. A
+    /// consecutive, non-overlapping); `.jsonl` conversations are rendered with `chat`, the
+    /// model's template (`ChatTemplate::for_model`); source i contributes round(n · wᵢ / Σw) sequences. A
     /// `self` source's sequences come from `generate` (n sequences → [n, seq_len] ids and what
     /// made them).
     pub fn from_texts(
         tok: &Tokenizer,
+        chat: Option<&ChatTemplate>,
         sources: &[CalibSource],
         n_samples: usize,
         seq_len: usize,
@@ -215,7 +218,7 @@ impl CalibSet {
                     continue;
                 }
             };
-            let text = crate::checkpoint::chat::read_calibration_text(path)?;
+            let text = crate::checkpoint::chat::read_calibration_text(path, chat)?;
             let t = tok.encode(&text)?;
             let avail = t.len() / chunk;
             if avail == 0 {

@@ -1,6 +1,6 @@
 //! Text generation over a KV-cache decoder (`decode::Engine`: the CPU `Model` or, with
-//! `--device cuda`, `cuda::GpuModel`): prompt formatting (BOS, Gemma's chat turn format), the
-//! stop-token set, the prefill + step loop with sampling, and incremental detokenization for
+//! `--device cuda`, `cuda::GpuModel`): the prompt's ids (BOS + text; chat prompts are rendered
+//! by `checkpoint::chat`), the stop-token set, the prefill + step loop with sampling, and incremental detokenization for
 //! streaming.
 //!
 //! Stop tokens are the union of `config.json`'s `eos_token_id` and `generation_config.json`'s
@@ -15,31 +15,6 @@ use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
-
-/// Gemma's user → model turn (what the chat template renders for one user message with
-/// `add_generation_prompt`, without the leading `<bos>`, which whittle prepends itself).
-pub use crate::checkpoint::chat::user_turn as chat_prompt;
-
-/// Whether the model folder ships a chat template (instruction-tuned checkpoints do): a non-empty
-/// `chat_template` in tokenizer_config.json, or a `chat_template.jinja` / `chat_template.json`
-/// file beside it. An unreadable or malformed tokenizer_config.json counts as no template.
-pub fn has_chat_template(dir: &std::path::Path) -> bool {
-    if ["chat_template.jinja", "chat_template.json"]
-        .iter()
-        .any(|f| dir.join(f).is_file())
-    {
-        return true;
-    }
-    std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("chat_template").cloned())
-        .is_some_and(|t| match t {
-            serde_json::Value::String(s) => !s.trim().is_empty(),
-            serde_json::Value::Array(a) => !a.is_empty(),
-            _ => false,
-        })
-}
 
 /// BOS + the tokens of `text` (special-token strings such as `<start_of_turn>` are recognised).
 pub fn prompt_ids(tok: &Tokenizer, bos: u32, text: &str) -> Result<Vec<u32>> {
