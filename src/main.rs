@@ -847,8 +847,8 @@ fn cmd_generate(a: GenerateArgs, device: whittle::device::DeviceChoice) -> Resul
             ChatTemplate::for_model(&a.model, engine.cfg().arch)?.with_context(|| {
                 format!(
                     "--chat: {} has no chat template (chat_template.jinja, chat_template.json or \
-                 \"chat_template\" in tokenizer_config.json); leave out --chat to send the prompt \
-                 as it is",
+                     \"chat_template\" in tokenizer_config.json); leave out --chat to send the \
+                     prompt as it is",
                     a.model.display()
                 )
             })?;

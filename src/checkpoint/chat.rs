@@ -459,12 +459,12 @@ fn calibration_messages(messages: &Value) -> std::result::Result<Value, String> 
         let text_parts: Vec<Value> = content
             .try_iter()
             .map_err(|e| e.to_string())?
-            .filter(
-                |p| match p.get_attr("type").ok().as_ref().and_then(Value::as_str) {
-                    Some(t) => t == "text",
-                    None => true,
-                },
-            )
+            .filter(|p| {
+                let kind = p.get_attr("type").ok();
+                kind.as_ref()
+                    .and_then(Value::as_str)
+                    .is_none_or(|t| t == "text")
+            })
             .collect();
         let mut fields = Vec::new();
         for k in m.try_iter().map_err(|e| e.to_string())? {

@@ -129,9 +129,9 @@ impl CalibSet {
 
     /// Texts are tokenized without special tokens and cut like eval windows (BOS + seq-1 tokens,
     /// consecutive, non-overlapping); `.jsonl` conversations are rendered with `chat`, the
-    /// model's template (`ChatTemplate::for_model`); source i contributes round(n · wᵢ / Σw) sequences. A
-    /// `self` source's sequences come from `generate` (n sequences → [n, seq_len] ids and what
-    /// made them).
+    /// model's template (`ChatTemplate::for_model`); source i contributes round(n · wᵢ / Σw)
+    /// sequences. A `self` source's sequences come from `generate` (n sequences → [n, seq_len]
+    /// ids and what made them).
     pub fn from_texts(
         tok: &Tokenizer,
         chat: Option<&ChatTemplate>,

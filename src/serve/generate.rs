@@ -1,7 +1,7 @@
 //! Text generation over a KV-cache decoder (`decode::Engine`: the CPU `Model` or, with
 //! `--device cuda`, `cuda::GpuModel`): the prompt's ids (BOS + text; chat prompts are rendered
-//! by `checkpoint::chat`), the stop-token set, the prefill + step loop with sampling, and incremental detokenization for
-//! streaming.
+//! by `checkpoint::chat`), the stop-token set, the prefill + step loop with sampling, and
+//! incremental detokenization for streaming.
 //!
 //! Stop tokens are the union of `config.json`'s `eos_token_id` and `generation_config.json`'s
 //! (each an int or a list), plus `<end_of_turn>` when the tokenizer has it. Generation stops
