@@ -461,9 +461,7 @@ fn calibration_messages(messages: &Value) -> std::result::Result<Value, String> 
             .map_err(|e| e.to_string())?
             .filter(|p| {
                 let kind = p.get_attr("type").ok();
-                kind.as_ref()
-                    .and_then(Value::as_str)
-                    .is_none_or(|t| t == "text")
+                !matches!(kind.as_ref().and_then(Value::as_str), Some(t) if t != "text")
             })
             .collect();
         let mut fields = Vec::new();
