@@ -353,11 +353,14 @@ pub fn py_float(x: f64) -> String {
     }
 }
 
-fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+/// A JSON file of a model folder, or `None` when it is absent (config.json,
+/// generation_config.json, tokenizer_config.json, chat_template.json).
+pub(crate) fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = read_text(path)?;
+    crate::checkpoint::safetensors::check_regular(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| Error::Text {

@@ -8,10 +8,11 @@
 //! after emitting one of them (the stop token is part of the returned ids, as in
 //! `transformers.generate`, but is not printed) or after `max_new_tokens`.
 
+use crate::checkpoint::chat::read_json;
 use crate::checkpoint::tokenizer::Tokenizer;
 use crate::cpu::decode::{sample, Rng, Sampling};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
@@ -33,20 +34,6 @@ fn json_ids(v: Option<&Value>) -> Vec<u32> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    crate::checkpoint::safetensors::check_regular(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::Text {
-            path: path.to_path_buf(),
-            msg: format!("not valid JSON: {e}"),
-        })
 }
 
 /// The stop-token set of a model folder (see the module docs), in first-seen order.
